@@ -1,0 +1,38 @@
+"""bertdistill: knowledge distillation for BERT-family models — eight papers, one engine.
+
+Public API::
+
+    from bertdistill import distill, load_config, get_method, list_methods, evaluate
+    result = distill("recipes/kd/sst2.yaml", ["teacher.path=runs/teacher-sst2"])
+"""
+
+from .config import ConfigError, RunConfig, load_config
+from .registry import get_method, list_methods, register
+
+__version__ = "0.1.0"
+
+
+def distill(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run a recipe end to end; see :func:`bertdistill.training.loop.distill`."""
+    from .training.loop import distill as _distill
+
+    return _distill(*args, **kwargs)
+
+
+def evaluate(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Score a model dir on a task; see :func:`bertdistill.evaluation.evaluate`."""
+    from .evaluation import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "distill",
+    "evaluate",
+    "get_method",
+    "list_methods",
+    "load_config",
+    "register",
+]

@@ -1,0 +1,262 @@
+"""``bertdistill`` command line: thin subcommands over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG = "Docs: README.md and docs/methods/<method>.md. Recipes: recipes/<method>/<task>.yaml."
+
+
+def _quiet_hf() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _common_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, typed by the field (repeatable), e.g. --set train.lr=3e-5",
+    )
+    p.add_argument("--output", "-o", help="output dir (overrides output_dir)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in the output dir"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or console logs")
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .registry import list_methods
+
+    table = Table("method", "what it does")
+    for name, doc in list_methods().items():
+        table.add_row(name, doc)
+    Console().print(table)
+    return 0
+
+
+def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training.loop import distill
+
+    if args.output:
+        overrides = [*overrides, f"output_dir={args.output}"]
+    cfg = load_config(cfg_source, overrides)
+    result = distill(cfg, resume=args.resume, quiet=args.quiet)
+    print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=1))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    return _run(args.recipe, args.overrides, args)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune any HF encoder on a task: a recipe, or flags that build one."""
+    if args.recipe:
+        raw: Any = args.recipe
+        overrides = list(args.overrides)
+    else:
+        if not (args.model and args.task):
+            raise SystemExit("finetune: give a RECIPE, or --model and --task (see --help)")
+        raw = {
+            "method": {"name": "finetune"},
+            "student": {"init": "pretrained", "path": args.model},
+            "data": {"task": args.task},
+        }
+        overrides = list(args.overrides)
+    flag_map = {
+        "model": "student.path",
+        "task": "data.task",
+        "data": "data.path",
+        "epochs": "train.epochs",
+        "lr": "train.lr",
+        "batch_size": "train.batch_size",
+        "max_train_examples": "data.max_train_examples",
+        "seed": "train.seed",
+        "max_steps": "train.max_steps",
+    }
+    for flag, key in flag_map.items():
+        v = getattr(args, flag)
+        if v is not None:
+            overrides.insert(0, f"{key}={v}")
+    return _run(raw, overrides, args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, print_table
+
+    res = evaluate(
+        args.model,
+        task=args.task,
+        data_path=args.data,
+        split=args.split,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        timing=args.timing,
+        threads=args.threads,
+        max_examples=args.max_examples,
+    )
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        print_table([res], teacher=None)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation import compare, print_table
+
+    rows = compare(
+        args.teacher,
+        args.students,
+        task=args.task,
+        data_path=args.data,
+        split=args.split,
+        max_length=args.max_length,
+        threads=args.threads,
+        n_latency=args.latency_sentences,
+        labels=args.labels,
+    )
+    print_table(rows, teacher=rows[0])
+    if args.plot:
+        from .evaluation import plot_score_vs_latency
+
+        plot_score_vs_latency(rows, args.plot)
+        print(f"plot written to {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import Predictor
+
+    pred = Predictor(args.model, max_length=args.max_length)
+    if args.input and args.input != "-":
+        with open(args.input, encoding="utf-8") as f:
+            lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+    else:
+        lines = [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
+    texts = [tuple(ln.split("\t")) if pred.is_pair else (ln,) for ln in lines]
+    for text, out in zip(lines, pred.predict(texts, batch_size=args.batch_size), strict=True):
+        print(json.dumps({"text": text, **out}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bertdistill", description="Distil BERT-family models.", epilog=EPILOG)
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("methods", help="list the registered methods")
+    s.set_defaults(fn=cmd_methods)
+
+    s = sub.add_parser(
+        "distill",
+        help="run a distillation recipe",
+        epilog=EPILOG,
+        description="Run RECIPE.yaml: build teacher and student, train every stage, save the student.",
+    )
+    s.add_argument("recipe", help="a YAML recipe, e.g. recipes/kd/sst2.yaml")
+    _common_train_flags(s)
+    s.set_defaults(fn=cmd_distill)
+
+    s = sub.add_parser(
+        "finetune",
+        help="fine-tune a teacher (or any encoder) on a task",
+        epilog=EPILOG,
+        description="Fine-tune an HF encoder on a task and save an HF model dir. Give a recipe "
+        "(recipes/finetune/sst2.yaml) or --model and --task.",
+    )
+    s.add_argument("recipe", nargs="?", help="optional recipe; flags below override it")
+    s.add_argument("--model", help="hub name, local dir, or alias minilm-l6")
+    s.add_argument("--task", help="GLUE task name (sst2, mrpc, stsb, ...) or custom")
+    s.add_argument("--data", help="data dir / file (default: the HF hub)")
+    s.add_argument("--epochs", type=float)
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--max-train-examples", type=int, help="subsample the training set (quick runs)")
+    s.add_argument("--seed", type=int)
+    _common_train_flags(s)
+    s.set_defaults(fn=cmd_finetune)
+
+    def eval_flags(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--task", help="task (default: read from the model dir's bertdistill.yaml)")
+        s.add_argument("--data", help="data dir (default: from bertdistill.yaml, else the HF hub)")
+        s.add_argument("--split", default="dev")
+        s.add_argument("--max-length", type=int, default=128)
+        s.add_argument("--threads", type=int, default=None, help="CPU threads for timing (default: all)")
+
+    s = sub.add_parser("evaluate", help="score a model on a task (+ size, latency, throughput)")
+    s.add_argument("model")
+    eval_flags(s)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--max-examples", type=int)
+    s.add_argument(
+        "--timing", action="store_true", help="also measure CPU latency (batch 1) and throughput (32)"
+    )
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("compare", help="teacher vs students: score, params, latency, retention, speed-up")
+    s.add_argument("teacher")
+    s.add_argument("students", nargs="+")
+    eval_flags(s)
+    s.add_argument("--labels", nargs="*", help="row names (teacher first)")
+    s.add_argument("--latency-sentences", type=int, default=200)
+    s.add_argument("--plot", help="write a PNG of score vs latency here")
+    s.add_argument("--json", help="also write the rows to this JSON file")
+    s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("predict", help="labels and probabilities for lines of a file or stdin")
+    s.add_argument("model")
+    s.add_argument(
+        "input", nargs="?", default="-", help="text file, one example per line (pairs: tab-separated)"
+    )
+    s.add_argument("--max-length", type=int, default=128)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.set_defaults(fn=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    _quiet_hf()
+    from .config import ConfigError
+
+    try:
+        return int(args.fn(args) or 0)
+    except ConfigError as e:
+        print(f"bertdistill: configuration error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"bertdistill: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Typed, strict run configuration.
+
+A recipe is YAML *data* (``yaml.safe_load``) mapped onto dataclasses. Unknown keys are errors that list the
+valid keys; values are coerced to the field's declared type (so ``lr: 3e-5``, which YAML 1.1 reads as a
+string, becomes a float); ``--set train.lr=3e-5`` overrides go through the same typing. The ``method``
+section is dispatched by its ``name`` to the method's own config class (declared in its file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message says what and how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config; subclasses live in ``methods/<paper>.py``."""
+
+    name: str = ""
+
+
+@dataclass
+class TeacherConfig:
+    path: str | None = None
+    """HF hub name, local model dir, or the alias ``minilm-l6`` (offline MiniLM-L6-H384 package)."""
+    cache: bool = True
+    """Compute the teacher outputs a method needs once, store them on disk and reuse them."""
+    cache_dir: str | None = None
+    """Where cached teacher outputs live (default ``$BERTDISTILL_CACHE`` or ``~/.cache/bertdistill``)."""
+    cache_dtype: str = "float32"
+    batch_size: int = 128
+    """Batch size for teacher-only passes (cache building, evaluation)."""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class StudentConfig:
+    init: str = "teacher"
+    """``teacher``: copy embeddings and chosen layers from the teacher; ``pretrained``: load ``path``;
+    ``random``: a fresh model from the teacher's (or ``path``'s) config."""
+    path: str | None = None
+    num_layers: int | None = None
+    layers: list[int] | None = None
+    """Teacher layers (0-based) to copy, in order; overrides ``num_layers`` / ``layer_selection``."""
+    layer_selection: str = "first"
+    """``first`` | ``last`` | ``uniform`` (evenly spread, first and last included — DistilBERT's rule)."""
+    preset: str | None = None
+    """A named size from ``students.PRESETS``."""
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra HF config fields for the student (``hidden_size``, ``intermediate_size``, ...)."""
+
+    INITS: ClassVar[tuple[str, ...]] = ("teacher", "pretrained", "random")
+
+    def __post_init__(self) -> None:
+        if self.init not in self.INITS:
+            raise ConfigError(f"student.init must be one of {list(self.INITS)}, got {self.init!r}")
+        if self.layer_selection not in ("first", "last", "uniform"):
+            raise ConfigError(
+                f"student.layer_selection must be first, last or uniform, got {self.layer_selection!r}"
+            )
+
+
+@dataclass
+class DataConfig:
+    task: str = "sst2"
+    """A GLUE task name, or ``custom`` (then set text_fields / label_field / labels or regression)."""
+    path: str | None = None
+    """A GLUE-style TSV dir, a CSV/JSONL file or dir; unset = the HF hub (``nyu-mll/glue``)."""
+    format: str = "auto"
+    """``auto`` | ``glue_tsv`` | ``csv`` | ``jsonl`` | ``hf``."""
+    train_split: str = "train"
+    eval_split: str = "dev"
+    text_fields: list[str] = field(default_factory=list)
+    label_field: str = "label"
+    labels: list[str] = field(default_factory=list)
+    regression: bool = False
+    max_length: int = 128
+    max_train_examples: int | None = None
+    """Subsample the training set (seeded) — for quick runs; the full recipe leaves it unset."""
+    max_eval_examples: int | None = None
+    bucket_by_length: bool = True
+    """Group examples of similar length into batches (shuffled chunks, then sorted): less padding."""
+
+    def __post_init__(self) -> None:
+        if self.format not in ("auto", "glue_tsv", "csv", "jsonl", "hf"):
+            raise ConfigError(f"data.format must be auto, glue_tsv, csv, jsonl or hf, got {self.format!r}")
+        if self.max_length < 8:
+            raise ConfigError(f"data.max_length must be at least 8, got {self.max_length}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    max_steps: int | None = None
+    """Optimizer steps in all; when set it overrides ``epochs``."""
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    scheduler: str = "linear"
+    """``linear`` (warm-up then linear decay) | ``constant`` (warm-up then flat) | ``cosine``."""
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    """``no`` | ``fp16`` | ``bf16`` (accelerate)."""
+    seed: int = 42
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; unset = at the end of each epoch."""
+    save_every: int | None = None
+    """Write a resumable checkpoint every N steps; unset = at every evaluation."""
+    keep_last: int = 2
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement of the main metric."""
+    metric_for_best: str | None = None
+    """Defaults to the task's main metric."""
+    log_every: int = 10
+    cpu_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("linear", "constant", "cosine"):
+            raise ConfigError(f"train.scheduler must be linear, constant or cosine, got {self.scheduler!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ConfigError("train.epochs must be > 0 (or set train.max_steps)")
+
+
+@dataclass
+class RunConfig:
+    method: MethodConfig
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str | None = None
+    """Default: ``runs/<method>-<task>``."""
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.method.name}-{self.data.task}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dump(self, path: str | os.PathLike[str]) -> None:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        Path(path).write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse value {text!r}: {e}") from e
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce ``value`` to the declared type ``tp`` or raise a ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return _parse_scalar(value) if isinstance(value, str) else value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))
+        ):
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)  # type: ignore[arg-type]
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def build_dataclass(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly: unknown keys are errors that list valid ones."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw recipe dict (values are typed later, by field)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-5)")
+        dotted, value = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = raw
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    from .registry import get_method
+
+    raw = dict(raw)
+    method_raw = raw.pop("method", None)
+    if not isinstance(method_raw, dict) or "name" not in method_raw:
+        raise ConfigError(
+            "the recipe needs a `method:` section with a `name` (see `bertdistill methods` for the names)"
+        )
+    try:
+        method_cls = get_method(str(method_raw["name"]))
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from e
+    method_cfg = build_dataclass(method_cls.config_cls, method_raw, "method")
+    top = {f.name: f for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - set(top))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {list(top)}")
+    hints = typing.get_type_hints(RunConfig)
+    kwargs = {k: _coerce(v, hints[k], k) for k, v in raw.items()}
+    return RunConfig(method=method_cfg, **kwargs)
+
+
+def load_config(
+    source: str | os.PathLike[str] | dict[str, Any], overrides: list[str] | None = None
+) -> RunConfig:
+    """Load a recipe (YAML path or dict), apply ``key=value`` overrides, and return a typed RunConfig."""
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"recipe {str(path)!r} not found (expected a YAML file such as recipes/kd/sst2.yaml)"
+            )
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    raw = _deep_copy_dicts(raw)
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def _deep_copy_dicts(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy_dicts(v) if isinstance(v, dict) else v for k, v in d.items()}

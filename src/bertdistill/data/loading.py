@@ -1,0 +1,352 @@
+"""Loading task data (GLUE TSV dirs, the HF hub, CSV/JSONL), tokenising it once, and batching it.
+
+Batches are dicts: ``idx`` (row numbers, for the teacher cache), ``labels`` (absent when unlabelled),
+``inputs`` (the student's model inputs) and, only when the teacher tokenizes differently from the student,
+``teacher_inputs`` — read it with :func:`teacher_inputs`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from ..config import ConfigError, DataConfig
+from .tasks import HF_LABEL_NAMES, TaskSpec, custom_task, get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Examples:
+    """Raw examples of one split: ``texts[i]`` is a 1- or 2-tuple of strings; ``labels[i]`` the target."""
+
+    texts: list[tuple[str, ...]]
+    labels: list[int | float] | None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> Examples:
+        return Examples(
+            [self.texts[i] for i in indices],
+            None if self.labels is None else [self.labels[i] for i in indices],
+            self.source,
+        )
+
+
+def resolve_task(cfg: DataConfig) -> TaskSpec:
+    if cfg.task == "custom":
+        if not cfg.text_fields:
+            raise ConfigError("data.task: custom needs data.text_fields (one or two column names)")
+        return custom_task("custom", cfg.text_fields, cfg.label_field, cfg.labels, cfg.regression)
+    return get_task(cfg.task)
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def read_tsv(path: Path, task: TaskSpec, labelled: bool = True) -> Examples:
+    """Read a GLUE-style TSV: header row (unless the task's layout is headerless), no quoting, BOM tolerated.
+    Rows with too few fields are skipped with a warning (QQP's train file has a few)."""
+    layout = task.tsv
+    if layout is None:
+        raise ConfigError(f"task {task.name!r} has no TSV layout")
+    texts: list[tuple[str, ...]] = []
+    labels: list[int | float] = []
+    skipped = 0
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if layout.header:
+            header = next(reader, None)
+            if header is None:
+                raise ConfigError(f"{path} is empty")
+            header = [h.strip() for h in header]
+            cols = [_col(header, c, path) for c in layout.text_columns]
+            lab = None
+            if labelled and layout.label_column is not None and layout.label_column in header:
+                lab = _col(header, layout.label_column, path)
+        else:
+            cols = [int(c) for c in layout.text_columns]
+            lab = int(layout.label_column) if (labelled and layout.label_column is not None) else None
+        need = max([*cols, lab if lab is not None else -1]) + 1
+        for lineno, row in enumerate(reader, start=2 if layout.header else 1):
+            if len(row) < need:
+                skipped += 1
+                continue
+            texts.append(tuple(row[c].strip() for c in cols))
+            if lab is not None:
+                try:
+                    labels.append(task.label_index(row[lab]))
+                except ValueError as e:
+                    raise ConfigError(f"{path}:{lineno}: {e}") from None
+    if skipped:
+        log.warning("%s: skipped %d malformed row(s) with fewer than %d fields", path, skipped, need)
+    if not texts:
+        raise ConfigError(f"{path}: no examples read; is it a {task.name} TSV file?")
+    return Examples(texts, labels if lab is not None else None, str(path))
+
+
+def _col(header: list[str], name: str | int, path: Path) -> int:
+    if isinstance(name, int):
+        return name
+    if name not in header:
+        raise ConfigError(f"{path}: column {name!r} not found; the header has {header}")
+    return header.index(name)
+
+
+def read_table(
+    path: Path, task: TaskSpec, fmt: str, text_fields: Sequence[str], label_field: str
+) -> Examples:
+    """CSV (with header) or JSONL (one object per line) with the given column names."""
+    rows: list[dict[str, Any]]
+    if fmt == "jsonl":
+        rows = []
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ConfigError(f"{path}:{lineno}: not valid JSON: {e}") from None
+    else:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    missing = [c for c in text_fields if c not in rows[0]]
+    if missing:
+        raise ConfigError(f"{path}: column(s) {missing} not found; columns are {list(rows[0])}")
+    texts = [tuple(str(r[c]) for c in text_fields) for r in rows]
+    if label_field not in rows[0]:
+        return Examples(texts, None, str(path))
+    labels = []
+    for i, r in enumerate(rows):
+        try:
+            labels.append(task.label_index(str(r[label_field])))
+        except ValueError as e:
+            raise ConfigError(f"{path}: row {i + 1}: {e}") from None
+    return Examples(texts, labels, str(path))
+
+
+def read_hf(task: TaskSpec, split: str) -> Examples:  # pragma: no cover - needs the network
+    import datasets
+
+    if not task.hf_path:
+        raise ConfigError(f"task {task.name!r} has no hub dataset; set data.path")
+    hub_split = task.hf_splits.get(split, split)
+    ds = datasets.load_dataset(*task.hf_path, split=hub_split)
+    texts = list(zip(*[ds[c] for c in task.hf_text_columns], strict=True))
+    raw = ds[task.hf_label_column] if task.hf_label_column in ds.column_names else None
+    labels: list[int | float] | None = None
+    if raw is not None and not all(r == -1 for r in raw[:50]):  # GLUE test splits carry -1
+        if task.regression:
+            labels = [float(r) for r in raw]
+        elif task.name in HF_LABEL_NAMES:
+            names = HF_LABEL_NAMES[task.name]
+            labels = [task.labels.index(names[int(r)]) for r in raw]
+        else:
+            labels = [int(r) for r in raw]
+    return Examples([tuple(t) for t in texts], labels, f"hf:{'/'.join(task.hf_path)}:{hub_split}")
+
+
+def load_examples(cfg: DataConfig, task: TaskSpec, split: str) -> Examples:
+    """Examples of ``split`` (train / dev / test / dev_mismatched ...) from wherever ``cfg`` points."""
+    fmt = cfg.format
+    if cfg.path is None:
+        if fmt not in ("auto", "hf"):
+            raise ConfigError(f"data.format {fmt!r} needs data.path")
+        return read_hf(task, split)
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data.path {str(path)!r} does not exist")
+    if path.is_dir():
+        if fmt in ("auto", "glue_tsv"):
+            name = task.tsv_files.get(split, f"{split}.tsv")
+            file = path / name
+            if file.is_file():
+                return read_tsv(file, task, labelled=split != "test")
+            if fmt == "glue_tsv":
+                raise ConfigError(f"{file} not found (task {task.name}, split {split})")
+        for ext, f in (("jsonl", "jsonl"), ("csv", "csv")):
+            file = path / f"{split}.{ext}"
+            if file.is_file() and fmt in ("auto", f):
+                return read_table(file, task, f, cfg.text_fields or task.text_fields, cfg.label_field)
+        raise ConfigError(
+            f"no {split} file in {path}: expected {task.tsv_files.get(split, split + '.tsv')}, "
+            f"{split}.jsonl or {split}.csv"
+        )
+    f = (
+        fmt
+        if fmt != "auto"
+        else ("jsonl" if path.suffix == ".jsonl" else "glue_tsv" if path.suffix == ".tsv" else "csv")
+    )
+    if f == "glue_tsv":
+        return read_tsv(path, task)
+    return read_table(path, task, f, cfg.text_fields or task.text_fields, cfg.label_field)
+
+
+def subsample(ex: Examples, n: int | None, seed: int) -> Examples:
+    if n is None or n >= len(ex):
+        return ex
+    idx = sorted(random.Random(seed).sample(range(len(ex)), n))
+    return ex.subset(idx)
+
+
+# ----------------------------------------------------------------------------------------------- tokenised
+
+
+@dataclass
+class TokenizedDataset(Dataset):
+    """Token ids per example (unpadded) plus labels; ``__getitem__`` returns a dict with its ``idx``."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int | float] | None
+    texts: list[tuple[str, ...]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"idx": i, "input_ids": self.input_ids[i]}
+        if self.token_type_ids is not None:
+            item["token_type_ids"] = self.token_type_ids[i]
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+    def fingerprint(self) -> str:
+        """Content hash of the token ids (and segment ids): changes whenever data or tokenisation does."""
+        h = hashlib.sha256()
+        for i, ids in enumerate(self.input_ids):
+            h.update(np.asarray(ids, dtype=np.int64).tobytes())
+            if self.token_type_ids is not None:
+                h.update(np.asarray(self.token_type_ids[i], dtype=np.int8).tobytes())
+            h.update(b"|")
+        return h.hexdigest()[:20]
+
+
+def tokenize(examples: Examples, tokenizer: Any, max_length: int) -> TokenizedDataset:
+    cols: list[Any] = list(zip(*examples.texts, strict=True)) if examples.texts else [[]]
+    enc = tokenizer(*[list(c) for c in cols], truncation=True, max_length=max_length)
+    tt = enc.get("token_type_ids")
+    return TokenizedDataset(enc["input_ids"], tt, examples.labels, examples.texts)
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def teacher_inputs(batch: Mapping[str, Any]) -> Mapping[str, Tensor]:
+    """The teacher's model inputs of a batch (the student's unless the batch carries its own)."""
+    return batch.get("teacher_inputs", batch["inputs"])
+
+
+class Collator:
+    """Dynamic padding to the longest example of the batch."""
+
+    def __init__(self, pad_token_id: int, regression: bool = False) -> None:
+        self.pad_token_id = pad_token_id
+        self.regression = regression
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        n = len(items)
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        has_tt = "token_type_ids" in items[0]
+        tt = torch.zeros((n, width), dtype=torch.long) if has_tt else None
+        for r, it in enumerate(items):
+            k = len(it["input_ids"])
+            ids[r, :k] = torch.tensor(it["input_ids"], dtype=torch.long)
+            mask[r, :k] = 1
+            if tt is not None:
+                tt[r, :k] = torch.tensor(it["token_type_ids"], dtype=torch.long)
+        inputs: dict[str, Tensor] = {"input_ids": ids, "attention_mask": mask}
+        if tt is not None:
+            inputs["token_type_ids"] = tt
+        batch: dict[str, Any] = {"idx": torch.tensor([it["idx"] for it in items]), "inputs": inputs}
+        if "labels" in items[0]:
+            dtype = torch.float if self.regression else torch.long
+            batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=dtype)
+        return batch
+
+
+class BatchSampler(Sampler[list[int]]):
+    """Batches of indices, reshuffled per epoch from ``seed + epoch`` (so a resumed run sees the same order).
+
+    With ``bucket=True`` the shuffled order is cut into chunks of ``batch_size × 50`` examples, each chunk
+    sorted by length and cut into batches, and the batches shuffled: little padding, still random.
+    With ``shuffle=False`` batches follow length order (evaluation: fastest, order restored by ``idx``).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        bucket: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.bucket = bucket
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        bs = self.batch_size
+        if not self.shuffle:
+            order = sorted(range(n), key=lambda i: self.lengths[i]) if self.bucket else list(range(n))
+            batches = [order[i : i + bs] for i in range(0, n, bs)]
+        else:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+            if self.bucket:
+                chunk = bs * 50
+                batches = []
+                for c in range(0, n, chunk):
+                    part = sorted(order[c : c + chunk], key=lambda i: self.lengths[i])
+                    batches += [part[i : i + bs] for i in range(0, len(part), bs)]
+                perm = torch.randperm(len(batches), generator=g).tolist()
+                batches = [batches[p] for p in perm]
+            else:
+                batches = [order[i : i + bs] for i in range(0, n, bs)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == bs]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        if self.drop_last and not (self.shuffle and self.bucket):
+            return n // self.batch_size
+        return len(self._batches()) if self.drop_last else -(-n // self.batch_size)

@@ -1,0 +1,281 @@
+"""Task specifications: text fields, label set, metrics, and where each GLUE task lives on disk / on the hub.
+
+A :class:`TaskSpec` is pure data. ``get_task("sst2")`` returns the GLUE spec; ``custom_task(...)`` builds
+one for a user's CSV/JSONL data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
+    return float((preds == labels).mean())
+
+
+def f1(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Binary F1 of the positive class (GLUE's MRPC / QQP convention)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, preds, average="binary", zero_division=0))
+
+
+def matthews(preds: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(labels, preds))
+
+
+def pearson(preds: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    if np.std(preds) == 0 or np.std(labels) == 0:
+        return 0.0
+    return float(pearsonr(preds, labels)[0])
+
+
+def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.std(preds) == 0 or np.std(labels) == 0:
+        return 0.0
+    return float(spearmanr(preds, labels)[0])
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy,
+    "f1": f1,
+    "matthews": matthews,
+    "pearson": pearson,
+    "spearman": spearman,
+}
+
+
+# ----------------------------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class TsvLayout:
+    """How a GLUE-style TSV file is laid out: columns by header name, or by index when headerless."""
+
+    text_columns: tuple[str | int, ...]
+    label_column: str | int | None
+    header: bool = True
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    text_fields: tuple[str, ...]  # 1 (single sentence) or 2 (pair)
+    labels: tuple[str, ...] = ()  # label names, in index order; empty for regression
+    regression: bool = False
+    metrics: tuple[str, ...] = ("accuracy",)
+    main_metric: str = "accuracy"
+    # GLUE TSV files on disk
+    tsv: TsvLayout | None = None
+    tsv_files: dict[str, str] = field(default_factory=dict)  # split -> file name
+    # HF hub
+    hf_path: tuple[str, ...] = ()  # args of datasets.load_dataset
+    hf_splits: dict[str, str] = field(default_factory=dict)  # our split -> hub split
+    hf_text_columns: tuple[str, ...] = ()
+    hf_label_column: str = "label"
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_fields) == 2
+
+    def label_index(self, raw: str) -> int | float:
+        """Map a raw label string from a file to the model's target (index, or float for regression)."""
+        raw = raw.strip()
+        if self.regression:
+            return float(raw)
+        if raw in self.labels:
+            return self.labels.index(raw)
+        raise ValueError(
+            f"task {self.name!r}: label {raw!r} is not one of {list(self.labels)}; "
+            "check the label column of your data (or the task's `labels`)"
+        )
+
+    def compute_metrics(self, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """``preds`` are class indices (classification) or scores (regression)."""
+        return {m: METRICS[m](preds, labels) for m in self.metrics}
+
+
+_GLUE_SPLITS = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+
+
+def _glue(
+    name: str,
+    text_fields: Sequence[str],
+    labels: Sequence[str],
+    tsv: TsvLayout,
+    hf_cols: Sequence[str],
+    metrics: Sequence[str] = ("accuracy",),
+    main: str = "accuracy",
+    regression: bool = False,
+    tsv_files: dict[str, str] | None = None,
+    hf_splits: dict[str, str] | None = None,
+) -> TaskSpec:
+    return TaskSpec(
+        name=name,
+        text_fields=tuple(text_fields),
+        labels=tuple(labels),
+        regression=regression,
+        metrics=tuple(metrics),
+        main_metric=main,
+        tsv=tsv,
+        tsv_files=tsv_files or dict(_GLUE_SPLITS),
+        hf_path=("nyu-mll/glue", name),
+        hf_splits=hf_splits or {"train": "train", "dev": "validation", "test": "test"},
+        hf_text_columns=tuple(hf_cols),
+    )
+
+
+GLUE_TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        # CoLA's train/dev files have no header: source, label, original label, sentence.
+        _glue(
+            "cola",
+            ["sentence"],
+            ["0", "1"],
+            TsvLayout((3,), 1, header=False),
+            ["sentence"],
+            metrics=("matthews", "accuracy"),
+            main="matthews",
+        ),
+        _glue("sst2", ["sentence"], ["0", "1"], TsvLayout(("sentence",), "label"), ["sentence"]),
+        _glue(
+            "mrpc",
+            ["sentence1", "sentence2"],
+            ["0", "1"],
+            TsvLayout(("#1 String", "#2 String"), "Quality"),
+            ["sentence1", "sentence2"],
+            metrics=("f1", "accuracy"),
+            main="f1",
+        ),
+        _glue(
+            "stsb",
+            ["sentence1", "sentence2"],
+            [],
+            TsvLayout(("sentence1", "sentence2"), "score"),
+            ["sentence1", "sentence2"],
+            metrics=("pearson", "spearman"),
+            main="pearson",
+            regression=True,
+        ),
+        _glue(
+            "qqp",
+            ["question1", "question2"],
+            ["0", "1"],
+            TsvLayout(("question1", "question2"), "is_duplicate"),
+            ["question1", "question2"],
+            metrics=("f1", "accuracy"),
+            main="accuracy",
+        ),
+        _glue(
+            "mnli",
+            ["premise", "hypothesis"],
+            ["contradiction", "entailment", "neutral"],
+            TsvLayout(("sentence1", "sentence2"), "gold_label"),
+            ["premise", "hypothesis"],
+            tsv_files={
+                "train": "train.tsv",
+                "dev": "dev_matched.tsv",
+                "dev_matched": "dev_matched.tsv",
+                "dev_mismatched": "dev_mismatched.tsv",
+                "test": "test_matched.tsv",
+            },
+            hf_splits={
+                "train": "train",
+                "dev": "validation_matched",
+                "dev_matched": "validation_matched",
+                "dev_mismatched": "validation_mismatched",
+                "test": "test_matched",
+            },
+        ),
+        _glue(
+            "qnli",
+            ["question", "sentence"],
+            ["entailment", "not_entailment"],
+            TsvLayout(("question", "sentence"), "label"),
+            ["question", "sentence"],
+        ),
+        _glue(
+            "rte",
+            ["sentence1", "sentence2"],
+            ["entailment", "not_entailment"],
+            TsvLayout(("sentence1", "sentence2"), "label"),
+            ["sentence1", "sentence2"],
+        ),
+        _glue(
+            "wnli",
+            ["sentence1", "sentence2"],
+            ["0", "1"],
+            TsvLayout(("sentence1", "sentence2"), "label"),
+            ["sentence1", "sentence2"],
+        ),
+    ]
+}
+
+# The HF hub's GLUE labels are integer class ids in its own order; for MNLI that order differs from ours.
+HF_LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "mnli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key in GLUE_TASKS:
+        return GLUE_TASKS[key]
+    raise KeyError(
+        f"unknown task {name!r}; known GLUE tasks: {sorted(GLUE_TASKS)}. "
+        "For your own data set `data.task: custom` with `data.text_fields`, `data.label_field` and "
+        "`data.labels` (or `data.regression: true`)."
+    )
+
+
+def custom_task(
+    name: str,
+    text_fields: Sequence[str],
+    label_field: str,
+    labels: Sequence[str] = (),
+    regression: bool = False,
+    metrics: Sequence[str] | None = None,
+) -> TaskSpec:
+    if not text_fields or len(text_fields) > 2:
+        raise ValueError(
+            f"custom task {name!r}: text_fields must name 1 or 2 columns, got {list(text_fields)}"
+        )
+    if not regression and len(labels) < 2:
+        raise ValueError(
+            f"custom task {name!r}: a classification task needs `labels` (at least 2 names, in index order); "
+            "for a real-valued target set `regression: true`"
+        )
+    if metrics is None:
+        metrics = ("pearson", "spearman") if regression else ("accuracy",)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    return TaskSpec(
+        name=name,
+        text_fields=tuple(text_fields),
+        labels=tuple(str(x) for x in labels),
+        regression=regression,
+        metrics=tuple(metrics),
+        main_metric=metrics[0],
+        tsv=TsvLayout(tuple(text_fields), label_field),
+        hf_text_columns=tuple(text_fields),
+        hf_label_column=label_field,
+    )

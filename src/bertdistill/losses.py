@@ -1,0 +1,51 @@
+"""Loss functions: pure tensor math, no models. Each states its formula and where it comes from."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Hinton et al. 2015 soft-target loss: ``t² · KL(softmax(z_T/t) ‖ softmax(z_S/t))``.
+
+    Mean over examples (``batchmean``: summed over classes, averaged over rows — never averaged over
+    classes), multiplied by t² so that its gradient keeps the same scale as the hard loss when t changes.
+    Works on ``[N, C]`` or any ``[..., C]`` (leading dims are flattened into rows).
+    """
+    t = float(temperature)
+    s = student_logits.reshape(-1, student_logits.shape[-1]).float()
+    te = teacher_logits.reshape(-1, teacher_logits.shape[-1]).float()
+    log_p_s = F.log_softmax(s / t, dim=-1)
+    log_p_t = F.log_softmax(te / t, dim=-1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return kl * (t * t)
+
+
+def hard_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy with gold labels (mean over examples)."""
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def regression_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of a single regression output ``[N, 1]`` or ``[N]`` against ``[N]`` targets."""
+    return F.mse_loss(pred.float().reshape(-1), target.float().reshape(-1))
+
+
+def masked_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """MSE over the real (non-padded) positions of ``[B, T, H]`` states.
+
+    ``mask`` is ``[B, T]`` (1 = real token). Mean over real tokens × hidden units, so padding neither
+    contributes nor dilutes the average.
+    """
+    m = mask.to(student.dtype).unsqueeze(-1)
+    sq = (student.float() - teacher.float()).pow(2) * m
+    denom = m.sum() * student.shape[-1]
+    return sq.sum() / denom.clamp_min(1.0)
+
+
+def masked_cosine(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """Cosine-embedding loss with target 1, ``mean over real tokens of (1 − cos(h_S, h_T))`` (DistilBERT)."""
+    cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1)
+    m = mask.to(cos.dtype)
+    return ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)

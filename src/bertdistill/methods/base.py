@@ -1,0 +1,156 @@
+"""The method protocol: what a distillation method tells the one training loop.
+
+A method builds the trainable *bundle* (the student plus anything else that trains: projections, branch
+heads, task heads), lists its *stages* (which data, which parameters train at which learning rate, for how
+long), says which teacher outputs it *needs*, and turns one batch's student and teacher outputs into a
+``dict`` of weighted loss terms. The loop sums the terms, logs each, and never asks which method it runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..config import MethodConfig, RunConfig
+from ..data.loading import Collator, TokenizedDataset, load_examples, subsample, tokenize
+from ..data.tasks import TaskSpec
+from ..features import Features, Needs
+from ..hub import from_pretrained
+
+ParamGroups = list[dict[str, Any]]
+"""``[{"params": [...], "lr_scale": 0.1}, ...]`` — ``lr_scale`` multiplies the stage's learning rate."""
+
+
+@dataclass
+class Stage:
+    """One phase of training. Unset fields fall back to the run's ``train`` section."""
+
+    name: str
+    data: str = "train"
+    """Key of the dataset (from ``Method.datasets``) this stage iterates."""
+    epochs: float | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    scheduler: str | None = None
+    warmup_ratio: float | None = None
+    param_groups: Callable[[nn.Module], ParamGroups] | None = None
+    """Which parameters train (others are frozen for the stage); ``None`` = the whole bundle."""
+    uses_teacher: bool = True
+    evaluate: bool = True
+    """Whether the task metric is meaningful after this stage (False for e.g. pre-training stages)."""
+    cacheable: bool = True
+    """Whether teacher outputs for this stage's data may be cached (False when data changes per epoch)."""
+
+
+class Method(ABC):
+    """Base class of every method; subclass directly (depth one) and decorate with ``@register``."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    needs: ClassVar[Needs] = Needs()
+    requires_teacher: ClassVar[bool] = True
+    attn_implementation: ClassVar[str | None] = None
+    """Set to ``"eager"`` when student attention maps are read (sdpa returns none)."""
+
+    def __init__(self, run: RunConfig, task: TaskSpec) -> None:
+        self.run = run
+        self.cfg = run.method
+        self.task = task
+
+    # ------------------------------------------------------------------ teacher / student
+    def load_teacher_model(self, path: str) -> nn.Module:
+        """The teacher as a HF model (default: sequence classification)."""
+        from transformers import AutoModelForSequenceClassification
+
+        kwargs: dict[str, Any] = {"trust_remote_code": self.run.teacher.trust_remote_code}
+        if self.teacher_needs().attentions:
+            kwargs["attn_implementation"] = "eager"
+        return from_pretrained(AutoModelForSequenceClassification, path, **kwargs)
+
+    @abstractmethod
+    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+        """The trainable bundle. Everything that trains must be a submodule of it."""
+
+    def export_model(self, bundle: nn.Module) -> Any:
+        """The part of the bundle that is saved as the final HF model (default: the bundle itself)."""
+        return bundle
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train")]
+
+    def teacher_needs(self, stage: Stage | None = None) -> Needs:
+        return self.needs
+
+    # ------------------------------------------------------------------ data
+    def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
+        """Datasets keyed by name: ``train`` (and ``eval`` when the task has labelled dev data)."""
+        d = self.run.data
+        train = subsample(
+            load_examples(d, self.task, d.train_split), d.max_train_examples, self.run.train.seed
+        )
+        out: dict[str, Dataset] = {"train": tokenize(train, tokenizer, d.max_length)}
+        if d.eval_split:
+            ev = subsample(
+                load_examples(d, self.task, d.eval_split), d.max_eval_examples, self.run.train.seed
+            )
+            if ev.labels is not None:
+                out["eval"] = tokenize(ev, tokenizer, d.max_length)
+        return out
+
+    def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        return Collator(tokenizer.pad_token_id or 0, regression=self.task.regression)
+
+    # ------------------------------------------------------------------ training step
+    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
+        return bundle(**batch["inputs"])
+
+    @abstractmethod
+    def loss(
+        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+    ) -> dict[str, Tensor]:
+        """Weighted loss terms; the loop sums them."""
+
+    # ------------------------------------------------------------------ evaluation
+    def predict_logits(self, bundle: nn.Module, batch: Mapping[str, Any]) -> Tensor:
+        return self.export_model(bundle)(**batch["inputs"]).logits
+
+    @torch.no_grad()
+    def evaluate(
+        self, bundle: nn.Module, loader: Any, gather: Callable[[Tensor], Tensor] | None = None
+    ) -> dict[str, float]:
+        """Task metrics of the bundle on ``loader`` (labelled batches)."""
+        was_training = bundle.training
+        bundle.eval()
+        preds, labels = [], []
+        for batch in loader:
+            logits = self.predict_logits(bundle, batch)
+            y = batch["labels"]
+            if gather is not None:
+                logits, y = gather(logits), gather(y)
+            preds.append(logits.float().cpu())
+            labels.append(y.cpu())
+        bundle.train(was_training)
+        return metrics_from_logits(self.task, torch.cat(preds), torch.cat(labels))
+
+
+def metrics_from_logits(task: TaskSpec, logits: Tensor, labels: Tensor) -> dict[str, float]:
+    lg = logits.numpy()
+    pred = lg.reshape(-1) if task.regression else np.argmax(lg, axis=-1)
+    return task.compute_metrics(pred, labels.numpy())
+
+
+def save_hf_model(model: Any, tokenizer: Any, out_dir: Path) -> None:
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
+__all__ = ["Method", "ParamGroups", "Stage", "TokenizedDataset", "metrics_from_logits", "save_hf_model"]

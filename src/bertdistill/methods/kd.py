@@ -1,0 +1,105 @@
+"""Hinton KD — Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
+
+``L = α·t²·KL(softmax(z_T/t) ‖ softmax(z_S/t)) + (1−α)·CE(z_S, y)``; for a regression task the soft term is
+``MSE(z_S, z_T)`` and the hard term ``MSE(z_S, y)`` (no temperature on a regression output). An optional
+hidden-state MSE on mapped layers (``hidden_weight`` > 0; off by default) adds FitNets-style intermediate
+matching between students and teachers of the same width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..config import ConfigError, MethodConfig
+from ..features import Features, Needs
+from ..layer_map import uniform_hidden_map
+from ..losses import hard_ce, masked_mse, regression_mse, soft_target_kl
+from ..registry import register
+from ..students import build_student, num_layers
+from .base import Method, Stage
+
+
+@dataclass
+class KDConfig(MethodConfig):
+    name: str = "kd"
+    alpha: float = 0.5
+    """Weight of the soft (teacher) term; 1 − alpha weighs the gold-label term."""
+    temperature: float = 4.0
+    hidden_weight: float = 0.0
+    """Weight of the optional hidden-state MSE (0 = plain Hinton KD)."""
+    hidden_map: list[list[int]] = field(default_factory=list)
+    """``[[student_index, teacher_index], ...]`` in ``hidden_states`` indexing (0 = embeddings);
+    empty = uniform map over layers 1..M when ``hidden_weight`` > 0."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"method.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ConfigError(f"method.temperature must be > 0, got {self.temperature}")
+        if any(len(p) != 2 for p in self.hidden_map):
+            raise ConfigError("method.hidden_map must be a list of [student_index, teacher_index] pairs")
+
+
+@register("kd")
+class KD(Method):
+    """Hinton KD: temperature-softened teacher probabilities (×t²) plus gold labels."""
+
+    config_cls = KDConfig
+    cfg: KDConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._map: list[tuple[int, int]] = [(int(s), int(t)) for s, t in self.cfg.hidden_map]
+
+    def teacher_needs(self, stage: Stage | None = None) -> Needs:
+        if self.cfg.hidden_weight > 0:
+            return Needs(
+                logits=True, hidden_states=True, hidden_layers=tuple(t for _, t in self._map) or None
+            )
+        return Needs(logits=True)
+
+    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+        student, info = build_student(self.run.student, teacher, self.task)  # type: ignore[arg-type]
+        self.student_info = info
+        if self.cfg.hidden_weight > 0:
+            if teacher is None:
+                raise ConfigError("method.hidden_weight > 0 needs a teacher")
+            w_s, w_t = getattr(student, "config").hidden_size, getattr(teacher, "config").hidden_size  # noqa: B009
+            if w_s != w_t:
+                raise ConfigError(
+                    f"kd's hidden MSE needs student and teacher of the same width ({w_s} vs {w_t}); "
+                    "use tinybert for projections"
+                )
+            if not self._map:
+                self._map = uniform_hidden_map(
+                    num_layers(teacher), num_layers(student), include_embeddings=False
+                )
+        return student
+
+    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
+        return bundle(**batch["inputs"], output_hidden_states=self.cfg.hidden_weight > 0)
+
+    def loss(
+        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+    ) -> dict[str, Tensor]:
+        assert teacher_out is not None and teacher_out.logits is not None
+        a, zs, zt = self.cfg.alpha, student_out.logits, teacher_out.logits
+        terms: dict[str, Tensor] = {}
+        if self.task.regression:
+            terms["kd"] = a * regression_mse(zs, zt)
+            if a < 1 and "labels" in batch:
+                terms["mse"] = (1 - a) * regression_mse(zs, batch["labels"])
+        else:
+            terms["kd"] = a * soft_target_kl(zs, zt, self.cfg.temperature)
+            if a < 1 and "labels" in batch:
+                terms["ce"] = (1 - a) * hard_ce(zs, batch["labels"])
+        if self.cfg.hidden_weight > 0:
+            mask = batch["inputs"]["attention_mask"]
+            hs = student_out.hidden_states
+            mse = sum(masked_mse(hs[s], teacher_out.hidden_states[t], mask) for s, t in self._map)
+            terms["hidden"] = self.cfg.hidden_weight * mse  # type: ignore[assignment]
+        return terms

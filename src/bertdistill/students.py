@@ -1,0 +1,182 @@
+"""Building students: copy chosen layers of a teacher, shrink a config, or load any HF model / config."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+
+from .config import ConfigError, StudentConfig
+from .data.tasks import TaskSpec
+from .hub import from_pretrained
+from .layer_map import select_layers
+
+# Named student sizes. Layer counts are what a preset fixes; widths that differ from the teacher's mean the
+# student cannot be copied from it (init: random, or a method that trains projections).
+PRESETS: dict[str, dict[str, Any]] = {
+    # TinyBERT4 of the paper (for a BERT-base teacher): 14.5M parameters.
+    "tinybert4": {
+        "num_hidden_layers": 4,
+        "hidden_size": 312,
+        "intermediate_size": 1200,
+        "num_attention_heads": 12,
+    },
+    # Narrow students for a 6-layer / 384-wide teacher such as MiniLM-L6.
+    "minilm-4x192": {
+        "num_hidden_layers": 4,
+        "hidden_size": 192,
+        "intermediate_size": 768,
+        "num_attention_heads": 12,
+    },
+    "minilm-2x192": {
+        "num_hidden_layers": 2,
+        "hidden_size": 192,
+        "intermediate_size": 768,
+        "num_attention_heads": 12,
+    },
+}
+
+_WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+
+
+def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ``nn.ModuleList`` of transformer blocks and its qualified name (``bert.encoder.layer``, ...)."""
+    n = model.config.num_hidden_layers  # type: ignore[union-attr]
+    found = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList)
+        and len(mod) == n
+        and re.search(r"(^|\.)(layer|layers|blocks?)$", name)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot find the encoder's layer list in {type(model).__name__} "
+            f"(candidates: {[f[0] for f in found]}); build this student with init: random or pretrained"
+        )
+    return found[0]
+
+
+def num_layers(model: nn.Module) -> int:
+    cfg: Any = model.config
+    return int(cfg.num_hidden_layers)
+
+
+def copy_layers(
+    teacher: PreTrainedModel, layers: list[int], attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """A model of the teacher's class and width with ``len(layers)`` blocks: student block i is a copy of
+    teacher block ``layers[i]``; embeddings, pooler and head are copied too."""
+    n_t = num_layers(teacher)
+    bad = [i for i in layers if not 0 <= i < n_t]
+    if bad or not layers:
+        raise ValueError(f"layers {layers} are not valid 0-based layer numbers of a {n_t}-layer teacher")
+    cfg = copy.deepcopy(teacher.config)
+    cfg.num_hidden_layers = len(layers)
+    if attn_implementation:
+        cfg._attn_implementation = attn_implementation
+    student = type(teacher)(cfg)
+    prefix, _ = encoder_layers(teacher)
+    t_state = teacher.state_dict()
+    pat = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
+    new_state = {}
+    for key in student.state_dict():
+        m = pat.match(key)
+        src = f"{prefix}.{layers[int(m.group(1))]}.{m.group(2)}" if m else key
+        if src not in t_state:
+            raise KeyError(f"cannot copy {key!r}: the teacher has no {src!r}")
+        new_state[key] = t_state[src].detach().clone()
+    student.load_state_dict(new_state, strict=True)
+    student.config.bertdistill_copied_layers = list(layers)
+    return student
+
+
+def shrink_config(config: PretrainedConfig, **overrides: Any) -> PretrainedConfig:
+    cfg = copy.deepcopy(config)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def student_overrides(cfg: StudentConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if cfg.preset:
+        if cfg.preset not in PRESETS:
+            raise ConfigError(f"unknown student.preset {cfg.preset!r}; known presets: {sorted(PRESETS)}")
+        out.update(PRESETS[cfg.preset])
+    out.update(cfg.config_overrides)
+    if cfg.num_layers is not None:
+        out["num_hidden_layers"] = cfg.num_layers
+    if cfg.layers is not None:
+        out["num_hidden_layers"] = len(cfg.layers)
+    return out
+
+
+def build_student(
+    cfg: StudentConfig,
+    teacher: PreTrainedModel | None,
+    task: TaskSpec,
+    attn_implementation: str | None = None,
+) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """Build a sequence-classification student as ``cfg`` says; return it with a description of its init."""
+    overrides = student_overrides(cfg)
+    if cfg.init == "teacher":
+        if teacher is None:
+            raise ConfigError(
+                "student.init: teacher needs a teacher (set teacher.path) — or use init: pretrained"
+            )
+        widths = {k: v for k, v in overrides.items() if k in _WIDTH_KEYS and getattr(teacher.config, k) != v}
+        if widths:
+            raise ConfigError(
+                f"student.init: teacher copies the teacher's weights, so widths must match, but {widths} differ "
+                "from the teacher's; use init: random (or a method with projections, e.g. tinybert)"
+            )
+        n_t = num_layers(teacher)
+        layers = cfg.layers or select_layers(
+            n_t, overrides.get("num_hidden_layers", n_t), cfg.layer_selection
+        )
+        if teacher.config.num_labels != task.num_labels:
+            raise ConfigError(
+                f"the teacher has {teacher.config.num_labels} outputs but task {task.name!r} needs {task.num_labels}; "
+                "is teacher.path a model fine-tuned on this task?"
+            )
+        student = copy_layers(teacher, layers, attn_implementation)
+        for k, v in _label_kwargs(task).items():
+            setattr(student.config, k, v)
+        return student, {"init": "teacher", "teacher_layers": layers}
+    kwargs: dict[str, Any] = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    label_kw = _label_kwargs(task)
+    if cfg.init == "pretrained":
+        if not cfg.path:
+            raise ConfigError("student.init: pretrained needs student.path (a hub name or a model dir)")
+        model = from_pretrained(
+            AutoModelForSequenceClassification, cfg.path, **label_kw, **overrides, **kwargs
+        )
+        return model, {"init": "pretrained", "path": cfg.path}
+    # random
+    if cfg.path:
+        base = from_pretrained(AutoConfig, cfg.path)
+    elif teacher is not None:
+        base = copy.deepcopy(teacher.config)
+    else:
+        raise ConfigError(
+            "student.init: random needs student.path (a config) or a teacher to take the config from"
+        )
+    base = shrink_config(base, **overrides, **label_kw)
+    model = AutoModelForSequenceClassification.from_config(base, **kwargs)
+    return model, {"init": "random", "config_from": cfg.path or "teacher"}
+
+
+def _label_kwargs(task: TaskSpec) -> dict[str, Any]:
+    if task.regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {
+        "num_labels": task.num_labels,
+        "id2label": dict(enumerate(task.labels)),
+        "label2id": {lab: i for i, lab in enumerate(task.labels)},
+    }

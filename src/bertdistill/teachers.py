@@ -1,0 +1,244 @@
+"""The frozen teacher, and a disk cache of its outputs.
+
+A :class:`Teacher` is ``eval()``, ``requires_grad_(False)`` and only ever run under ``torch.no_grad()``; it
+is never part of the trainable bundle and never wrapped for DDP. A :class:`CachedTeacher` computes the
+outputs a method needs once per (teacher weights, dataset tokens, needs, dtype) fingerprint, stores them
+with safetensors, and serves them by example index afterwards — across epochs and across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .data.loading import BatchSampler, TokenizedDataset, teacher_inputs
+from .features import Features, Needs, forward_features
+from .hub import resolve_model_path  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BERTDISTILL_CACHE", "~/.cache/bertdistill")).expanduser()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Hash of the model's weights (names, shapes, bytes) and config: identifies a teacher exactly."""
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        d = cfg.to_dict()
+        for k in (
+            "_name_or_path",
+            "transformers_version",
+            "_attn_implementation_autoset",
+            "torch_dtype",
+            "dtype",
+        ):
+            d.pop(k, None)
+        h.update(json.dumps(d, sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class Teacher:
+    """A frozen model run only for its outputs."""
+
+    def __init__(self, model: nn.Module, name: str = "teacher") -> None:
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.name = name
+        self._fingerprint: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Teacher:
+        self.model.to(device)
+        return self
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+    @torch.no_grad()
+    def features(self, batch: Mapping[str, Any], needs: Needs) -> Features:
+        self.model.eval()
+        inputs = {k: v.to(self.device) for k, v in teacher_inputs(batch).items()}
+        return forward_features(self.model, inputs, needs)[1]
+
+
+class CachedTeacher:
+    """Teacher outputs for one dataset, computed once and served by example index.
+
+    Logits are stored ``[N, C]``; hidden states and attention maps, which vary in length, are stored flat
+    with per-example offsets (no padding on disk) and re-padded to each batch's width when served.
+    """
+
+    def __init__(self, root: Path, needs: Needs, tensors: dict[str, Tensor], lengths: Tensor) -> None:
+        self.root = root
+        self.needs = needs
+        self.tensors = tensors
+        self.lengths = lengths
+        self.offsets: dict[str, Tensor] = {}
+        for key, t in tensors.items():
+            if key.startswith("offsets."):
+                self.offsets[key[len("offsets.") :]] = t
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def fingerprint(cls, teacher: Teacher, data: TokenizedDataset, needs: Needs, dtype: str) -> str:
+        key = json.dumps(
+            {
+                "format": CACHE_FORMAT,
+                "teacher": teacher.fingerprint(),
+                "data": data.fingerprint(),
+                "needs": needs.key(),
+                "dtype": dtype,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    @classmethod
+    def load_or_build(
+        cls,
+        teacher: Teacher,
+        data: TokenizedDataset,
+        needs: Needs,
+        collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        cache_dir: Path | None = None,
+        dtype: str = "float32",
+        batch_size: int = 128,
+        progress: Any = None,
+    ) -> CachedTeacher:
+        root = (cache_dir or default_cache_dir()) / "teacher" / cls.fingerprint(teacher, data, needs, dtype)
+        if (root / "meta.json").is_file():
+            log.info("teacher cache hit: %s", root)
+            return cls._load(root, needs)
+        log.info("building teacher cache for %d examples at %s", len(data), root)
+        tensors = cls._compute(teacher, data, needs, collator, getattr(torch, dtype), batch_size, progress)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
+        try:
+            save_file(tensors, str(tmp / "outputs.safetensors"))
+            meta = {
+                "format": CACHE_FORMAT,
+                "teacher": teacher.fingerprint(),
+                "data": data.fingerprint(),
+                "needs": needs.key(),
+                "dtype": dtype,
+                "examples": len(data),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            try:
+                os.replace(tmp, root)
+            except OSError:  # another process built it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls._load(root, needs)
+
+    @classmethod
+    def _load(cls, root: Path, needs: Needs) -> CachedTeacher:
+        tensors = load_file(str(root / "outputs.safetensors"))
+        return cls(root, needs, tensors, tensors["lengths"])
+
+    @staticmethod
+    @torch.no_grad()
+    def _compute(
+        teacher: Teacher,
+        data: TokenizedDataset,
+        needs: Needs,
+        collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        dtype: torch.dtype,
+        batch_size: int,
+        progress: Any,
+    ) -> dict[str, Tensor]:
+        n = len(data)
+        lengths = torch.tensor(data.lengths, dtype=torch.long)
+        loader = DataLoader(
+            data, batch_sampler=BatchSampler(data.lengths, batch_size, shuffle=False), collate_fn=collator
+        )
+        logits: Tensor | None = None
+        chunks: dict[str, list[tuple[int, Tensor]]] = {}
+        task = progress.add_task("teacher cache", total=len(loader)) if progress is not None else None
+        for batch in loader:
+            f = teacher.features(batch, needs)
+            idx = batch["idx"]
+            if f.logits is not None:
+                if logits is None:
+                    logits = torch.zeros((n, *f.logits.shape[1:]), dtype=dtype)
+                logits[idx] = f.logits.to("cpu", dtype)
+            for i, row in enumerate(idx.tolist()):
+                k = int(lengths[row])
+                for layer, h in f.hidden_states.items():
+                    chunks.setdefault(f"hidden.{layer}", []).append(
+                        (row, h[i, :k].to("cpu", dtype).reshape(-1))
+                    )
+                for layer, a in f.attentions.items():
+                    chunks.setdefault(f"attention.{layer}", []).append(
+                        (row, a[i, :, :k, :k].to("cpu", dtype).reshape(-1))
+                    )
+            if task is not None:
+                progress.advance(task)
+        if task is not None:
+            progress.remove_task(task)
+        out: dict[str, Tensor] = {"lengths": lengths}
+        if logits is not None:
+            out["logits"] = logits
+        for key, items in chunks.items():
+            items.sort(key=lambda x: x[0])
+            sizes = torch.tensor([t.numel() for _, t in items], dtype=torch.long)
+            out[key] = torch.cat([t for _, t in items]) if items else torch.zeros(0, dtype=dtype)
+            out[f"offsets.{key}"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        return out
+
+    # ------------------------------------------------------------------ serving
+    def features(self, batch: Mapping[str, Any], needs: Needs | None = None) -> Features:
+        idx = batch["idx"].cpu()
+        ids = teacher_inputs(batch)["input_ids"]
+        device, width = ids.device, ids.shape[1]
+        feats = Features()
+        if "logits" in self.tensors:
+            feats.logits = self.tensors["logits"][idx].float().to(device)
+        for key, flat in self.tensors.items():
+            if key.startswith("hidden.") or key.startswith("attention."):
+                kind, layer = key.split(".")
+                feats_dict = feats.hidden_states if kind == "hidden" else feats.attentions
+                feats_dict[int(layer)] = self._gather(kind, flat, self.offsets[key], idx, width).to(device)
+        return feats
+
+    def _gather(self, kind: str, flat: Tensor, offsets: Tensor, idx: Tensor, width: int) -> Tensor:
+        rows = []
+        for r in idx.tolist():
+            k = int(self.lengths[r])
+            piece = flat[offsets[r] : offsets[r + 1]].float()
+            if kind == "hidden":
+                h = piece.reshape(k, -1)
+                rows.append(torch.nn.functional.pad(h, (0, 0, 0, width - k)))
+            else:
+                heads = piece.numel() // (k * k)
+                a = piece.reshape(heads, k, k)
+                rows.append(torch.nn.functional.pad(a, (0, width - k, 0, width - k)))
+        return torch.stack(rows)

@@ -1,0 +1,55 @@
+"""Optimizer and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from ..config import TrainConfig
+
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def build_optimizer(groups: list[dict], train: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW over ``groups`` (each with ``params`` and an optional ``lr_scale``), with weight decay on
+    weights only (not biases or norm parameters)."""
+    param_groups = []
+    for g in groups:
+        named = g["params"]
+        scale = float(g.get("lr_scale", 1.0))
+        decay = [p for n, p in named if p.requires_grad and not any(k in n for k in _NO_DECAY)]
+        no_decay = [p for n, p in named if p.requires_grad and any(k in n for k in _NO_DECAY)]
+        for ps, wd in ((decay, train.weight_decay), (no_decay, 0.0)):
+            if ps:
+                param_groups.append({"params": ps, "weight_decay": wd, "lr": lr * scale})
+    if not param_groups:
+        raise ValueError("no trainable parameters in this stage")
+    b1, b2 = train.adam_betas
+    return torch.optim.AdamW(param_groups, lr=lr, betas=(b1, b2), eps=train.adam_eps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int
+) -> LambdaLR:
+    """``linear``: warm-up then linear decay to 0; ``constant``: warm-up then flat; ``cosine``: warm-up then
+    half-cosine to 0."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return LambdaLR(optimizer, factor)
+
+
+def named_trainable(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return list(module.named_parameters())

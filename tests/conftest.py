@@ -1,0 +1,149 @@
+"""Shared fixtures: a tiny random BERT teacher (built once per session), a tiny tokenizer, tiny GLUE data.
+
+No network, no downloads. Learnable toy data: sentences made of "good" or "bad" words plus filler.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+POS = ["good", "great", "fine", "nice", "superb", "lovely"]
+NEG = ["bad", "awful", "poor", "dull", "boring", "ugly"]
+FILL = ["the", "movie", "film", "a", "is", "was", "plot", "acting", "very", "quite", "and", "story"]
+WORDS = POS + NEG + FILL
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_bert_config(**kw) -> BertConfig:
+    base = dict(
+        vocab_size=len(SPECIAL) + len(WORDS) + 20,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=2,
+        attn_implementation="eager",
+    )
+    base.update(kw)
+    return BertConfig(**base)
+
+
+def make_sentence(rng: random.Random, label: int) -> str:
+    words = [rng.choice(FILL) for _ in range(rng.randint(2, 8))]
+    for _ in range(rng.randint(1, 2)):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if label else NEG))
+    return " ".join(words)
+
+
+def write_sst2(root: Path, n_train: int = 96, n_dev: int = 32, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["sentence\tlabel"]
+        for i in range(n):
+            y = i % 2
+            lines.append(f"{make_sentence(rng, y)} \t{y}")
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    (root / "test.tsv").write_text(
+        "index\tsentence\n" + "\n".join(f"{i}\t{make_sentence(rng, i % 2)}" for i in range(8)) + "\n"
+    )
+    return root
+
+
+def write_stsb(root: Path, n_train: int = 64, n_dev: int = 24, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        for i in range(n):
+            a, b = make_sentence(rng, i % 2), make_sentence(rng, (i // 2) % 2)
+            lines.append(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{a}\t{b}\t{rng.uniform(0, 5):.3f}")
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tok")
+    vocab = SPECIAL + WORDS + [f"w{i}" for i in range(20)]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def _teacher_session(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny random 4-layer teacher saved as a HF dir with its tokenizer (built once)."""
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("teacher")
+    model = BertForSequenceClassification(tiny_bert_config())
+    with torch.no_grad():  # confident, varied predictions, like a trained teacher's
+        model.classifier.weight.mul_(30.0)
+    model.save_pretrained(d)
+    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def teacher_dir(_teacher_session) -> Path:
+    return _teacher_session
+
+
+@pytest.fixture(scope="session")
+def _tiny_model_session() -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config()).eval()
+
+
+@pytest.fixture
+def tiny_model(_tiny_model_session) -> BertForSequenceClassification:
+    return copy.deepcopy(_tiny_model_session)
+
+
+@pytest.fixture(scope="session")
+def sst2_dir(tmp_path_factory) -> Path:
+    return write_sst2(tmp_path_factory.mktemp("sst2"))
+
+
+@pytest.fixture(scope="session")
+def stsb_dir(tmp_path_factory) -> Path:
+    return write_stsb(tmp_path_factory.mktemp("stsb"))
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def recipe(
+    method_name: str,
+    teacher_dir: Path,
+    data_dir: Path,
+    out: Path,
+    cache: Path,
+    task: str = "sst2",
+    **sections,
+):
+    """A small recipe dict for tests; ``sections`` update each section."""
+    r = {
+        "method": {"name": method_name},
+        "teacher": {"path": str(teacher_dir), "cache_dir": str(cache)},
+        "student": {"num_layers": 2},
+        "data": {"task": task, "path": str(data_dir), "max_length": 32},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "log_every": 2, "seed": 0},
+        "output_dir": str(out),
+    }
+    for k, v in sections.items():
+        r.setdefault(k, {}).update(v)
+    return r

@@ -1,0 +1,111 @@
+import io
+import json
+
+import pytest
+import yaml
+
+from bertdistill.cli import main
+from conftest import recipe
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, _teacher_session, sst2_dir):
+    """A teacher and a kd student made through the CLI, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("cli")
+    r = recipe("kd", _teacher_session, sst2_dir, tmp / "student", tmp / "cache")
+    (tmp / "kd.yaml").write_text(yaml.safe_dump(r))
+    assert main(["distill", str(tmp / "kd.yaml"), "--quiet", "--set", "train.max_steps=4"]) == 0
+    return tmp
+
+
+def test_methods_lists_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "kd" in out and "finetune" in out and "Hinton" in out
+
+
+def test_distill_output_and_overrides(trained):
+    cfg = yaml.safe_load((trained / "student" / "bertdistill.yaml").read_text())
+    assert cfg["train"]["max_steps"] == 4 and cfg["method"]["name"] == "kd"
+    assert (trained / "student" / "model.safetensors").is_file()
+
+
+def test_finetune_with_flags(tmp_path, teacher_dir, sst2_dir, capsys):
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            str(teacher_dir),
+            "--task",
+            "sst2",
+            "--data",
+            str(sst2_dir),
+            "--max-steps",
+            "2",
+            "--output",
+            str(tmp_path / "ft"),
+            "--quiet",
+            "--set",
+            f"teacher.cache_dir={tmp_path / 'c'}",
+        ]
+    )
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["method"] == "finetune" and "accuracy" in res
+    cfg = yaml.safe_load((tmp_path / "ft" / "bertdistill.yaml").read_text())
+    assert cfg["student"]["init"] == "pretrained" and cfg["train"]["max_steps"] == 2
+
+
+def test_evaluate_json(trained, sst2_dir, capsys):
+    assert main(["evaluate", str(trained / "student"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["task"] == "sst2" and 0 <= res["score"] <= 1 and res["examples"] == 32 and res["layers"] == 2
+
+
+def test_compare_table_and_plot(trained, teacher_dir, sst2_dir, tmp_path, capsys):
+    png, js = tmp_path / "p.png", tmp_path / "rows.json"
+    rc = main(
+        [
+            "compare",
+            str(teacher_dir),
+            str(trained / "student"),
+            "--task",
+            "sst2",
+            "--data",
+            str(sst2_dir),
+            "--latency-sentences",
+            "10",
+            "--plot",
+            str(png),
+            "--json",
+            str(js),
+            "--labels",
+            "teacher",
+            "student",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "retention" in out and "teacher" in out and "student" in out
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    rows = json.loads(js.read_text())
+    assert rows[1]["retention"] == pytest.approx(rows[1]["score"] / rows[0]["score"])
+    assert rows[1]["params"] < rows[0]["params"] and rows[1]["latency_speedup"] > 0
+
+
+def test_predict_from_stdin(trained, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("a good movie\n\nawful boring film\n"))
+    assert main(["predict", str(trained / "student")]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["text"] for x in lines] == ["a good movie", "awful boring film"]
+    assert all(x["label"] in ("0", "1") and sum(x["probs"]) == pytest.approx(1, abs=1e-4) for x in lines)
+
+
+def test_config_errors_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: {name: kd}\ntrain: {learnin_rate: 1}\n")
+    assert main(["distill", str(bad)]) == 2
+    assert "unknown key(s) ['learnin_rate'] in train" in capsys.readouterr().err
+    assert (
+        main(["finetune", "--model", str(tmp_path / "none"), "--task", "sst2", "--data", str(tmp_path)]) == 2
+    )

@@ -1,0 +1,178 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertdistill import load_config
+from bertdistill.config import ConfigError
+from bertdistill.training import checkpoint as ckpt
+from bertdistill.training.loop import NonFiniteLossError, Trainer, distill
+from conftest import recipe
+
+
+def _cfg(method_name, teacher_dir, data_dir, tmp_path, out="out", task="sst2", **sections):
+    return load_config(
+        recipe(method_name, teacher_dir, data_dir, tmp_path / out, tmp_path / "cache", task=task, **sections)
+    )
+
+
+def _weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_outputs_logs_and_checkpoints(teacher_dir, sst2_dir, tmp_path):
+    cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"epochs": 2, "keep_last": 1})
+    res = distill(cfg, quiet=True)
+    out = res.output_dir
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if "loss" in r]
+    assert train_recs and all({"kd", "ce", "lr", "step"} <= set(r) for r in train_recs)
+    assert all(r["loss"] == pytest.approx(r["kd"] + r["ce"], rel=1e-5) for r in train_recs)
+    evals = [r for r in records if "eval" in r]
+    assert len(evals) == 2  # end of each epoch
+    # keep_last=1: a single complete checkpoint, no temporary leftovers
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000012"]
+    assert not list(out.glob(".*tmp*"))
+    best_step = max(evals, key=lambda r: r["eval"]["accuracy"])["step"]
+    assert json.loads((out / "metrics.json").read_text())["step"] == best_step
+    assert res.metrics["accuracy"] == max(r["eval"]["accuracy"] for r in evals)
+
+
+def test_resume_is_exact(teacher_dir, sst2_dir, tmp_path, monkeypatch):
+    sections = {"train": {"epochs": 2, "save_every": 3, "lr": 5e-4}}
+    full = distill(_cfg("kd", teacher_dir, sst2_dir, tmp_path, out="full", **sections), quiet=True)
+
+    cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, out="killed", **sections)
+    original = Trainer._checkpoint
+    calls = {"n": 0}
+
+    def crash_after_second_save(self, *a, **k):
+        original(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:  # step 6 saved: die mid-epoch-1
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", crash_after_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, quiet=True)
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    assert ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints").name == "step-0000006"
+    resumed = distill(cfg, resume=True, quiet=True)
+    a, b = _weights(full.output_dir), _weights(resumed.output_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    la = [r["loss"] for r in full.history if "loss" in r]
+    lb = [r["loss"] for r in resumed.history if "loss" in r]
+    assert lb == pytest.approx(la[-len(lb) :], rel=1e-5)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(teacher_dir, sst2_dir, tmp_path, monkeypatch):
+    cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"epochs": 2, "save_every": 2})
+    from bertdistill.methods.kd import KD
+
+    original = KD.loss
+    count = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        count["n"] += 1
+        terms = original(self, *a, **k)
+        if count["n"] == 5:
+            terms["kd"] = terms["kd"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(KD, "loss", poisoned)
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite loss at step 5 .*Last good checkpoint: .*step-0000004"
+    ):
+        distill(cfg, quiet=True)
+    last = ckpt.latest_checkpoint(tmp_path / "out" / "checkpoints")
+    state = load_file(str(last / "bundle.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_early_stopping(teacher_dir, sst2_dir, tmp_path):
+    cfg = _cfg(
+        "kd",
+        teacher_dir,
+        sst2_dir,
+        tmp_path,
+        train={"epochs": 20, "eval_every": 1, "early_stopping_patience": 2, "lr": 1e-9},
+    )
+    res = distill(cfg, quiet=True)
+    evals = [r for r in res.history if "eval" in r]
+    assert len(evals) == 3  # the first is best, two more without improvement, then stop
+
+
+def test_grad_accumulation_counts_optimizer_steps(teacher_dir, sst2_dir, tmp_path):
+    cfg = _cfg(
+        "kd",
+        teacher_dir,
+        sst2_dir,
+        tmp_path,
+        train={"batch_size": 8, "grad_accum": 3, "epochs": 1, "log_every": 1},
+    )
+    res = distill(cfg, quiet=True)
+    steps = [r["step"] for r in res.history if "loss" in r]
+    assert steps == list(range(1, 5))  # 96 examples / 8 = 12 batches = 4 updates
+
+
+def test_regression_task_kd_uses_mse(teacher_dir, stsb_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    reg_teacher = tmp_path / "reg_teacher"
+    m = AutoModelForSequenceClassification.from_pretrained(
+        teacher_dir, num_labels=1, problem_type="regression", ignore_mismatched_sizes=True
+    )
+    m.save_pretrained(reg_teacher)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(reg_teacher)
+    res = distill(
+        _cfg("kd", reg_teacher, stsb_dir, tmp_path, task="stsb", train={"max_steps": 3}), quiet=True
+    )
+    terms = {k for r in res.history if "loss" in r for k in r}
+    assert {"kd", "mse"} <= terms and "ce" not in terms
+    assert {"pearson", "spearman"} <= set(res.metrics)
+
+
+def test_cached_and_live_teacher_train_identically(teacher_dir, sst2_dir, tmp_path):
+    a = distill(_cfg("kd", teacher_dir, sst2_dir, tmp_path, out="cached", train={"max_steps": 5}), quiet=True)
+    b = distill(
+        _cfg(
+            "kd",
+            teacher_dir,
+            sst2_dir,
+            tmp_path,
+            out="live",
+            teacher={"cache": False},
+            train={"max_steps": 5},
+        ),
+        quiet=True,
+    )
+    wa, wb = _weights(a.output_dir), _weights(b.output_dir)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert any((tmp_path / "cache" / "teacher").iterdir())
+
+
+def test_kd_hidden_mse_option(teacher_dir, sst2_dir, tmp_path):
+    res = distill(
+        _cfg("kd", teacher_dir, sst2_dir, tmp_path, method={"hidden_weight": 1.0}, train={"max_steps": 3}),
+        quiet=True,
+    )
+    assert all("hidden" in r for r in res.history if "loss" in r)
+    tr = Trainer(_cfg("kd", teacher_dir, sst2_dir, tmp_path, method={"hidden_weight": 1.0}), quiet=True)
+    assert tr.method._map == [(1, 2), (2, 4)]  # 4-layer teacher, 2-layer student, hidden_states indexing
+
+
+def test_missing_teacher_is_a_clear_error(sst2_dir, tmp_path, teacher_dir):
+    raw = recipe("kd", teacher_dir, sst2_dir, tmp_path / "o", tmp_path / "c")
+    raw["teacher"] = {}
+    raw["student"] = {"init": "pretrained", "path": str(teacher_dir)}
+    with pytest.raises(ConfigError, match="needs a teacher: set teacher.path"):
+        distill(raw, quiet=True)
+    raw["teacher"] = {"path": str(tmp_path / "nowhere")}
+    with pytest.raises(ConfigError, match="cannot load"):
+        distill(raw, quiet=True)

@@ -1,0 +1,71 @@
+import torch
+from transformers import AutoTokenizer
+
+from bertdistill.data.loading import BatchSampler, Collator, Examples, tokenize
+from bertdistill.features import Needs
+from bertdistill.teachers import CachedTeacher, Teacher
+
+
+def _data(tok, n=20, offset=0):
+    import random
+
+    from conftest import make_sentence
+
+    rng = random.Random(offset)
+    ex = Examples([(make_sentence(rng, i % 2),) for i in range(n)], [i % 2 for i in range(n)])
+    return tokenize(ex, tok, 32)
+
+
+def test_teacher_is_frozen(tiny_model):
+    t = Teacher(tiny_model)
+    assert not t.model.training
+    assert all(not p.requires_grad for p in t.model.parameters())
+
+
+def test_cache_matches_live_teacher_and_is_reused(tiny_model, teacher_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    data = _data(tok)
+    coll = Collator(tok.pad_token_id)
+    teacher = Teacher(tiny_model)
+    needs = Needs(
+        logits=True, hidden_states=True, hidden_layers=(0, 2), attentions=True, attention_layers=(1,)
+    )
+    cache = CachedTeacher.load_or_build(teacher, data, needs, coll, tmp_path, batch_size=7)
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=BatchSampler(data.lengths, 6, seed=1), collate_fn=coll
+    )
+    for batch in loader:
+        live, cached = teacher.features(batch, needs), cache.features(batch)
+        mask = batch["inputs"]["attention_mask"].bool()
+        torch.testing.assert_close(cached.logits, live.logits, rtol=1e-5, atol=1e-5)
+        assert set(cached.hidden_states) == {0, 2} and set(cached.attentions) == {1}
+        for k in (0, 2):
+            torch.testing.assert_close(
+                cached.hidden_states[k][mask], live.hidden_states[k][mask], rtol=1e-5, atol=1e-5
+            )
+        m2 = mask[:, None, :, None] & mask[:, None, None, :]
+        a_live, a_cached = live.attentions[1], cached.attentions[1]
+        torch.testing.assert_close(
+            a_cached[m2.expand_as(a_live)], a_live[m2.expand_as(a_live)], rtol=1e-5, atol=1e-5
+        )
+
+    # second time: a hit, the teacher is never called
+    calls = []
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    again = CachedTeacher.load_or_build(teacher, data, needs, coll, tmp_path)
+    assert again.root == cache.root and not calls
+
+
+def test_cache_invalidated_by_data_teacher_and_needs(tiny_model, teacher_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    data, other = _data(tok), _data(tok, offset=1)
+    teacher = Teacher(tiny_model)
+    needs = Needs()
+    fp = CachedTeacher.fingerprint(teacher, data, needs, "float32")
+    assert CachedTeacher.fingerprint(teacher, other, needs, "float32") != fp
+    assert CachedTeacher.fingerprint(teacher, data, Needs(hidden_states=True), "float32") != fp
+    assert CachedTeacher.fingerprint(teacher, data, needs, "float16") != fp
+    changed = Teacher(torch.nn.Module.to(tiny_model, "cpu"))
+    with torch.no_grad():
+        changed.model.classifier.bias.add_(0.1)
+    assert CachedTeacher.fingerprint(changed, data, needs, "float32") != fp
