@@ -105,3 +105,25 @@ def test_collator_pads_dynamically(tiny_tokenizer_dir):
     assert (ids[0, 4:] == tok.pad_token_id).all()
     assert batch["labels"].dtype == torch.long and batch["idx"].tolist() == [0, 1]
     assert "teacher_inputs" not in batch  # same tokenizer: the teacher reads `inputs`
+
+
+def test_hub_loader_maps_columns_and_label_order(monkeypatch):
+    """The HF-hub path (used online): columns by the task's hub names, MNLI labels re-mapped to our order."""
+    import datasets
+
+    from bertdistill.data.loading import read_hf
+
+    seen = {}
+
+    def fake_load(*args, split):
+        seen["args"] = (args, split)
+        return datasets.Dataset.from_dict(
+            {"premise": ["a", "b"], "hypothesis": ["c", "d"], "label": [0, 2], "idx": [0, 1]}
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    ex = read_hf(get_task("mnli"), "dev")
+    assert seen["args"] == (("nyu-mll/glue", "mnli"), "validation_matched")
+    assert ex.texts == [("a", "c"), ("b", "d")]
+    # hub order: entailment, neutral, contradiction; ours: contradiction, entailment, neutral
+    assert ex.labels == [1, 0]

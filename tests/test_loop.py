@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -176,3 +177,12 @@ def test_missing_teacher_is_a_clear_error(sst2_dir, tmp_path, teacher_dir):
     raw["teacher"] = {"path": str(tmp_path / "nowhere")}
     with pytest.raises(ConfigError, match="cannot load"):
         distill(raw, quiet=True)
+
+
+def test_bf16_mixed_precision_runs(teacher_dir, sst2_dir, tmp_path):
+    res = distill(
+        _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"max_steps": 3, "mixed_precision": "bf16"}),
+        quiet=True,
+    )
+    losses = [r["loss"] for r in res.history if "loss" in r]
+    assert losses and all(math.isfinite(v) for v in losses)

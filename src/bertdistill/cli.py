@@ -62,7 +62,8 @@ def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int
         overrides = [*overrides, f"output_dir={args.output}"]
     cfg = load_config(cfg_source, overrides)
     result = distill(cfg, resume=args.resume, quiet=args.quiet)
-    print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=1))
+    if result.main_process:
+        print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=1))
     return 0
 
 

@@ -53,6 +53,7 @@ class RunResult:
     output_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    main_process: bool = True
 
 
 def seed_everything(seed: int) -> None:
@@ -285,7 +286,7 @@ class Trainer:
             final_metrics = {"task": self.task.name, "method": self.method.name, **final_metrics}
             (self.out / METRICS_FILE).write_text(json.dumps(final_metrics, indent=1))
             run.dump(self.out / CONFIG_FILE)
-        return RunResult(self.out, final_metrics, self.logger.records)
+        return RunResult(self.out, final_metrics, self.logger.records, acc.is_main_process)
 
     def _run_stage(
         self,
