@@ -1,0 +1,178 @@
+"""Distillation throughput: bertdistill vs TextBrewer's GeneralDistiller on the same work, in one run.
+
+Work: teacher MiniLM-L6 (a fine-tuned SST-2 dir via --teacher, else the backbone with a fresh 2-way head),
+student = its first 3 layers (embeddings, layers 0-2, pooler, head copied), batch 32, the same SST-2
+training examples, soft targets at t = 4 plus hidden-state MSE on 3 mapped layers (student hidden_states
+1, 2, 3 ↔ teacher 2, 4, 6), AdamW, no clipping, the same number of steps.
+
+Batching: both tools get the *same* length-bucketed batches (bertdistill's default; TextBrewer trains on
+whatever iterable of batches it is given, so it is handed those batches pre-padded). Timing: wall time
+between optimizer steps after ``--warmup`` steps (TextBrewer: an optimizer step hook; bertdistill: the
+per-step times of its JSONL log), excluding model loading, cache building and the final save. The tools
+run interleaved, ``--rounds`` times; medians are reported.
+
+    python benchmarks/throughput.py --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 --steps 60 --rounds 3
+
+Needs the `bench` extra (textbrewer, tensorboard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, command, machine, today, write_result  # noqa: E402
+
+MAP = [(1, 2), (2, 4), (3, 6)]
+
+
+def recipe(teacher: str, data: str, steps: int, out: Path, cache: Path, method: str, cached: bool, seed: int) -> dict:
+    m = (
+        {"name": "kd", "alpha": 1.0, "temperature": 4.0, "hidden_weight": 1.0, "hidden_map": [list(p) for p in MAP]}
+        if method == "kd"
+        else {"name": "finetune"}
+    )
+    return {
+        "method": m,
+        "teacher": {"path": teacher, "cache": cached, "cache_dir": str(cache)},
+        "student": {"init": "teacher", "layers": [0, 1, 2]},
+        "data": {"task": "sst2", "path": data, "max_length": 128, "max_train_examples": steps * 32,
+                 "eval_split": "", "bucket_by_length": True},
+        "train": {"max_steps": steps, "batch_size": 32, "lr": 5e-5, "warmup_ratio": 0.0, "max_grad_norm": None,
+                  "log_every": 1, "seed": seed, "scheduler": "constant", "weight_decay": 0.0},
+        "output_dir": str(out),
+    }
+
+
+def time_bertdistill(raw: dict, warmup: int) -> float:
+    from bertdistill import distill
+
+    res = distill(raw, quiet=True)
+    per_step = [r["sec_per_step"] for r in res.history if "loss" in r][warmup:]
+    return 32 * len(per_step) / sum(per_step)
+
+
+def textbrewer_batches(teacher_dir: str, data: str, steps: int, seed: int) -> tuple[list[dict], object]:
+    """Exactly the batches bertdistill's first epoch sees (same examples, same bucketed order)."""
+    from bertdistill.config import DataConfig
+    from bertdistill.data.loading import BatchSampler, Collator, load_examples, resolve_task, subsample, tokenize
+    from bertdistill.hub import from_pretrained
+    from transformers import AutoTokenizer
+
+    tok = from_pretrained(AutoTokenizer, teacher_dir)
+    cfg = DataConfig(task="sst2", path=data, max_length=128)
+    ex = subsample(load_examples(cfg, resolve_task(cfg), "train"), steps * 32, seed)
+    ds = tokenize(ex, tok, 128)
+    sampler = BatchSampler(ds.lengths, 32, shuffle=True, bucket=True, seed=seed)
+    sampler.set_epoch(0)
+    coll = Collator(tok.pad_token_id)
+    batches = []
+    for idx in sampler:
+        b = coll([ds[i] for i in idx])
+        batches.append({**b["inputs"], "labels": b["labels"]})
+    return batches, tok
+
+
+def time_textbrewer(teacher_dir: str, batches: list[dict], steps: int, warmup: int, out: Path) -> float:
+    import torch
+    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+
+    from bertdistill.hub import from_pretrained
+    from bertdistill.students import copy_layers
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = from_pretrained(AutoModelForSequenceClassification, teacher_dir, num_labels=2).eval()
+    student = copy_layers(teacher, [0, 1, 2]).train()
+    teacher.config.output_hidden_states = True
+    student.config.output_hidden_states = True
+
+    def adaptor(batch, out):  # read outputs by name; mask padding in the hidden MSE like bertdistill does
+        return {"logits": out.logits, "hidden": out.hidden_states, "inputs_mask": batch["attention_mask"]}
+
+    tcfg = TrainingConfig(device="cpu", log_dir=None, output_dir=str(out), ckpt_steps=steps)
+    dcfg = DistillationConfig(
+        temperature=4, kd_loss_type="ce", kd_loss_weight=1, hard_label_weight=0,
+        intermediate_matches=[{"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+                              for s, t in MAP],
+    )
+    distiller = GeneralDistiller(tcfg, dcfg, teacher, student, adaptor, adaptor)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=0.0)
+    stamps: list[float] = []
+    optimizer.register_step_post_hook(lambda *a, **k: stamps.append(time.perf_counter()))
+    data = [{k: v for k, v in b.items() if k != "labels"} for b in batches]  # TextBrewer checks type(batch) is dict
+    with distiller:
+        distiller.train(optimizer, data, num_steps=steps, max_grad_norm=-1.0)
+    assert len(stamps) == steps, len(stamps)
+    return 32 * (steps - warmup) / (stamps[-1] - stamps[warmup - 1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="minilm-l6")
+    p.add_argument("--data", default=str(SHARED / "SST-2"))
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    import torch
+
+    from bertdistill.cli import _quiet_hf
+    from bertdistill.hub import resolve_model_path
+
+    _quiet_hf()
+    logging.getLogger("Distillation").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    teacher = resolve_model_path(args.teacher)
+    work = Path(tempfile.mkdtemp(prefix="bd-throughput-"))
+    cache = work / "cache"
+    batches, _ = textbrewer_batches(teacher, args.data, args.steps, args.seed)
+    # build the teacher cache once (not timed), as a real run would reuse it across epochs and runs
+    from bertdistill import distill
+
+    distill(recipe(teacher, args.data, 1, work / "warm", cache, "kd", True, args.seed), quiet=True)
+    results: dict[str, list[float]] = {"textbrewer": [], "bertdistill": [], "bertdistill_cached": [], "finetune": []}
+    for r in range(args.rounds):
+        results["textbrewer"].append(time_textbrewer(teacher, batches, args.steps, args.warmup, work / f"tb{r}"))
+        for key, method, cached in (("bertdistill", "kd", False), ("bertdistill_cached", "kd", True),
+                                    ("finetune", "finetune", False)):
+            raw = recipe(teacher, args.data, args.steps, work / f"{key}{r}", cache, method, cached, args.seed)
+            results[key].append(time_bertdistill(raw, args.warmup))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    out = {
+        "textbrewer_samples_per_s": med["textbrewer"],
+        "bertdistill_samples_per_s": med["bertdistill"],
+        "bertdistill_cached_samples_per_s": med["bertdistill_cached"],
+        "finetune_samples_per_s": med["finetune"],
+        "ratio_uncached": med["bertdistill"] / med["textbrewer"],
+        "ratio_cached": med["bertdistill_cached"] / med["textbrewer"],
+        "cached_step_vs_finetune_step": med["finetune"] / med["bertdistill_cached"],
+        "per_round": results,
+        "steps": args.steps, "timed_steps_per_run": args.steps - args.warmup, "rounds": args.rounds,
+        "batch_size": 32, "teacher": args.teacher, "student": "first 3 layers of the teacher",
+        "work": "soft targets t=4 (bertdistill: t²·KL; TextBrewer: CE, same cost) + hidden MSE on 3 mapped layers "
+                "(padding masked in both)",
+        "batching": "the same length-bucketed batches for both tools (bertdistill's BatchSampler, seed "
+                    f"{args.seed}); teacher cache for bertdistill_cached holds logits + the 3 teacher hidden layers",
+        "textbrewer_version": __import__("textbrewer").__version__,
+        "threads": torch.get_num_threads(),
+        "command": command(), "date": today(), "machine": machine(),
+    }
+    path = write_result("throughput", out)
+    print(json.dumps({k: v for k, v in out.items() if k != "per_round"}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
