@@ -28,14 +28,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, command, machine, today, write_result  # noqa: E402
+from common import SHARED, command, machine, today, write_result
 
 MAP = [(1, 2), (2, 4), (3, 6)]
 
 
-def recipe(teacher: str, data: str, steps: int, out: Path, cache: Path, method: str, cached: bool, seed: int) -> dict:
+def recipe(
+    teacher: str, data: str, steps: int, out: Path, cache: Path, method: str, cached: bool, seed: int
+) -> dict:
     m = (
-        {"name": "kd", "alpha": 1.0, "temperature": 4.0, "hidden_weight": 1.0, "hidden_map": [list(p) for p in MAP]}
+        {
+            "name": "kd",
+            "alpha": 1.0,
+            "temperature": 4.0,
+            "hidden_weight": 1.0,
+            "hidden_map": [list(p) for p in MAP],
+        }
         if method == "kd"
         else {"name": "finetune"}
     )
@@ -43,10 +51,25 @@ def recipe(teacher: str, data: str, steps: int, out: Path, cache: Path, method: 
         "method": m,
         "teacher": {"path": teacher, "cache": cached, "cache_dir": str(cache)},
         "student": {"init": "teacher", "layers": [0, 1, 2]},
-        "data": {"task": "sst2", "path": data, "max_length": 128, "max_train_examples": steps * 32,
-                 "eval_split": "", "bucket_by_length": True},
-        "train": {"max_steps": steps, "batch_size": 32, "lr": 5e-5, "warmup_ratio": 0.0, "max_grad_norm": None,
-                  "log_every": 1, "seed": seed, "scheduler": "constant", "weight_decay": 0.0},
+        "data": {
+            "task": "sst2",
+            "path": data,
+            "max_length": 128,
+            "max_train_examples": steps * 32,
+            "eval_split": "",
+            "bucket_by_length": True,
+        },
+        "train": {
+            "max_steps": steps,
+            "batch_size": 32,
+            "lr": 5e-5,
+            "warmup_ratio": 0.0,
+            "max_grad_norm": None,
+            "log_every": 1,
+            "seed": seed,
+            "scheduler": "constant",
+            "weight_decay": 0.0,
+        },
         "output_dir": str(out),
     }
 
@@ -61,10 +84,18 @@ def time_bertdistill(raw: dict, warmup: int) -> float:
 
 def textbrewer_batches(teacher_dir: str, data: str, steps: int, seed: int) -> tuple[list[dict], object]:
     """Exactly the batches bertdistill's first epoch sees (same examples, same bucketed order)."""
-    from bertdistill.config import DataConfig
-    from bertdistill.data.loading import BatchSampler, Collator, load_examples, resolve_task, subsample, tokenize
-    from bertdistill.hub import from_pretrained
     from transformers import AutoTokenizer
+
+    from bertdistill.config import DataConfig
+    from bertdistill.data.loading import (
+        BatchSampler,
+        Collator,
+        load_examples,
+        resolve_task,
+        subsample,
+        tokenize,
+    )
+    from bertdistill.hub import from_pretrained
 
     tok = from_pretrained(AutoTokenizer, teacher_dir)
     cfg = DataConfig(task="sst2", path=data, max_length=128)
@@ -83,10 +114,10 @@ def textbrewer_batches(teacher_dir: str, data: str, steps: int, seed: int) -> tu
 def time_textbrewer(teacher_dir: str, batches: list[dict], steps: int, warmup: int, out: Path) -> float:
     import torch
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+    from transformers import AutoModelForSequenceClassification
 
     from bertdistill.hub import from_pretrained
     from bertdistill.students import copy_layers
-    from transformers import AutoModelForSequenceClassification
 
     teacher = from_pretrained(AutoModelForSequenceClassification, teacher_dir, num_labels=2).eval()
     student = copy_layers(teacher, [0, 1, 2]).train()
@@ -98,15 +129,22 @@ def time_textbrewer(teacher_dir: str, batches: list[dict], steps: int, warmup: i
 
     tcfg = TrainingConfig(device="cpu", log_dir=None, output_dir=str(out), ckpt_steps=steps)
     dcfg = DistillationConfig(
-        temperature=4, kd_loss_type="ce", kd_loss_weight=1, hard_label_weight=0,
-        intermediate_matches=[{"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
-                              for s, t in MAP],
+        temperature=4,
+        kd_loss_type="ce",
+        kd_loss_weight=1,
+        hard_label_weight=0,
+        intermediate_matches=[
+            {"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+            for s, t in MAP
+        ],
     )
     distiller = GeneralDistiller(tcfg, dcfg, teacher, student, adaptor, adaptor)
     optimizer = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=0.0)
     stamps: list[float] = []
     optimizer.register_step_post_hook(lambda *a, **k: stamps.append(time.perf_counter()))
-    data = [{k: v for k, v in b.items() if k != "labels"} for b in batches]  # TextBrewer checks type(batch) is dict
+    data = [
+        {k: v for k, v in b.items() if k != "labels"} for b in batches
+    ]  # TextBrewer checks type(batch) is dict
     with distiller:
         distiller.train(optimizer, data, num_steps=steps, max_grad_norm=-1.0)
     assert len(stamps) == steps, len(stamps)
@@ -140,11 +178,21 @@ def main() -> int:
     from bertdistill import distill
 
     distill(recipe(teacher, args.data, 1, work / "warm", cache, "kd", True, args.seed), quiet=True)
-    results: dict[str, list[float]] = {"textbrewer": [], "bertdistill": [], "bertdistill_cached": [], "finetune": []}
+    results: dict[str, list[float]] = {
+        "textbrewer": [],
+        "bertdistill": [],
+        "bertdistill_cached": [],
+        "finetune": [],
+    }
     for r in range(args.rounds):
-        results["textbrewer"].append(time_textbrewer(teacher, batches, args.steps, args.warmup, work / f"tb{r}"))
-        for key, method, cached in (("bertdistill", "kd", False), ("bertdistill_cached", "kd", True),
-                                    ("finetune", "finetune", False)):
+        results["textbrewer"].append(
+            time_textbrewer(teacher, batches, args.steps, args.warmup, work / f"tb{r}")
+        )
+        for key, method, cached in (
+            ("bertdistill", "kd", False),
+            ("bertdistill_cached", "kd", True),
+            ("finetune", "finetune", False),
+        ):
             raw = recipe(teacher, args.data, args.steps, work / f"{key}{r}", cache, method, cached, args.seed)
             results[key].append(time_bertdistill(raw, args.warmup))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()), flush=True)
@@ -158,15 +206,21 @@ def main() -> int:
         "ratio_cached": med["bertdistill_cached"] / med["textbrewer"],
         "cached_step_vs_finetune_step": med["finetune"] / med["bertdistill_cached"],
         "per_round": results,
-        "steps": args.steps, "timed_steps_per_run": args.steps - args.warmup, "rounds": args.rounds,
-        "batch_size": 32, "teacher": args.teacher, "student": "first 3 layers of the teacher",
+        "steps": args.steps,
+        "timed_steps_per_run": args.steps - args.warmup,
+        "rounds": args.rounds,
+        "batch_size": 32,
+        "teacher": args.teacher,
+        "student": "first 3 layers of the teacher",
         "work": "soft targets t=4 (bertdistill: t²·KL; TextBrewer: CE, same cost) + hidden MSE on 3 mapped layers "
-                "(padding masked in both)",
+        "(padding masked in both)",
         "batching": "the same length-bucketed batches for both tools (bertdistill's BatchSampler, seed "
-                    f"{args.seed}); teacher cache for bertdistill_cached holds logits + the 3 teacher hidden layers",
+        f"{args.seed}); teacher cache for bertdistill_cached holds logits + the 3 teacher hidden layers",
         "textbrewer_version": __import__("textbrewer").__version__,
         "threads": torch.get_num_threads(),
-        "command": command(), "date": today(), "machine": machine(),
+        "command": command(),
+        "date": today(),
+        "machine": machine(),
     }
     path = write_result("throughput", out)
     print(json.dumps({k: v for k, v in out.items() if k != "per_round"}, indent=1))

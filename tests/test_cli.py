@@ -109,3 +109,18 @@ def test_config_errors_exit_2(tmp_path, capsys):
     assert (
         main(["finetune", "--model", str(tmp_path / "none"), "--task", "sst2", "--data", str(tmp_path)]) == 2
     )
+
+
+def test_fastbert_speed_flags(tmp_path, teacher_dir, sst2_dir, capsys):
+    r = recipe("fastbert", teacher_dir, sst2_dir, tmp_path / "fb", tmp_path / "cache", train={"max_steps": 3})
+    (tmp_path / "fb.yaml").write_text(yaml.safe_dump(r))
+    assert main(["distill", str(tmp_path / "fb.yaml"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "fb"), "--speed", "0.9", "--timing", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert 1 <= row["mean_exit_layer"] <= 4 and row["flops_speedup"] > 0 and row["latency_speedup"] > 0
+    assert main(["evaluate", str(tmp_path / "fb"), "--speed", "0"]) == 0
+    assert "mean exit layer" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "fb"), str(sst2_dir / "test.tsv"), "--speed", "0"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 9 and all(x["exit_layer"] == 4 for x in lines)

@@ -116,6 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         timing=args.timing,
         threads=args.threads,
         max_examples=args.max_examples,
+        speed=args.speed,
     )
     if args.json:
         print(json.dumps(res, indent=1))
@@ -152,7 +153,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import Predictor
 
-    pred = Predictor(args.model, max_length=args.max_length)
+    pred = Predictor(args.model, max_length=args.max_length, speed=args.speed)
     if args.input and args.input != "-":
         with open(args.input, encoding="utf-8") as f:
             lines = [ln.rstrip("\n") for ln in f if ln.strip()]
@@ -218,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timing", action="store_true", help="also measure CPU latency (batch 1) and throughput (32)"
     )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument(
+        "--speed",
+        type=float,
+        help="fastbert: early-exit threshold in [0, 1] (0 = full depth); adds mean exit layer, FLOPs speed-up "
+        "and (with --timing) the measured speed-up against the same model at full depth",
+    )
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("compare", help="teacher vs students: score, params, latency, retention, speed-up")
@@ -237,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-length", type=int, default=128)
     s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument(
+        "--speed", type=float, help="fastbert: early-exit threshold in [0, 1]; adds exit_layer per line"
+    )
     s.set_defaults(fn=cmd_predict)
     return p
 

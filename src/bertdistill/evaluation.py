@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,17 +98,37 @@ def eval_dataset(
 
 @torch.no_grad()
 def score(
-    model: nn.Module, data: TokenizedDataset, task: TaskSpec, pad_id: int, batch_size: int = 64
+    model: nn.Module,
+    data: TokenizedDataset,
+    task: TaskSpec,
+    pad_id: int,
+    batch_size: int = 64,
+    speed: float | None = None,
 ) -> dict[str, float]:
+    """Task metrics; with ``speed`` (early-exit models) also the mean exit layer and the FLOPs speed-up."""
     coll = Collator(pad_id, regression=task.regression)
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
     logits = torch.zeros((len(data), task.num_labels))
+    exits, flops, full = [], 0.0, 0.0
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = coll([data[i] for i in idx])
-        logits[torch.tensor(idx)] = model(**batch["inputs"]).logits.float()
+        if speed is None:
+            logits[torch.tensor(idx)] = model(**batch["inputs"]).logits.float()
+            continue
+        from .early_exit import early_exit, full_flops
+
+        res = early_exit(model, batch["inputs"], speed)
+        logits[torch.tensor(idx)] = res.logits.float()
+        exits.append(res.exit_layer.float())
+        flops += float(res.flops.sum())
+        full += sum(full_flops(model, int(t)) for t in batch["inputs"]["attention_mask"].sum(-1).tolist())
     labels = torch.tensor(data.labels, dtype=torch.float if task.regression else torch.long)
-    return metrics_from_logits(task, logits, labels)
+    metrics = metrics_from_logits(task, logits, labels)
+    if speed is not None:
+        metrics["mean_exit_layer"] = float(torch.cat(exits).mean())
+        metrics["flops_speedup"] = full / flops
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -123,7 +144,7 @@ def _batches(data: TokenizedDataset, pad_id: int, batch_size: int, n: int) -> li
 
 @torch.inference_mode()
 def measure_speed(
-    models: Sequence[nn.Module],
+    models: Sequence[Callable[..., Any]],
     inputs: Sequence[TokenizedDataset],
     pad_ids: Sequence[int],
     n_latency: int = 200,
@@ -135,10 +156,12 @@ def measure_speed(
 ) -> list[dict[str, float]]:
     """Batch-1 latency (median, p90 over ``n_latency`` sentences) and batch-``throughput_batch`` samples/s
     (median of ``rounds`` passes over ``n_throughput`` sentences), all models timed interleaved."""
+    """``models`` are modules or any callables, called as ``m(**inputs)``."""
     if threads:
         torch.set_num_threads(threads)
     for m in models:
-        m.eval()
+        if isinstance(m, nn.Module):
+            m.eval()
     singles = [_batches(d, p, 1, n_latency) for d, p in zip(inputs, pad_ids, strict=True)]
     bulks = [_batches(d, p, throughput_batch, n_throughput) for d, p in zip(inputs, pad_ids, strict=True)]
     for m, s in zip(models, singles, strict=True):  # warm-up
@@ -191,11 +214,16 @@ def evaluate(
     timing: bool = False,
     threads: int | None = None,
     max_examples: int | None = None,
+    speed: float | None = None,
+    n_latency: int = 200,
 ) -> dict[str, Any]:
-    """Metrics of a saved model on a task split, its size, and (``timing``) its CPU latency/throughput."""
-    rows = compare(
-        model,
-        [],
+    """Metrics of a saved model on a task split, its size, and (``timing``) its CPU latency/throughput.
+
+    ``speed`` (FastBERT models): early-exit inference at that threshold; the row then also has the mean exit
+    layer, the FLOPs speed-up and, with ``timing``, the measured speed-up against the same model at full
+    depth without branches (its teacher), timed interleaved.
+    """
+    kw: dict[str, Any] = dict(
         task=task,
         data_path=data_path,
         split=split,
@@ -204,8 +232,72 @@ def evaluate(
         timing=timing,
         batch_size=batch_size,
         max_examples=max_examples,
+        n_latency=n_latency,
     )
-    return rows[0]
+    if speed is None:
+        return compare(model, [], **kw)[0]
+    return early_exit_row(load_model(model), speed, **kw)
+
+
+def early_exit_row(
+    lm: LoadedModel,
+    speed: float,
+    task: str | None = None,
+    data_path: str | None = None,
+    split: str = "dev",
+    max_length: int = 128,
+    threads: int | None = None,
+    timing: bool = True,
+    batch_size: int = 64,
+    max_examples: int | None = None,
+    n_latency: int = 200,
+) -> dict[str, Any]:
+    """One evaluation row of an early-exit model at ``speed`` (see :func:`evaluate`)."""
+    from .early_exit import early_exit
+
+    if not hasattr(lm.model, "branches"):
+        raise ConfigError(
+            f"{lm.path} is not an early-exit (fastbert) model; --speed applies to fastbert students"
+        )
+    spec, data, _ = eval_dataset(lm, task, data_path, split, max_length, max_examples)
+    pad = lm.tokenizer.pad_token_id or 0
+    metrics = score(lm.model, data, spec, pad, batch_size, speed=speed)
+    cfg: Any = lm.model.config
+    row: dict[str, Any] = {
+        "name": f"{lm.name}@speed={speed:g}",
+        "path": lm.path,
+        "task": spec.name,
+        "split": split,
+        "metric": spec.main_metric,
+        "score": metrics[spec.main_metric],
+        "metrics": metrics,
+        "speed": speed,
+        "params": count_params(lm.model),
+        "size_mb": size_on_disk_mb(lm.path),
+        "layers": cfg.num_hidden_layers,
+        "hidden": cfg.hidden_size,
+        "examples": len(data),
+        "mean_exit_layer": metrics["mean_exit_layer"],
+        "flops_speedup": metrics["flops_speedup"],
+    }
+    if timing:
+        m = lm.model
+
+        def full(**inputs: torch.Tensor) -> Any:
+            return m(**inputs, branches=False)
+
+        def adaptive(**inputs: torch.Tensor) -> Any:
+            return early_exit(m, inputs, speed)
+
+        base, fast = measure_speed(
+            [full, adaptive], [data, data], [pad, pad], n_latency=n_latency, threads=threads
+        )
+        row.update(fast)
+        row["latency_speedup"] = base["latency_ms_median"] / fast["latency_ms_median"]
+        row["throughput_speedup"] = fast["throughput_per_s"] / base["throughput_per_s"]
+        row["full_depth_latency_ms"] = base["latency_ms_median"]
+        row["full_depth_throughput_per_s"] = base["throughput_per_s"]
+    return row
 
 
 def compare(
@@ -292,8 +384,13 @@ def print_table(rows: list[dict[str, Any]], teacher: dict[str, Any] | None) -> N
     timing = "latency_ms_median" in rows[0]
     table = Table(title=f"{rows[0]['task']} ({rows[0]['split']}, {rows[0]['examples']} examples)")
     cols = ["model", rows[0]["metric"], "params", "size MB", "layers×hidden"]
+    early = "mean_exit_layer" in rows[0]
+    if early:
+        cols += ["speed", "mean exit layer", "FLOPs speed-up"]
     if timing:
         cols += ["latency b1 ms (p50/p90)", "b32 samples/s"]
+    if early and timing:
+        cols += ["measured speed-up b1 / b32"]
     if teacher is not None and len(rows) > 1:
         cols += ["retention", "latency speed-up", "throughput speed-up"]
     for c in cols:
@@ -306,11 +403,15 @@ def print_table(rows: list[dict[str, Any]], teacher: dict[str, Any] | None) -> N
             f"{r['size_mb']:.1f}" if r.get("size_mb") else "-",
             f"{r['layers']}×{r['hidden']}",
         ]
+        if early:
+            cells += [f"{r['speed']:g}", f"{r['mean_exit_layer']:.2f}", f"{r['flops_speedup']:.2f}×"]
         if timing:
             cells += [
                 f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f}",
                 f"{r['throughput_per_s']:.0f}",
             ]
+        if early and timing:
+            cells += [f"{r['latency_speedup']:.2f}× / {r['throughput_speedup']:.2f}×"]
         if teacher is not None and len(rows) > 1:
             if r is teacher:
                 cells += ["100.0%", "1.00×", "1.00×"]
@@ -321,9 +422,7 @@ def print_table(rows: list[dict[str, Any]], teacher: dict[str, Any] | None) -> N
                     f"{r['throughput_speedup']:.2f}×" if timing else "-",
                 ]
         table.add_row(*cells)
-    import sys
-
-    Console(width=None if sys.stdout.isatty() else 180).print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def plot_score_vs_latency(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:

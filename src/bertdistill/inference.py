@@ -13,7 +13,11 @@ from .data.loading import Collator, Examples, tokenize
 
 class Predictor:
     def __init__(
-        self, model_dir: str | os.PathLike[str], max_length: int = 128, device: str | None = None
+        self,
+        model_dir: str | os.PathLike[str],
+        max_length: int = 128,
+        device: str | None = None,
+        speed: float | None = None,
     ) -> None:
         from .evaluation import load_model
 
@@ -21,6 +25,9 @@ class Predictor:
         self.model = lm.model.to(device or "cpu").eval()
         self.tokenizer = lm.tokenizer
         self.max_length = max_length
+        self.speed = speed
+        if speed is not None and not hasattr(self.model, "branches"):
+            raise ValueError(f"{model_dir} is not an early-exit (fastbert) model; drop --speed")
         cfg: Any = self.model.config
         self.regression = getattr(cfg, "problem_type", None) == "regression" or cfg.num_labels == 1
         self.id2label = {int(k): v for k, v in (cfg.id2label or {}).items()}
@@ -43,8 +50,15 @@ class Predictor:
         device = next(self.model.parameters()).device
         for s in range(0, len(data), batch_size):
             batch = coll([data[i] for i in range(s, min(s + batch_size, len(data)))])
-            logits = self.model(**{k: v.to(device) for k, v in batch["inputs"].items()}).logits.float().cpu()
-            yield from self._rows(logits)
+            inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
+            if self.speed is None:
+                yield from self._rows(self.model(**inputs).logits.float().cpu())
+                continue
+            from .early_exit import early_exit
+
+            res = early_exit(self.model, inputs, self.speed)
+            for row, layer in zip(self._rows(res.logits.float().cpu()), res.exit_layer.tolist(), strict=True):
+                yield {**row, "exit_layer": layer}
 
     def _rows(self, logits: torch.Tensor) -> Iterable[dict[str, Any]]:
         if self.regression:

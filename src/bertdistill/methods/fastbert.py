@@ -1,0 +1,325 @@
+"""FastBERT — Liu et al. 2020, "FastBERT: a Self-distilling BERT with Adaptive Inference Time".
+
+A fine-tuned backbone keeps its own classifier as the *teacher classifier* on the last layer; a small
+*branch classifier* (student) sits after every other layer. Stages: ``finetune`` (optional: backbone +
+teacher classifier on labels) then ``self_distill`` (backbone and teacher classifier frozen; every branch
+learns ``KL(p_teacher ‖ p_branch)`` — no labels needed). At inference a sample leaves at the first layer
+whose branch is certain enough: normalised entropy ``u = −Σ p log p / ln C`` below ``speed``
+(:func:`bertdistill.early_exit.early_exit`).
+
+The saved model is a regular HF dir (``FastBertForSequenceClassification``, its config class registered
+with the Auto classes when bertdistill is imported — no ``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.utils import ModelOutput
+
+from ..config import ConfigError, MethodConfig
+from ..features import Features
+from ..losses import hard_ce, soft_target_kl
+from ..registry import register
+from .base import Method, Stage
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+class FastBertConfig(PretrainedConfig):
+    model_type = "bertdistill-fastbert"
+
+    def __init__(
+        self,
+        backbone: dict[str, Any] | None = None,
+        branch_hidden: int = 128,
+        branch_heads: int = 2,
+        speed: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        self.backbone = dict(backbone or {"model_type": "bert"})
+        self.branch_hidden = branch_hidden
+        self.branch_heads = branch_heads
+        self.speed = speed
+        super().__init__(**kwargs)
+
+    def backbone_config(self) -> PretrainedConfig:
+        d = dict(self.backbone)
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+
+    # read by evaluation tables
+    @property
+    def num_hidden_layers(self) -> int:  # type: ignore[override]
+        return int(self.backbone["num_hidden_layers"])
+
+    @property
+    def hidden_size(self) -> int:  # type: ignore[override]
+        return int(self.backbone["hidden_size"])
+
+
+class Branch(nn.Module):
+    """The paper's branch: linear H→b + tanh, b-dim multi-head self-attention, first token, linear b→b +
+    tanh, linear → classes (official: b = 128, 2 heads)."""
+
+    def __init__(self, hidden: int, width: int, heads: int, num_labels: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden, width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.fc = nn.Linear(width, width)
+        self.out = nn.Linear(width, num_labels)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        x = torch.tanh(self.down(hidden))
+        a, _ = self.attn(x, x, x, key_padding_mask=attention_mask == 0, need_weights=False)
+        return self.out(torch.tanh(self.fc(a[:, 0])))
+
+
+@dataclass
+class FastBertOutput(ModelOutput):
+    logits: Tensor | None = None  # the teacher classifier's (last layer)
+    branch_logits: tuple[Tensor, ...] | None = None  # layers 1 .. L-1
+    loss: Tensor | None = None
+
+
+class FastBertForSequenceClassification(PreTrainedModel):
+    config_class = FastBertConfig
+    base_model_prefix = "bert"
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: FastBertConfig) -> None:
+        super().__init__(config)
+        bcfg = config.backbone_config()
+        bcfg._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+        self.bert = AutoModel.from_config(bcfg)
+        self.dropout = nn.Dropout(getattr(bcfg, "classifier_dropout", None) or bcfg.hidden_dropout_prob)
+        n_labels = int(config.num_labels or 2)
+        self.classifier = nn.Linear(bcfg.hidden_size, n_labels)
+        self.branches = nn.ModuleList(
+            Branch(bcfg.hidden_size, config.branch_hidden, config.branch_heads, n_labels)
+            for _ in range(bcfg.num_hidden_layers - 1)
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # only the branches are ours; the backbone initialises itself (BertModel.post_init) or is loaded
+        if isinstance(module, Branch):
+            for lin in (module.down, module.fc, module.out):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+        elif hasattr(self, "bert") and any(module is m for m in self.bert.modules()):
+            self.bert._init_weights(module)
+
+    def teacher_head(self, last_hidden: Tensor) -> Tensor:
+        pooled = self.bert.pooler(last_hidden) if self.bert.pooler is not None else last_hidden[:, 0]
+        return self.classifier(self.dropout(pooled))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        branches: bool = True,
+        **kwargs: Any,
+    ) -> FastBertOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=True,
+        )
+        hs = out.hidden_states  # L+1 entries; hs[m] = output of layer m
+        logits = self.teacher_head(hs[-1])
+        branch_logits = (
+            tuple(b(hs[i + 1], attention_mask) for i, b in enumerate(self.branches)) if branches else None
+        )
+        loss = hard_ce(logits, labels) if labels is not None else None
+        return FastBertOutput(logits=logits, branch_logits=branch_logits, loss=loss)
+
+
+AutoConfig.register(FastBertConfig.model_type, FastBertConfig)
+AutoModelForSequenceClassification.register(FastBertConfig, FastBertForSequenceClassification)
+
+
+def from_classifier(
+    teacher: nn.Module, branch_hidden: int = 128, branch_heads: int = 2, speed: float = 0.5
+) -> FastBertForSequenceClassification:
+    """Wrap a fine-tuned BERT-style sequence classifier (``.bert``, ``.classifier``): its encoder and head
+    are copied; the branches are new."""
+    tcfg: Any = teacher.config
+    for attr in ("bert", "classifier"):
+        if not hasattr(teacher, attr):
+            raise ConfigError(
+                f"fastbert needs a BERT-style classifier with .bert and .classifier; got {type(teacher).__name__}"
+            )
+    bdict = tcfg.to_dict()
+    for k in ("architectures", "id2label", "label2id", "num_labels", "problem_type", "_name_or_path"):
+        bdict.pop(k, None)
+    cfg = FastBertConfig(
+        backbone=bdict,
+        branch_hidden=branch_hidden,
+        branch_heads=branch_heads,
+        speed=speed,
+        num_labels=tcfg.num_labels,
+        id2label=tcfg.id2label,
+        label2id=tcfg.label2id,
+    )
+    model = FastBertForSequenceClassification(cfg)
+    model.bert.load_state_dict(teacher.bert.state_dict())  # type: ignore[union-attr]
+    model.classifier.load_state_dict(teacher.classifier.state_dict())  # type: ignore[union-attr]
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- method
+
+
+def _branch_params(model: nn.Module) -> list[dict[str, Any]]:
+    return [{"params": [(n, p) for n, p in model.named_parameters() if n.startswith("branches.")]}]
+
+
+def _backbone_params(model: nn.Module) -> list[dict[str, Any]]:
+    return [{"params": [(n, p) for n, p in model.named_parameters() if not n.startswith("branches.")]}]
+
+
+@dataclass
+class FastBertMethodConfig(MethodConfig):
+    name: str = "fastbert"
+    branch_hidden: int = 128
+    """Branch width (paper: 128 for BERT-base; kept at 128 for narrower backbones such as MiniLM-L6's 384)."""
+    branch_heads: int = 2
+    finetune_epochs: float = 0.0
+    """> 0: first fine-tune backbone + teacher classifier on labels (teacher.path is then a backbone)."""
+    finetune_lr: float = 2e-5
+    distill_epochs: float = 1.0
+    distill_lr: float = 2e-4
+    """Official code: 10× the fine-tuning lr."""
+    speed: float = 0.5
+    """Default exit threshold for evaluation and the saved model (0 = full depth)."""
+    use_labels: bool = False
+    """Ablation: train the branches on gold labels (CE) instead of self-distillation."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.speed <= 1.0:
+            raise ConfigError(f"method.speed must be in [0, 1], got {self.speed}")
+        if self.branch_hidden % self.branch_heads:
+            raise ConfigError("method.branch_hidden must be divisible by method.branch_heads")
+
+
+@register("fastbert")
+class FastBert(Method):
+    """FastBERT: self-distilled branch classifiers at every layer, per-sample early exit by entropy."""
+
+    config_cls = FastBertMethodConfig
+    requires_teacher = False  # the teacher is the model's own last-layer classifier
+    cfg: FastBertMethodConfig
+
+    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+        if teacher is None:
+            raise ConfigError(
+                "fastbert: set teacher.path to a fine-tuned classifier (or a backbone with finetune_epochs > 0)"
+            )
+        if self.task.regression:
+            raise ConfigError(
+                "fastbert exits on classification entropy; it does not apply to regression tasks"
+            )
+        model = from_classifier(teacher, self.cfg.branch_hidden, self.cfg.branch_heads, self.cfg.speed)
+        self.student_info = {
+            "init": "fastbert",
+            "layers": model.config.num_hidden_layers,
+            "branches": len(model.branches),
+        }
+        return model
+
+    def stages(self) -> list[Stage]:
+        out = []
+        if self.cfg.finetune_epochs > 0:
+            out.append(
+                Stage(
+                    "finetune",
+                    epochs=self.cfg.finetune_epochs,
+                    lr=self.cfg.finetune_lr,
+                    uses_teacher=False,
+                    param_groups=_backbone_params,
+                )
+            )
+        out.append(
+            Stage(
+                "self_distill",
+                epochs=self.cfg.distill_epochs,
+                lr=self.cfg.distill_lr,
+                uses_teacher=False,
+                param_groups=_branch_params,
+            )
+        )
+        return out
+
+    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
+        if stage.name == "finetune":
+            return bundle(**batch["inputs"], branches=False)
+        model: Any = bundle.module if hasattr(bundle, "module") else bundle
+        inputs = batch["inputs"]
+        with torch.no_grad():  # frozen backbone and teacher classifier: no graph needed
+            model.bert.eval()
+            model.dropout.eval()
+            out = model.bert(**inputs, output_hidden_states=True)
+            teacher_logits = model.teacher_head(out.hidden_states[-1])
+        mask = inputs["attention_mask"]
+        branch_logits = tuple(b(out.hidden_states[i + 1], mask) for i, b in enumerate(model.branches))
+        return FastBertOutput(logits=teacher_logits, branch_logits=branch_logits)
+
+    def loss(
+        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+    ) -> dict[str, Tensor]:
+        if stage.name == "finetune":
+            return {"ce": hard_ce(student_out.logits, batch["labels"])}
+        if self.cfg.use_labels:
+            return {"branch_ce": sum(hard_ce(z, batch["labels"]) for z in student_out.branch_logits)}  # type: ignore[dict-item]
+        # Σ_i KL(p_teacher ‖ p_branch_i), batchmean, no temperature (official: KLDivLoss(log_softmax(s), softmax(t)))
+        t = student_out.logits.detach()
+        return {"self_distill": sum(soft_target_kl(z, t, 1.0) for z in student_out.branch_logits)}  # type: ignore[dict-item]
+
+    @torch.no_grad()
+    def evaluate(self, bundle: nn.Module, loader: Any, gather: Any = None) -> dict[str, float]:
+        from ..early_exit import early_exit
+        from .base import metrics_from_logits
+
+        model: Any = self.export_model(bundle)
+        was = model.training
+        model.eval()
+        preds, labels, exits = [], [], []
+        for batch in loader:
+            res = early_exit(model, batch["inputs"], self.cfg.speed)
+            lg, y, ex = res.logits, batch["labels"], res.exit_layer
+            if gather is not None:
+                lg, y, ex = gather(lg), gather(y), gather(ex)
+            preds.append(lg.float().cpu())
+            labels.append(y.cpu())
+            exits.append(ex.float().cpu())
+        model.train(was)
+        metrics = metrics_from_logits(self.task, torch.cat(preds), torch.cat(labels))
+        metrics["mean_exit_layer"] = float(torch.cat(exits).mean())
+        return metrics
+
+    def export_model(self, bundle: nn.Module) -> Any:
+        return bundle.module if hasattr(bundle, "module") else bundle
+
+
+def normalized_entropy(logits: Tensor) -> Tensor:
+    """``−Σ p log p / ln C`` in [0, 1] per row (FastBERT's uncertainty)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])

@@ -1,0 +1,136 @@
+"""FastBERT rules: frozen backbone during self-distillation, KL(teacher ‖ branch), exact speed-0 inference,
+monotone exits, batched == per-sample exits, Auto-class round trip."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+from bertdistill import load_config
+from bertdistill.early_exit import early_exit
+from bertdistill.methods.fastbert import (
+    FastBertForSequenceClassification,
+    from_classifier,
+    normalized_entropy,
+)
+from bertdistill.training.loop import Trainer, distill
+from conftest import recipe, tiny_bert_config
+
+
+@pytest.fixture
+def fast_model():
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(attn_implementation="sdpa")).eval()
+    model = from_classifier(teacher).eval()
+    with torch.no_grad():  # varied branch confidences, as after training
+        for i, b in enumerate(model.branches):
+            b.out.weight.mul_(10.0 * (i + 1))
+    return teacher, model
+
+
+def _batch(n=8, width=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (n, width), generator=g)
+    mask = torch.ones_like(ids)
+    for r in range(n):
+        k = int(torch.randint(3, width + 1, (1,), generator=g))
+        mask[r, k:] = 0
+        ids[r, k:] = 0
+    ids[:, 0] = 2
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_speed_zero_reproduces_the_teacher(fast_model):
+    teacher, model = fast_model
+    b = _batch()
+    res = early_exit(model, b, 0.0)
+    with torch.no_grad():
+        ref = teacher(**b).logits
+    assert torch.equal(res.logits.argmax(-1), ref.argmax(-1))
+    torch.testing.assert_close(res.logits, ref, rtol=1e-5, atol=1e-6)
+    assert (res.exit_layer == 4).all()
+
+
+def test_higher_speed_never_exits_later(fast_model):
+    _, model = fast_model
+    b = _batch(n=16)
+    means, per_row = [], []
+    for s in [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]:
+        r = early_exit(model, b, s)
+        means.append(r.exit_layer.float().mean().item())
+        per_row.append(r.exit_layer)
+    assert all(a >= b for a, b in itertools.pairwise(means)), means
+    assert all((a >= b).all() for a, b in itertools.pairwise(per_row))
+    assert means[0] == 4 and means[-1] < 4  # some rows do leave early
+
+
+@pytest.mark.parametrize("speed", [0.2, 0.5, 0.8])
+def test_batched_exit_equals_per_sample_exit(fast_model, speed):
+    _, model = fast_model
+    b = _batch(n=8)
+    batched = early_exit(model, b, speed)
+    for r in range(8):
+        k = int(b["attention_mask"][r].sum())
+        one = early_exit(
+            model,
+            {
+                "input_ids": b["input_ids"][r : r + 1, :k],
+                "attention_mask": b["attention_mask"][r : r + 1, :k],
+            },
+            speed,
+        )
+        assert one.exit_layer.item() == batched.exit_layer[r].item()
+        torch.testing.assert_close(one.logits[0], batched.logits[r], rtol=1e-4, atol=1e-5)
+
+
+def test_exit_rule_uses_normalised_entropy():
+    z = torch.tensor([[0.0, 0.0], [10.0, -10.0]])
+    u = normalized_entropy(z)
+    assert u[0].item() == pytest.approx(1.0) and u[1].item() < 1e-6
+    assert normalized_entropy(torch.zeros(1, 5)).item() == pytest.approx(1.0)
+
+
+def test_self_distillation_kl_direction_and_frozen_backbone(teacher_dir, sst2_dir, tmp_path):
+    cfg = load_config(
+        recipe("fastbert", teacher_dir, sst2_dir, tmp_path / "o", tmp_path / "c", train={"max_steps": 3})
+    )
+    tr = Trainer(cfg, quiet=True)
+    model = tr.bundle
+    stage = tr.stages[-1]
+    assert stage.name == "self_distill"
+    data = tr.datasets["train"]
+    batch = tr.collate([data[i] for i in range(8)])
+    out = tr.method.student_forward(model, batch, stage)
+    terms = tr.method.loss(stage, batch, out, None)
+    p_t = F.softmax(out.logits, -1)
+    manual = sum((p_t * (p_t.log() - F.log_softmax(z, -1))).sum(-1).mean() for z in out.branch_logits)
+    assert terms["self_distill"].item() == pytest.approx(manual.item(), rel=1e-5)  # KL(p_teacher ‖ p_branch)
+    assert "labels" in batch  # ... and the loss never read them:
+    unlabelled = {k: v for k, v in batch.items() if k != "labels"}
+    assert tr.method.loss(stage, unlabelled, out, None)["self_distill"].item() == pytest.approx(
+        manual.item(), rel=1e-5
+    )
+
+    before = copy.deepcopy(model.state_dict())
+    res = distill(cfg, quiet=True)
+    after = AutoModelForSequenceClassification.from_pretrained(res.output_dir).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("branches.") for k in changed)
+    assert any(k.startswith("branches.0.") for k in changed) and any(
+        k.startswith("branches.2.") for k in changed
+    )
+
+
+def test_auto_class_round_trip(fast_model, tmp_path):
+    _, model = fast_model
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, FastBertForSequenceClassification)
+    b = _batch()
+    r1, r2 = early_exit(model, b, 0.5), early_exit(loaded, b, 0.5)
+    assert torch.equal(r1.exit_layer, r2.exit_layer)
+    torch.testing.assert_close(r1.logits, r2.logits)
+    assert not list(tmp_path.glob("*.py"))  # no remote code
