@@ -17,6 +17,8 @@ def pct(x: float) -> str:
 def fmt_scores(r: dict, key: str) -> str:
     many = r.get(f"{key}s") or []
     mean = r[key]
+    if mean is None:
+        return "-"
     if len(many) > 1:
         spread = r.get(f"{key}_std")
         return f"{pct(mean)} ± {pct(spread)}" if spread is not None else pct(mean)
@@ -51,6 +53,22 @@ def main() -> int:
             f"{r['teacher_params'] / 1e6:.1f}M → {r['student_params'] / 1e6:.1f}M | {r['latency_speedup']:.2f} | "
             f"{r['throughput_speedup']:.2f} | {r['train_examples']} | {r['steps']} | {len(r['seeds'])} |"
         )
+    for f, r in distill_rows:
+        if "sweep" in r:
+            lines += [
+                "",
+                f"## {f.stem}: speed sweep",
+                "",
+                f"Chosen speed {r['chosen_speed']}: {r['chosen_rule']}. Plot: `{r.get('plot', '')}`.",
+                "",
+                "| speed | score | mean exit layer | FLOPs × | measured × b1 | measured × b32 |",
+                "|---|---|---|---|---|---|",
+            ]
+            for x in r["sweep"]:
+                lines.append(
+                    f"| {x['speed']:.1f} | {pct(x['score'])} | {x['mean_exit_layer']:.2f} | "
+                    f"{x['flops_speedup']:.2f} | {x['latency_speedup']:.2f} | {x['throughput_speedup']:.2f} |"
+                )
     for f, r in other:
         lines += ["", f"## {f.stem}", "", "| field | value |", "|---|---|"]
         for k, v in r.items():
