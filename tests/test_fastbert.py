@@ -134,3 +134,28 @@ def test_auto_class_round_trip(fast_model, tmp_path):
     assert torch.equal(r1.exit_layer, r2.exit_layer)
     torch.testing.assert_close(r1.logits, r2.logits)
     assert not list(tmp_path.glob("*.py"))  # no remote code
+
+
+def test_two_stages_final_model_comes_from_the_last_stage(teacher_dir, sst2_dir, tmp_path):
+    """finetune then self_distill: each stage trains only its parameters; model selection restarts per stage."""
+    cfg = load_config(
+        recipe(
+            "fastbert",
+            teacher_dir,
+            sst2_dir,
+            tmp_path / "o",
+            tmp_path / "c",
+            method={"finetune_epochs": 1, "distill_epochs": 1},
+        )
+    )
+    res = distill(cfg, quiet=True)
+    stages = [r["stage"] for r in res.history if "loss" in r]
+    assert stages[0] == "finetune" and stages[-1] == "self_distill"
+    evals = [r for r in res.history if "eval" in r]
+    assert [e["stage"] for e in evals] == ["finetune", "self_distill"]
+    assert res.metrics["step"] == evals[-1]["step"]  # not the finetune stage's model
+    assert all(
+        {"ce"} == {k for k in r if k in ("ce", "self_distill")}
+        for r in res.history
+        if r.get("stage") == "finetune" and "loss" in r
+    )

@@ -106,7 +106,7 @@ class DataConfig:
 class TrainConfig:
     epochs: float = 3.0
     max_steps: int | None = None
-    """Optimizer steps in all; when set it overrides ``epochs``."""
+    """Optimizer steps of each stage; when set it overrides ``epochs`` (and the stages' own epochs)."""
     batch_size: int = 32
     eval_batch_size: int = 128
     lr: float = 5e-5

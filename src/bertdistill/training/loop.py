@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -148,6 +149,7 @@ class Trainer:
             self.teacher_model = None  # only used to build the student
 
         ddp = DistributedDataParallelKwargs(find_unused_parameters=len(stages) > 1 or _has_frozen(stages))
+        _allow_new_precision(run.train.mixed_precision)
         self.acc = Accelerator(
             mixed_precision=run.train.mixed_precision,
             gradient_accumulation_steps=run.train.grad_accum,
@@ -254,9 +256,19 @@ class Trainer:
                 if si < state["stage_index"]:
                     continue
                 if si > state["stage_index"]:
+                    # a new stage starts its own model selection: the final model comes from the last stage
                     state.update(
-                        stage_index=si, stage_step=0, epoch=0, batch_in_epoch=0, bad_evals=0, stage_done=False
+                        stage_index=si,
+                        stage_step=0,
+                        epoch=0,
+                        batch_in_epoch=0,
+                        bad_evals=0,
+                        stage_done=False,
+                        best_metric=None,
+                        best_step=None,
                     )
+                    if acc.is_main_process:
+                        shutil.rmtree(self.out / "best", ignore_errors=True)
                 if state.get("stage_done"):
                     continue
                 self._run_stage(stage, si, state, ckpt_root, progress, resume_from)
@@ -282,7 +294,7 @@ class Trainer:
                 tmp_final = self.out / ".final"
                 ckpt.atomic_dir(tmp_final, write)
                 ckpt.publish_files(tmp_final, self.out)
-                ckpt.shutil.rmtree(tmp_final, ignore_errors=True)
+                shutil.rmtree(tmp_final, ignore_errors=True)
             final_metrics = {"task": self.task.name, "method": self.method.name, **final_metrics}
             (self.out / METRICS_FILE).write_text(json.dumps(final_metrics, indent=1))
             run.dump(self.out / CONFIG_FILE)
@@ -322,7 +334,7 @@ class Trainer:
         )
         loader = acc.prepare(DataLoader(data, batch_sampler=sampler, collate_fn=self.collate))
         updates_per_epoch = max(1, math.ceil(len(loader) / tr.grad_accum))
-        max_steps = stage.max_steps or (tr.max_steps if len(self.stages) == 1 else None)
+        max_steps = stage.max_steps or tr.max_steps
         epochs = stage.epochs if stage.epochs is not None else tr.epochs
         total = max_steps or max(1, math.ceil(epochs * updates_per_epoch))
         lr = stage.lr or tr.lr
@@ -490,6 +502,17 @@ class Trainer:
         )
         self.logger.write({"step": state["global_step"] + 1, "error": msg})
         raise NonFiniteLossError(msg)
+
+
+def _allow_new_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide AcceleratorState; a second run in the same process (a notebook, a
+    benchmark) with another mixed-precision setting would be refused. Reset only that part — the
+    process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _lengths(data: Any) -> list[int]:
