@@ -71,7 +71,7 @@ class Method(ABC):
         from transformers import AutoModelForSequenceClassification
 
         kwargs: dict[str, Any] = {"trust_remote_code": self.run.teacher.trust_remote_code}
-        if self.teacher_needs().attentions:
+        if self.needs.attentions:
             kwargs["attn_implementation"] = "eager"
         return from_pretrained(AutoModelForSequenceClassification, path, **kwargs)
 

@@ -1,0 +1,174 @@
+"""Patient KD — Sun et al. 2019, "Patient Knowledge Distillation for BERT Model Compression".
+
+``L = (1 − α)·CE(z_S, y) + α·t²·KL(softmax(z_T/t) ‖ softmax(z_S/t)) + β·L_PT`` where the *patient* term
+``L_PT`` compares the L2-normalised [CLS] states of the student's intermediate layers with those of mapped
+teacher layers: PKD-Skip (every k-th teacher layer) or PKD-Last (the teacher's top layers). The student's last
+layer is left to the soft-target term. Students start from the first k layers of the pre-trained backbone
+(``pkd.init_from: pretrained``; needs ``pretrained_path``) or of the fine-tuned teacher (``teacher``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConfigError, MethodConfig
+from ..features import Features, Needs
+from ..hub import from_pretrained
+from ..losses import hard_ce, regression_mse, soft_target_kl
+from ..registry import register
+from ..students import build_student, copy_layers, num_layers
+from .base import Method, Stage
+
+
+def pkd_teacher_layers(n_teacher: int, n_student: int, strategy: str) -> list[int]:
+    """1-based teacher layers (= ``hidden_states`` indices) learnt by student layers 1 … M−1.
+
+    skip: layer j ↔ teacher j·N/M (12→6: 2, 4, 6, 8, 10); last: the N−M+1 … N−1 (12→6: 7, 8, 9, 10, 11).
+    """
+    if not 1 < n_student <= n_teacher:
+        raise ConfigError(f"pkd needs 2 <= student layers ({n_student}) <= teacher layers ({n_teacher})")
+    m = n_student - 1
+    if strategy == "skip":
+        if n_teacher % n_student:
+            raise ConfigError(
+                f"pkd skip needs the teacher depth ({n_teacher}) to be a multiple of the student's ({n_student}); "
+                "use strategy: last or give method.teacher_layers"
+            )
+        k = n_teacher // n_student
+        return [j * k for j in range(1, n_student)]
+    if strategy == "last":
+        return list(range(n_teacher - m, n_teacher))
+    raise ConfigError(f"method.strategy must be skip or last, got {strategy!r}")
+
+
+def patient_loss(student_cls: Tensor, teacher_cls: Tensor) -> Tensor:
+    """``mean((h_S/‖h_S‖₂ − h_T/‖h_T‖₂)²)`` over examples × layers × units (official ``F.mse_loss`` of the
+    normalised [CLS] vectors). Inputs ``[B, layers, H]``; invariant to rescaling any state."""
+    return F.mse_loss(F.normalize(student_cls.float(), dim=-1), F.normalize(teacher_cls.float(), dim=-1))
+
+
+@dataclass
+class PKDConfig(MethodConfig):
+    name: str = "pkd"
+    strategy: str = "skip"
+    alpha: float = 0.7
+    beta: float = 500.0
+    temperature: float = 10.0
+    teacher_layers: list[int] | None = None
+    """Explicit 1-based teacher layers for student layers 1..M−1 (overrides ``strategy``)."""
+    init_from: str = "teacher"
+    """``teacher``: first k layers of the fine-tuned teacher; ``pretrained``: of ``pretrained_path``."""
+    pretrained_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"method.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0 or self.beta < 0:
+            raise ConfigError("method.temperature must be > 0 and method.beta >= 0")
+        if self.strategy not in ("skip", "last"):
+            raise ConfigError(f"method.strategy must be skip or last, got {self.strategy!r}")
+        if self.init_from not in ("teacher", "pretrained"):
+            raise ConfigError(f"method.init_from must be teacher or pretrained, got {self.init_from!r}")
+        if self.init_from == "pretrained" and not self.pretrained_path:
+            raise ConfigError(
+                "method.init_from: pretrained needs method.pretrained_path (the pre-trained backbone)"
+            )
+
+
+@dataclass
+class PKDOutput:
+    logits: Tensor
+    cls: Tensor  # [B, M−1, H_teacher]: [CLS] states of student layers 1..M−1 (projected when widths differ)
+
+
+class PKDStudent(nn.Module):
+    """The student plus, when widths differ, a projection of its [CLS] states to the teacher's width."""
+
+    def __init__(self, model: nn.Module, proj: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model
+        self.proj = proj
+
+    def forward(self, **inputs: Any) -> PKDOutput:
+        out = self.model(**inputs, output_hidden_states=True)
+        hs = out.hidden_states  # M+1 entries: embeddings, layers 1..M
+        cls = torch.stack([hs[j][:, 0] for j in range(1, len(hs) - 1)], dim=1)
+        return PKDOutput(out.logits, self.proj(cls) if self.proj is not None else cls)
+
+
+@register("pkd")
+class PKD(Method):
+    """Patient KD: soft targets plus normalised [CLS] states of intermediate teacher layers (skip / last)."""
+
+    config_cls = PKDConfig
+    cfg: PKDConfig
+
+    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+        if teacher is None:
+            raise ConfigError("pkd needs teacher.path (a fine-tuned classifier)")
+        if self.cfg.init_from == "pretrained":
+            base = from_pretrained(
+                type(teacher), str(self.cfg.pretrained_path), num_labels=self.task.num_labels
+            )
+            k = self.run.student.num_layers or (len(self.run.student.layers or []) or None)
+            if not k:
+                raise ConfigError("pkd: set student.num_layers")
+            student = copy_layers(base, list(range(k)))
+            for key in ("id2label", "label2id", "problem_type"):
+                setattr(student.config, key, getattr(teacher.config, key))
+            info: dict[str, Any] = {
+                "init": "pretrained",
+                "path": self.cfg.pretrained_path,
+                "layers": list(range(k)),
+            }
+        else:
+            student, info = build_student(self.run.student, teacher, self.task)  # type: ignore[arg-type]
+        n_t, n_s = num_layers(teacher), num_layers(student)
+        self.map = self.cfg.teacher_layers or pkd_teacher_layers(n_t, n_s, self.cfg.strategy)
+        if len(self.map) != n_s - 1 or not all(1 <= t <= n_t for t in self.map):
+            raise ConfigError(
+                f"pkd teacher layers {self.map} must be {n_s - 1} 1-based layer numbers of a {n_t}-layer teacher"
+            )
+        w_s, w_t = student.config.hidden_size, getattr(teacher, "config").hidden_size  # noqa: B009
+        proj = nn.Linear(w_s, w_t) if w_s != w_t else None
+        self.student_info = {
+            **info,
+            "patient_map": {f"student {j + 1}": f"teacher {t}" for j, t in enumerate(self.map)},
+        }
+        return PKDStudent(student, proj)
+
+    def export_model(self, bundle: nn.Module) -> Any:
+        inner: Any = bundle.module if hasattr(bundle, "module") else bundle
+        return inner.model
+
+    def teacher_needs(self, stage: Stage | None = None) -> Needs:
+        if not hasattr(self, "map"):
+            raise RuntimeError(
+                "build_student must run before teacher_needs (the layer map depends on both depths)"
+            )
+        return Needs(logits=True, hidden_states=True, hidden_layers=tuple(self.map))
+
+    def loss(
+        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+    ) -> dict[str, Tensor]:
+        assert teacher_out is not None and teacher_out.logits is not None
+        a, zs, zt = self.cfg.alpha, student_out.logits, teacher_out.logits
+        terms: dict[str, Tensor] = {}
+        if self.task.regression:
+            terms["kd"] = a * regression_mse(zs, zt)
+            if a < 1 and "labels" in batch:
+                terms["mse"] = (1 - a) * regression_mse(zs, batch["labels"])
+        else:
+            terms["kd"] = a * soft_target_kl(zs, zt, self.cfg.temperature)
+            if a < 1 and "labels" in batch:
+                terms["ce"] = (1 - a) * hard_ce(zs, batch["labels"])
+        if self.cfg.beta > 0:
+            t_cls = torch.stack([teacher_out.hidden_states[t][:, 0] for t in self.map], dim=1)
+            terms["patient"] = self.cfg.beta * patient_loss(student_out.cls, t_cls)
+        return terms
