@@ -29,6 +29,17 @@ def main() -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--latency-sentences", type=int, default=300)
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["kd", "no_kd"],
+        choices=["kd", "no_kd"],
+        help="with --train-only: which runs this job trains (run two jobs in parallel, then one --reuse)",
+    )
+    p.add_argument("--train-only", action="store_true", help="train, write nothing to results/")
+    p.add_argument(
+        "--reuse", action="store_true", help="reuse finished runs of the same recipe in the work dir"
+    )
     args = p.parse_args()
 
     from bertdistill import distill
@@ -49,11 +60,29 @@ def main() -> int:
     runs: dict[str, list[dict]] = {"kd": [], "no_kd": []}
     for seed in args.seeds:
         for kind, src in (("kd", recipe), ("no_kd", no_kd_recipe(recipe))):
+            if kind not in args.kinds:
+                continue
             out = work / f"{kind}-seed{seed}"
-            res = distill(src, [*common, f"train.seed={seed}", f"output_dir={out}"], quiet=True)
-            steps = max(r["step"] for r in res.history if "loss" in r)
-            runs[kind].append({"seed": seed, "dir": str(out), "metrics": res.metrics, "steps": steps})
-            print(f"{kind} seed {seed}: {res.metrics}", flush=True)
+            overrides = [*common, f"train.seed={seed}", f"output_dir={out}"]
+            if args.reuse and (out / "metrics.json").is_file():
+                # a finished run of the same recipe and overrides (checked), e.g. from a parallel --train-only job
+                from bertdistill import load_config
+
+                if load_config(out / "bertdistill.yaml") != load_config(src, overrides):
+                    raise SystemExit(
+                        f"{out} was made with another recipe or overrides; remove it or drop --reuse"
+                    )
+                metrics = json.loads((out / "metrics.json").read_text())
+                log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+                steps = max(r["step"] for r in log if "loss" in r)
+            else:
+                res = distill(src, overrides, quiet=True)
+                metrics = res.metrics
+                steps = max(r["step"] for r in res.history if "loss" in r)
+            runs[kind].append({"seed": seed, "dir": str(out), "metrics": metrics, "steps": steps})
+            print(f"{kind} seed {seed}: {metrics}", flush=True)
+    if args.train_only:
+        return 0
 
     first_kd = Path(runs["kd"][0]["dir"])
     rows = compare(
