@@ -85,10 +85,18 @@ def _progress(enabled: bool) -> Iterator[Any]:
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class TermsColumn(ProgressColumn):
+        """Live loss terms of a training bar (other bars, e.g. the teacher cache, have none)."""
+
+        def render(self, task: Any) -> Text:
+            return Text(str(task.fields.get("terms", "")))
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -96,7 +104,7 @@ def _progress(enabled: bool) -> Iterator[Any]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[terms]}"),
+        TermsColumn(),
     ) as p:
         yield p
 
