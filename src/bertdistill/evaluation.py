@@ -7,7 +7,6 @@ every model alike, medians reported. Timings cover the model forward only (input
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -449,7 +448,3 @@ def plot_score_vs_latency(rows: list[dict[str, Any]], path: str | os.PathLike[st
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    Path(path).write_text(json.dumps(obj, indent=1))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 
@@ -35,13 +34,6 @@ class Features:
     logits: Tensor | None = None
     hidden_states: dict[int, Tensor] = field(default_factory=dict)  # index in HF hidden_states -> [B, T, H]
     attentions: dict[int, Tensor] = field(default_factory=dict)  # layer (0-based) -> [B, heads, T, T]
-
-    def to(self, device: torch.device | str) -> Features:
-        return Features(
-            logits=None if self.logits is None else self.logits.to(device),
-            hidden_states={k: v.to(device) for k, v in self.hidden_states.items()},
-            attentions={k: v.to(device) for k, v in self.attentions.items()},
-        )
 
 
 class MissingAttentionsError(RuntimeError):

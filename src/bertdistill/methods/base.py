@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import MethodConfig, RunConfig
-from ..data.loading import Collator, TokenizedDataset, load_examples, subsample, tokenize
+from ..data.loading import Collator, load_examples, subsample, tokenize
 from ..data.tasks import TaskSpec
 from ..features import Features, Needs
 from ..hub import from_pretrained
@@ -57,8 +57,6 @@ class Method(ABC):
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     needs: ClassVar[Needs] = Needs()
     requires_teacher: ClassVar[bool] = True
-    attn_implementation: ClassVar[str | None] = None
-    """Set to ``"eager"`` when student attention maps are read (sdpa returns none)."""
 
     def __init__(self, run: RunConfig, task: TaskSpec) -> None:
         self.run = run
@@ -153,4 +151,4 @@ def save_hf_model(model: Any, tokenizer: Any, out_dir: Path) -> None:
         tokenizer.save_pretrained(out_dir)
 
 
-__all__ = ["Method", "ParamGroups", "Stage", "TokenizedDataset", "metrics_from_logits", "save_hf_model"]
+__all__ = ["Method", "ParamGroups", "Stage", "metrics_from_logits", "save_hf_model"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..config import TrainConfig
@@ -49,7 +48,3 @@ def build_scheduler(
         return 1.0 - progress
 
     return LambdaLR(optimizer, factor)
-
-
-def named_trainable(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return list(module.named_parameters())
