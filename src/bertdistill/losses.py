@@ -49,3 +49,25 @@ def masked_cosine(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
     cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1)
     m = mask.to(cos.dtype)
     return ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
+
+
+def hinton_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor | None,
+    alpha: float,
+    temperature: float,
+    regression: bool,
+) -> dict[str, Tensor]:
+    """Hinton KD's two weighted terms: ``kd = α·t²·KL(p_T ‖ p_S)`` and ``ce = (1 − α)·CE(z_S, y)``; for a
+    regression output ``kd = α·MSE(z_S, z_T)`` and ``mse = (1 − α)·MSE(z_S, y)`` (no temperature). The hard
+    term is left out when α = 1 or the batch has no labels."""
+    if regression:
+        terms = {"kd": alpha * regression_mse(student_logits, teacher_logits)}
+        if alpha < 1 and labels is not None:
+            terms["mse"] = (1 - alpha) * regression_mse(student_logits, labels)
+        return terms
+    terms = {"kd": alpha * soft_target_kl(student_logits, teacher_logits, temperature)}
+    if alpha < 1 and labels is not None:
+        terms["ce"] = (1 - alpha) * hard_ce(student_logits, labels)
+    return terms

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, MethodConfig
 from ..features import Features, Needs
 from ..layer_map import uniform_hidden_map
-from ..losses import hard_ce, masked_mse, regression_mse, soft_target_kl
+from ..losses import hinton_terms, masked_mse
 from ..registry import register
 from ..students import build_student, num_layers
 from .base import Method, Stage
@@ -87,16 +87,14 @@ class KD(Method):
         self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
     ) -> dict[str, Tensor]:
         assert teacher_out is not None and teacher_out.logits is not None
-        a, zs, zt = self.cfg.alpha, student_out.logits, teacher_out.logits
-        terms: dict[str, Tensor] = {}
-        if self.task.regression:
-            terms["kd"] = a * regression_mse(zs, zt)
-            if a < 1 and "labels" in batch:
-                terms["mse"] = (1 - a) * regression_mse(zs, batch["labels"])
-        else:
-            terms["kd"] = a * soft_target_kl(zs, zt, self.cfg.temperature)
-            if a < 1 and "labels" in batch:
-                terms["ce"] = (1 - a) * hard_ce(zs, batch["labels"])
+        terms = hinton_terms(
+            student_out.logits,
+            teacher_out.logits,
+            batch.get("labels"),
+            self.cfg.alpha,
+            self.cfg.temperature,
+            self.task.regression,
+        )
         if self.cfg.hidden_weight > 0:
             mask = batch["inputs"]["attention_mask"]
             hs = student_out.hidden_states

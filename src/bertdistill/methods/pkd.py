@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, MethodConfig
 from ..features import Features, Needs
 from ..hub import from_pretrained
-from ..losses import hard_ce, regression_mse, soft_target_kl
+from ..losses import hinton_terms
 from ..registry import register
 from ..students import build_student, copy_layers, num_layers
 from .base import Method, Stage
@@ -158,16 +158,14 @@ class PKD(Method):
         self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
     ) -> dict[str, Tensor]:
         assert teacher_out is not None and teacher_out.logits is not None
-        a, zs, zt = self.cfg.alpha, student_out.logits, teacher_out.logits
-        terms: dict[str, Tensor] = {}
-        if self.task.regression:
-            terms["kd"] = a * regression_mse(zs, zt)
-            if a < 1 and "labels" in batch:
-                terms["mse"] = (1 - a) * regression_mse(zs, batch["labels"])
-        else:
-            terms["kd"] = a * soft_target_kl(zs, zt, self.cfg.temperature)
-            if a < 1 and "labels" in batch:
-                terms["ce"] = (1 - a) * hard_ce(zs, batch["labels"])
+        terms = hinton_terms(
+            student_out.logits,
+            teacher_out.logits,
+            batch.get("labels"),
+            self.cfg.alpha,
+            self.cfg.temperature,
+            self.task.regression,
+        )
         if self.cfg.beta > 0:
             t_cls = torch.stack([teacher_out.hidden_states[t][:, 0] for t in self.map], dim=1)
             terms["patient"] = self.cfg.beta * patient_loss(student_out.cls, t_cls)
