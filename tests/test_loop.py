@@ -190,6 +190,8 @@ def test_bf16_mixed_precision_runs(teacher_dir, sst2_dir, tmp_path):
 
 def test_progress_bars_with_teacher_cache(teacher_dir, sst2_dir, tmp_path, capsys):
     """Not quiet: rich progress for the cache build and the training stage, loss terms shown live."""
-    res = distill(_cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"max_steps": 3}), quiet=False, progress=True)
+    res = distill(
+        _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"max_steps": 3}), quiet=False, progress=True
+    )
     err = capsys.readouterr().err
     assert "stage 1/1" in err and "teacher: cached" in err and res.metrics["step"] == 3
