@@ -100,9 +100,15 @@ def main() -> int:
     from bertdistill import load_config
 
     rc = load_config(model_dir / "bertdistill.yaml")
-    from bertdistill.data.loading import load_examples, resolve_task
+    from bertdistill.data.loading import load_examples, resolve_task, subsample
 
-    n_train = len(load_examples(rc.data, resolve_task(rc.data), rc.data.train_split))
+    n_train = len(
+        subsample(
+            load_examples(rc.data, resolve_task(rc.data), rc.data.train_split),
+            rc.data.max_train_examples,
+            rc.train.seed,
+        )
+    )
     cfg = json.loads((model_dir / "config.json").read_text())
     teacher_params = sum(v.numel() for k, v in lm.model.state_dict().items() if not k.startswith("branches."))
     result = {
