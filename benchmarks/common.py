@@ -77,3 +77,13 @@ def no_kd_recipe(recipe_path: Path) -> dict[str, Any]:
     raw = yaml.safe_load(recipe_path.read_text())
     raw["method"] = {"name": "finetune"}
     return raw
+
+
+def train_examples(run_dir: Path) -> int:
+    """Training examples a finished run saw: its task's train split after the recipe's seeded subsampling."""
+    from bertdistill import load_config
+    from bertdistill.data.loading import load_examples, resolve_task, subsample
+
+    rc = load_config(run_dir / "bertdistill.yaml")
+    examples = load_examples(rc.data, resolve_task(rc.data), rc.data.train_split)
+    return len(subsample(examples, rc.data.max_train_examples, rc.train.seed))

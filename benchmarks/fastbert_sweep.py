@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, WORK, command, machine, today, write_result
+from common import RESULTS, ROOT, WORK, command, machine, today, train_examples, write_result
 
 
 def train(recipe: Path, teacher: str, out: Path, seed: int, extra: list[str]) -> tuple[Path, int]:
@@ -97,18 +97,7 @@ def main() -> int:
     kd = json.loads(Path(args.kd_result).read_text()) if Path(args.kd_result).is_file() else None
     plot = RESULTS / f"{args.name}.png"
     _plot(rows, kd, plot)
-    from bertdistill import load_config
-
-    rc = load_config(model_dir / "bertdistill.yaml")
-    from bertdistill.data.loading import load_examples, resolve_task, subsample
-
-    n_train = len(
-        subsample(
-            load_examples(rc.data, resolve_task(rc.data), rc.data.train_split),
-            rc.data.max_train_examples,
-            rc.train.seed,
-        )
-    )
+    n_train = train_examples(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     teacher_params = sum(v.numel() for k, v in lm.model.state_dict().items() if not k.startswith("branches."))
     result = {

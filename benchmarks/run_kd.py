@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, command, machine, no_kd_recipe, today, write_result
+from common import ROOT, WORK, command, machine, no_kd_recipe, today, train_examples, write_result
 
 
 def main() -> int:
@@ -97,20 +97,9 @@ def main() -> int:
     kd_scores = [r["metrics"][metric] for r in runs["kd"]]
     nokd_scores = [r["metrics"][metric] for r in runs["no_kd"]]
     cfg = json.loads((first_kd / "config.json").read_text())
-    from bertdistill import load_config
-
-    rc = load_config(first_kd / "bertdistill.yaml")
-    from bertdistill.data.loading import load_examples, resolve_task, subsample
-
-    n_train = len(
-        subsample(
-            load_examples(rc.data, resolve_task(rc.data), rc.data.train_split),
-            rc.data.max_train_examples,
-            rc.train.seed,
-        )
-    )
+    n_train = train_examples(first_kd)
     result = {
-        "method": rc.method.name,
+        "method": json.loads((first_kd / "metrics.json").read_text())["method"],
         "task": t["task"],
         "teacher": str(args.teacher),
         "student": f"{cfg['num_hidden_layers']}-layer copy of teacher layers {cfg.get('bertdistill_copied_layers')}",
