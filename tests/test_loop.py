@@ -195,3 +195,52 @@ def test_progress_bars_with_teacher_cache(teacher_dir, sst2_dir, tmp_path, capsy
     )
     err = capsys.readouterr().err
     assert "stage 1/1" in err and "teacher: cached" in err and res.metrics["step"] == 3
+
+
+def test_stage_teacher_and_stage_outputs(teacher_dir, sst2_dir, tmp_path):
+    """A stage may name its own teacher (loaded through the method); every stage of a multi-stage run
+    leaves a loadable HF dir with the method's extras under stages/<name>/."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    from bertdistill.methods.base import Stage
+    from bertdistill.methods.kd import KD
+    from bertdistill.registry import METHODS
+
+    other = tmp_path / "other-teacher"
+    shutil.copytree(teacher_dir, other)
+    loaded: list[tuple[str, str | None]] = []
+
+    class TwoTeachers(KD):
+        name = "two_teachers_test"
+
+        def stages(self):
+            return [
+                Stage("first", max_steps=2, evaluate=False),
+                Stage("second", max_steps=2, teacher=str(other)),
+            ]
+
+        def load_teacher_model(self, path, stage=None):
+            loaded.append((str(path), stage.name if stage else None))
+            return super().load_teacher_model(path, stage)
+
+        def export_extras(self, bundle):
+            return {"marker": torch.ones(3)}
+
+    METHODS["two_teachers_test"] = TwoTeachers
+    try:
+        cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path)
+        cfg.method.name = "two_teachers_test"
+        res = distill(cfg, quiet=True)
+    finally:
+        del METHODS["two_teachers_test"]
+    assert loaded == [(str(teacher_dir), None), (str(other), "second")]
+    for name in ("first", "second"):
+        d = res.output_dir / "stages" / name
+        AutoModelForSequenceClassification.from_pretrained(d)
+        assert torch.equal(load_file(str(d / "extras.safetensors"))["marker"], torch.ones(3))
+    # the final model is the last stage's
+    final = load_file(str(res.output_dir / "model.safetensors"))
+    second = load_file(str(res.output_dir / "stages" / "second" / "model.safetensors"))
+    assert all(torch.equal(final[k], second[k]) for k in final)

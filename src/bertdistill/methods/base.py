@@ -48,6 +48,10 @@ class Stage:
     """Whether the task metric is meaningful after this stage (False for e.g. pre-training stages)."""
     cacheable: bool = True
     """Whether teacher outputs for this stage's data may be cached (False when data changes per epoch)."""
+    teacher: str | None = None
+    """Path / hub name of this stage's teacher (loaded with ``Method.load_teacher_model(path, stage)``);
+    ``None`` = the run's ``teacher.path``. E.g. a pre-trained teacher for a general stage, then the
+    fine-tuned one for the task stages."""
 
 
 class Method(ABC):
@@ -64,8 +68,9 @@ class Method(ABC):
         self.task = task
 
     # ------------------------------------------------------------------ teacher / student
-    def load_teacher_model(self, path: str) -> nn.Module:
-        """The teacher as a HF model (default: sequence classification)."""
+    def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
+        """The teacher as a HF model (default: sequence classification). ``stage`` is set when a stage
+        names its own teacher (``Stage.teacher``); ``None`` for the run's teacher."""
         from transformers import AutoModelForSequenceClassification
 
         kwargs: dict[str, Any] = {"trust_remote_code": self.run.teacher.trust_remote_code}
@@ -80,6 +85,12 @@ class Method(ABC):
     def export_model(self, bundle: nn.Module) -> Any:
         """The part of the bundle that is saved as the final HF model (default: the bundle itself)."""
         return bundle
+
+    def export_extras(self, bundle: nn.Module) -> dict[str, Tensor]:
+        """Trainable tensors of the bundle that are not part of the exported HF model but that a later run
+        may want back (e.g. TinyBERT's projections, to go on from a general stage to a task stage).
+        Saved as ``extras.safetensors`` next to each stage's model; default: none."""
+        return {}
 
     def stages(self) -> list[Stage]:
         return [Stage("train")]

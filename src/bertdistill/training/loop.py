@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "bertdistill.yaml"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
+EXTRAS_FILE = "extras.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,7 +136,10 @@ class Trainer:
         seed_everything(run.train.seed)
 
         stages = self.method.stages()
-        needs_teacher = self.method.requires_teacher and any(s.uses_teacher for s in stages)
+        # the run's teacher serves every teacher-using stage that does not name its own (Stage.teacher)
+        needs_teacher = self.method.requires_teacher and any(
+            s.uses_teacher and s.teacher is None for s in stages
+        )
         self.teacher_model: nn.Module | None = None
         if run.teacher.path:
             self.teacher_model = self.method.load_teacher_model(run.teacher.path)
@@ -165,6 +169,7 @@ class Trainer:
         )
         if self.teacher is not None:
             self.teacher.to(self.acc.device)
+        self._stage_teachers: dict[str, Teacher] = {}
         self.bundle = self.acc.prepare(self.bundle)
         self.logger = JsonlLogger(self.out / LOG_FILE, enabled=self.acc.is_main_process)
         self.metric_name = run.train.metric_for_best or self.task.main_metric
@@ -189,8 +194,26 @@ class Trainer:
 
             Console(stderr=True).print(msg, highlight=False)
 
+    def _stage_teacher(self, stage: Stage) -> Teacher | None:
+        """The stage's own teacher (``Stage.teacher``, loaded once and kept while a later stage needs it),
+        else the run's."""
+        if not stage.uses_teacher or not self.method.requires_teacher:
+            return None
+        if stage.teacher is None:
+            return self.teacher
+        for name in list(self._stage_teachers):  # free teachers that no stage from this one on uses
+            if name != stage.teacher and not any(
+                s.teacher == name for s in self.stages[self.stages.index(stage) :]
+            ):
+                del self._stage_teachers[name]
+        if stage.teacher not in self._stage_teachers:
+            model = self.method.load_teacher_model(stage.teacher, stage)
+            self._stage_teachers[stage.teacher] = Teacher(model).to(self.acc.device)
+        return self._stage_teachers[stage.teacher]
+
     def _teacher_source(self, stage: Stage, data: Any, progress: Any) -> Teacher | CachedTeacher | None:
-        if self.teacher is None or not stage.uses_teacher:
+        teacher = self._stage_teacher(stage)
+        if teacher is None:
             return None
         needs = self.method.teacher_needs(stage)
         if self.run.teacher.cache and stage.cacheable and isinstance(data, TokenizedDataset):
@@ -199,7 +222,7 @@ class Trainer:
                     Path(self.run.teacher.cache_dir).expanduser() if self.run.teacher.cache_dir else None
                 )
                 return CachedTeacher.load_or_build(
-                    self.teacher,
+                    teacher,
                     data,
                     needs,
                     self.collate,
@@ -208,7 +231,7 @@ class Trainer:
                     self.run.teacher.batch_size,
                     progress,
                 )
-        return self.teacher
+        return teacher
 
     def _evaluate(self) -> dict[str, float]:
         assert self.eval_loader is not None
@@ -281,6 +304,8 @@ class Trainer:
                     continue
                 self._run_stage(stage, si, state, ckpt_root, progress, resume_from)
                 resume_from = None
+                if len(self.stages) > 1:
+                    self._save_stage_output(stage)
                 state["stage_done"] = True
 
         # final model: the best evaluated one, else the last
@@ -487,6 +512,27 @@ class Trainer:
             self.print(f"early stopping: no improvement of {self.metric_name} in {patience} evaluations")
             return True
         return False
+
+    def _save_stage_output(self, stage: Stage) -> None:
+        """``<output_dir>/stages/<stage>/``: the exported model as the stage left it (what the next stage
+        starts from), loadable with ``from_pretrained``, plus the method's extras (e.g. projections)."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        bundle = self.unwrapped()
+        model = self.method.export_model(bundle)
+        extras = {k: v.detach().cpu().contiguous() for k, v in self.method.export_extras(bundle).items()}
+
+        def write(tmp: Path) -> None:
+            save_hf_model(model, self.tokenizer, tmp)
+            if extras:
+                from safetensors.torch import save_file
+
+                save_file(extras, str(tmp / EXTRAS_FILE))
+            self.run.dump(tmp / CONFIG_FILE)
+
+        ckpt.atomic_dir(self.out / "stages" / stage.name, write)
+        self.print(f"stage {stage.name!r} saved to {self.out / 'stages' / stage.name}")
 
     def _checkpoint(self, optimizer: Any, scheduler: Any, state: dict[str, Any], root: Path) -> None:
         self.acc.wait_for_everyone()
