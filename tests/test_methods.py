@@ -12,8 +12,8 @@ from bertdistill.data.loading import Collator
 from bertdistill.training.loop import Trainer, distill
 from conftest import recipe
 
-# Extra recipe sections a method needs to run on the tiny fixtures (none so far).
-METHOD_SECTIONS: dict[str, dict] = {}
+# Extra recipe sections a method needs to run on the tiny fixtures.
+METHOD_SECTIONS: dict[str, dict] = {"pkd": {"method": {"init_from": "teacher"}}}
 
 # For "overfits one batch": with a random teacher, gold labels and soft targets disagree, so a method's
 # teacher term alone must be driven down.

@@ -49,6 +49,7 @@ def test_map_printed_and_projection_trains(teacher_dir, sst2_dir, tmp_path):
             sst2_dir,
             tmp_path / "o",
             tmp_path / "c",
+            method={"init_from": "teacher"},
             student={
                 "init": "random",
                 "num_layers": 2,

@@ -56,6 +56,31 @@ def test_cache_matches_live_teacher_and_is_reused(tiny_model, teacher_dir, tmp_p
     assert again.root == cache.root and not calls
 
 
+def test_cls_only_cache_keeps_first_position(tiny_model, teacher_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    data = _data(tok)
+    coll = Collator(tok.pad_token_id)
+    teacher = Teacher(tiny_model)
+    full = Needs(logits=True, hidden_states=True, hidden_layers=(1, 3))
+    cls_only = Needs(logits=True, hidden_states=True, hidden_layers=(1, 3), cls_only=True)
+    cache = CachedTeacher.load_or_build(teacher, data, cls_only, coll, tmp_path, batch_size=7)
+    # one vector per example and layer on disk
+    assert cache.tensors["hidden.1"].numel() == len(data) * tiny_model.config.hidden_size
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=BatchSampler(data.lengths, 6, seed=1), collate_fn=coll
+    )
+    for batch in loader:
+        live_full, live_cls, cached = (
+            teacher.features(batch, full),
+            teacher.features(batch, cls_only),
+            cache.features(batch),
+        )
+        for k in (1, 3):
+            assert cached.hidden_states[k].shape == live_cls.hidden_states[k].shape
+            assert live_cls.hidden_states[k].shape[1] == 1
+            torch.testing.assert_close(cached.hidden_states[k], live_full.hidden_states[k][:, :1])
+
+
 def test_cache_invalidated_by_data_teacher_and_needs(tiny_model, teacher_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     data, other = _data(tok), _data(tok, offset=1)

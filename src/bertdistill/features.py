@@ -22,6 +22,9 @@ class Needs:
     attentions: bool = False
     hidden_layers: tuple[int, ...] | None = None
     attention_layers: tuple[int, ...] | None = None
+    cls_only: bool = False
+    """Keep only the first position of each hidden state (``[B, 1, H]``): [CLS]-level losses (PKD) need no
+    more, and a teacher cache of full states is ~T times larger."""
 
     def key(self) -> str:
         return repr(self)
@@ -51,7 +54,7 @@ def select_features(output: object, needs: Needs) -> Features:
         for i in keep:
             if not -len(hs) <= i < len(hs):
                 raise IndexError(f"hidden_states index {i} out of range: the model has {len(hs) - 1} layers")
-            feats.hidden_states[i] = hs[i]
+            feats.hidden_states[i] = hs[i][:, :1] if needs.cls_only else hs[i]
     if needs.attentions:
         att = getattr(output, "attentions", None)
         if not att or any(a is None for a in att):

@@ -194,7 +194,7 @@ class CachedTeacher:
                 k = int(lengths[row])
                 for layer, h in f.hidden_states.items():
                     chunks.setdefault(f"hidden.{layer}", []).append(
-                        (row, h[i, :k].to("cpu", dtype).reshape(-1))
+                        (row, h[i, : min(k, h.shape[1])].to("cpu", dtype).reshape(-1))
                     )
                 for layer, a in f.attentions.items():
                     chunks.setdefault(f"attention.{layer}", []).append(
@@ -235,6 +235,9 @@ class CachedTeacher:
             k = int(self.lengths[r])
             piece = flat[offsets[r] : offsets[r + 1]].float()
             if kind == "hidden":
+                if self.needs.cls_only:
+                    rows.append(piece.reshape(1, -1))
+                    continue
                 h = piece.reshape(k, -1)
                 rows.append(torch.nn.functional.pad(h, (0, 0, 0, width - k)))
             else:

@@ -62,8 +62,9 @@ class PKDConfig(MethodConfig):
     temperature: float = 10.0
     teacher_layers: list[int] | None = None
     """Explicit 1-based teacher layers for student layers 1..M−1 (overrides ``strategy``)."""
-    init_from: str = "teacher"
-    """``teacher``: first k layers of the fine-tuned teacher; ``pretrained``: of ``pretrained_path``."""
+    init_from: str = "pretrained"
+    """``pretrained`` (the paper): the first k layers of the pre-trained backbone ``pretrained_path``;
+    ``teacher``: the ``student`` section decides (by default a copy of k layers of the fine-tuned teacher)."""
     pretrained_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -77,7 +78,10 @@ class PKDConfig(MethodConfig):
             raise ConfigError(f"method.init_from must be teacher or pretrained, got {self.init_from!r}")
         if self.init_from == "pretrained" and not self.pretrained_path:
             raise ConfigError(
-                "method.init_from: pretrained needs method.pretrained_path (the pre-trained backbone)"
+                "pkd initialises the student from the first k layers of the pre-trained backbone (the paper's "
+                "method.init_from: pretrained): set method.pretrained_path to it (e.g. minilm-l6, "
+                "bert-base-uncased), or set method.init_from: teacher to build the student from the student "
+                "section (a copy of the fine-tuned teacher's layers by default)"
             )
 
 
@@ -152,7 +156,7 @@ class PKD(Method):
             raise RuntimeError(
                 "build_student must run before teacher_needs (the layer map depends on both depths)"
             )
-        return Needs(logits=True, hidden_states=True, hidden_layers=tuple(self.map))
+        return Needs(logits=True, hidden_states=True, hidden_layers=tuple(self.map), cls_only=True)
 
     def loss(
         self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
