@@ -69,6 +69,23 @@ def main() -> int:
                     f"| {x['speed']:.1f} | {pct(x['score'])} | {x['mean_exit_layer']:.2f} | "
                     f"{x['flops_speedup']:.2f} | {x['latency_speedup']:.2f} | {x['throughput_speedup']:.2f} |"
                 )
+    for f, r in distill_rows:
+        if "variants" in r:
+            lines += [
+                "",
+                f"## {f.stem}: variants (same student shape, steps and seeds)",
+                "",
+                f"Teacher {pct(r['teacher_score'])}. Best variant: {r['best_variant']}.",
+                "",
+                "| variant | recipe | overrides | score | retention | seeds |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name, v in r["variants"].items():
+                scores = ", ".join(pct(x) for x in v["scores"])
+                lines.append(
+                    f"| {name} | `{v['recipe']}` | {' '.join(v['overrides']) or '-'} | "
+                    f"{pct(v['mean'])} ± {pct(v['std'])} | {pct(v['retention'])}% | {scores} |"
+                )
     for f, r in other:
         lines += ["", f"## {f.stem}", "", "| field | value |", "|---|---|"]
         for k, v in r.items():
