@@ -244,3 +244,13 @@ def test_stage_teacher_and_stage_outputs(teacher_dir, sst2_dir, tmp_path):
     final = load_file(str(res.output_dir / "model.safetensors"))
     second = load_file(str(res.output_dir / "stages" / "second" / "model.safetensors"))
     assert all(torch.equal(final[k], second[k]) for k in final)
+
+
+def test_resume_with_changed_config_warns(teacher_dir, sst2_dir, tmp_path, caplog):
+    cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"max_steps": 2, "save_every": 1})
+    distill(cfg, quiet=True)
+    more = _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"max_steps": 3, "save_every": 1})
+    with caplog.at_level("WARNING", logger="bertdistill.training.loop"):
+        res = distill(more, quiet=True, resume=True)
+    assert "train.max_steps: 2 -> 3" in caplog.text
+    assert max(r["step"] for r in res.history if "loss" in r) == 3

@@ -268,6 +268,7 @@ class Trainer:
         if resume and resume_from is None:
             self.print(f"[yellow]--resume: no checkpoint under {ckpt_root}; starting from scratch")
         if resume_from is not None:
+            self._warn_changed_config()
             state.update(ckpt.load_trainer_state(resume_from))
             ckpt.load_bundle(resume_from, self.unwrapped())
             self.print(
@@ -513,6 +514,24 @@ class Trainer:
             return True
         return False
 
+    def _warn_changed_config(self) -> None:
+        """A resumed run goes on with the config it is given; say which settings differ from the run it
+        resumes (e.g. more epochs on purpose, or a wrong recipe by accident)."""
+        prev_path = self.out / CONFIG_FILE
+        if not prev_path.is_file():
+            return
+        from ..config import load_config
+
+        try:
+            prev = load_config(prev_path).to_dict()
+        except Exception:  # an older or hand-edited file: nothing to compare against
+            return
+        diffs = _dict_diff(prev, self.run.to_dict())
+        if diffs:
+            msg = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+            log.warning("resuming with a changed config: %s", msg)
+            self.print(f"[yellow]resuming with a changed config: {msg}")
+
     def _save_stage_output(self, stage: Stage) -> None:
         """``<output_dir>/stages/<stage>/``: the exported model as the stage left it (what the next stage
         starts from), loadable with ``from_pretrained``, plus the method's extras (e.g. projections)."""
@@ -567,6 +586,15 @@ def _allow_new_precision(mixed_precision: str) -> None:
     shared = AcceleratorState._shared_state
     if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _dict_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
 def _lengths(data: Any) -> list[int]:
