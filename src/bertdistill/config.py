@@ -113,6 +113,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
+    fused_adam: bool = True
+    """Use torch's fused AdamW kernel where the parameters' device supports it (CPU, CUDA): the same
+    update in one pass per tensor, several times faster than the per-tensor loop (on CPU the optimizer
+    step of a small student is otherwise a large share of the step). False = the reference loop."""
     scheduler: str = "linear"
     """``linear`` (warm-up then linear decay) | ``constant`` (warm-up then flat) | ``cosine``."""
     warmup_ratio: float = 0.1

@@ -27,7 +27,15 @@ def build_optimizer(groups: list[dict], train: TrainConfig, lr: float) -> torch.
     if not param_groups:
         raise ValueError("no trainable parameters in this stage")
     b1, b2 = train.adam_betas
-    return torch.optim.AdamW(param_groups, lr=lr, betas=(b1, b2), eps=train.adam_eps)
+    kwargs = {"fused": True} if train.fused_adam and _fused_ok(param_groups) else {}
+    return torch.optim.AdamW(param_groups, lr=lr, betas=(b1, b2), eps=train.adam_eps, **kwargs)
+
+
+def _fused_ok(param_groups: list[dict]) -> bool:
+    """torch's fused AdamW takes floating-point tensors on CPU or CUDA, all on one device type."""
+    params = [p for g in param_groups for p in g["params"]]
+    kinds = {p.device.type for p in params}
+    return len(kinds) == 1 and kinds <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
 
 
 def build_scheduler(
