@@ -202,8 +202,17 @@ def cmd_augment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
     )
-    tok = from_pretrained(AutoTokenizer, args.mlm, trust_remote_code=args.trust_remote_code)
-    mlm = from_pretrained(AutoModelForMaskedLM, args.mlm, trust_remote_code=args.trust_remote_code)
+    tok_src = args.tokenizer or args.mlm
+    if not tok_src:
+        raise ConfigError(
+            "augment: give --mlm (a masked LM), or --glove with --tokenizer (GloVe-only fallback)"
+        )
+    tok = from_pretrained(AutoTokenizer, tok_src, trust_remote_code=args.trust_remote_code)
+    mlm = (
+        from_pretrained(AutoModelForMaskedLM, args.mlm, trust_remote_code=args.trust_remote_code)
+        if args.mlm
+        else None
+    )
     glove = GloVeNeighbours(args.glove, cfg.max_glove_words) if args.glove else None
     if glove is None:
         logging.getLogger(__name__).warning("no --glove: multi-piece words keep their original form")
@@ -224,6 +233,12 @@ def cmd_augment(args: argparse.Namespace) -> int:
         len(source),
         source={"task": task.name, "data": args.data, "split": args.split, "max_examples": args.max_examples},
         mlm=args.mlm,
+        tokenizer=tok_src,
+        mode="mlm+glove"
+        if args.mlm and args.glove
+        else "mlm only"
+        if args.mlm
+        else "glove only (no MLM: fallback)",
         glove=args.glove,
         word_stats=aug.stats,
         bertdistill_version=__version__,
@@ -336,8 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="task data dir / file (default: the HF hub)")
     s.add_argument("--split", default="train")
     s.add_argument("--output", "-o", required=True, help="output .tsv (GLUE header, no labels) or .jsonl")
+    s.add_argument("--mlm", help="a masked LM (HF dir / hub name) whose tokenizer splits words (recommended)")
     s.add_argument(
-        "--mlm", required=True, help="a masked LM (HF dir / hub name) whose tokenizer splits words"
+        "--tokenizer",
+        help="tokenizer for the word split when there is no --mlm (GloVe-only fallback, e.g. minilm-l6)",
     )
     s.add_argument(
         "--glove",

@@ -8,6 +8,9 @@ alphabetic and not a stop word (:data:`STOP_WORDS`) a candidate set ``C(w)`` of 
   ``##`` continuation pieces dropped;
 * ``w`` splits into several pieces → its K nearest GloVe neighbours by cosine similarity.
 
+Without a masked LM (``mlm=None``; e.g. offline with a teacher that has no MLM head, like MiniLM-L6) every
+candidate word takes the GloVe path — a fallback of ours, not the paper's method; provenance records it.
+
 Then N times: every candidate word is replaced, with probability p, by a uniform choice from ``C(w)``; a
 new sentence not yet produced is kept. The original comes first. Sentence pairs: each text column is
 augmented in turn with the other column(s) held at the original text. Output examples carry **no labels**:
@@ -292,6 +295,7 @@ class GloVeNeighbours:
         self.emb = emb / np.maximum(norm, 1e-12)
         self.words = words
         self.index = {w: i for i, w in enumerate(words)}
+        self._memo: dict[tuple[str, int], list[str]] = {}
 
     def __len__(self) -> int:
         return len(self.words)
@@ -299,14 +303,25 @@ class GloVeNeighbours:
     def neighbours(self, word: str, k: int) -> list[str]:
         """The k most similar words (the word itself excluded); [] when the word has no vector. A title-case
         word gets title-case neighbours (official)."""
-        i = self.index.get(word.lower())
+        key = (word.lower(), k)
+        out = self._memo.get(key)
+        if out is None:
+            out = self._search(*key)
+            self._memo[key] = out
+        return [w.title() for w in out] if word.istitle() else list(out)
+
+    def _search(self, word: str, k: int) -> list[str]:
+        i = self.index.get(word)
         if i is None:
             return []
         sim = self.emb @ self.emb[i]
         sim[i] = -np.inf
-        top = np.argsort(-sim, kind="stable")[:k]
-        out = [self.words[j] for j in top]
-        return [w.title() for w in out] if word.istitle() else out
+        k = min(k, len(sim) - 1)
+        part = np.argpartition(-sim, k - 1)[:k] if k < len(sim) else np.arange(len(sim))
+        top = sorted(
+            part.tolist(), key=lambda j: (-float(sim[j]), j)
+        )  # by similarity, ties by frequency rank
+        return [self.words[j] for j in top]
 
 
 @dataclass
@@ -320,19 +335,21 @@ class Augmenter:
 
     def __init__(
         self,
-        mlm: nn.Module,
+        mlm: nn.Module | None,
         tokenizer: Any,
         glove: GloVeNeighbours | None,
         cfg: AugmentConfig | None = None,
     ) -> None:
-        self.mlm = mlm.eval()
+        if mlm is None and glove is None:
+            raise ConfigError("augmentation needs a masked LM (--mlm), GloVe vectors (--glove), or both")
+        self.mlm = mlm.eval() if mlm is not None else None
         self.tok = tokenizer
         self.glove = glove
         self.cfg = cfg or AugmentConfig()
         self.stats = {"mlm_words": 0, "glove_words": 0, "kept_words": 0}
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self._special = special
-        if getattr(tokenizer, "mask_token_id", None) is None:
+        if mlm is not None and getattr(tokenizer, "mask_token_id", None) is None:
             raise ConfigError(
                 "the MLM's tokenizer has no [MASK] token; --mlm must be a masked language model"
             )
@@ -380,7 +397,7 @@ class Augmenter:
                 start += len(p)
                 if not is_candidate_word(w) or not p:
                     continue
-                if len(p) > 1:
+                if len(p) > 1 or self.mlm is None:  # no MLM: GloVe for every word (an offline fallback)
                     item.candidates[wi] = (self.glove.neighbours(w, cfg.k) if self.glove else []) or [w]
                     self.stats["glove_words" if len(item.candidates[wi]) > 1 else "kept_words"] += 1
                     continue
@@ -409,6 +426,7 @@ class Augmenter:
 
     @torch.no_grad()
     def _mlm_top_k(self, ids: list[list[int]], segs: list[list[int]], pos: list[int]) -> list[list[int]]:
+        assert self.mlm is not None
         n, width = len(ids), max(len(x) for x in ids)
         device = next(self.mlm.parameters()).device
         inp = torch.full((n, width), self.tok.pad_token_id or 0, dtype=torch.long)
