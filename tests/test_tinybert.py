@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForMaskedLM,
+    BertForSequenceClassification,
     BertTokenizerFast,
 )
 
@@ -40,7 +41,7 @@ from bertdistill.losses import (
 )
 from bertdistill.training.loop import Trainer, distill
 from bertdistill.training.optim import build_optimizer
-from conftest import SPECIAL, recipe
+from conftest import SPECIAL, recipe, tiny_bert_config
 
 NARROW = {"init": "random", "config_overrides": {"hidden_size": 16, "intermediate_size": 32}}
 
@@ -200,6 +201,8 @@ def test_projections_get_gradients_and_are_optimised(projection, teacher_dir, ss
     opt = build_optimizer(groups, cfg.train, 1e-3)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert all(id(p) in in_opt for p in bundle.fit_dense.parameters())
+    names = {n for g in groups for n, _ in g["params"]}  # intermediate: no pooler / head (no gradient there)
+    assert not any("classifier" in n or "pooler" in n for n in names) and "fit_dense.0.weight" in names
     pred_groups = tr.stages[1].param_groups(bundle)  # prediction stage: the student proper only
     assert not {id(p) for _, p in pred_groups[0]["params"]} & {id(p) for p in bundle.fit_dense.parameters()}
 
@@ -288,6 +291,15 @@ def test_general_only_run(teacher_dir, sst2_dir, tmp_path):
     assert tr.teacher is None and len(tr.datasets["corpus"]) == 16 and "train" not in tr.datasets
     result = tr.train()
     assert (result.output_dir / "config.json").is_file() and not (result.output_dir / "stages").exists()
+
+
+def test_general_teacher_of_another_shape_is_refused(teacher_dir, sst2_dir, tmp_path):
+    other = tmp_path / "other-teacher"
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2)).save_pretrained(other)
+    method = {"stages": ["general"], "corpus": [str(_corpus(tmp_path))], "general_teacher": str(other)}
+    cfg = _cfg(teacher_dir, sst2_dir, tmp_path, method=method, train={"max_steps": 1})
+    with pytest.raises(ConfigError, match="one shape"):
+        Trainer(cfg, quiet=True).train()
 
 
 # ----------------------------------------------------------------------------------------------- augmentation

@@ -214,10 +214,12 @@ class TinyBERT(Method):
         if ref is not None and stage is not None:
             c = model.config
             shape = (int(c.num_hidden_layers), int(c.hidden_size), int(c.num_attention_heads))
-            if shape != ref:
+            shape_v = (*shape, int(c.vocab_size))
+            if shape != ref[:3] or int(c.vocab_size) != ref[3]:
                 raise ConfigError(
-                    f"teacher {path!r} of stage {stage.name!r} has (layers, width, heads) {shape}, but the "
-                    f"student's maps and projections were built for {ref} (teacher.path); use teachers of one shape"
+                    f"teacher {path!r} of stage {stage.name!r} has (layers, width, heads, vocab) {shape_v}, but the "
+                    f"student's maps, projections and tokenizer are those of {ref} (teacher.path); "
+                    "use teachers of one shape and vocabulary"
                 )
         return model
 
@@ -232,7 +234,7 @@ class TinyBERT(Method):
         t_cfg: Any = teacher.config
         n_t, n_s = num_layers(teacher), num_layers(student)
         h_t, h_s = int(t_cfg.num_attention_heads), int(student.config.num_attention_heads)
-        self._teacher_shape = (n_t, int(t_cfg.hidden_size), h_t)
+        self._teacher_shape = (n_t, int(t_cfg.hidden_size), h_t, int(t_cfg.vocab_size))
         if h_s > h_t or h_t % h_s:
             raise ConfigError(
                 f"the student has {h_s} attention heads, the teacher {h_t}: the attention loss needs equal "
@@ -326,6 +328,7 @@ class TinyBERT(Method):
                         lr=cfg.general_lr,
                         scheduler="linear",
                         warmup_ratio=0.1,
+                        param_groups=_intermediate_params,
                         evaluate=False,
                         cacheable=False,
                         teacher=cfg.general_teacher,
@@ -340,6 +343,7 @@ class TinyBERT(Method):
                         lr=cfg.intermediate_lr,
                         scheduler="constant",
                         warmup_ratio=0.0,
+                        param_groups=_intermediate_params,
                         evaluate=False,
                         cacheable=cfg.cache_intermediate,
                     )
@@ -454,6 +458,21 @@ def _sum(values: Any) -> Tensor:
         out = v if out is None else out + v
     assert out is not None
     return out
+
+
+def _intermediate_params(bundle: nn.Module) -> ParamGroups:
+    """Intermediate stages: the encoder (embeddings, layers) and the projections. The pooler and the task head
+    get no gradient from these losses; leaving them out changes nothing numerically (AdamW skips parameters
+    without gradients) but tells DDP not to wait for their gradients."""
+    inner: Any = bundle.module if hasattr(bundle, "module") else bundle
+    base_prefix = inner.model.base_model_prefix
+    params = [
+        (f"model.{n}", p)
+        for n, p in inner.model.named_parameters()
+        if n.startswith(f"{base_prefix}.") and ".pooler." not in n
+    ]
+    params += [(f"fit_dense.{n}", p) for n, p in inner.fit_dense.named_parameters()]
+    return [{"params": params}]
 
 
 def _student_only(bundle: nn.Module) -> ParamGroups:
