@@ -3,8 +3,8 @@
 * ``nokd``              — plain fine-tuning (no teacher), ``--steps`` steps;
 * ``kd``                — Hinton KD (recipes/kd/sst2.yaml: α 0.5, t 4), ``--steps`` steps;
 * ``tinybert``          — task_intermediate ``--steps``/2 + task_prediction ``--steps``/2 on the train subsample;
-* ``tinybert_aug``      — the same on the augmented train subsample (``--aug-examples`` training sentences,
-                          never dev/test text; relabelled by the teacher through the teacher cache);
+* ``tinybert_aug``      — the same on the train subsample plus augmented variants of ``--aug-examples`` of its
+                          sentences (train text only; labelled by the teacher through the teacher cache);
 * ``tinybert_general``  — a general stage (``--general-steps`` on ``--corpus``, pre-trained MiniLM-L6
                           teacher) first, then the same task stages (the general steps are extra, and reported).
 
@@ -60,7 +60,7 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Pa
         batch_size=args.batch_size,
         lr=args.lr,
         max_steps=None,
-        eval_every=None,
+        eval_every=10**9,  # evaluate once, at the end of the stage: every row reports its final model
         save_every=10**9,
         cpu_threads=args.threads,
         log_every=max(1, args.steps // 20),
@@ -82,7 +82,7 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Pa
     if kind == "tinybert_aug":
         assert aug is not None
         m["train_data"] = str(aug)
-        raw["data"]["max_train_examples"] = None  # the augmented file is already the subsample's expansion
+        raw["data"]["max_train_examples"] = None  # the file is the same subsample plus its augmented variants
     if kind == "tinybert_general":
         if not args.corpus:
             raise SystemExit("row tinybert_general needs --corpus (raw text, one sentence per line)")
@@ -97,22 +97,90 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Pa
 
 
 def _augment(args: argparse.Namespace, seed: int) -> Path:
-    """Augment a seeded subsample of the *train* split (bertdistill augment); reused when present."""
-    out = WORK / args.name / f"aug-{args.aug_examples}-seed{seed}" / "train.tsv"
+    """The training file of the ``tinybert_aug`` rows: the run's own train subsample (``--max-train-examples``,
+    drawn with the run's seed exactly as the other rows draw it) plus the augmented variants of a seeded
+    ``--aug-examples`` part of it. Train text only; no labels (the teacher labels it). Reused when present."""
+    out = (
+        WORK
+        / args.name
+        / f"aug-{args.max_train_examples}-{args.aug_examples}-n{args.aug_n}-seed{seed}"
+        / "train.tsv"
+    )
     if out.is_file() and Path(str(out) + ".provenance.json").is_file():
         return out
-    from bertdistill.cli import main as cli
+    from bertdistill import __version__
+    from bertdistill.config import DataConfig
+    from bertdistill.data.augment import (
+        AugmentConfig,
+        AugmentResult,
+        augment_examples,
+        augmentation_mode,
+        load_augmenter,
+        provenance_record,
+        write_augmented,
+    )
+    from bertdistill.data.loading import Examples, load_examples, resolve_task, subsample
 
-    argv = ["augment", "--task", "sst2", "--data", str(args.data), "--split", "train", "--output", str(out)]
-    argv += ["--max-examples", str(args.aug_examples), "--seed", str(seed), "--n", str(args.aug_n), "--quiet"]
-    argv += ["--mlm", args.mlm] if args.mlm else ["--tokenizer", str(args.teacher)]
-    if args.glove:
-        argv += ["--glove", str(args.glove)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    if cli(argv) != 0:
-        raise SystemExit("augmentation failed")
+    dcfg = DataConfig(task="sst2", path=str(args.data))
+    task = resolve_task(dcfg)
+    base = subsample(load_examples(dcfg, task, "train"), args.max_train_examples, seed)
+    part = subsample(base, args.aug_examples, seed)
+    cfg = AugmentConfig(n=args.aug_n, seed=seed)
+    aug = load_augmenter(args.mlm, args.glove, cfg, None if args.mlm else str(args.teacher))
+    res = augment_examples(part, aug)
+    where = {t: i for i, t in enumerate(base.texts)}
+    texts, src = list(base.texts), list(range(len(base)))
+    for t, j in zip(res.examples.texts, res.source_index, strict=True):
+        if t not in where:  # a new variant (the originals are already in)
+            texts.append(t)
+            src.append(where[part.texts[j]])
+    combined = AugmentResult(Examples(texts, None, res.examples.source), src, res.seconds)
+    prov = provenance_record(
+        cfg,
+        res,
+        len(part),
+        source={
+            "task": "sst2",
+            "data": str(args.data),
+            "split": "train",
+            "subsample": args.max_train_examples,
+            "augmented_part": args.aug_examples,
+            "seed": seed,
+        },
+        mlm=args.mlm,
+        glove=args.glove,
+        mode=augmentation_mode(args.mlm, args.glove),
+        word_stats=aug.stats,
+        file=f"{len(base)} original training examples + {len(texts) - len(base)} augmented variants",
+        file_examples=len(texts),
+        bertdistill_version=__version__,
+    )
+    write_augmented(combined, task, out, prov)
+    print(
+        f"augmented {len(part)} sentences in {res.seconds:.1f}s ({res.sentences_per_s:.1f}/s): {prov['file']}"
+    )
     return out
+
+
+def _train_size(run_dir: str) -> int | None:
+    """Examples of the task stages' training data of a finished run (None for a general-only run)."""
+    from bertdistill import load_config
+    from bertdistill.data.loading import load_examples, resolve_task, subsample
+
+    rc = load_config(Path(run_dir) / "bertdistill.yaml")
+    train_data = getattr(rc.method, "train_data", None)
+    data = (
+        rc.data
+        if not train_data
+        else type(rc.data)(**{**vars(rc.data), "path": train_data, "format": "auto"})
+    )
+    return len(
+        subsample(
+            load_examples(data, resolve_task(rc.data), rc.data.train_split),
+            rc.data.max_train_examples,
+            rc.train.seed,
+        )
+    )
 
 
 def main() -> int:
@@ -227,14 +295,16 @@ def main() -> int:
                 "student_throughput": s["throughput_per_s"],
                 "student_layers": s["layers"],
                 "student_hidden": s["hidden"],
+                "train_examples": _train_size(runs[r][0]["dir"]),
                 "task_steps": sum(v for k, v in stage_steps.items() if k != "general"),
                 "general_steps": stage_steps.get("general", 0),
                 "stage_steps": stage_steps,
                 "train_seconds": [x["train_seconds"] for x in runs[r]],
             }
         )
-    head = next((x for x in rows if x["row"] == HEADLINE), rows[0])
-    n_train = args.max_train_examples
+    # headline: TinyBERT + augmentation 4×192 if run, else the first row of the most complete TinyBERT kind
+    prefs = [HEADLINE, "tinybert_aug-", "tinybert_general-", "tinybert-"]
+    head = next((x for p in prefs for x in rows if x["row"].startswith(p)), rows[0])
     result = {
         "method": head["method"],
         "task": "sst2",
@@ -256,7 +326,7 @@ def main() -> int:
         "teacher_throughput": teacher["throughput_per_s"],
         "latency_sentences": teacher["latency_sentences"],
         "timing_threads": teacher["threads"],
-        "train_examples": n_train,
+        "train_examples": head["train_examples"],
         "steps": head["task_steps"],
         "seeds": args.seeds,
         "student_layers": head["student_layers"],
@@ -265,7 +335,7 @@ def main() -> int:
         "rows": rows,
         "augmentation": aug_info.get(args.seeds[0]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("rows",)} | {"rows": args.rows},
-        "model_selection": "final model (best dev score when a stage evaluates more than once)",
+        "model_selection": "the final model of every row (dev evaluated once, at the end; no selection on dev)",
         "command": command(),
         "date": today(),
         "machine": machine(),

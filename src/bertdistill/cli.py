@@ -167,21 +167,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_augment(args: argparse.Namespace) -> int:
     """TinyBERT data augmentation of a task's training split: an unlabelled TSV/JSONL + provenance."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
     from . import __version__
     from .config import ConfigError, DataConfig
     from .data.augment import (
         DEFAULT_TRIES,
         AugmentConfig,
-        Augmenter,
-        GloVeNeighbours,
         augment_examples,
+        augmentation_mode,
+        load_augmenter,
         provenance_record,
         write_augmented,
     )
     from .data.loading import load_examples, resolve_task, subsample
-    from .hub import from_pretrained
 
     if args.split.startswith(("dev", "test", "validation")):
         raise ConfigError(
@@ -202,21 +199,9 @@ def cmd_augment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
     )
-    tok_src = args.tokenizer or args.mlm
-    if not tok_src:
-        raise ConfigError(
-            "augment: give --mlm (a masked LM), or --glove with --tokenizer (GloVe-only fallback)"
-        )
-    tok = from_pretrained(AutoTokenizer, tok_src, trust_remote_code=args.trust_remote_code)
-    mlm = (
-        from_pretrained(AutoModelForMaskedLM, args.mlm, trust_remote_code=args.trust_remote_code)
-        if args.mlm
-        else None
-    )
-    glove = GloVeNeighbours(args.glove, cfg.max_glove_words) if args.glove else None
-    if glove is None:
+    if not args.glove:
         logging.getLogger(__name__).warning("no --glove: multi-piece words keep their original form")
-    aug = Augmenter(mlm, tok, glove, cfg)
+    aug = load_augmenter(args.mlm, args.glove, cfg, args.tokenizer, args.trust_remote_code)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -233,12 +218,8 @@ def cmd_augment(args: argparse.Namespace) -> int:
         len(source),
         source={"task": task.name, "data": args.data, "split": args.split, "max_examples": args.max_examples},
         mlm=args.mlm,
-        tokenizer=tok_src,
-        mode="mlm+glove"
-        if args.mlm and args.glove
-        else "mlm only"
-        if args.mlm
-        else "glove only (no MLM: fallback)",
+        tokenizer=args.tokenizer or args.mlm,
+        mode=augmentation_mode(args.mlm, args.glove),
         glove=args.glove,
         word_stats=aug.stats,
         bertdistill_version=__version__,

@@ -490,6 +490,36 @@ class Augmenter:
         return out
 
 
+def load_augmenter(
+    mlm: str | None,
+    glove: str | None,
+    cfg: AugmentConfig,
+    tokenizer: str | None = None,
+    trust_remote_code: bool = False,
+) -> Augmenter:
+    """An :class:`Augmenter` from paths: a masked LM (HF dir / hub name; its tokenizer splits the words) and/or
+    a GloVe file; without an MLM, ``tokenizer`` names the tokenizer (GloVe-only fallback)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from ..hub import from_pretrained
+
+    tok_src = tokenizer or mlm
+    if not tok_src:
+        raise ConfigError(
+            "augment: give --mlm (a masked LM), or --glove with --tokenizer (GloVe-only fallback)"
+        )
+    tok = from_pretrained(AutoTokenizer, tok_src, trust_remote_code=trust_remote_code)
+    model = from_pretrained(AutoModelForMaskedLM, mlm, trust_remote_code=trust_remote_code) if mlm else None
+    vectors = GloVeNeighbours(glove, cfg.max_glove_words) if glove else None
+    return Augmenter(model, tok, vectors, cfg)
+
+
+def augmentation_mode(mlm: str | None, glove: str | None) -> str:
+    if mlm and glove:
+        return "mlm+glove"
+    return "mlm only (multi-piece words kept)" if mlm else "glove only (no MLM: fallback)"
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -577,7 +607,9 @@ __all__ = [
     "Augmenter",
     "GloVeNeighbours",
     "augment_examples",
+    "augmentation_mode",
     "is_candidate_word",
+    "load_augmenter",
     "provenance_record",
     "write_augmented",
 ]

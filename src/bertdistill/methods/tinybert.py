@@ -381,7 +381,9 @@ class TinyBERT(Method):
         out: dict[str, Dataset] = {}
         if any(s != "general" for s in cfg.stages):
             if cfg.train_data:
-                train = load_examples(dataclasses.replace(d, path=cfg.train_data), self.task, d.train_split)
+                train = load_examples(
+                    dataclasses.replace(d, path=cfg.train_data, format="auto"), self.task, d.train_split
+                )
             else:
                 train = load_examples(d, self.task, d.train_split)
             ds = tokenize(subsample(train, d.max_train_examples, seed), tokenizer, d.max_length)
