@@ -29,7 +29,7 @@ from bertdistill.data.augment import (
     is_candidate_word,
 )
 from bertdistill.data.loading import Collator, Examples
-from bertdistill.features import SCORES_ATTENTION, use_score_attention
+from bertdistill.features import SCORES_ATTENTION, Needs, use_score_attention
 from bertdistill.layer_map import tinybert_layer_maps
 from bertdistill.losses import (
     attention_kl,
@@ -496,3 +496,25 @@ def test_cli_augment_then_teacher_labels_it(augmenter_parts, teacher_dir, sst2_d
         len(train),
         2,
     )
+
+
+def test_prediction_stage_fits_the_teacher(teacher_dir, sst2_dir, tmp_path):
+    sharp = tmp_path / "sharp-teacher"  # a teacher with confident, varied soft targets
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        model.classifier.weight.mul_(300.0)
+    model.save_pretrained(sharp)
+    BertTokenizerFast.from_pretrained(teacher_dir).save_pretrained(sharp)
+    method = {"stages": ["task_prediction"], "prediction_lr": 3e-3}
+    train = {"max_steps": 30, "batch_size": 16, "log_every": 1, "save_every": 1000, "warmup_ratio": 0.0}
+    cfg = _cfg(sharp, sst2_dir, tmp_path, method=method, data={"max_train_examples": 16}, train=train)
+    cfg.student.init, cfg.student.config_overrides = "random", {"hidden_size": 16, "intermediate_size": 32}
+    losses = [r["pred"] for r in distill(cfg, quiet=True).history if "pred" in r]
+    tr = Trainer(cfg, quiet=True)
+    p_t = tr.teacher.features(_batch(tr, 16), Needs(logits=True)).logits.softmax(-1)
+    floor = float(-(p_t * p_t.clamp_min(1e-12).log()).sum(-1).mean() / 2)  # soft CE ≥ teacher entropy / C
+    assert losses[0] - floor > 0.05  # something to learn
+    assert losses[-1] - floor < 0.5 * (losses[0] - floor), (
+        losses[-5:],
+        floor,
+    )  # excess over the floor halved
