@@ -86,6 +86,21 @@ def main() -> int:
                     f"| {name} | `{v['recipe']}` | {' '.join(v['overrides']) or '-'} | "
                     f"{pct(v['mean'])} ± {pct(v['std'])} | {pct(v['retention'])}% | {scores} |"
                 )
+    for f, r in distill_rows:
+        if "rows" in r:
+            lines += [
+                "",
+                f"## {f.stem}: rows",
+                "",
+                "| row | score | no-KD | retention | params | latency × | throughput × | task steps | general steps |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for x in r["rows"]:
+                lines.append(
+                    f"| {x['row']} | {fmt_scores(x, 'student_score')} | {fmt_scores(x, 'no_kd_score')} | "
+                    f"{pct(x['retention'])}% | {x['student_params'] / 1e6:.1f}M | {x['latency_speedup']:.2f} | "
+                    f"{x['throughput_speedup']:.2f} | {x['task_steps']} | {x['general_steps']} |"
+                )
     for f, r in other:
         lines += ["", f"## {f.stem}", "", "| field | value |", "|---|---|"]
         for k, v in r.items():

@@ -13,11 +13,19 @@ from bertdistill.training.loop import Trainer, distill
 from conftest import recipe
 
 # Extra recipe sections a method needs to run on the tiny fixtures.
-METHOD_SECTIONS: dict[str, dict] = {"pkd": {"method": {"init_from": "teacher"}}}
+METHOD_SECTIONS: dict[str, dict] = {
+    "pkd": {"method": {"init_from": "teacher"}},
+    # the recipe's train.lr, not the paper's per-stage learning rates (too small for a few toy steps)
+    "tinybert": {"method": {"intermediate_lr": 1e-3, "prediction_lr": 1e-3}},
+}
 
 # For "overfits one batch": with a random teacher, gold labels and soft targets disagree, so a method's
 # teacher term alone must be driven down.
-OVERFIT_SECTIONS: dict[str, dict] = {"kd": {"method": {"alpha": 1.0, "temperature": 1.0}}}
+OVERFIT_SECTIONS: dict[str, dict] = {
+    "kd": {"method": {"alpha": 1.0, "temperature": 1.0}},
+    # one stage, so that the 40 logged losses are one objective's
+    "tinybert": {"method": {"stages": ["task_intermediate"], "intermediate_lr": 3e-3}},
+}
 
 METHODS = sorted(list_methods())
 

@@ -165,6 +165,78 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_augment(args: argparse.Namespace) -> int:
+    """TinyBERT data augmentation of a task's training split: an unlabelled TSV/JSONL + provenance."""
+    from . import __version__
+    from .config import ConfigError, DataConfig
+    from .data.augment import (
+        DEFAULT_TRIES,
+        AugmentConfig,
+        augment_examples,
+        augmentation_mode,
+        load_augmenter,
+        provenance_record,
+        write_augmented,
+    )
+    from .data.loading import load_examples, resolve_task, subsample
+
+    if args.split.startswith(("dev", "test", "validation")):
+        raise ConfigError(
+            f"augment reads training text only (got --split {args.split}); never augment evaluation data"
+        )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    dcfg = DataConfig(task=args.task, path=args.data)
+    task = resolve_task(dcfg)
+    source = subsample(load_examples(dcfg, task, args.split), args.max_examples, args.seed)
+    cfg = AugmentConfig(
+        p=args.p,
+        k=args.k,
+        n=args.n if args.n is not None else DEFAULT_TRIES.get(task.name, 20),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+    if not args.glove:
+        logging.getLogger(__name__).warning("no --glove: multi-piece words keep their original form")
+    aug = load_augmenter(args.mlm, args.glove, cfg, args.tokenizer, args.trust_remote_code)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=args.quiet,
+    ) as progress:
+        result = augment_examples(source, aug, chunk=args.chunk, progress=progress)
+    prov = provenance_record(
+        cfg,
+        result,
+        len(source),
+        source={"task": task.name, "data": args.data, "split": args.split, "max_examples": args.max_examples},
+        mlm=args.mlm,
+        tokenizer=args.tokenizer or args.mlm,
+        mode=augmentation_mode(args.mlm, args.glove),
+        glove=args.glove,
+        word_stats=aug.stats,
+        bertdistill_version=__version__,
+    )
+    out, prov_path = write_augmented(result, task, Path(args.output), prov)
+    summary = {
+        "output": str(out),
+        "provenance": str(prov_path),
+        "source_examples": len(source),
+        "augmented_examples": len(result.examples),
+        "seconds": round(result.seconds, 2),
+        "source_sentences_per_s": round(result.sentences_per_s, 2),
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bertdistill", description="Distil BERT-family models.", epilog=EPILOG)
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -248,6 +320,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, help="fastbert: early-exit threshold in [0, 1]; adds exit_layer per line"
     )
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser(
+        "augment",
+        help="TinyBERT data augmentation of a training split (unlabelled; the teacher labels it)",
+        epilog=EPILOG,
+        description="Replace words with masked-LM (single-piece) or GloVe (multi-piece) candidates, N tries "
+        "per example; write an unlabelled TSV/JSONL for method.train_data, plus <output>.provenance.json.",
+    )
+    s.add_argument("--task", required=True, help="GLUE task name (sst2, mrpc, ...)")
+    s.add_argument("--data", help="task data dir / file (default: the HF hub)")
+    s.add_argument("--split", default="train")
+    s.add_argument("--output", "-o", required=True, help="output .tsv (GLUE header, no labels) or .jsonl")
+    s.add_argument("--mlm", help="a masked LM (HF dir / hub name) whose tokenizer splits words (recommended)")
+    s.add_argument(
+        "--tokenizer",
+        help="tokenizer for the word split when there is no --mlm (GloVe-only fallback, e.g. minilm-l6)",
+    )
+    s.add_argument(
+        "--glove",
+        help="GloVe text file (.txt or .txt.gz), e.g. ../shared/data/glove-6B-50d-subset/glove.6B.50d.subset.txt.gz",
+    )
+    s.add_argument("--p", type=float, default=0.4, help="replacement probability per word (default 0.4)")
+    s.add_argument("--k", type=int, default=15, help="candidates per word (default 15)")
+    s.add_argument("--n", type=int, help="tries per example (default: official per task, SST-2 20, MRPC 30)")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--max-examples", type=int, help="augment a seeded subsample of the split")
+    s.add_argument("--batch-size", type=int, default=64, help="masked sequences per MLM forward")
+    s.add_argument("--chunk", type=int, default=256, help="examples per candidate-building chunk")
+    s.add_argument("--max-length", type=int, default=512, help="MLM input limit (both segments)")
+    s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--trust-remote-code", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_augment)
     return p
 
 

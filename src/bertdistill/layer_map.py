@@ -54,3 +54,28 @@ def uniform_hidden_map(
     k = n_teacher // n_student
     start = 0 if include_embeddings else 1
     return [(m, m * k) for m in range(start, n_student + 1)]
+
+
+def proportional_layer(m: int, n_teacher: int, n_student: int) -> int:
+    """``g(m) = m·N/M`` rounded half up (exact when M divides N): the teacher hidden-state index learnt by
+    student hidden-state index m. 6→4: 0, 2, 3, 5, 6; 12→4: 0, 3, 6, 9, 12."""
+    return (2 * m * n_teacher + n_student) // (2 * n_student)
+
+
+def tinybert_layer_maps(
+    n_teacher: int, n_student: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """TinyBERT's uniform maps (Jiao et al. 2020 §3.2, ``g(m) = m·N/M``), both as (student, teacher) pairs:
+
+    * hidden, in *hidden-state indices*: ``(m, g(m))`` for m = 0..M — 0 ↔ 0 is the embedding layer;
+    * attention, in *layer numbers* (0-based, no embedding entry): ``(i, g(i + 1) − 1)`` for i = 0..M−1, i.e.
+      student layer i learns the attention of the teacher layer whose output it learns. With k = N/M an
+      integer this is the official ``teacher_atts[i·k + k − 1]`` (4-of-12: teacher layers 3, 6, 9, 12 1-based).
+
+    When M does not divide N (a 4-layer student of a 6-layer teacher) g is rounded half up (an extension;
+    the paper only uses integer k)."""
+    _check(n_teacher, n_student)
+    g = [proportional_layer(m, n_teacher, n_student) for m in range(n_student + 1)]
+    hidden = [(m, g[m]) for m in range(n_student + 1)]
+    attention = [(i, g[i + 1] - 1) for i in range(n_student)]
+    return hidden, attention

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -71,3 +72,84 @@ def hinton_terms(
     if alpha < 1 and labels is not None:
         terms["ce"] = (1 - alpha) * hard_ce(student_logits, labels)
     return terms
+
+
+# ----------------------------------------------------------------------------------------------- TinyBERT
+
+MASKED_SCORE = -1e2
+"""TinyBERT official: attention scores ``<= -100`` are masked positions (the additive mask) and become 0."""
+
+
+def zero_masked_scores(scores: Tensor, threshold: float = MASKED_SCORE) -> Tensor:
+    """``torch.where(s <= threshold, 0, s)`` — the official TinyBERT treatment of pre-softmax scores that
+    carry the additive mask (−10000 there, the dtype's minimum in transformers 5: both fall below −100)."""
+    return torch.where(scores <= threshold, torch.zeros_like(scores), scores)
+
+
+def _pair_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """``[B, T]`` token mask → ``[B, 1, T, T]`` (query real × key real) in ``like``'s dtype."""
+    m = mask.to(like.dtype)
+    return (m[:, None, :, None] * m[:, None, None, :]).expand(-1, like.shape[1], -1, -1)
+
+
+def attention_score_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """TinyBERT attention loss (Jiao et al. 2020, eq. 7) on **pre-softmax** scores ``[B, heads, T, T]``:
+    ``mean over heads × real (query, key) pairs of (A_S − A_T)²`` after :func:`zero_masked_scores` on both.
+
+    The official code takes a plain ``MSELoss`` over the padded batch; here pairs that involve a padded
+    token are left out (so the value does not depend on how the batch was padded, and cached teacher maps,
+    stored unpadded, give the same loss as live ones)."""
+    s = zero_masked_scores(student.float())
+    t = zero_masked_scores(teacher.float())
+    pm = _pair_mask(mask, s)
+    return ((s - t).pow(2) * pm).sum() / pm.sum().clamp_min(1.0)
+
+
+def _masked_log_probs(scores: Tensor, mask: Tensor) -> Tensor:
+    keep = mask.bool()[:, None, None, :]
+    return torch.log_softmax(scores.float().masked_fill(~keep, float("-inf")), dim=-1)
+
+
+def attention_prob_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """MSE of the post-softmax maps ``softmax(scores)`` (padded keys excluded), mean over heads × real
+    (query, key) pairs. An option; TinyBERT itself uses :func:`attention_score_mse`."""
+    p_s = _masked_log_probs(student, mask).exp()
+    p_t = _masked_log_probs(teacher, mask).exp()
+    pm = _pair_mask(mask, p_s)
+    return ((p_s - p_t).pow(2) * pm).sum() / pm.sum().clamp_min(1.0)
+
+
+def attention_kl(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """``KL(softmax(A_T) ‖ softmax(A_S))`` per head and real query row (summed over keys), averaged over
+    heads × real query rows (MiniLM-style). Inputs are pre-softmax scores; padded keys are excluded."""
+    log_s = _masked_log_probs(student, mask)
+    log_t = _masked_log_probs(teacher, mask)
+    keep = mask.bool()[:, None, None, :]
+    kl = torch.where(keep, log_t.exp() * (log_t - log_s), torch.zeros_like(log_t)).sum(-1)  # [B, H, T]
+    rows = mask.to(kl.dtype)[:, None, :].expand_as(kl)
+    return (kl * rows).sum() / rows.sum().clamp_min(1.0)
+
+
+def average_heads(att: Tensor, n_heads: int) -> Tensor:
+    """Average the teacher's ``H`` heads in ``n_heads`` groups of ``H / n_heads`` consecutive heads:
+    ``[B, H, T, T] → [B, n_heads, T, T]`` (group g = heads g·r … g·r + r − 1). For students with fewer heads
+    than the teacher (not in the paper, which matches head counts). Masked entries stay ≤ −100 (they are
+    averages of values that all are)."""
+    h = att.shape[1]
+    if h == n_heads:
+        return att
+    if h % n_heads:
+        raise ValueError(f"cannot average {h} teacher heads into {n_heads} groups: {h} % {n_heads} != 0")
+    b, _, q, k = att.shape
+    return att.reshape(b, n_heads, h // n_heads, q, k).mean(dim=2)
+
+
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """TinyBERT prediction loss (eq. 10): ``mean over examples *and classes* of −softmax(z_T/t)·log_softmax(z_S/t)``.
+
+    As the official ``soft_cross_entropy`` (``(-targets_prob * student_likelihood).mean()``): the mean runs over
+    classes too (a constant 1/C factor against the usual per-example sum) and there is **no t²** factor."""
+    t = float(temperature)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    p_t = F.softmax(teacher_logits.float() / t, dim=-1)
+    return (-p_t * log_p_s).mean()

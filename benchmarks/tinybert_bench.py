@@ -1,0 +1,356 @@
+"""TinyBERT on SST-2 with a fine-tuned MiniLM-L6 teacher: narrow random-init students (4×192, 2×192) trained
+
+* ``nokd``              — plain fine-tuning (no teacher), ``--steps`` steps;
+* ``kd``                — Hinton KD (recipes/kd/sst2.yaml: α 0.5, t 4), ``--steps`` steps;
+* ``tinybert``          — task_intermediate ``--steps``/2 + task_prediction ``--steps``/2 on the train subsample;
+* ``tinybert_aug``      — the same on the train subsample plus augmented variants of ``--aug-examples`` of its
+                          sentences (train text only; labelled by the teacher through the teacher cache);
+* ``tinybert_general``  — a general stage (``--general-steps`` on ``--corpus``, pre-trained MiniLM-L6
+                          teacher) first, then the same task stages (the general steps are extra, and reported).
+
+Equal total task steps for every row; the same student shape, data subsample, batch size, learning rate and
+seeds. Per row: dev accuracy (mean over seeds), parameters, and batch-1 latency / batch-32 throughput
+speed-ups against the teacher, all students timed in one interleaved run (evaluation.compare). Writes
+benchmarks/results/<name>.json: the headline row's REQUIRED fields at the top level, every row in ``rows``.
+
+    python benchmarks/tinybert_bench.py --seeds 1 --steps 2000 --max-train-examples 20000 --threads 2 \
+        --corpus ../shared/data/Multi30k-de-en/train.en --general-steps 2000 --aug-examples 2000
+
+Tiny smoke (a few minutes on 1 core): --steps 8 --general-steps 4 --max-train-examples 256 --aug-examples 16
+--eval-examples 64 --latency-sentences 20 --name tinybert_smoke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SHARED, WORK, command, machine, today, write_result
+
+SHAPES = {"4x192": "minilm-4x192", "2x192": "minilm-2x192"}
+KINDS = ["nokd", "kd", "tinybert", "tinybert_aug", "tinybert_general"]
+ALL_ROWS = [f"{k}-{s}" for s in SHAPES for k in KINDS]
+HEADLINE = "tinybert_aug-4x192"
+
+
+def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Path, aug: Path | None) -> dict:
+    """The run's config as a dict, from the repo's recipes with the benchmark's shared settings."""
+    base = "kd" if kind in ("kd", "nokd") else "tinybert"
+    raw: dict[str, Any] = yaml.safe_load((ROOT / f"recipes/{base}/sst2.yaml").read_text())
+    raw["teacher"] = {"path": str(args.teacher), "cache": True}
+    if args.cache_dir:
+        raw["teacher"]["cache_dir"] = args.cache_dir
+    raw["student"] = {"init": "random", "preset": preset}
+    raw["data"].update(
+        path=str(args.data),
+        max_length=args.max_length,
+        max_train_examples=args.max_train_examples,
+        max_eval_examples=args.eval_examples,
+    )
+    raw["train"].update(
+        seed=seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_steps=None,
+        eval_every=10**9,  # evaluate once, at the end of the stage: every row reports its final model
+        save_every=10**9,
+        cpu_threads=args.threads,
+        log_every=max(1, args.steps // 20),
+    )
+    raw["output_dir"] = str(out)
+    if kind == "nokd":
+        raw["method"] = {"name": "finetune"}
+    if kind in ("kd", "nokd"):
+        raw["train"]["max_steps"] = args.steps
+        return raw
+    half = max(1, args.steps // 2)
+    m = raw["method"]
+    m.update(
+        intermediate_steps=half,
+        prediction_steps=max(1, args.steps - half),
+        intermediate_lr=args.lr,
+        prediction_lr=args.lr,
+    )
+    if kind == "tinybert_aug":
+        assert aug is not None
+        m["train_data"] = str(aug)
+        raw["data"]["max_train_examples"] = None  # the file is the same subsample plus its augmented variants
+    if kind == "tinybert_general":
+        if not args.corpus:
+            raise SystemExit("row tinybert_general needs --corpus (raw text, one sentence per line)")
+        m.update(
+            stages=["general", "task_intermediate", "task_prediction"],
+            general_teacher=args.general_teacher,
+            corpus=[str(c) for c in args.corpus],
+            corpus_max_lines=args.corpus_max_lines,
+            general_steps=args.general_steps,
+        )
+    return raw
+
+
+def _augment(args: argparse.Namespace, seed: int) -> Path:
+    """The training file of the ``tinybert_aug`` rows: the run's own train subsample (``--max-train-examples``,
+    drawn with the run's seed exactly as the other rows draw it) plus the augmented variants of a seeded
+    ``--aug-examples`` part of it. Train text only; no labels (the teacher labels it). Reused when present."""
+    out = (
+        WORK
+        / args.name
+        / f"aug-{args.max_train_examples}-{args.aug_examples}-n{args.aug_n}-seed{seed}"
+        / "train.tsv"
+    )
+    if out.is_file() and Path(str(out) + ".provenance.json").is_file():
+        return out
+    from bertdistill import __version__
+    from bertdistill.config import DataConfig
+    from bertdistill.data.augment import (
+        AugmentConfig,
+        AugmentResult,
+        augment_examples,
+        augmentation_mode,
+        load_augmenter,
+        provenance_record,
+        write_augmented,
+    )
+    from bertdistill.data.loading import Examples, load_examples, resolve_task, subsample
+
+    dcfg = DataConfig(task="sst2", path=str(args.data))
+    task = resolve_task(dcfg)
+    base = subsample(load_examples(dcfg, task, "train"), args.max_train_examples, seed)
+    part = subsample(base, args.aug_examples, seed)
+    cfg = AugmentConfig(n=args.aug_n, seed=seed)
+    aug = load_augmenter(args.mlm, args.glove, cfg, None if args.mlm else str(args.teacher))
+    res = augment_examples(part, aug)
+    where = {t: i for i, t in enumerate(base.texts)}
+    texts, src = list(base.texts), list(range(len(base)))
+    for t, j in zip(res.examples.texts, res.source_index, strict=True):
+        if t not in where:  # a new variant (the originals are already in)
+            texts.append(t)
+            src.append(where[part.texts[j]])
+    combined = AugmentResult(Examples(texts, None, res.examples.source), src, res.seconds)
+    prov = provenance_record(
+        cfg,
+        res,
+        len(part),
+        source={
+            "task": "sst2",
+            "data": str(args.data),
+            "split": "train",
+            "subsample": args.max_train_examples,
+            "augmented_part": args.aug_examples,
+            "seed": seed,
+        },
+        mlm=args.mlm,
+        glove=args.glove,
+        mode=augmentation_mode(args.mlm, args.glove),
+        word_stats=aug.stats,
+        file=f"{len(base)} original training examples + {len(texts) - len(base)} augmented variants",
+        file_examples=len(texts),
+        bertdistill_version=__version__,
+    )
+    write_augmented(combined, task, out, prov)
+    print(
+        f"augmented {len(part)} sentences in {res.seconds:.1f}s ({res.sentences_per_s:.1f}/s): {prov['file']}"
+    )
+    return out
+
+
+def _train_size(run_dir: str) -> int | None:
+    """Examples of the task stages' training data of a finished run (None for a general-only run)."""
+    from bertdistill import load_config
+    from bertdistill.data.loading import load_examples, resolve_task, subsample
+
+    rc = load_config(Path(run_dir) / "bertdistill.yaml")
+    train_data = getattr(rc.method, "train_data", None)
+    data = (
+        rc.data
+        if not train_data
+        else type(rc.data)(**{**vars(rc.data), "path": train_data, "format": "auto"})
+    )
+    return len(
+        subsample(
+            load_examples(data, resolve_task(rc.data), rc.data.train_split),
+            rc.data.max_train_examples,
+            rc.train.seed,
+        )
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--teacher", default=str(Path("~/.cache/bertdistill/teachers/minilm-l6-sst2").expanduser())
+    )
+    p.add_argument("--general-teacher", default="minilm-l6", help="pre-trained teacher of the general stage")
+    p.add_argument("--data", default=str(SHARED / "SST-2"))
+    p.add_argument(
+        "--rows", nargs="+", default=ALL_ROWS, choices=ALL_ROWS, metavar="ROW", help=f"of {ALL_ROWS}"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument(
+        "--steps", type=int, default=2000, help="task steps of every row (tinybert: half per stage)"
+    )
+    p.add_argument("--general-steps", type=int, default=2000)
+    p.add_argument("--corpus", nargs="+", help="general-stage corpus file(s), one sentence per line")
+    p.add_argument("--corpus-max-lines", type=int)
+    p.add_argument("--max-train-examples", type=int, default=20000)
+    p.add_argument(
+        "--aug-examples", type=int, default=2000, help="train sentences augmented (seeded subsample)"
+    )
+    p.add_argument("--aug-n", type=int, default=20, help="tries per example (official SST-2: 20)")
+    p.add_argument("--mlm", help="masked LM for augmentation (default: none → GloVe-only fallback)")
+    p.add_argument("--glove", default=str(SHARED / "glove-6B-50d-subset" / "glove.6B.50d.subset.txt.gz"))
+    p.add_argument("--eval-examples", type=int, help="dev subsample (default: all 872)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4, help="every row's lr (tinybert: both task stages)")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--latency-sentences", type=int, default=200)
+    p.add_argument("--cache-dir", help="teacher cache dir (default: bertdistill's)")
+    p.add_argument("--name", default="tinybert_sst2")
+    p.add_argument("--reuse", action="store_true", help="reuse finished runs in the work dir")
+    args = p.parse_args()
+
+    from bertdistill import distill, load_config
+    from bertdistill.cli import _quiet_hf
+    from bertdistill.evaluation import compare
+
+    _quiet_hf()
+    work = WORK / args.name
+    runs: dict[str, list[dict[str, Any]]] = {}
+    aug_info: dict[int, dict[str, Any]] = {}
+    for row in args.rows:
+        kind, shape = row.split("-")
+        for seed in args.seeds:
+            aug = None
+            if kind == "tinybert_aug":
+                aug = _augment(args, seed)
+                aug_info[seed] = json.loads(Path(str(aug) + ".provenance.json").read_text())
+            out = work / f"{row}-seed{seed}"
+            raw = _recipe(kind, SHAPES[shape], args, seed, out, aug)
+            t0 = time.perf_counter()
+            if args.reuse and (out / "metrics.json").is_file():
+                if load_config(out / "bertdistill.yaml") != load_config(raw):
+                    raise SystemExit(f"{out} was made with other settings; remove it or drop --reuse")
+                metrics = json.loads((out / "metrics.json").read_text())
+                history = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+            else:
+                res = distill(raw, quiet=True)
+                metrics, history = res.metrics, res.history
+            by_stage: dict[str, int] = {}
+            for r in history:
+                if "loss" in r:
+                    by_stage[r["stage"]] = max(by_stage.get(r["stage"], 0), r["step"])
+            steps = {s: v - max([0, *[w for t, w in by_stage.items() if w < v]]) for s, v in by_stage.items()}
+            runs.setdefault(row, []).append(
+                {
+                    "seed": seed,
+                    "dir": str(out),
+                    "metrics": metrics,
+                    "stage_steps": steps,
+                    "train_seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
+            print(f"{row} seed {seed}: {metrics} steps {steps}", flush=True)
+
+    names = list(runs)
+    table = compare(
+        args.teacher,
+        [runs[r][0]["dir"] for r in names],
+        labels=["teacher", *names],
+        threads=args.threads,
+        n_latency=args.latency_sentences,
+        max_examples=args.eval_examples,
+        max_length=args.max_length,
+    )
+    teacher, students = table[0], dict(zip(names, table[1:], strict=True))
+    metric = teacher["metric"]
+    rows = []
+    for r in names:
+        scores = [x["metrics"][metric] for x in runs[r]]
+        nokd = runs.get(f"nokd-{r.split('-')[1]}")
+        nokd_scores = [x["metrics"][metric] for x in nokd] if nokd else []
+        s = students[r]
+        stage_steps = runs[r][0]["stage_steps"]
+        rows.append(
+            {
+                "row": r,
+                "method": json.loads((Path(runs[r][0]["dir"]) / "metrics.json").read_text())["method"],
+                "student_score": statistics.mean(scores),
+                "student_scores": scores,
+                "student_score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "no_kd_score": statistics.mean(nokd_scores) if nokd_scores else None,
+                "retention": statistics.mean(scores) / teacher["score"],
+                "student_params": s["params"],
+                "latency_speedup": s["latency_speedup"],
+                "throughput_speedup": s["throughput_speedup"],
+                "student_latency_ms": s["latency_ms_median"],
+                "student_throughput": s["throughput_per_s"],
+                "student_layers": s["layers"],
+                "student_hidden": s["hidden"],
+                "train_examples": _train_size(runs[r][0]["dir"]),
+                "task_steps": sum(v for k, v in stage_steps.items() if k != "general"),
+                "general_steps": stage_steps.get("general", 0),
+                "stage_steps": stage_steps,
+                "train_seconds": [x["train_seconds"] for x in runs[r]],
+            }
+        )
+    # headline: TinyBERT + augmentation 4×192 if run, else the first row of the most complete TinyBERT kind
+    prefs = [HEADLINE, "tinybert_aug-", "tinybert_general-", "tinybert-"]
+    head = next((x for p in prefs for x in rows if x["row"].startswith(p)), rows[0])
+    result = {
+        "method": head["method"],
+        "task": "sst2",
+        "teacher": str(args.teacher),
+        "student": f"{head['row']}: random-init {head['student_layers']}×{head['student_hidden']} (12 heads, FFN 768)",
+        "metric": metric,
+        "teacher_score": teacher["score"],
+        "student_score": head["student_score"],
+        "student_scores": head["student_scores"],
+        "student_score_std": head["student_score_std"],
+        "no_kd_score": head["no_kd_score"],
+        "no_kd_definition": "the same student shape fine-tuned without a teacher, same steps, data, lr and seeds",
+        "retention": head["retention"],
+        "teacher_params": teacher["params"],
+        "student_params": head["student_params"],
+        "latency_speedup": head["latency_speedup"],
+        "throughput_speedup": head["throughput_speedup"],
+        "teacher_latency_ms": teacher["latency_ms_median"],
+        "teacher_throughput": teacher["throughput_per_s"],
+        "latency_sentences": teacher["latency_sentences"],
+        "timing_threads": teacher["threads"],
+        "train_examples": head["train_examples"],
+        "steps": head["task_steps"],
+        "seeds": args.seeds,
+        "student_layers": head["student_layers"],
+        "student_hidden": head["student_hidden"],
+        "eval_examples": teacher["examples"],
+        "rows": rows,
+        "augmentation": aug_info.get(args.seeds[0]),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("rows",)} | {"rows": args.rows},
+        "model_selection": "the final model of every row (dev evaluated once, at the end; no selection on dev)",
+        "command": command(),
+        "date": today(),
+        "machine": machine(),
+    }
+    path = write_result(args.name, result)
+    print(f"teacher {metric} {teacher['score']:.4f}")
+    for x in rows:
+        print(
+            f"{x['row']:<24} {x['student_score']:.4f}  params {x['student_params'] / 1e6:.2f}M  "
+            f"latency ×{x['latency_speedup']:.2f}  throughput ×{x['throughput_speedup']:.2f}  "
+            f"steps {x['stage_steps']}"
+        )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

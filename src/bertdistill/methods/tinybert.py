@@ -1,0 +1,486 @@
+"""TinyBERT — Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural Language Understanding".
+
+Transformer distillation in up to three stages (``method.stages``, any ordered subset):
+
+* ``general`` — a raw-text corpus (``method.corpus``, one sentence per line), the *pre-trained* teacher
+  (``method.general_teacher``), intermediate losses only;
+* ``task_intermediate`` — the task's (optionally augmented, ``method.train_data``) training text, the
+  *fine-tuned* teacher (``teacher.path``), intermediate losses only (official: constant lr, no warm-up);
+* ``task_prediction`` — the same data, prediction loss only (linear schedule, 10% warm-up).
+
+Intermediate losses, per mapped layer and summed (eqs. 7–9 of the paper), with the uniform map
+``g(m) = m·N/M`` (:func:`~bertdistill.layer_map.tinybert_layer_maps`):
+
+* embeddings ``L_emb = MSE(E_S·W, E_T)`` (student ``hidden_states[0]`` ↔ teacher ``hidden_states[0]``);
+* hidden ``L_hid = Σ_m MSE(H_S^m·W, H_T^{g(m)})``, W the learned projection ``fit_dense`` — **one shared**
+  Linear for the embeddings and every layer as in the official code (``projection: shared``), or one per
+  mapped layer (``projection: per_layer``);
+* attention ``L_att = Σ_i (1/h)·Σ_heads MSE(A_S^i, A_T^{g(i+1)−1})`` on the **pre-softmax** scaled scores
+  with the additive mask applied, values ≤ −100 (the masked keys) set to 0 in both, as the official code
+  (``attention_loss: mse_scores``); ``mse_probs`` / ``kl_probs`` compare post-softmax maps instead. A
+  student with fewer heads than the teacher learns group averages of the teacher's heads.
+
+Prediction loss: ``L_pred = mean_{examples, classes}(−softmax(z_T/t)·log_softmax(z_S/t))`` (official soft
+cross-entropy, t = 1, no t²); regression tasks: ``MSE(z_S, z_T)``. It needs no gold labels, so augmented
+(unlabelled) training files are labelled by the teacher only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..config import ConfigError, MethodConfig
+from ..data.loading import load_examples, read_text_corpus, subsample, tokenize
+from ..features import Features, Needs, register_score_attention, use_score_attention
+from ..hub import from_pretrained
+from ..layer_map import tinybert_layer_maps
+from ..losses import (
+    attention_kl,
+    attention_prob_mse,
+    attention_score_mse,
+    average_heads,
+    masked_mse,
+    regression_mse,
+    soft_cross_entropy,
+)
+from ..registry import register
+from ..students import build_student, num_layers
+from .base import Method, ParamGroups, Stage
+
+log = logging.getLogger(__name__)
+
+STAGES = ("general", "task_intermediate", "task_prediction")
+EXTRAS_FILE = "extras.safetensors"
+ATTENTION_LOSSES = {
+    "mse_scores": attention_score_mse,
+    "mse_probs": attention_prob_mse,
+    "kl_probs": attention_kl,
+}
+
+
+@dataclass
+class TinyBERTConfig(MethodConfig):
+    name: str = "tinybert"
+    stages: list[str] = field(default_factory=lambda: ["task_intermediate", "task_prediction"])
+    """Ordered subset of ``general``, ``task_intermediate``, ``task_prediction``."""
+    general_teacher: str | None = None
+    """Pre-trained teacher of the ``general`` stage (loaded with ``AutoModel``); unset = ``teacher.path``."""
+    corpus: list[str] = field(default_factory=list)
+    """Raw-text file(s) of the ``general`` stage, one sentence per line."""
+    corpus_max_lines: int | None = None
+    train_data: str | None = None
+    """Training file of the task stages instead of the task's train split: e.g. the output of
+    ``bertdistill augment`` (TSV/JSONL; gold labels, if any, are ignored by the losses)."""
+    projection: str = "shared"
+    """``shared``: one ``fit_dense`` for embeddings and all layers (official); ``per_layer``: one each."""
+    attention_loss: str = "mse_scores"
+    """``mse_scores`` (paper/official: pre-softmax) | ``mse_probs`` | ``kl_probs`` (post-softmax)."""
+    embedding_weight: float = 1.0
+    hidden_weight: float = 1.0
+    attention_weight: float = 1.0
+    temperature: float = 1.0
+    hidden_map: list[list[int]] = field(default_factory=list)
+    """``[[student, teacher], ...]`` hidden-state indices (0 = embeddings); empty = uniform g(m) = m·N/M."""
+    attention_map: list[list[int]] = field(default_factory=list)
+    """``[[student, teacher], ...]`` 0-based layer numbers; empty = uniform (student i ↔ teacher g(i+1)−1)."""
+    general_lr: float = 1e-4
+    general_epochs: float = 3.0
+    general_steps: int | None = None
+    intermediate_lr: float = 5e-5
+    intermediate_epochs: float = 10.0
+    intermediate_steps: int | None = None
+    prediction_lr: float = 3e-5
+    prediction_epochs: float = 3.0
+    prediction_steps: int | None = None
+    cache_intermediate: bool = False
+    """Cache the teacher's hidden states *and attention scores* for ``task_intermediate`` (L×H×T² floats per
+    example: ~8 GB for SST-2's 67k sentences with a 4-layer map — size warning logged). Off by default:
+    the teacher runs live; the prediction stage (logits only) is always cacheable."""
+    init_extras: str | None = None
+    """A stage output dir (``<run>/stages/general``) whose ``extras.safetensors`` initialises the
+    projections — to go on from a general stage run in another process."""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError(f"method.stages is empty; give an ordered subset of {list(STAGES)}")
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ConfigError(f"method.stages: unknown stage(s) {bad}; valid: {list(STAGES)}")
+        if len(set(self.stages)) != len(self.stages) or self.stages != sorted(self.stages, key=STAGES.index):
+            raise ConfigError(
+                f"method.stages must be in the order {list(STAGES)} without repeats, got {self.stages}"
+            )
+        if "general" in self.stages and not self.corpus:
+            raise ConfigError(
+                "the general stage needs method.corpus: raw-text file(s), one sentence per line"
+            )
+        if self.projection not in ("shared", "per_layer"):
+            raise ConfigError(f"method.projection must be shared or per_layer, got {self.projection!r}")
+        if self.attention_loss not in ATTENTION_LOSSES:
+            raise ConfigError(
+                f"method.attention_loss must be one of {sorted(ATTENTION_LOSSES)}, got {self.attention_loss!r}"
+            )
+        if self.temperature <= 0:
+            raise ConfigError(f"method.temperature must be > 0, got {self.temperature}")
+        for k in ("embedding_weight", "hidden_weight", "attention_weight"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
+        for k in ("hidden_map", "attention_map"):
+            if any(len(p) != 2 for p in getattr(self, k)):
+                raise ConfigError(f"method.{k} must be a list of [student, teacher] pairs")
+        for k in ("general", "intermediate", "prediction"):
+            if getattr(self, f"{k}_lr") <= 0 or getattr(self, f"{k}_epochs") <= 0:
+                raise ConfigError(f"method.{k}_lr and method.{k}_epochs must be > 0")
+            steps = getattr(self, f"{k}_steps")
+            if steps is not None and steps < 1:
+                raise ConfigError(f"method.{k}_steps must be >= 1 (or unset), got {steps}")
+
+
+@dataclass
+class TinyBERTOutput:
+    logits: Tensor
+    hidden: dict[int, Tensor] = field(default_factory=dict)
+    """Student hidden-state index → state projected to the teacher's width ``[B, T, H_T]``."""
+    attentions: dict[int, Tensor] = field(default_factory=dict)
+    """Student layer → pre-softmax scores ``[B, heads, T, T]`` (additive mask included)."""
+
+
+class TinyBERTStudent(nn.Module):
+    """The HF student plus the projections ``fit_dense`` (student width → teacher width)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        teacher_width: int,
+        hidden_indices: list[int],
+        attention_layers: list[int],
+        shared: bool,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        width = int(getattr(model, "config").hidden_size)  # noqa: B009
+        self.hidden_indices = list(hidden_indices)
+        self.attention_layers = list(attention_layers)
+        self.shared = shared
+        n = 1 if shared else len(self.hidden_indices)
+        self.fit_dense = nn.ModuleList([nn.Linear(width, teacher_width) for _ in range(n)])
+
+    def project(self, index: int, h: Tensor) -> Tensor:
+        return self.fit_dense[0 if self.shared else self.hidden_indices.index(index)](h)
+
+    def forward(self, features: bool = False, **inputs: Any) -> TinyBERTOutput:
+        if not features:
+            return TinyBERTOutput(self.model(**inputs).logits)
+        out = self.model(**inputs, output_hidden_states=True, output_attentions=True)
+        hidden = {i: self.project(i, out.hidden_states[i]) for i in self.hidden_indices}
+        att = {i: out.attentions[i] for i in self.attention_layers}
+        return TinyBERTOutput(out.logits, hidden, att)
+
+
+@register("tinybert")
+class TinyBERT(Method):
+    """TinyBERT: embedding + hidden (projected) + pre-softmax attention MSE, then soft cross-entropy."""
+
+    config_cls = TinyBERTConfig
+    cfg: TinyBERTConfig
+    needs: ClassVar[Needs] = Needs(logits=True, hidden_states=True, attentions=True)
+
+    # ------------------------------------------------------------------ teacher / student
+    def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
+        """Fine-tuned teachers as sequence classifiers, the general stage's pre-trained teacher with
+        ``AutoModel``; both return pre-softmax scores as ``attentions``."""
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        cls = (
+            AutoModel
+            if (stage is not None and stage.name == "general")
+            else AutoModelForSequenceClassification
+        )
+        model = from_pretrained(
+            cls,
+            path,
+            trust_remote_code=self.run.teacher.trust_remote_code,
+            attn_implementation=register_score_attention(),
+        )
+        ref = getattr(self, "_teacher_shape", None)
+        if ref is not None and stage is not None:
+            c = model.config
+            shape = (int(c.num_hidden_layers), int(c.hidden_size), int(c.num_attention_heads))
+            shape_v = (*shape, int(c.vocab_size))
+            if shape != ref[:3] or int(c.vocab_size) != ref[3]:
+                raise ConfigError(
+                    f"teacher {path!r} of stage {stage.name!r} has (layers, width, heads, vocab) {shape_v}, but the "
+                    f"student's maps, projections and tokenizer are those of {ref} (teacher.path); "
+                    "use teachers of one shape and vocabulary"
+                )
+        return model
+
+    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+        cfg = self.cfg
+        if teacher is None:
+            if not cfg.general_teacher:
+                raise ConfigError("tinybert needs teacher.path (or method.general_teacher)")
+            teacher = self.load_teacher_model(cfg.general_teacher, None)
+        student, info = build_student(self.run.student, teacher, self.task, attn_implementation="eager")  # type: ignore[arg-type]
+        use_score_attention(student)
+        t_cfg: Any = teacher.config
+        n_t, n_s = num_layers(teacher), num_layers(student)
+        h_t, h_s = int(t_cfg.num_attention_heads), int(student.config.num_attention_heads)
+        self._teacher_shape = (n_t, int(t_cfg.hidden_size), h_t, int(t_cfg.vocab_size))
+        if h_s > h_t or h_t % h_s:
+            raise ConfigError(
+                f"the student has {h_s} attention heads, the teacher {h_t}: the attention loss needs equal "
+                "counts or a student count that divides the teacher's (teacher heads are averaged in groups)"
+            )
+        self.student_heads = h_s
+        try:
+            u_hidden, u_att = tinybert_layer_maps(n_t, n_s)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.hidden_map = [(int(s), int(t)) for s, t in cfg.hidden_map] or u_hidden
+        self.attention_map = [(int(s), int(t)) for s, t in cfg.attention_map] or u_att
+        for s, t in self.hidden_map:
+            if not (0 <= s <= n_s and 0 <= t <= n_t):
+                raise ConfigError(
+                    f"method.hidden_map pair {[s, t]}: hidden-state indices must be in 0..{n_s} (student) and "
+                    f"0..{n_t} (teacher); 0 = embeddings"
+                )
+        for s, t in self.attention_map:
+            if not (0 <= s < n_s and 0 <= t < n_t):
+                raise ConfigError(
+                    f"method.attention_map pair {[s, t]}: layer numbers must be in 0..{n_s - 1} (student) and "
+                    f"0..{n_t - 1} (teacher)"
+                )
+        maps = {
+            "hidden": [list(p) for p in self.hidden_map],
+            "attention": [list(p) for p in self.attention_map],
+        }
+        student.config.bertdistill_layer_map = maps  # saved in every exported config.json
+        bundle = TinyBERTStudent(
+            student,
+            int(t_cfg.hidden_size),
+            [s for s, _ in self.hidden_map],
+            [s for s, _ in self.attention_map],
+            shared=cfg.projection == "shared",
+        )
+        if cfg.init_extras:
+            self._load_extras(bundle, Path(cfg.init_extras).expanduser())
+        self.student_info = {
+            **info,
+            "layers": f"{n_s} of {n_t}",
+            "heads": f"{h_s} (teacher {h_t}{', averaged in groups' if h_s != h_t else ''})",
+            "hidden_map (student→teacher hidden_states)": {s: t for s, t in self.hidden_map},
+            "attention_map (student→teacher layer, 0-based)": {s: t for s, t in self.attention_map},
+            "projection": f"{cfg.projection} {student.config.hidden_size}→{t_cfg.hidden_size}",
+            "stages": cfg.stages,
+        }
+        return bundle
+
+    @staticmethod
+    def _inner(bundle: nn.Module) -> TinyBERTStudent:
+        inner: Any = bundle.module if hasattr(bundle, "module") else bundle
+        return inner  # type: ignore[no-any-return]
+
+    def export_model(self, bundle: nn.Module) -> Any:
+        return self._inner(bundle).model
+
+    def export_extras(self, bundle: nn.Module) -> dict[str, Tensor]:
+        """The projections (``fit_dense.<i>.weight/bias``), to resume them with ``method.init_extras``."""
+        return {f"fit_dense.{k}": v for k, v in self._inner(bundle).fit_dense.state_dict().items()}
+
+    def _load_extras(self, bundle: TinyBERTStudent, where: Path) -> None:
+        from safetensors.torch import load_file
+
+        file = where / EXTRAS_FILE if where.is_dir() else where
+        if not file.is_file():
+            raise ConfigError(f"method.init_extras: {str(file)!r} not found (a stage dir of an earlier run)")
+        state = {
+            k[len("fit_dense.") :]: v for k, v in load_file(str(file)).items() if k.startswith("fit_dense.")
+        }
+        try:
+            bundle.fit_dense.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ConfigError(
+                f"method.init_extras {str(file)!r} does not fit this student's projections "
+                f"(projection: {self.cfg.projection}, same student and teacher widths?): {str(e).splitlines()[0]}"
+            ) from None
+
+    # ------------------------------------------------------------------ stages / data
+    def stages(self) -> list[Stage]:
+        cfg = self.cfg
+        out = []
+        for name in cfg.stages:
+            if name == "general":
+                out.append(
+                    Stage(
+                        "general",
+                        data="corpus",
+                        epochs=cfg.general_epochs,
+                        max_steps=cfg.general_steps,
+                        lr=cfg.general_lr,
+                        scheduler="linear",
+                        warmup_ratio=0.1,
+                        param_groups=_intermediate_params,
+                        evaluate=False,
+                        cacheable=False,
+                        teacher=cfg.general_teacher,
+                    )
+                )
+            elif name == "task_intermediate":
+                out.append(
+                    Stage(
+                        "task_intermediate",
+                        epochs=cfg.intermediate_epochs,
+                        max_steps=cfg.intermediate_steps,
+                        lr=cfg.intermediate_lr,
+                        scheduler="constant",
+                        warmup_ratio=0.0,
+                        param_groups=_intermediate_params,
+                        evaluate=False,
+                        cacheable=cfg.cache_intermediate,
+                    )
+                )
+            else:
+                out.append(
+                    Stage(
+                        "task_prediction",
+                        epochs=cfg.prediction_epochs,
+                        max_steps=cfg.prediction_steps,
+                        lr=cfg.prediction_lr,
+                        scheduler="linear",
+                        warmup_ratio=0.1,
+                        param_groups=_student_only,
+                    )
+                )
+        return out
+
+    def teacher_needs(self, stage: Stage | None = None) -> Needs:
+        if stage is not None and stage.name == "task_prediction":
+            return Needs(logits=True)
+        if not hasattr(self, "hidden_map"):
+            raise RuntimeError("build_student must run before teacher_needs (the maps depend on both depths)")
+        hidden = self.cfg.embedding_weight > 0 or self.cfg.hidden_weight > 0
+        return Needs(
+            logits=False,
+            hidden_states=hidden,
+            attentions=self.cfg.attention_weight > 0,
+            hidden_layers=tuple(sorted({t for _, t in self.hidden_map})),
+            attention_layers=tuple(sorted({t for _, t in self.attention_map})),
+        )
+
+    def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
+        cfg, d, seed = self.cfg, self.run.data, self.run.train.seed
+        out: dict[str, Dataset] = {}
+        if any(s != "general" for s in cfg.stages):
+            if cfg.train_data:
+                train = load_examples(
+                    dataclasses.replace(d, path=cfg.train_data, format="auto"), self.task, d.train_split
+                )
+            else:
+                train = load_examples(d, self.task, d.train_split)
+            ds = tokenize(subsample(train, d.max_train_examples, seed), tokenizer, d.max_length)
+            if cfg.train_data:
+                ds.labels = None  # augmented text: the teacher labels it, gold labels are never copied
+            out["train"] = ds
+            if cfg.cache_intermediate and "task_intermediate" in cfg.stages:
+                self._warn_cache_size(ds)
+        if "general" in cfg.stages:
+            corpus = read_text_corpus(cfg.corpus, cfg.corpus_max_lines)
+            out["corpus"] = tokenize(corpus, tokenizer, d.max_length)
+        if d.eval_split:
+            ev = subsample(load_examples(d, self.task, d.eval_split), d.max_eval_examples, seed)
+            if ev.labels is not None:
+                out["eval"] = tokenize(ev, tokenizer, d.max_length)
+        return out
+
+    def _warn_cache_size(self, ds: Any) -> None:
+        heads = self._teacher_shape[2] if hasattr(self, "_teacher_shape") else 12
+        n_att = len(self.cfg.attention_map) or self.run.student.num_layers or 4
+        gb = sum(n_att * heads * k * k * 4 for k in ds.lengths) / 1e9
+        log.warning(
+            "method.cache_intermediate: the teacher's attention scores need ≈ %.1f GB on disk for %d examples",
+            gb,
+            len(ds),
+        )
+
+    # ------------------------------------------------------------------ training step
+    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
+        return bundle(features=stage.name != "task_prediction", **batch["inputs"])
+
+    def loss(
+        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+    ) -> dict[str, Tensor]:
+        assert teacher_out is not None
+        cfg = self.cfg
+        if stage.name == "task_prediction":
+            assert teacher_out.logits is not None
+            if self.task.regression:
+                return {"pred": regression_mse(student_out.logits, teacher_out.logits)}
+            return {"pred": soft_cross_entropy(student_out.logits, teacher_out.logits, cfg.temperature)}
+        mask = batch["inputs"]["attention_mask"]
+        terms: dict[str, Tensor] = {}
+        emb = [(s, t) for s, t in self.hidden_map if s == 0]
+        hid = [(s, t) for s, t in self.hidden_map if s != 0]
+        if cfg.embedding_weight > 0 and emb:
+            terms["emb"] = cfg.embedding_weight * _sum(
+                masked_mse(student_out.hidden[s], teacher_out.hidden_states[t], mask) for s, t in emb
+            )
+        if cfg.hidden_weight > 0 and hid:
+            terms["hidden"] = cfg.hidden_weight * _sum(
+                masked_mse(student_out.hidden[s], teacher_out.hidden_states[t], mask) for s, t in hid
+            )
+        if cfg.attention_weight > 0 and self.attention_map:
+            fn = ATTENTION_LOSSES[cfg.attention_loss]
+            terms["att"] = cfg.attention_weight * _sum(
+                fn(
+                    student_out.attentions[s],
+                    average_heads(
+                        teacher_out.attentions[t].to(student_out.attentions[s].dtype), self.student_heads
+                    ),
+                    mask,
+                )
+                for s, t in self.attention_map
+            )
+        if not terms:
+            raise ConfigError("tinybert: every intermediate loss weight is 0; nothing to train")
+        return terms
+
+
+def _sum(values: Any) -> Tensor:
+    out: Tensor | None = None
+    for v in values:
+        out = v if out is None else out + v
+    assert out is not None
+    return out
+
+
+def _intermediate_params(bundle: nn.Module) -> ParamGroups:
+    """Intermediate stages: the encoder (embeddings, layers) and the projections. The pooler and the task head
+    get no gradient from these losses; leaving them out changes nothing numerically (AdamW skips parameters
+    without gradients) but tells DDP not to wait for their gradients."""
+    inner: Any = bundle.module if hasattr(bundle, "module") else bundle
+    base_prefix = inner.model.base_model_prefix
+    params = [
+        (f"model.{n}", p)
+        for n, p in inner.model.named_parameters()
+        if n.startswith(f"{base_prefix}.") and ".pooler." not in n
+    ]
+    params += [(f"fit_dense.{n}", p) for n, p in inner.fit_dense.named_parameters()]
+    return [{"params": params}]
+
+
+def _student_only(bundle: nn.Module) -> ParamGroups:
+    """The prediction stage trains the student proper; the projections (no gradient there) stay frozen."""
+    inner: Any = bundle.module if hasattr(bundle, "module") else bundle
+    return [{"params": [(f"model.{n}", p) for n, p in inner.model.named_parameters()]}]
+
+
+__all__ = ["TinyBERT", "TinyBERTConfig", "TinyBERTOutput", "TinyBERTStudent"]

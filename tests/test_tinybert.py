@@ -1,0 +1,520 @@
+"""TinyBERT: layer maps, pre-softmax attention capture, losses, projections, stages, augmentation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+)
+
+from bertdistill import load_config
+from bertdistill.cli import main as cli_main
+from bertdistill.config import ConfigError
+from bertdistill.data.augment import (
+    STOP_WORDS,
+    AugmentConfig,
+    Augmenter,
+    GloVeNeighbours,
+    augment_examples,
+    is_candidate_word,
+)
+from bertdistill.data.loading import Collator, Examples
+from bertdistill.features import SCORES_ATTENTION, Needs, use_score_attention
+from bertdistill.layer_map import tinybert_layer_maps
+from bertdistill.losses import (
+    attention_kl,
+    attention_prob_mse,
+    attention_score_mse,
+    average_heads,
+    soft_cross_entropy,
+    zero_masked_scores,
+)
+from bertdistill.training.loop import Trainer, distill
+from bertdistill.training.optim import build_optimizer
+from conftest import SPECIAL, recipe, tiny_bert_config
+
+NARROW = {"init": "random", "config_overrides": {"hidden_size": 16, "intermediate_size": 32}}
+
+
+def _cfg(teacher_dir, data_dir, tmp_path, method=None, **sections):
+    sections.setdefault("student", {"num_layers": 2})
+    r = recipe("tinybert", teacher_dir, data_dir, tmp_path / "out", tmp_path / "cache", **sections)
+    r["method"].update({"intermediate_lr": 1e-3, "prediction_lr": 1e-3, **(method or {})})
+    return load_config(r)
+
+
+def _batch(tr, n=8):
+    data = tr.datasets["train"]
+    return Collator(tr.tokenizer.pad_token_id)([data[i] for i in range(n)])
+
+
+# ----------------------------------------------------------------------------------------------- layer maps
+
+
+def test_layer_maps_uniform_embeddings_and_attentions():
+    hidden, att = tinybert_layer_maps(12, 4)
+    assert hidden == [(0, 0), (1, 3), (2, 6), (3, 9), (4, 12)]  # embeddings 0→0, m → 3m
+    assert att == [(0, 2), (1, 5), (2, 8), (3, 11)]  # official teacher_atts[i·k + k − 1], no embedding
+    hidden, att = tinybert_layer_maps(6, 2)
+    assert hidden == [(0, 0), (1, 3), (2, 6)] and att == [(0, 2), (1, 5)]
+    hidden, att = tinybert_layer_maps(6, 4)  # k = 1.5: g(m) rounded half up
+    assert hidden == [(0, 0), (1, 2), (2, 3), (3, 5), (4, 6)] and att == [(0, 1), (1, 2), (2, 4), (3, 5)]
+    with pytest.raises(ValueError):
+        tinybert_layer_maps(4, 6)
+
+
+def test_method_builds_maps_needs_and_saves_them(teacher_dir, sst2_dir, tmp_path):
+    tr = Trainer(_cfg(teacher_dir, sst2_dir, tmp_path), quiet=True)  # 4-layer teacher, 2-layer student
+    m = tr.method
+    assert m.hidden_map == [(0, 0), (1, 2), (2, 4)] and m.attention_map == [(0, 1), (1, 3)]
+    needs = m.teacher_needs(tr.stages[0])
+    assert needs.hidden_layers == (0, 2, 4) and needs.attention_layers == (1, 3) and not needs.logits
+    assert m.teacher_needs(tr.stages[1]).logits and not m.teacher_needs(tr.stages[1]).attentions
+    student = m.export_model(tr.bundle)
+    assert student.config.bertdistill_layer_map == {
+        "hidden": [[0, 0], [1, 2], [2, 4]],
+        "attention": [[0, 1], [1, 3]],
+    }
+    with pytest.raises(ConfigError, match="hidden-state indices"):
+        Trainer(_cfg(teacher_dir, sst2_dir, tmp_path, method={"hidden_map": [[0, 0], [3, 4]]}), quiet=True)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="order"):
+        load_config({"method": {"name": "tinybert", "stages": ["task_prediction", "task_intermediate"]}})
+    with pytest.raises(ConfigError, match="corpus"):
+        load_config({"method": {"name": "tinybert", "stages": ["general"]}})
+    with pytest.raises(ConfigError, match="attention_loss"):
+        load_config({"method": {"name": "tinybert", "attention_loss": "cosine"}})
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def test_captured_scores_softmax_to_eager_maps(tiny_model):
+    ids = torch.randint(5, 40, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    eager = tiny_model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    scored = use_score_attention(copy.deepcopy(tiny_model))
+    assert scored.config._attn_implementation == SCORES_ATTENTION
+    out = scored(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert torch.allclose(out.logits, eager.logits, atol=1e-6)  # the model's outputs are unchanged
+    for s, p in zip(out.attentions, eager.attentions, strict=True):
+        assert torch.allclose(s.softmax(-1), p, atol=1e-6)
+        assert (s[1, :, :, 5:] <= -1e2).all() and (s[1, :, :, :5] > -1e2).all()  # mask added, pre-softmax
+
+
+def test_masked_scores_are_zeroed_and_padding_ignored():
+    s = torch.tensor([[[[1.0, 2.0, -1e4], [0.5, -3.4e38, -150.0]]]])
+    assert torch.equal(zero_masked_scores(s), torch.tensor([[[[1.0, 2.0, 0.0], [0.5, 0.0, 0.0]]]]))
+    b, h, t = 2, 3, 5
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[1, 3:] = 0
+    st, te = torch.randn(b, h, t, t), torch.randn(b, h, t, t)
+    pad = mask[:, None, :, None].bool() & mask[:, None, None, :].bool()
+    te_garbage = torch.where(pad, te, torch.randn_like(te) * 100)  # padded entries differ arbitrarily
+    expected = ((st - te).pow(2) * pad).sum() / (pad.sum() * h)  # mean over heads × real pairs
+    assert torch.allclose(attention_score_mse(st, te_garbage, mask), expected)
+    # the additive mask (dtype min) in both sides contributes nothing
+    key_pad = ~mask.bool()[:, None, None, :]
+    assert torch.allclose(
+        attention_score_mse(st.masked_fill(key_pad, -3.4e38), te.masked_fill(key_pad, -1e4), mask), expected
+    )
+    assert attention_prob_mse(st, st, mask) == 0 and attention_kl(st, st, mask).abs() < 1e-6
+    assert attention_kl(st, te, mask) > 0
+
+
+def test_per_head_averaging_and_fewer_student_heads(teacher_dir, sst2_dir, tmp_path):
+    att = torch.arange(4.0).reshape(1, 4, 1, 1).expand(2, 4, 3, 3)
+    avg = average_heads(att, 2)
+    assert avg.shape == (2, 2, 3, 3) and avg[0, 0, 0, 0] == 0.5 and avg[0, 1, 0, 0] == 2.5
+    assert average_heads(att, 4) is att
+    with pytest.raises(ValueError):
+        average_heads(att, 3)
+    student = {"num_layers": 2, "init": "random", "config_overrides": {"num_attention_heads": 2}}
+    tr = Trainer(_cfg(teacher_dir, sst2_dir, tmp_path, student=student), quiet=True)  # teacher: 4 heads
+    batch, stage = _batch(tr), tr.stages[0]
+    terms = tr.method.loss(
+        stage,
+        batch,
+        tr.method.student_forward(tr.bundle, batch, stage),
+        tr.teacher.features(batch, tr.method.teacher_needs(stage)),
+    )
+    assert torch.isfinite(terms["att"])
+    student["config_overrides"] = {"num_attention_heads": 8, "hidden_size": 32}
+    with pytest.raises(ConfigError, match="heads"):
+        Trainer(_cfg(teacher_dir, sst2_dir, tmp_path, student=student), quiet=True)
+
+
+def test_soft_cross_entropy_official_reduction():
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    hand = -(t.softmax(-1) * s.log_softmax(-1)).sum() / 12  # mean over examples and classes, no t²
+    assert torch.allclose(soft_cross_entropy(s, t), hand)
+    assert torch.allclose(
+        soft_cross_entropy(s, t, 2.0), -(torch.softmax(t / 2, -1) * torch.log_softmax(s / 2, -1)).mean()
+    )
+
+
+# ----------------------------------------------------------------------------------------------- projections
+
+
+@pytest.mark.parametrize("projection", ["shared", "per_layer"])
+def test_projections_get_gradients_and_are_optimised(projection, teacher_dir, sst2_dir, tmp_path):
+    cfg = _cfg(
+        teacher_dir,
+        sst2_dir,
+        tmp_path,
+        method={"projection": projection},
+        student={"num_layers": 2, **NARROW},
+    )
+    tr = Trainer(cfg, quiet=True)
+    bundle = tr.bundle
+    assert len(bundle.fit_dense) == (1 if projection == "shared" else 3)
+    assert bundle.fit_dense[0].weight.shape == (32, 16)  # student width 16 → teacher width 32
+    batch, stage = _batch(tr), tr.stages[0]
+    terms = tr.method.loss(
+        stage,
+        batch,
+        tr.method.student_forward(bundle, batch, stage),
+        tr.teacher.features(batch, tr.method.teacher_needs(stage)),
+    )
+    assert set(terms) == {"emb", "hidden", "att"}
+    sum(terms.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bundle.fit_dense.parameters())
+    groups = (
+        [{"params": list(bundle.named_parameters())}]
+        if stage.param_groups is None
+        else stage.param_groups(bundle)
+    )
+    opt = build_optimizer(groups, cfg.train, 1e-3)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in in_opt for p in bundle.fit_dense.parameters())
+    names = {n for g in groups for n, _ in g["params"]}  # intermediate: no pooler / head (no gradient there)
+    assert not any("classifier" in n or "pooler" in n for n in names) and "fit_dense.0.weight" in names
+    pred_groups = tr.stages[1].param_groups(bundle)  # prediction stage: the student proper only
+    assert not {id(p) for _, p in pred_groups[0]["params"]} & {id(p) for p in bundle.fit_dense.parameters()}
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def _corpus(tmp_path):
+    rng = random.Random(1)
+    words = ["good", "bad", "movie", "plot", "the", "is", "very", "dull", "nice"]
+    f = tmp_path / "corpus.txt"
+    f.write_text(
+        "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(40)) + "\n\n"
+    )
+    return f
+
+
+def test_all_stages_outputs_load_and_extras_resume(teacher_dir, sst2_dir, tmp_path):
+    corpus = _corpus(tmp_path)
+    method = {
+        "stages": ["general", "task_intermediate", "task_prediction"],
+        "corpus": [str(corpus)],
+        "general_teacher": str(teacher_dir),
+        "general_lr": 1e-3,
+    }
+    cfg = _cfg(
+        teacher_dir,
+        sst2_dir,
+        tmp_path,
+        method=method,
+        student={"num_layers": 2, **NARROW},
+        train={"max_steps": 3, "batch_size": 8},
+    )
+    result = distill(cfg, quiet=True)
+    out = result.output_dir
+    assert {r["stage"] for r in result.history if "loss" in r} == {
+        "general",
+        "task_intermediate",
+        "task_prediction",
+    }
+    assert {"emb", "hidden", "att"} <= set(next(r for r in result.history if r.get("stage") == "general"))
+    assert "accuracy" in result.metrics
+    for name in method["stages"]:
+        d = out / "stages" / name
+        model = AutoModelForSequenceClassification.from_pretrained(d)
+        assert model.config.hidden_size == 16 and model.config.num_hidden_layers == 2
+        assert set(load_file(str(d / "extras.safetensors"))) == {"fit_dense.0.weight", "fit_dense.0.bias"}
+    final = AutoModelForSequenceClassification.from_pretrained(out)
+    assert final.config._attn_implementation != SCORES_ATTENTION  # saved model loads with default attention
+    # a later run goes on from the general stage: student weights + projections
+    g = out / "stages" / "general"
+    cfg2 = _cfg(
+        teacher_dir,
+        sst2_dir,
+        tmp_path / "r2",
+        method={"init_extras": str(g)},
+        student={"num_layers": 2, "init": "pretrained", "path": str(g)},
+    )
+    tr2 = Trainer(cfg2, quiet=True)
+    extras = load_file(str(g / "extras.safetensors"))
+    assert torch.equal(tr2.bundle.fit_dense[0].weight, extras["fit_dense.0.weight"])
+    g_model = AutoModelForSequenceClassification.from_pretrained(g)
+    assert torch.equal(
+        tr2.method.export_model(tr2.bundle).bert.embeddings.word_embeddings.weight,
+        g_model.bert.embeddings.word_embeddings.weight,
+    )
+    # --resume restores the bundle (projections included) from the run's last checkpoint
+    tr3 = Trainer(cfg, quiet=True)
+    before = tr3.bundle.fit_dense[0].weight.clone()
+    tr3.train(resume=True)
+    last = load_file(str(out / "stages" / "task_prediction" / "extras.safetensors"))
+    assert not torch.equal(before, last["fit_dense.0.weight"])
+    assert torch.equal(tr3.bundle.fit_dense[0].weight, last["fit_dense.0.weight"])
+
+
+def test_general_only_run(teacher_dir, sst2_dir, tmp_path):
+    method = {
+        "stages": ["general"],
+        "corpus": [str(_corpus(tmp_path))],
+        "corpus_max_lines": 16,
+        "general_teacher": str(teacher_dir),
+        "general_lr": 1e-3,
+    }
+    cfg = _cfg(teacher_dir, sst2_dir, tmp_path, method=method, train={"max_steps": 2, "batch_size": 8})
+    tr = Trainer(cfg, quiet=True)
+    assert tr.teacher is None and len(tr.datasets["corpus"]) == 16 and "train" not in tr.datasets
+    result = tr.train()
+    assert (result.output_dir / "config.json").is_file() and not (result.output_dir / "stages").exists()
+
+
+def test_general_teacher_of_another_shape_is_refused(teacher_dir, sst2_dir, tmp_path):
+    other = tmp_path / "other-teacher"
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2)).save_pretrained(other)
+    method = {"stages": ["general"], "corpus": [str(_corpus(tmp_path))], "general_teacher": str(other)}
+    cfg = _cfg(teacher_dir, sst2_dir, tmp_path, method=method, train={"max_steps": 1})
+    with pytest.raises(ConfigError, match="one shape"):
+        Trainer(cfg, quiet=True).train()
+
+
+# ----------------------------------------------------------------------------------------------- augmentation
+
+AUG_VOCAB = [
+    *SPECIAL,
+    "the",
+    "movie",
+    "is",
+    "was",
+    "very",
+    "good",
+    "bad",
+    "plot",
+    "fun",
+    "##ny",
+    "dull",
+    "nice",
+    "great",
+    "##ly",
+    "w0",
+    "w1",
+    "w2",
+    "w3",
+    "w4",
+    "w5",
+    "##x",
+    ".",
+    ",",
+]
+GLOVE = {
+    "funny": [1.0, 0.1, 0.0],
+    "hilarious": [0.9, 0.2, 0.0],
+    "witty": [0.8, 0.3, 0.1],
+    "comic": [0.7, 0.1, 0.3],
+    "boring": [-1.0, 0.0, 0.2],
+    "tedious": [-0.9, 0.1, 0.2],
+    "movie": [0.0, 1.0, 0.0],
+}
+
+
+@pytest.fixture(scope="module")
+def augmenter_parts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("aug")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(AUG_VOCAB)}, do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(AUG_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+    )
+    mlm = BertForMaskedLM(cfg).eval()
+    glove = d / "glove.txt"
+    glove.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in GLOVE.items()))
+    mlm.save_pretrained(d / "mlm")
+    tok.save_pretrained(d / "mlm")
+    return mlm, tok, GloVeNeighbours(glove), d
+
+
+def _aug(parts, **kw):
+    mlm, tok, glove, _ = parts
+    return Augmenter(mlm, tok, glove, AugmentConfig(**{"k": 4, "n": 10, "seed": 0, **kw}))
+
+
+SENTS = ["the movie was funny", "the plot is very dull .", "good , great and nice", "the w3 greatly movie"]
+
+
+def test_candidates_single_piece_mlm_multi_piece_glove_stop_words_kept(augmenter_parts):
+    aug = _aug(augmenter_parts)
+    words = aug.candidates(SENTS)
+    first = words[0]
+    assert first.words == ["the", "movie", "was", "funny"]
+    assert set(first.candidates) == {1, 3}  # "the", "was" are stop words
+    assert first.candidates[3] == ["hilarious", "witty", "comic", "movie"]  # fun ##ny → GloVe neighbours
+    assert len(first.candidates[1]) <= 4 and not any(
+        c.startswith("##") or c in SPECIAL for c in first.candidates[1]
+    )
+    assert 5 not in words[1].candidates and 4 in words[1].candidates  # "." is not alphabetic; "dull" is
+    assert words[3].candidates[2] == ["greatly"]  # great ##ly, no GloVe vector: kept as it is
+    assert 1 not in words[3].candidates  # "w3" is not alphabetic
+    assert aug.stats["glove_words"] == 1 and aug.stats["mlm_words"] >= 5
+    assert not is_candidate_word("don't") and "the" in STOP_WORDS
+
+
+def test_augmentation_deterministic_p_and_n_respected(augmenter_parts):
+    ex = Examples([(s,) for s in SENTS], [0, 1, 1, 0])
+    a = augment_examples(ex, _aug(augmenter_parts))
+    b = augment_examples(ex, _aug(augmenter_parts, batch_size=1), chunk=1)  # batching does not matter
+    assert a.examples.texts == b.examples.texts and a.source_index == b.source_index
+    c = augment_examples(ex, _aug(augmenter_parts, seed=1))
+    assert c.examples.texts != a.examples.texts
+    assert a.examples.labels is None  # never copies gold labels
+    for i, s in enumerate(SENTS):
+        rows = [t[0] for t, j in zip(a.examples.texts, a.source_index, strict=True) if j == i]
+        assert rows[0] == s and len(rows) == len(set(rows)) and 1 <= len(rows) <= 11  # original + ≤ N new
+        for r in rows[1:]:
+            words, orig = r.split(), s.split()
+            assert len(words) == len(orig)
+            assert all(w == o for w, o in zip(words, orig, strict=True) if o in STOP_WORDS or not o.isalpha())
+    none = augment_examples(ex, _aug(augmenter_parts, p=0.0))
+    assert none.examples.texts == [(s,) for s in SENTS]  # p = 0: nothing but the originals
+    full = augment_examples(Examples([("the movie was funny",)], None), _aug(augmenter_parts, p=1.0, n=30))
+    for (r,) in full.examples.texts[1:]:  # p = 1: every candidate word replaced, stop words never
+        w = r.split()
+        assert w[0] == "the" and w[2] == "was" and w[3] in {"hilarious", "witty", "comic", "movie"}
+
+
+def test_sentence_pairs_augment_each_side_with_the_other_original(augmenter_parts):
+    ex = Examples([("the movie was funny", "the plot is dull")], [1])
+    rows = augment_examples(ex, _aug(augmenter_parts)).examples.texts
+    assert rows[0] == ex.texts[0] and len(rows) == len(set(rows))
+    assert all(a == "the movie was funny" or b == "the plot is dull" for a, b in rows)
+    assert any(a != "the movie was funny" for a, _ in rows) and any(b != "the plot is dull" for _, b in rows)
+
+
+def test_cli_augment_then_teacher_labels_it(augmenter_parts, teacher_dir, sst2_dir, tmp_path, capsys):
+    *_, d = augmenter_parts
+    out = tmp_path / "aug" / "train.tsv"
+    rc = cli_main(
+        [
+            "augment",
+            "--task",
+            "sst2",
+            "--data",
+            str(sst2_dir),
+            "--mlm",
+            str(d / "mlm"),
+            "--glove",
+            str(d / "glove.txt"),
+            "--output",
+            str(out),
+            "--n",
+            "3",
+            "--max-examples",
+            "12",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    prov = json.loads((tmp_path / "aug" / "train.tsv.provenance.json").read_text())
+    assert (
+        prov["parameters"]["n"] == 3 and prov["parameters"]["p"] == 0.4 and prov["source"]["task"] == "sst2"
+    )
+    assert (
+        summary["augmented_examples"] == prov["augmented_examples"] > 12
+        and summary["source_sentences_per_s"] > 0
+    )
+    header = out.read_text().splitlines()[0].split("\t")
+    assert header == ["sentence", "source_index"]  # no label column
+    assert (
+        cli_main(
+            [
+                "augment",
+                "--task",
+                "sst2",
+                "--data",
+                str(sst2_dir),
+                "--split",
+                "dev",
+                "--mlm",
+                str(d / "mlm"),
+                "--output",
+                str(tmp_path / "x.tsv"),
+            ]
+        )
+        == 2
+    )  # never augment eval data
+    # training on it: no gold labels, the teacher's soft targets; evaluation on the labelled dev set
+    cfg = _cfg(
+        teacher_dir,
+        sst2_dir,
+        tmp_path,
+        method={"train_data": str(out), "stages": ["task_prediction"]},
+        train={"max_steps": 2},
+    )
+    tr = Trainer(cfg, quiet=True)
+    train = tr.datasets["train"]
+    assert train.labels is None and len(train) == summary["augmented_examples"]
+    assert tr.datasets["eval"].labels is not None
+    batch = _batch(tr)
+    assert "labels" not in batch
+    t_out = tr.teacher.features(batch, tr.method.teacher_needs(tr.stages[0]))
+    s_out = tr.method.student_forward(tr.bundle, batch, tr.stages[0])
+    terms = tr.method.loss(tr.stages[0], batch, s_out, t_out)
+    assert torch.allclose(terms["pred"], soft_cross_entropy(s_out.logits, t_out.logits))
+    result = tr.train()
+    assert "accuracy" in result.metrics
+    cache = list((tmp_path / "cache" / "teacher").iterdir())  # relabelled through the teacher cache
+    assert len(cache) == 1 and load_file(str(cache[0] / "outputs.safetensors"))["logits"].shape == (
+        len(train),
+        2,
+    )
+
+
+def test_prediction_stage_fits_the_teacher(teacher_dir, sst2_dir, tmp_path):
+    sharp = tmp_path / "sharp-teacher"  # a teacher with confident, varied soft targets
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        model.classifier.weight.mul_(300.0)
+    model.save_pretrained(sharp)
+    BertTokenizerFast.from_pretrained(teacher_dir).save_pretrained(sharp)
+    method = {"stages": ["task_prediction"], "prediction_lr": 3e-3}
+    train = {"max_steps": 30, "batch_size": 16, "log_every": 1, "save_every": 1000, "warmup_ratio": 0.0}
+    cfg = _cfg(sharp, sst2_dir, tmp_path, method=method, data={"max_train_examples": 16}, train=train)
+    cfg.student.init, cfg.student.config_overrides = "random", {"hidden_size": 16, "intermediate_size": 32}
+    losses = [r["pred"] for r in distill(cfg, quiet=True).history if "pred" in r]
+    tr = Trainer(cfg, quiet=True)
+    p_t = tr.teacher.features(_batch(tr, 16), Needs(logits=True)).logits.softmax(-1)
+    floor = float(-(p_t * p_t.clamp_min(1e-12).log()).sum(-1).mean() / 2)  # soft CE ≥ teacher entropy / C
+    assert losses[0] - floor > 0.05  # something to learn
+    assert losses[-1] - floor < 0.5 * (losses[0] - floor), (
+        losses[-5:],
+        floor,
+    )  # excess over the floor halved
