@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +30,7 @@ from bertdistill.config import ConfigError, StudentConfig
 from bertdistill.data.corpus import (
     CorpusConfig,
     build_token_store,
+    corpus_datasets,
     corpus_splits,
     mlm_mask,
     smoothed_token_probs,
@@ -260,6 +262,19 @@ def test_token_store_lines_packing_and_heldout(corpus_file, tiny_tokenizer_dir, 
     assert len(held) == 16 and len(train) == len(lines) - 16
     assert not set(held.indices.tolist()) & set(train.indices.tolist())
     np.testing.assert_array_equal(counts, train.token_counts())
+    # the held-out slice depends on method.heldout_seed only, not on train.seed: an MLM teacher and students
+    # trained with other seeds hold out the same sequences
+    helds = []
+    for seed in (1, 2):
+        run = SimpleNamespace(
+            teacher=SimpleNamespace(cache_dir=None),
+            data=SimpleNamespace(max_length=24, max_train_examples=None, max_eval_examples=None),
+            train=SimpleNamespace(seed=seed),
+        )
+        data, probs = corpus_datasets(replace(cfg, store_dir=str(tmp_path / "store")), run, tok)
+        helds.append(data["eval"].indices)
+        assert probs[tok.cls_token_id] == 0 and probs[tok.pad_token_id] == 0
+    np.testing.assert_array_equal(helds[0], helds[1])
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -298,7 +313,8 @@ def test_finetune_task_mlm_trains_a_tied_head_and_feeds_distilbert(encoder_dir, 
     out = tmp_path / "mlm"
     rc = cli.main(
         ["finetune", "--task", "mlm", "--model", str(encoder_dir), "--corpus", str(corpus_file),
-         "--max-steps", "6", "--lr", "1e-2", "--batch-size", "16", "--set", "train.log_every=1", "-o", str(out), "-q"]
+         "--max-steps", "6", "--lr", "1e-2", "--batch-size", "16", "--set", "train.log_every=1",
+         "--set", f"method.store_dir={tmp_path / 'store'}", "-o", str(out), "-q"]
     )  # fmt: skip
     assert rc == 0
     model = load_mlm_teacher(str(out))  # no missing head weights any more

@@ -448,33 +448,3 @@ def plot_score_vs_latency(rows: list[dict[str, Any]], path: str | os.PathLike[st
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-@torch.no_grad()
-def mlm_metrics(
-    model: nn.Module, loader: Any, gather: Callable[[torch.Tensor], torch.Tensor] | None = None
-) -> dict[str, float]:
-    """Masked-LM loss and perplexity on batches with ``mlm_labels`` (−100 = not predicted):
-    ``mlm_loss`` = mean cross-entropy over all predicted tokens of the loader, ``perplexity`` = exp of it,
-    ``neg_perplexity`` = −perplexity (higher is better, for model selection)."""
-    was_training = model.training
-    model.eval()
-    total, count = torch.zeros(()), torch.zeros(())
-    for batch in loader:
-        logits = model(**batch["inputs"]).logits
-        labels = batch["mlm_labels"]
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        n = (labels != -100).sum().to(ce.dtype)
-        if gather is not None:
-            ce, n = gather(ce.reshape(1)), gather(n.reshape(1))
-        total += ce.sum().cpu()
-        count += n.sum().cpu()
-    model.train(was_training)
-    loss = float(total / count.clamp_min(1.0))
-    ppl = float(np.exp(min(loss, 50.0)))
-    return {"mlm_loss": loss, "perplexity": ppl, "neg_perplexity": -ppl}

@@ -5,7 +5,7 @@ A corpus (text files with one document or sentence per line, or a text column of
 array read back with ``numpy.memmap``), ``offsets.npy`` (sequence ``i`` is ``tokens[offsets[i]:offsets[i+1]]``,
 special tokens included) and ``counts.npy`` (how often each vocabulary id occurs — for the XLM-style smoothed
 choice of the positions to mask). Memory stays bounded by one chunk of lines, whatever the corpus size; the
-store is cached under ``<cache_dir>/corpus/<fingerprint>/`` and reused while files, tokenizer and options are
+store is cached under ``<cache_dir>/corpus_store/<fingerprint>/`` and reused while files, tokenizer and options are
 unchanged.
 
 Sequences are one line each (the official DistilBERT code: a line longer than ``max_length`` is cut into
@@ -57,6 +57,9 @@ class CorpusConfig(MethodConfig):
     """Share of the corpus's sequences held out (seeded) when no ``heldout_file`` is given."""
     max_heldout: int = 2000
     """At most this many held-out sequences (evaluation cost)."""
+    heldout_seed: int = 0
+    """Seed of the held-out slice — independent of ``train.seed``, so that runs with other seeds (the MLM
+    teacher, the students) hold out the same sequences and never train on each other's evaluation data."""
     pack: bool = False
     """``false``: one sequence per line (official DistilBERT); ``true``: lines concatenated into full
     ``data.max_length`` sequences."""
@@ -74,7 +77,7 @@ class CorpusConfig(MethodConfig):
     """XLM-style frequency smoothing: a position holding token w is chosen with probability ∝
     max(count(w), 1)^−mlm_smoothing (0 = uniform over the maskable tokens)."""
     store_dir: str | None = None
-    """Where tokenised corpora are cached (default ``<teacher.cache_dir or ~/.cache/bertdistill>/corpus``)."""
+    """Where tokenised corpora are cached (default ``<teacher.cache_dir or ~/.cache/bertdistill>/corpus_store``)."""
 
     def __post_init__(self) -> None:
         if not self.corpus and not self.hf_dataset:
@@ -437,7 +440,7 @@ def corpus_datasets(cfg: CorpusConfig, run: Any, tokenizer: Any) -> tuple[dict[s
     smoothed masking weights of the vocabulary computed from the *training* sequences' token counts.
     ``data.max_train_examples`` / ``data.max_eval_examples`` subsample sequences (seeded)."""
     root = default_store_root(cfg, run.teacher.cache_dir)
-    train, held, counts = corpus_splits(cfg, tokenizer, run.data.max_length, root, run.train.seed)
+    train, held, counts = corpus_splits(cfg, tokenizer, run.data.max_length, root, cfg.heldout_seed)
     rng = np.random.default_rng(run.train.seed)
     if run.data.max_train_examples and run.data.max_train_examples < len(train):
         train.indices = np.sort(rng.choice(train.indices, run.data.max_train_examples, replace=False))
@@ -456,7 +459,7 @@ def default_store_root(cfg: CorpusConfig, cache_dir: str | None) -> Path:
     base = Path(cache_dir).expanduser() if cache_dir else None
     if base is None:
         base = Path(os.environ.get("BERTDISTILL_CACHE", "~/.cache/bertdistill")).expanduser()
-    return base / "corpus"
+    return base / "corpus_store"
 
 
 __all__ = [

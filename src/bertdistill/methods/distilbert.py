@@ -37,13 +37,12 @@ from transformers.activations import ACT2FN
 
 from ..config import ConfigError
 from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
-from ..evaluation import mlm_metrics
 from ..features import Features, Needs
 from ..hub import from_pretrained
 from ..layer_map import select_layers
 from ..losses import masked_cosine, masked_soft_target_kl, mlm_ce
 from ..registry import register
-from .base import Method, Stage
+from .base import Method, Stage, mlm_metrics
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +270,7 @@ class DistilBert(Method):
     # ------------------------------------------------------------------ data
     def datasets(self, tokenizer: Any) -> dict[str, Any]:
         data, self.token_probs = corpus_datasets(self.cfg, self.run, tokenizer)
-        _drop_token_type_ids(tokenizer)
+        drop_token_type_ids(tokenizer)
         return data
 
     def collator(self, tokenizer: Any) -> Any:
@@ -309,7 +308,7 @@ class DistilBert(Method):
         return mlm_metrics(bundle, loader, gather)
 
 
-def _drop_token_type_ids(tokenizer: Any) -> None:
+def drop_token_type_ids(tokenizer: Any) -> None:
     """The DistilBERT student takes no ``token_type_ids``: make the tokenizer saved next to it (and reloaded
     with it) stop producing them, as HF's DistilBERT tokenizers do."""
     names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
@@ -322,6 +321,7 @@ __all__ = [
     "DistilBertMethodConfig",
     "distilbert_config",
     "distilbert_from_teacher",
+    "drop_token_type_ids",
     "load_mlm_teacher",
     "student_layers",
 ]

@@ -21,12 +21,11 @@ from transformers import AutoModelForMaskedLM
 
 from ..config import ConfigError
 from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
-from ..evaluation import mlm_metrics
 from ..features import Features
 from ..hub import from_pretrained
 from ..losses import mlm_ce
 from ..registry import register
-from .base import Method, ParamGroups, Stage
+from .base import Method, ParamGroups, Stage, mlm_metrics
 
 
 @dataclass
