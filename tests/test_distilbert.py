@@ -392,3 +392,31 @@ def test_task_stage_kd_and_finetune_from_the_distilled_dir(
          "--max-steps", "2", "--batch-size", "16", "-o", str(tmp_path / "ft"), "-q"]
     )  # fmt: skip
     assert rc == 0 and json.loads((tmp_path / "ft" / "metrics.json").read_text())["accuracy"] >= 0
+
+
+def test_mlm_metrics_is_the_perplexity_over_all_predicted_tokens():
+    from bertdistill.methods.base import mlm_metrics
+
+    torch.manual_seed(0)
+    model = DistilBertForMaskedLM(
+        distilbert_from_teacher(BertForMaskedLM(tiny_bert_config()), [0, 3]).config
+    ).eval()
+    batches = []
+    for width in (5, 9):
+        ids = torch.randint(5, 40, (3, width))
+        labels = torch.full_like(ids, -100)
+        labels[:, 1] = ids[:, 1]
+        labels[0, 3] = ids[0, 3]
+        batches.append(
+            {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "mlm_labels": labels}
+        )
+    ces = []
+    with torch.no_grad():
+        for b in batches:
+            lg = model(**b["inputs"]).logits
+            m = b["mlm_labels"] != -100
+            ces.append(torch.nn.functional.cross_entropy(lg[m], b["mlm_labels"][m], reduction="none"))
+    ref = torch.cat(ces).mean()  # 4 + 4 predicted tokens, each weighs the same
+    got = mlm_metrics(model, batches)
+    assert got["mlm_loss"] == pytest.approx(float(ref), rel=1e-5)
+    assert got["perplexity"] == pytest.approx(float(ref.exp()), rel=1e-5) and got["neg_perplexity"] < 0

@@ -173,11 +173,12 @@ def mlm_metrics(
             logits.reshape(-1, logits.shape[-1]).float(),
             labels.reshape(-1),
             ignore_index=-100,
-            reduction="sum",
+            reduction="none",
         )
-        n = (labels != -100).sum().to(ce.dtype)
+        ce = ce.view_as(labels).sum(-1)  # per sequence, so that gathering drops padded duplicates correctly
+        n = (labels != -100).sum(-1).to(ce.dtype)
         if gather is not None:
-            ce, n = gather(ce.reshape(1)), gather(n.reshape(1))
+            ce, n = gather(ce), gather(n)
         total += ce.sum().cpu()
         count += n.sum().cpu()
     model.train(was_training)
