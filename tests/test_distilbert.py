@@ -420,3 +420,13 @@ def test_mlm_metrics_is_the_perplexity_over_all_predicted_tokens():
     got = mlm_metrics(model, batches)
     assert got["mlm_loss"] == pytest.approx(float(ref), rel=1e-5)
     assert got["perplexity"] == pytest.approx(float(ref.exp()), rel=1e-5) and got["neg_perplexity"] < 0
+
+
+def test_corpus_from_an_hf_dataset_column(corpus_file, tiny_tokenizer_dir, tmp_path):
+    lines = [x for x in corpus_file.read_text().splitlines() if x.strip()][:20]
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(lines)) + "\n")
+    cfg = CorpusConfig(name="mlm", hf_dataset="json", hf_data_files=[str(jl)], hf_column="body")
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    store = build_token_store(cfg, tok, 24, tmp_path / "store")
+    assert len(store) == 20 and store.sequence(3) == tok(lines[3])["input_ids"]

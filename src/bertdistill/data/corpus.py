@@ -51,6 +51,8 @@ class CorpusConfig(MethodConfig):
     hf_config: str | None = None
     hf_split: str = "train"
     hf_column: str = "text"
+    hf_data_files: list[str] = field(default_factory=list)
+    """``data_files`` for a generic builder (``hf_dataset: json`` / ``csv`` / ``parquet`` with local files)."""
     heldout_file: str | None = None
     """A separate text file for the held-out MLM loss / perplexity; unset = a slice of the corpus."""
     heldout_fraction: float = 0.01
@@ -118,7 +120,10 @@ def iter_lines(cfg: CorpusConfig, files: Sequence[str] | None = None) -> Iterato
     if files is None and cfg.hf_dataset:
         import datasets
 
-        ds = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config, split=cfg.hf_split, streaming=True)
+        kwargs: dict[str, Any] = {"split": cfg.hf_split, "streaming": True}
+        if cfg.hf_data_files:
+            kwargs["data_files"] = [str(Path(f).expanduser()) for f in cfg.hf_data_files]
+        ds = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config, **kwargs)
         for row in ds:
             if cfg.hf_column not in row:
                 raise ConfigError(
@@ -214,7 +219,9 @@ def _fingerprint(files: Sequence[str], cfg: CorpusConfig, tokenizer: Any, max_le
     h.update(type(tokenizer).__name__.encode())
     opts = {
         "format": STORE_FORMAT,
-        "hf": [cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.hf_column] if files is cfg.corpus else None,
+        "hf": [cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.hf_column, cfg.hf_data_files]
+        if files is cfg.corpus
+        else None,
         "max_length": max_length,
         "pack": cfg.pack,
         "min_tokens": cfg.min_tokens,
