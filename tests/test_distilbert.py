@@ -262,6 +262,12 @@ def test_token_store_lines_packing_and_heldout(corpus_file, tiny_tokenizer_dir, 
     assert len(held) == 16 and len(train) == len(lines) - 16
     assert not set(held.indices.tolist()) & set(train.indices.tolist())
     np.testing.assert_array_equal(counts, train.token_counts())
+    # a separate held-out file: all corpus lines train, the file's lines are held out
+    extra = tmp_path / "held.txt"
+    extra.write_text("the plot was dull\na lovely film\n")
+    tr2, held2, _ = corpus_splits(replace(cfg, heldout_file=str(extra)), tok, 24, tmp_path / "store", seed=0)
+    assert len(tr2) == len(lines) and len(held2) == 2
+    assert held2[1]["input_ids"] == tok("a lovely film")["input_ids"] and "mask_seed" in held2[1]
     # the held-out slice depends on method.heldout_seed only, not on train.seed: an MLM teacher and students
     # trained with other seeds hold out the same sequences
     helds = []
