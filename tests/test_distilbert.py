@@ -341,8 +341,19 @@ def test_finetune_task_mlm_trains_a_tied_head_and_feeds_distilbert(encoder_dir, 
     assert Trainer(cfg, quiet=True).teacher is not None
 
 
-def test_pretrain_resume_is_exact(mlm_teacher_dir, corpus_file, tmp_path, monkeypatch):
-    sections = {"train": {"max_steps": 6, "save_every": 2, "lr": 5e-4}}
+@pytest.mark.parametrize("with_task", [False, True], ids=["pretrain", "pretrain+task"])
+def test_resume_is_exact(
+    with_task, mlm_teacher_dir, corpus_file, teacher_dir, sst2_dir, tmp_path, monkeypatch
+):
+    sections: dict = {"train": {"max_steps": 6, "save_every": 2, "lr": 5e-4}}
+    crash_at = 2  # the second checkpoint: step 4 of the pretrain stage
+    if with_task:  # 3 pretrain + 4 task steps; die at step 5 (second checkpoint of the task stage)
+        sections = {
+            "method": {"task_teacher": str(teacher_dir), "pretrain_steps": 3, "task_steps": 4},
+            "data": {"task": "sst2", "path": str(sst2_dir), "max_length": 32},
+            "train": {"max_steps": None, "save_every": 1, "lr": 5e-4},
+        }
+        crash_at = 5
     full = distill(
         load_config(_recipe(mlm_teacher_dir, corpus_file, tmp_path, out="full", **sections)), quiet=True
     )
@@ -350,17 +361,18 @@ def test_pretrain_resume_is_exact(mlm_teacher_dir, corpus_file, tmp_path, monkey
     original = Trainer._checkpoint
     calls = {"n": 0}
 
-    def crash_after_second_save(self, *a, **k):
+    def crash_after_save(self, *a, **k):
         original(self, *a, **k)
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == crash_at:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "_checkpoint", crash_after_second_save)
+    monkeypatch.setattr(Trainer, "_checkpoint", crash_after_save)
     with pytest.raises(KeyboardInterrupt):
         distill(cfg, quiet=True)
     monkeypatch.setattr(Trainer, "_checkpoint", original)
-    assert ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints").name == "step-0000004"
+    expected = "step-0000005" if with_task else "step-0000004"
+    assert ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints").name == expected
     resumed = distill(cfg, resume=True, quiet=True)
     a = load_file(str(full.output_dir / "model.safetensors"))
     b = load_file(str(resumed.output_dir / "model.safetensors"))
@@ -436,3 +448,39 @@ def test_corpus_from_an_hf_dataset_column(corpus_file, tiny_tokenizer_dir, tmp_p
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     store = build_token_store(cfg, tok, 24, tmp_path / "store")
     assert len(store) == 20 and store.sequence(3) == tok(lines[3])["input_ids"]
+
+
+def test_optional_task_stage_in_the_same_run(mlm_teacher_dir, corpus_file, teacher_dir, sst2_dir, tmp_path):
+    """method.task_teacher adds the stage ``task``: the distilled body with a classification head, trained with
+    Hinton KD from the fine-tuned classifier (the stage's own teacher) on data.task."""
+    r = _recipe(
+        mlm_teacher_dir,
+        corpus_file,
+        tmp_path,
+        method={"task_teacher": str(teacher_dir), "pretrain_steps": 3, "task_steps": 4},
+        data={"task": "sst2", "path": str(sst2_dir), "max_length": 32},
+        train={"max_steps": None, "eval_every": 2},
+    )
+    result = distill(load_config(r), quiet=True)
+    out = result.output_dir
+    hist = [h for h in result.history if "loss" in h]
+    assert [h["stage"] for h in hist] == ["pretrain"] * 3 + ["task"] * 4
+    assert {"ce", "mlm", "cos"} <= hist[0].keys() and {"kd", "ce"} == hist[-1].keys() - {
+        "step",
+        "stage",
+        "epoch",
+        "lr",
+        "loss",
+        "sec_per_step",
+    }
+    evals = [h for h in result.history if "eval" in h]
+    assert evals and all(h["stage"] == "task" and "accuracy" in h["eval"] for h in evals)
+    assert "accuracy" in result.metrics
+    pre = AutoModelForMaskedLM.from_pretrained(out / "stages" / "pretrain")
+    assert isinstance(pre, DistilBertForMaskedLM)
+    final = AutoModelForSequenceClassification.from_pretrained(out)
+    assert isinstance(final, DistilBertForSequenceClassification) and final.config.num_labels == 2
+    assert final.config.bertdistill_copied_layers == [0, 3]
+    # the task stage trained the distilled body further (it is shared by both heads)
+    w = "distilbert.transformer.layer.0.ffn.lin1.weight"
+    assert not torch.equal(final.state_dict()[w], pre.state_dict()[w])

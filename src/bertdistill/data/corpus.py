@@ -442,16 +442,18 @@ class MLMCollator:
         return batch
 
 
-def corpus_datasets(cfg: CorpusConfig, run: Any, tokenizer: Any) -> tuple[dict[str, Dataset], Tensor]:
+def corpus_datasets(
+    cfg: CorpusConfig, run: Any, tokenizer: Any, subsample: bool = True
+) -> tuple[dict[str, Dataset], Tensor]:
     """The datasets of a raw-text run — ``train`` and (when there is a held-out slice) ``eval`` — and the
     smoothed masking weights of the vocabulary computed from the *training* sequences' token counts.
-    ``data.max_train_examples`` / ``data.max_eval_examples`` subsample sequences (seeded)."""
+    With ``subsample``, ``data.max_train_examples`` / ``data.max_eval_examples`` cap the sequences (seeded)."""
     root = default_store_root(cfg, run.teacher.cache_dir)
     train, held, counts = corpus_splits(cfg, tokenizer, run.data.max_length, root, cfg.heldout_seed)
     rng = np.random.default_rng(run.train.seed)
-    if run.data.max_train_examples and run.data.max_train_examples < len(train):
+    if subsample and run.data.max_train_examples and run.data.max_train_examples < len(train):
         train.indices = np.sort(rng.choice(train.indices, run.data.max_train_examples, replace=False))
-    if run.data.max_eval_examples and run.data.max_eval_examples < len(held):
+    if subsample and run.data.max_eval_examples and run.data.max_eval_examples < len(held):
         held.indices = held.indices[: run.data.max_eval_examples]
     probs = smoothed_token_probs(counts, cfg.mlm_smoothing, tokenizer.all_special_ids)
     out: dict[str, Dataset] = {"train": train}

@@ -25,6 +25,7 @@ Every difference from the paper and the official code is listed in ``docs/method
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM, PreTrainedModel
+from transformers import (
+    AutoModelForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    DistilBertForSequenceClassification,
+    PreTrainedModel,
+)
 from transformers.activations import ACT2FN
 
 from ..config import ConfigError
@@ -40,7 +47,7 @@ from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
 from ..features import Features, Needs
 from ..hub import from_pretrained
 from ..layer_map import select_layers
-from ..losses import masked_cosine, masked_soft_target_kl, mlm_ce
+from ..losses import hinton_terms, masked_cosine, masked_soft_target_kl, mlm_ce
 from ..registry import register
 from .base import Method, Stage, mlm_metrics
 
@@ -69,9 +76,26 @@ class DistilBertMethodConfig(CorpusConfig):
     fold_token_type: bool = True
     """Add the teacher's token-type-0 embedding to the student's position embeddings, so the initial student
     embeds a single-segment input exactly as the teacher does (the official extraction script drops it)."""
+    pretrain_steps: int | None = None
+    """Steps of the ``pretrain`` stage (default: ``train.max_steps``, else ``train.epochs`` over the corpus)."""
+    task_teacher: str | None = None
+    """A fine-tuned classifier: adds the optional second stage ``task`` — the distilled student, with a
+    classification head, trained with Hinton KD from this teacher plus the gold labels of ``data.task``."""
+    task_alpha: float = 0.5
+    """``task`` stage: weight of the soft targets (1 − task_alpha on the gold labels)."""
+    task_temperature: float = 2.0
+    task_steps: int | None = None
+    """Steps of the ``task`` stage (default: ``train.max_steps``, else ``task_epochs`` / ``train.epochs``)."""
+    task_epochs: float | None = None
+    task_lr: float | None = None
+    """``task`` stage learning rate (default ``train.lr``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.task_alpha <= 1.0:
+            raise ConfigError(f"method.task_alpha must be in [0, 1], got {self.task_alpha}")
+        if self.task_temperature <= 0:
+            raise ConfigError(f"method.task_temperature must be > 0, got {self.task_temperature}")
         for k in ("alpha_ce", "alpha_mlm", "alpha_cos"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
@@ -139,6 +163,9 @@ def distilbert_config(teacher_config: Any, n_layers: int) -> DistilBertConfig:
         hidden_dim=tc.intermediate_size,
         dropout=tc.hidden_dropout_prob,
         attention_dropout=tc.attention_probs_dropout_prob,
+        # task heads drop out like the teacher's (BERT's classifier uses hidden_dropout_prob; HF DistilBERT: 0.2)
+        seq_classif_dropout=getattr(tc, "classifier_dropout", None) or tc.hidden_dropout_prob,
+        qa_dropout=tc.hidden_dropout_prob,
         activation=act,
         initializer_range=tc.initializer_range,
         pad_token_id=tc.pad_token_id if tc.pad_token_id is not None else 0,
@@ -210,6 +237,21 @@ def student_layers(n_teacher: int, student_cfg: Any, selection: str) -> list[int
         raise ConfigError(str(e)) from e
 
 
+class DistilBertWithTaskHead(nn.Module):
+    """The trainable bundle of a run with the ``task`` stage: the masked-LM student and a sequence classifier
+    that share one DistilBERT body (``classifier.distilbert is mlm.distilbert``). ``forward(head=...)`` runs
+    either, so a DDP wrapper around the bundle sees every step."""
+
+    def __init__(self, mlm: DistilBertForMaskedLM, classifier: DistilBertForSequenceClassification) -> None:
+        super().__init__()
+        classifier.distilbert = mlm.distilbert
+        self.mlm = mlm
+        self.classifier = classifier
+
+    def forward(self, head: str = "mlm", **inputs: Any) -> Any:
+        return (self.classifier if head == "classifier" else self.mlm)(**inputs)
+
+
 # ----------------------------------------------------------------------------------------------- method
 
 
@@ -222,10 +264,15 @@ class DistilBert(Method):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.task.name != "mlm":
+        if self.cfg.task_teacher is None and self.task.name != "mlm":
             raise ConfigError(
-                "distilbert distils on raw text: set data.task: mlm (the corpus is method.corpus). For the "
-                "task-specific step, run kd from the distilled dir (recipes/distilbert/sst2.yaml)"
+                "distilbert distils on raw text: set data.task: mlm (the corpus is method.corpus); for the "
+                "optional task stage set method.task_teacher and data.task to the teacher's task"
+            )
+        if self.cfg.task_teacher is not None and (self.task.name == "mlm" or self.task.regression):
+            raise ConfigError(
+                "the distilbert task stage (method.task_teacher) needs data.task = the classification task of "
+                "that teacher (e.g. sst2) and its data.path"
             )
         st = self.run.student
         if st.layer_selection != "first" or st.preset or st.config_overrides:
@@ -236,11 +283,29 @@ class DistilBert(Method):
             )
         self.token_probs: Tensor | None = None
         self.student_info: dict[str, Any] = {}
+        self._export_classifier = False
 
     def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
+        if stage is not None and stage.name == "task":
+            return super().load_teacher_model(path, stage)  # the fine-tuned classifier
         return load_mlm_teacher(path, self.run.teacher.trust_remote_code)
 
     def build_student(self, teacher: nn.Module | None) -> nn.Module:
+        mlm = self._build_mlm_student(teacher)
+        if self.cfg.task_teacher is None:
+            return mlm
+        cfg = copy.deepcopy(mlm.config)
+        cfg.num_labels = self.task.num_labels
+        cfg.id2label = dict(enumerate(self.task.labels))
+        cfg.label2id = {lab: i for i, lab in enumerate(self.task.labels)}
+        return DistilBertWithTaskHead(mlm, DistilBertForSequenceClassification(cfg))
+
+    def export_model(self, bundle: nn.Module) -> Any:
+        if isinstance(bundle, DistilBertWithTaskHead):
+            return bundle.classifier if self._export_classifier else bundle.mlm
+        return bundle
+
+    def _build_mlm_student(self, teacher: nn.Module | None) -> DistilBertForMaskedLM:
         st = self.run.student
         if st.init == "pretrained":
             if not st.path:
@@ -261,32 +326,83 @@ class DistilBert(Method):
         return model
 
     def stages(self) -> list[Stage]:
+        c = self.cfg
         # masks change every time a batch is formed: teacher outputs cannot be cached
-        return [Stage("pretrain", cacheable=False)]
+        pretrain = Stage("pretrain", max_steps=c.pretrain_steps, cacheable=False)
+        if c.task_teacher is None:
+            return [pretrain]
+        pretrain.data, pretrain.evaluate = "pretrain", False  # the run's eval set is the task's dev set
+        task = Stage(
+            "task",
+            data="train",
+            max_steps=c.task_steps,
+            epochs=c.task_epochs,
+            lr=c.task_lr,
+            teacher=c.task_teacher,
+        )
+        return [pretrain, task]
 
     def teacher_needs(self, stage: Stage | None = None) -> Needs:
+        if stage is not None and stage.name == "task":
+            return Needs(logits=True)
         return Needs(logits=True, hidden_states=self.cfg.alpha_cos > 0, hidden_layers=(-1,))
 
     # ------------------------------------------------------------------ data
     def datasets(self, tokenizer: Any) -> dict[str, Any]:
-        data, self.token_probs = corpus_datasets(self.cfg, self.run, tokenizer)
+        with_task = self.cfg.task_teacher is not None
+        # data.max_train_examples / max_eval_examples subsample the task's sets when there is a task stage
+        corpus, self.token_probs = corpus_datasets(self.cfg, self.run, tokenizer, subsample=not with_task)
+        data = corpus
+        if with_task:
+            # the task's train / dev sets, tokenised before the tokenizer drops token_type_ids: a pair task's
+            # BERT teacher needs them (the DistilBERT student ignores them)
+            data = {**super().datasets(tokenizer), "pretrain": corpus["train"]}
         drop_token_type_ids(tokenizer)
         return data
 
     def collator(self, tokenizer: Any) -> Any:
         if self.token_probs is None:
             raise RuntimeError("call datasets() before collator(): masking weights come from the corpus")
-        return MLMCollator(tokenizer, self.token_probs, self.cfg, self.run.train.seed)
+        mlm = MLMCollator(tokenizer, self.token_probs, self.cfg, self.run.train.seed)
+        if self.cfg.task_teacher is None:
+            return mlm
+        task = super().collator(tokenizer)
+
+        def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+            # corpus items are unlabelled raw text; task items carry labels
+            return task(items) if "labels" in items[0] else mlm(items)
+
+        return collate
 
     # ------------------------------------------------------------------ step
     def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
-        return bundle(**batch["inputs"], output_hidden_states=self.cfg.alpha_cos > 0)
+        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        if self.cfg.task_teacher is None:
+            return bundle(**inputs, output_hidden_states=self.cfg.alpha_cos > 0)
+        # the exported model follows the stage being trained: the MLM student, then the classifier
+        self._export_classifier = stage.name == "task"
+        if stage.name == "task":
+            return bundle(head="classifier", **inputs)
+        return bundle(head="mlm", **inputs, output_hidden_states=self.cfg.alpha_cos > 0)
+
+    def predict_logits(self, bundle: nn.Module, batch: Mapping[str, Any]) -> Tensor:
+        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        return self.export_model(bundle)(**inputs).logits
 
     def loss(
         self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
     ) -> dict[str, Tensor]:
         assert teacher_out is not None and teacher_out.logits is not None
         c = self.cfg
+        if stage.name == "task":
+            return hinton_terms(
+                student_out.logits,
+                teacher_out.logits,
+                batch.get("labels"),
+                c.task_alpha,
+                c.task_temperature,
+                regression=False,
+            )
         mask = batch["inputs"]["attention_mask"]
         labels = batch["mlm_labels"]
         rows = labels != -100 if c.restrict_ce_to_mask else mask
@@ -305,6 +421,8 @@ class DistilBert(Method):
 
     @torch.no_grad()
     def evaluate(self, bundle: nn.Module, loader: Any, gather: Any = None) -> dict[str, float]:
+        if self.cfg.task_teacher is not None:  # the task's dev set, with the classifier
+            return super().evaluate(bundle, loader, gather)
         return mlm_metrics(bundle, loader, gather)
 
 
@@ -319,6 +437,7 @@ def drop_token_type_ids(tokenizer: Any) -> None:
 __all__ = [
     "DistilBert",
     "DistilBertMethodConfig",
+    "DistilBertWithTaskHead",
     "distilbert_config",
     "distilbert_from_teacher",
     "drop_token_type_ids",
