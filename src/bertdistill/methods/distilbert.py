@@ -19,7 +19,10 @@ encoder) are refused with the command that trains one (``bertdistill finetune --
 
 The exported model is a ``DistilBertForMaskedLM`` dir that ``AutoModelForSequenceClassification`` and
 ``bertdistill finetune`` load directly. The paper's optional task-specific step (the student fine-tuned with
-a fine-tuned teacher's soft targets) is a separate ``kd`` run from that dir: ``recipes/distilbert/sst2.yaml``.
+a fine-tuned teacher's soft targets plus gold labels) is the second stage ``task`` when ``task_teacher`` is set:
+a classifier sharing the distilled body, trained with Hinton KD from that stage's own teacher on ``data.task``
+(the run then exports the classifier; ``stages/pretrain/`` keeps the masked LM) — or a separate ``kd`` run from
+the distilled dir (``recipes/distilbert/sst2.yaml``).
 Every difference from the paper and the official code is listed in ``docs/methods/distilbert.md``.
 """
 
