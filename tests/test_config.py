@@ -87,4 +87,7 @@ def test_dump_round_trip(tmp_path):
 )
 def test_every_recipe_loads(path):
     cfg = load_config(path)
-    assert cfg.method.name == path.parent.name
+    # recipes/<method>/ holds that method's recipes; a method's follow-up step may run another method (DistilBERT's
+    # task-specific step is `kd` from the distilled dir)
+    follow_up = {("distilbert", "sst2.yaml"): "kd"}
+    assert cfg.method.name == follow_up.get((path.parent.name, path.name), path.parent.name)

@@ -73,8 +73,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune any HF encoder on a task: a recipe, or flags that build one."""
+    mlm = (args.task or "").lower() == "mlm"
     if args.recipe:
         raw: Any = args.recipe
+        overrides = list(args.overrides)
+    elif mlm:
+        # masked-LM training on raw text (e.g. to give a sentence encoder the MLM head DistilBERT needs)
+        if not (args.model and args.corpus):
+            raise SystemExit("finetune --task mlm: give --model and --corpus FILE [FILE ...] (see --help)")
+        raw = {
+            "method": {"name": "mlm", "corpus": list(args.corpus), "train_body": bool(args.train_body)},
+            "student": {"init": "pretrained", "path": args.model},
+            "data": {"task": "mlm"},
+        }
         overrides = list(args.overrides)
     else:
         if not (args.model and args.task):
@@ -85,6 +96,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             "data": {"task": args.task},
         }
         overrides = list(args.overrides)
+    if args.recipe and (args.corpus or args.train_body):
+        raise SystemExit(
+            "finetune: --corpus / --train-body go with --task mlm and no recipe (use --set in a recipe)"
+        )
     flag_map = {
         "model": "student.path",
         "task": "data.task",
@@ -264,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("recipe", nargs="?", help="optional recipe; flags below override it")
     s.add_argument("--model", help="hub name, local dir, or alias minilm-l6")
-    s.add_argument("--task", help="GLUE task name (sst2, mrpc, stsb, ...) or custom")
+    s.add_argument(
+        "--task", help="GLUE task name (sst2, mrpc, stsb, ...), custom, or mlm (raw text, with --corpus)"
+    )
     s.add_argument("--data", help="data dir / file (default: the HF hub)")
     s.add_argument("--epochs", type=float)
     s.add_argument("--max-steps", type=int)
@@ -272,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--max-train-examples", type=int, help="subsample the training set (quick runs)")
     s.add_argument("--seed", type=int)
+    s.add_argument(
+        "--corpus",
+        nargs="+",
+        help="with --task mlm: text file(s), one document or sentence per line (masked-LM training)",
+    )
+    s.add_argument(
+        "--train-body",
+        action="store_true",
+        help="with --task mlm: train the encoder too (default: only the MLM head, tied to the word embeddings)",
+    )
     _common_train_flags(s)
     s.set_defaults(fn=cmd_finetune)
 

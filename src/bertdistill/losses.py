@@ -23,6 +23,28 @@ def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     return kl * (t * t)
 
 
+def masked_soft_target_kl(
+    student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """Token-level soft-target loss (DistilBERT's ``L_ce``): :func:`soft_target_kl` over the rows
+    ``[B, T, V][mask]`` only — ``t² · Σ_rows KL(p_T ‖ p_S) / #rows`` (official: ``KLDivLoss(batchmean)`` on
+    the selected token rows). ``mask`` ``[B, T]`` is the attention mask (all real tokens) or the MLM
+    prediction mask; padded rows neither contribute nor dilute."""
+    m = mask.bool()
+    if not m.any():
+        return student_logits.sum() * 0.0
+    return soft_target_kl(student_logits[m], teacher_logits[m], temperature)
+
+
+def mlm_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Masked-LM cross-entropy: mean over the positions whose label is not −100 (the masked ones);
+    0 when a batch has none."""
+    flat = labels.reshape(-1)
+    if not (flat != -100).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat, ignore_index=-100)
+
+
 def hard_ce(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy with gold labels (mean over examples)."""
     return F.cross_entropy(logits.float(), labels.long())

@@ -235,12 +235,22 @@ HF_LABEL_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Pseudo-tasks for raw-text methods (``distilbert``, ``mlm``): no labels, no GLUE files; the method's own
+# ``evaluate`` returns the metrics (held-out MLM loss and perplexity), and ``main_metric`` (higher is better)
+# drives model selection.
+RAW_TEXT_TASKS: dict[str, TaskSpec] = {
+    "mlm": TaskSpec(name="mlm", text_fields=("text",), metrics=(), main_metric="neg_perplexity"),
+}
+
+
 def get_task(name: str) -> TaskSpec:
     key = name.lower().replace("-", "").replace("_", "")
     if key in GLUE_TASKS:
         return GLUE_TASKS[key]
+    if key in RAW_TEXT_TASKS:
+        return RAW_TEXT_TASKS[key]
     raise KeyError(
-        f"unknown task {name!r}; known GLUE tasks: {sorted(GLUE_TASKS)}. "
+        f"unknown task {name!r}; known GLUE tasks: {sorted(GLUE_TASKS)} (raw text: {sorted(RAW_TEXT_TASKS)}). "
         "For your own data set `data.task: custom` with `data.text_fields`, `data.label_field` and "
         "`data.labels` (or `data.regression: true`)."
     )

@@ -156,10 +156,41 @@ def metrics_from_logits(task: TaskSpec, logits: Tensor, labels: Tensor) -> dict[
     return task.compute_metrics(pred, labels.numpy())
 
 
+@torch.no_grad()
+def mlm_metrics(
+    model: nn.Module, loader: Any, gather: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, float]:
+    """Masked-LM loss and perplexity on batches with ``mlm_labels`` (−100 = not predicted):
+    ``mlm_loss`` = mean cross-entropy over all predicted tokens of the loader, ``perplexity`` = exp of it,
+    ``neg_perplexity`` = −perplexity (higher is better, for model selection)."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros(()), torch.zeros(())
+    for batch in loader:
+        logits = model(**batch["inputs"]).logits
+        labels = batch["mlm_labels"]
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        )
+        ce = ce.view_as(labels).sum(-1)  # per sequence, so that gathering drops padded duplicates correctly
+        n = (labels != -100).sum(-1).to(ce.dtype)
+        if gather is not None:
+            ce, n = gather(ce), gather(n)
+        total += ce.sum().cpu()
+        count += n.sum().cpu()
+    model.train(was_training)
+    loss = float(total / count.clamp_min(1.0))
+    ppl = float(np.exp(min(loss, 50.0)))
+    return {"mlm_loss": loss, "perplexity": ppl, "neg_perplexity": -ppl}
+
+
 def save_hf_model(model: Any, tokenizer: Any, out_dir: Path) -> None:
     model.save_pretrained(out_dir, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
 
 
-__all__ = ["Method", "ParamGroups", "Stage", "metrics_from_logits", "save_hf_model"]
+__all__ = ["Method", "ParamGroups", "Stage", "metrics_from_logits", "mlm_metrics", "save_hf_model"]

@@ -1,0 +1,287 @@
+"""DistilBERT on our scale: MiniLM-L6 (6 layers) → a 3-layer DistilBERT, pre-training distillation on the unlabeled
+sentences of the shared TRAIN splits, then SST-2. Writes benchmarks/results/<name>.json.
+
+    python benchmarks/distilbert_bench.py --mlm-steps 1000 --distil-steps 3000 --steps 2000 --seeds 1 2 --threads 2
+
+1. corpus: benchmarks/make_corpus.py (train splits only), if missing;
+2. MLM teacher: ``finetune --task mlm`` of minilm-l6 on the corpus (the sentence encoder has no MLM head);
+3. pre-training distillation 6 → 3 layers (recipes/distilbert/pretrain.yaml), once (first seed);
+4. held-out MLM perplexity of the teacher, the distilled student and the layer-copy-only student;
+5. SST-2 dev accuracy after the same number of steps with the same seeds for: the distilled student fine-tuned
+   (``student_score``), the same DistilBERT architecture initialised by layer copy only (``no_kd_score``: no
+   pre-training distillation), and the distilled student with the ``task`` step (kd from the fine-tuned SST-2
+   teacher, recipes/distilbert/sst2.yaml; ``task_kd_score``).
+Every artefact is cached under $BERTDISTILL_BENCH_DIR (default ~/.cache/bertdistill/bench)/<name>/ and reused.
+``--max-steps N`` is a smoke run: every stage capped at N steps, result written to the work dir, not results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SHARED, WORK, command, machine, today, train_examples, write_result
+
+SST2_TEACHER = Path("~/.cache/bertdistill/teachers/minilm-l6-sst2").expanduser()
+
+
+def _done(d: Path) -> bool:
+    return (d / "metrics.json").is_file() and (d / "config.json").is_file()
+
+
+def _run(recipe: Any, overrides: list[str], out: Path, reuse: bool = True) -> dict[str, Any]:
+    from bertdistill import distill
+
+    if reuse and _done(out):
+        print(f"reusing {out}", flush=True)
+        return json.loads((out / "metrics.json").read_text())
+    res = distill(recipe, [*overrides, f"output_dir={out}"], quiet=True)
+    print(f"{out.name}: {res.metrics}", flush=True)
+    return res.metrics
+
+
+def _steps_of(run_dir: Path) -> int:
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+    return max(r["step"] for r in log if "loss" in r)
+
+
+def layer_copy_student(mlm_teacher: Path, layers: list[int], out: Path) -> Path:
+    """The same DistilBERT architecture initialised from the teacher by layer copy only (no distillation)."""
+    from transformers import AutoTokenizer
+
+    from bertdistill.methods.base import save_hf_model
+    from bertdistill.methods.distilbert import distilbert_from_teacher, drop_token_type_ids, load_mlm_teacher
+
+    if (out / "config.json").is_file():
+        return out
+    student = distilbert_from_teacher(load_mlm_teacher(str(mlm_teacher)), layers)
+    tok = AutoTokenizer.from_pretrained(mlm_teacher)
+    drop_token_type_ids(tok)
+    save_hf_model(student, tok, out)
+    return out
+
+
+def heldout_perplexities(
+    distilled: Path, models: dict[str, Path], eval_examples: int | None
+) -> dict[str, Any]:
+    """Masked-LM loss / perplexity of each model on the distillation run's held-out slice, with the same
+    fixed masks for every model."""
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from bertdistill import load_config
+    from bertdistill.data.corpus import MLMCollator, corpus_datasets
+    from bertdistill.data.loading import BatchSampler
+    from bertdistill.methods.base import mlm_metrics
+
+    rc = load_config(distilled / "bertdistill.yaml")
+    if eval_examples:
+        rc.data.max_eval_examples = eval_examples
+    tok = AutoTokenizer.from_pretrained(distilled)
+    data, probs = corpus_datasets(rc.method, rc, tok)  # type: ignore[arg-type]
+    held = data["eval"]
+    loader = DataLoader(
+        held,
+        batch_sampler=BatchSampler(held.lengths, 64, shuffle=False),  # type: ignore[attr-defined]
+        collate_fn=MLMCollator(tok, probs, rc.method, rc.train.seed),  # type: ignore[arg-type]
+    )
+    out: dict[str, Any] = {"heldout_sequences": len(held)}  # type: ignore[arg-type]
+    for name, path in models.items():
+        m = mlm_metrics(AutoModelForMaskedLM.from_pretrained(path), loader)
+        out[name] = {"mlm_loss": m["mlm_loss"], "perplexity": m["perplexity"]}
+        print(f"held-out {name}: {out[name]}", flush=True)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--steps", type=int, default=2000, help="SST-2 fine-tuning steps (every variant, every seed)"
+    )
+    p.add_argument("--distil-steps", type=int, default=3000, help="pre-training distillation steps")
+    p.add_argument("--mlm-steps", type=int, default=1000, help="MLM-head training steps of the teacher")
+    p.add_argument("--mlm-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--mlm-head-only",
+        action="store_true",
+        help="train only the teacher's MLM head (default: head, plus the encoder at 0.1× the lr)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--max-train-examples", type=int, default=None, help="subsample SST-2 train (seeded)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for training and timing")
+    p.add_argument("--sst2-teacher", default=str(SST2_TEACHER), help="fine-tuned MiniLM-L6 SST-2 teacher dir")
+    p.add_argument("--corpus", default=str(Path("~/.cache/bertdistill/corpus/glue-train-sentences.txt")))
+    p.add_argument(
+        "--eval-examples", type=int, default=None, help="cap the held-out sequences / dev examples"
+    )
+    p.add_argument("--latency-sentences", type=int, default=300)
+    p.add_argument("--max-steps", type=int, default=None, help="smoke run: cap every stage at N steps")
+    p.add_argument("--name", default="distilbert_sst2")
+    args = p.parse_args()
+
+    from bertdistill.cli import _quiet_hf
+    from bertdistill.evaluation import compare
+
+    _quiet_hf()
+    smoke = args.max_steps is not None
+    cap = (lambda n: min(n, args.max_steps)) if smoke else (lambda n: n)
+    work = WORK / (args.name + ("_smoke" if smoke else ""))
+    threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
+
+    # 1. corpus (train splits only)
+    corpus = Path(args.corpus).expanduser()
+    if not corpus.is_file():
+        from make_corpus import build
+
+        print(json.dumps(build(SHARED, corpus)), flush=True)
+
+    # 2. the MLM teacher
+    body = not args.mlm_head_only
+    mlm_dir = work / f"mlm-teacher-{cap(args.mlm_steps)}{'-body' if body else ''}"
+    mlm_recipe = {
+        "method": {"name": "mlm", "corpus": [str(corpus)], "train_body": body, "body_lr_scale": 0.1},
+        "student": {"init": "pretrained", "path": "minilm-l6"},
+        "data": {"task": "mlm", "max_length": 128},
+        "train": {"lr": args.mlm_lr, "batch_size": 32, "warmup_ratio": 0.05, "weight_decay": 0.0, "seed": 42},
+    }
+    eval_cap = [f"data.max_eval_examples={args.eval_examples}"] if args.eval_examples else []
+    _run(mlm_recipe, [f"train.max_steps={cap(args.mlm_steps)}", *threads, *eval_cap], mlm_dir)
+
+    # 3. pre-training distillation, once (first seed)
+    seed0 = args.seeds[0]
+    distilled = work / f"distil-{cap(args.distil_steps)}-seed{seed0}"
+    pre = ROOT / "recipes" / "distilbert" / "pretrain.yaml"
+    pre_over = [
+        f"teacher.path={mlm_dir}",
+        f"method.corpus=[{corpus}]",
+        f"train.max_steps={cap(args.distil_steps)}",
+        f"train.seed={seed0}",
+        *threads,
+        *eval_cap,
+    ]
+    _run(pre, pre_over, distilled)
+    layers = json.loads((distilled / "config.json").read_text())["bertdistill_copied_layers"]
+    copy_dir = layer_copy_student(mlm_dir, layers, work / "layer-copy")
+
+    # 4. held-out perplexities (same held-out slice and masks for all)
+    ppl = heldout_perplexities(
+        distilled, {"teacher": mlm_dir, "distilled": distilled, "layer_copy": copy_dir}, args.eval_examples
+    )
+
+    # 5. SST-2
+    sst2_teacher = Path(args.sst2_teacher).expanduser()
+    if not _done(sst2_teacher):
+        _run(
+            ROOT / "recipes" / "finetune" / "sst2.yaml",
+            [*threads, *([f"train.max_steps={args.max_steps}"] if smoke else ["train.epochs=1"])],
+            sst2_teacher,
+        )
+    ft_base = yaml.safe_load((ROOT / "recipes" / "finetune" / "sst2.yaml").read_text())
+    common = [f"train.max_steps={cap(args.steps)}", "train.eval_every=null", *threads]
+    if args.max_train_examples:
+        common.append(f"data.max_train_examples={args.max_train_examples}")
+    if args.eval_examples:
+        common.append(f"data.max_eval_examples={args.eval_examples}")
+    variants = {
+        "distilled": (ft_base, [f"student.path={distilled}"]),
+        "layer_copy": (ft_base, [f"student.path={copy_dir}"]),
+        "distilled_task_kd": (
+            ROOT / "recipes" / "distilbert" / "sst2.yaml",
+            [f"student.path={distilled}", f"teacher.path={sst2_teacher}"],
+        ),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    for seed in args.seeds:
+        for kind, (recipe, over) in variants.items():
+            out = work / f"sst2-{kind}-seed{seed}"
+            metrics = _run(recipe, [*over, *common, f"train.seed={seed}"], out)
+            runs[kind].append({"seed": seed, "dir": str(out), "metrics": metrics, "steps": _steps_of(out)})
+
+    first = Path(runs["distilled"][0]["dir"])
+    rows = compare(
+        sst2_teacher,
+        [first],
+        labels=["teacher", "student"],
+        threads=args.threads,
+        n_latency=cap(args.latency_sentences),
+        max_examples=args.eval_examples,
+    )
+    t, s = rows
+    metric = t["metric"]
+    scores = {k: [r["metrics"][metric] for r in v] for k, v in runs.items()}
+
+    def mean(xs: list[float]) -> float:
+        return statistics.mean(xs)
+
+    def std(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+    cfg = json.loads((first / "config.json").read_text())
+    result = {
+        "method": "distilbert",
+        "task": t["task"],
+        "teacher": str(sst2_teacher),
+        "student": f"{cfg['n_layers']}-layer DistilBERT (dim {cfg['dim']}) from MLM-teacher layers {layers}, "
+        f"pre-training-distilled {_steps_of(distilled)} steps, then fine-tuned",
+        "metric": metric,
+        "teacher_score": t["score"],
+        "student_score": mean(scores["distilled"]),
+        "no_kd_score": mean(scores["layer_copy"]),
+        "no_kd": "the same DistilBERT initialised by layer copy from the MLM teacher only (no pre-training "
+        "distillation), fine-tuned with the same steps and seeds",
+        "task_kd_score": mean(scores["distilled_task_kd"]),
+        "student_scores": scores["distilled"],
+        "no_kd_scores": scores["layer_copy"],
+        "task_kd_scores": scores["distilled_task_kd"],
+        "student_score_std": std(scores["distilled"]),
+        "no_kd_score_std": std(scores["layer_copy"]),
+        "task_kd_score_std": std(scores["distilled_task_kd"]),
+        "retention": mean(scores["distilled"]) / t["score"],
+        "task_kd_retention": mean(scores["distilled_task_kd"]) / t["score"],
+        "teacher_params": t["params"],
+        "student_params": s["params"],
+        "latency_speedup": s["latency_speedup"],
+        "throughput_speedup": s["throughput_speedup"],
+        "teacher_latency_ms": t["latency_ms_median"],
+        "student_latency_ms": s["latency_ms_median"],
+        "timing_threads": s["threads"],
+        "heldout_mlm": ppl,
+        "mlm_teacher": str(mlm_dir),
+        "mlm_teacher_steps": _steps_of(mlm_dir),
+        "mlm_teacher_train_body": body,
+        "distil_steps": _steps_of(distilled),
+        "distil_seed": seed0,
+        "corpus": str(corpus),
+        "corpus_lines": len(corpus.read_text(encoding="utf-8").splitlines()),
+        "train_examples": train_examples(first),
+        "steps": runs["distilled"][0]["steps"],
+        "seeds": args.seeds,
+        "student_layers": cfg["n_layers"],
+        "student_hidden": cfg["dim"],
+        "eval_examples": t["examples"],
+        "model_selection": "score of the final model (eval_every=null: evaluated once, at the end)",
+        "all_metrics": {k: [r["metrics"] for r in v] for k, v in runs.items()} | {"teacher": t["metrics"]},
+        "command": command(),
+        "date": today(),
+        "machine": machine(),
+    }
+    if smoke:
+        path = work / f"{args.name}.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    else:
+        path = write_result(args.name, result)
+    keys = ("teacher_score", "student_score", "no_kd_score", "task_kd_score", "retention", "latency_speedup")
+    print(json.dumps({k: result[k] for k in keys} | {"heldout_mlm": ppl}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

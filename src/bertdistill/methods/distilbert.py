@@ -1,0 +1,449 @@
+"""DistilBERT — Sanh, Debut, Chaumond & Wolf 2019, "DistilBERT, a distilled version of BERT: smaller, faster,
+cheaper and lighter".
+
+Task-agnostic distillation during *pre-training*, on raw text. The student is HF ``DistilBertForMaskedLM``:
+the teacher's width, half its layers (configurable), no token-type embeddings, no pooler. It starts from the
+teacher's embeddings and an evenly spread selection of its layers that includes the first and the last one
+(12 → 6: the official ``[0, 2, 4, 7, 9, 11]``), and from the teacher's MLM head. The loss, on batches masked
+dynamically (15%, 80/10/10, positions drawn ∝ count^−0.7):
+
+    L = α_ce · t² · KL(softmax(z_T/t) ‖ softmax(z_S/t))     over all real tokens (option: masked only)
+      + α_mlm · CE(z_S, x)                                  over the masked tokens
+      + α_cos · (1 − cos(h_S, h_T))                         over all real tokens, last hidden states
+
+with (α_ce, α_mlm, α_cos) = (5, 2, 1) and t = 2 (the official README's command). The ``L_ce`` normalisation
+follows the official code: ``KLDivLoss(batchmean)`` over the selected token rows, i.e. the mean over tokens.
+
+The teacher must be a masked LM with a *trained* MLM head; encoders without one (e.g. the MiniLM-L6 sentence
+encoder) are refused with the command that trains one (``bertdistill finetune --task mlm``).
+
+The exported model is a ``DistilBertForMaskedLM`` dir that ``AutoModelForSequenceClassification`` and
+``bertdistill finetune`` load directly. The paper's optional task-specific step (the student fine-tuned with
+a fine-tuned teacher's soft targets plus gold labels) is the second stage ``task`` when ``task_teacher`` is set:
+a classifier sharing the distilled body, trained with Hinton KD from that stage's own teacher on ``data.task``
+(the run then exports the classifier; ``stages/pretrain/`` keeps the masked LM) — or a separate ``kd`` run from
+the distilled dir (``recipes/distilbert/sst2.yaml``).
+Every difference from the paper and the official code is listed in ``docs/methods/distilbert.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    DistilBertForSequenceClassification,
+    PreTrainedModel,
+)
+from transformers.activations import ACT2FN
+
+from ..config import ConfigError
+from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
+from ..features import Features, Needs
+from ..hub import from_pretrained
+from ..layer_map import select_layers
+from ..losses import hinton_terms, masked_cosine, masked_soft_target_kl, mlm_ce
+from ..registry import register
+from .base import Method, Stage, mlm_metrics
+
+log = logging.getLogger(__name__)
+
+# Loading a checkpoint into AutoModelForMaskedLM may report these as missing without anything being random.
+_HARMLESS_MISSING = ("position_ids", "token_type_ids")
+
+
+@dataclass
+class DistilBertMethodConfig(CorpusConfig):
+    name: str = "distilbert"
+    alpha_ce: float = 5.0
+    """Weight of the soft-target (teacher distribution) term ``L_ce``."""
+    alpha_mlm: float = 2.0
+    """Weight of the masked-LM term ``L_mlm``."""
+    alpha_cos: float = 1.0
+    """Weight of the cosine term ``L_cos`` on the last hidden states."""
+    temperature: float = 2.0
+    restrict_ce_to_mask: bool = False
+    """``L_ce`` over the masked tokens only (official ``--restrict_ce_to_mask``); default: all real tokens."""
+    layer_selection: str = "uniform"
+    """Teacher layers the student starts from: ``uniform`` (evenly spread, first and last included — the
+    paper's rule), ``first`` or ``last``; ``student.layers`` overrides it, ``student.num_layers`` sets the
+    depth (default: half the teacher's)."""
+    fold_token_type: bool = True
+    """Add the teacher's token-type-0 embedding to the student's position embeddings, so the initial student
+    embeds a single-segment input exactly as the teacher does (the official extraction script drops it)."""
+    pretrain_steps: int | None = None
+    """Steps of the ``pretrain`` stage (default: ``train.max_steps``, else ``train.epochs`` over the corpus)."""
+    task_teacher: str | None = None
+    """A fine-tuned classifier: adds the optional second stage ``task`` — the distilled student, with a
+    classification head, trained with Hinton KD from this teacher plus the gold labels of ``data.task``."""
+    task_alpha: float = 0.5
+    """``task`` stage: weight of the soft targets (1 − task_alpha on the gold labels)."""
+    task_temperature: float = 2.0
+    task_steps: int | None = None
+    """Steps of the ``task`` stage (default: ``train.max_steps``, else ``task_epochs`` / ``train.epochs``)."""
+    task_epochs: float | None = None
+    task_lr: float | None = None
+    """``task`` stage learning rate (default ``train.lr``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.task_alpha <= 1.0:
+            raise ConfigError(f"method.task_alpha must be in [0, 1], got {self.task_alpha}")
+        if self.task_temperature <= 0:
+            raise ConfigError(f"method.task_temperature must be > 0, got {self.task_temperature}")
+        for k in ("alpha_ce", "alpha_mlm", "alpha_cos"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"method.{k} must be >= 0, got {getattr(self, k)}")
+        if self.alpha_ce + self.alpha_mlm + self.alpha_cos <= 0:
+            raise ConfigError("method.alpha_ce + alpha_mlm + alpha_cos must be > 0 (paper: 5, 2, 1)")
+        if self.temperature <= 0:
+            raise ConfigError(f"method.temperature must be > 0, got {self.temperature}")
+        if self.layer_selection not in ("uniform", "first", "last"):
+            raise ConfigError(
+                f"method.layer_selection must be uniform, first or last, got {self.layer_selection!r}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------- teacher
+
+
+def load_mlm_teacher(path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """``AutoModelForMaskedLM`` from ``path``, refusing checkpoints whose MLM head would be random.
+
+    Detection: ``output_loading_info=True`` lists the weights the checkpoint did not provide; any missing
+    weight (other than buffers) means a freshly initialised head — e.g. a ``BertModel`` / sentence-encoder
+    checkpoint without ``cls.predictions.*``."""
+    model, info = from_pretrained(
+        AutoModelForMaskedLM, path, trust_remote_code=trust_remote_code, output_loading_info=True
+    )
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.endswith(_HARMLESS_MISSING))
+    if missing:
+        raise ConfigError(
+            f"teacher {path!r} has no trained masked-LM head (the checkpoint lacks {missing[:4]}"
+            f"{' …' if len(missing) > 4 else ''}), so AutoModelForMaskedLM would give it random head weights. "
+            f"Train the head first: `bertdistill finetune --task mlm --model {path} --corpus FILE -o DIR` "
+            "(add --train-body to adapt the encoder too), then set teacher.path to DIR."
+        )
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- student
+
+
+def distilbert_config(teacher_config: Any, n_layers: int) -> DistilBertConfig:
+    """The DistilBERT student's config: the teacher's widths, vocabulary, positions and activation,
+    ``n_layers`` layers, learned (not sinusoidal) position embeddings like BERT's."""
+    tc = teacher_config
+    if getattr(tc, "model_type", None) != "bert":
+        raise ConfigError(
+            f"distilbert builds its student from a BERT-architecture teacher (model_type 'bert'), got "
+            f"{getattr(tc, 'model_type', None)!r}; other masked LMs (RoBERTa's position offsets, ...) are not mapped"
+        )
+    act = tc.hidden_act
+    if not isinstance(act, str) or act not in ACT2FN:
+        raise ConfigError(
+            f"the teacher's activation {act!r} is not one DistilBERT can use ({sorted(ACT2FN)})"
+        )
+    if getattr(tc, "position_embedding_type", "absolute") != "absolute":
+        raise ConfigError("distilbert needs a teacher with absolute position embeddings")
+    if abs(getattr(tc, "layer_norm_eps", 1e-12) - 1e-12) > 1e-15:
+        log.warning("DistilBERT's LayerNorm eps is fixed at 1e-12; the teacher uses %s", tc.layer_norm_eps)
+    return DistilBertConfig(
+        vocab_size=tc.vocab_size,
+        max_position_embeddings=tc.max_position_embeddings,
+        sinusoidal_pos_embds=False,
+        n_layers=n_layers,
+        n_heads=tc.num_attention_heads,
+        dim=tc.hidden_size,
+        hidden_dim=tc.intermediate_size,
+        dropout=tc.hidden_dropout_prob,
+        attention_dropout=tc.attention_probs_dropout_prob,
+        # task heads drop out like the teacher's (BERT's classifier uses hidden_dropout_prob; HF DistilBERT: 0.2)
+        seq_classif_dropout=getattr(tc, "classifier_dropout", None) or tc.hidden_dropout_prob,
+        qa_dropout=tc.hidden_dropout_prob,
+        activation=act,
+        initializer_range=tc.initializer_range,
+        pad_token_id=tc.pad_token_id if tc.pad_token_id is not None else 0,
+        tie_word_embeddings=getattr(tc, "tie_word_embeddings", True),
+    )
+
+
+def _copy(dst: Any, src: Any) -> None:
+    dst.weight.copy_(src.weight)
+    dst.bias.copy_(src.bias)
+
+
+@torch.no_grad()
+def distilbert_from_teacher(
+    teacher: PreTrainedModel, layers: list[int], fold_token_type: bool = True
+) -> DistilBertForMaskedLM:
+    """A ``DistilBertForMaskedLM`` initialised from a BERT masked LM (official ``extract_distilbert.py``):
+
+    word / position embeddings + LayerNorm; student layer i ← teacher layer ``layers[i]`` (query/key/value/
+    attention-output → q_lin/k_lin/v_lin/out_lin, attention LayerNorm → sa_layer_norm, intermediate/output
+    dense → ffn.lin1/lin2, output LayerNorm → output_layer_norm); MLM head ``cls.predictions`` → vocab_transform,
+    vocab_layer_norm, vocab_projector (weight and bias). Token-type embeddings have no place in DistilBERT:
+    with ``fold_token_type`` the type-0 row is added to every position embedding (exact for single-segment
+    input), else dropped as in the official script."""
+    n_t = teacher.config.num_hidden_layers
+    if not layers or any(not 0 <= i < n_t for i in layers):
+        raise ConfigError(f"student layers {layers} are not valid 0-based layers of a {n_t}-layer teacher")
+    student = DistilBertForMaskedLM(distilbert_config(teacher.config, len(layers)))
+    t: Any = teacher.base_model
+    s: Any = student.distilbert
+    s.embeddings.word_embeddings.weight.copy_(t.embeddings.word_embeddings.weight)
+    pos = t.embeddings.position_embeddings.weight
+    if fold_token_type:
+        pos = pos + t.embeddings.token_type_embeddings.weight[0]
+    s.embeddings.position_embeddings.weight.copy_(pos)
+    _copy(s.embeddings.LayerNorm, t.embeddings.LayerNorm)
+    for i, j in enumerate(layers):
+        tl, sl = t.encoder.layer[j], s.transformer.layer[i]
+        _copy(sl.attention.q_lin, tl.attention.self.query)
+        _copy(sl.attention.k_lin, tl.attention.self.key)
+        _copy(sl.attention.v_lin, tl.attention.self.value)
+        _copy(sl.attention.out_lin, tl.attention.output.dense)
+        _copy(sl.sa_layer_norm, tl.attention.output.LayerNorm)
+        _copy(sl.ffn.lin1, tl.intermediate.dense)
+        _copy(sl.ffn.lin2, tl.output.dense)
+        _copy(sl.output_layer_norm, tl.output.LayerNorm)
+    head: Any = getattr(teacher, "cls", None)
+    if head is None or not hasattr(head, "predictions"):
+        raise ConfigError(f"{type(teacher).__name__} has no BERT MLM head (cls.predictions)")
+    p = head.predictions
+    _copy(student.vocab_transform, p.transform.dense)
+    _copy(student.vocab_layer_norm, p.transform.LayerNorm)
+    if not student.config.tie_word_embeddings:
+        student.vocab_projector.weight.copy_(p.decoder.weight)
+    student.vocab_projector.bias.copy_(p.bias)
+    student.config.bertdistill_copied_layers = list(layers)
+    return student
+
+
+def student_layers(n_teacher: int, student_cfg: Any, selection: str) -> list[int]:
+    """Teacher layers to copy: ``student.layers``, else ``selection`` over ``student.num_layers`` (default
+    half the teacher's depth, at least 1)."""
+    if student_cfg.layers:
+        return list(student_cfg.layers)
+    n_s = student_cfg.num_layers or max(1, n_teacher // 2)
+    try:
+        return select_layers(n_teacher, n_s, selection)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+class DistilBertWithTaskHead(nn.Module):
+    """The trainable bundle of a run with the ``task`` stage: the masked-LM student and a sequence classifier
+    that share one DistilBERT body (``classifier.distilbert is mlm.distilbert``). ``forward(head=...)`` runs
+    either, so a DDP wrapper around the bundle sees every step."""
+
+    def __init__(self, mlm: DistilBertForMaskedLM, classifier: DistilBertForSequenceClassification) -> None:
+        super().__init__()
+        classifier.distilbert = mlm.distilbert
+        self.mlm = mlm
+        self.classifier = classifier
+
+    def forward(self, head: str = "mlm", **inputs: Any) -> Any:
+        return (self.classifier if head == "classifier" else self.mlm)(**inputs)
+
+
+# ----------------------------------------------------------------------------------------------- method
+
+
+@register("distilbert")
+class DistilBert(Method):
+    """DistilBERT: pre-training distillation on raw text into a half-depth DistilBERT (L_ce + L_mlm + L_cos)."""
+
+    config_cls = DistilBertMethodConfig
+    cfg: DistilBertMethodConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.cfg.task_teacher is None and self.task.name != "mlm":
+            raise ConfigError(
+                "distilbert distils on raw text: set data.task: mlm (the corpus is method.corpus); for the "
+                "optional task stage set method.task_teacher and data.task to the teacher's task"
+            )
+        if self.cfg.task_teacher is not None and (self.task.name == "mlm" or self.task.regression):
+            raise ConfigError(
+                "the distilbert task stage (method.task_teacher) needs data.task = the classification task of "
+                "that teacher (e.g. sst2) and its data.path"
+            )
+        st = self.run.student
+        if st.layer_selection != "first" or st.preset or st.config_overrides:
+            raise ConfigError(
+                "distilbert's student has the teacher's widths and is chosen with student.num_layers / "
+                "student.layers and method.layer_selection (not student.layer_selection, preset or "
+                "config_overrides)"
+            )
+        self.token_probs: Tensor | None = None
+        self.student_info: dict[str, Any] = {}
+        self._export_classifier = False
+
+    def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
+        if stage is not None and stage.name == "task":
+            return super().load_teacher_model(path, stage)  # the fine-tuned classifier
+        return load_mlm_teacher(path, self.run.teacher.trust_remote_code)
+
+    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+        mlm = self._build_mlm_student(teacher)
+        if self.cfg.task_teacher is None:
+            return mlm
+        cfg = copy.deepcopy(mlm.config)
+        cfg.num_labels = self.task.num_labels
+        cfg.id2label = dict(enumerate(self.task.labels))
+        cfg.label2id = {lab: i for i, lab in enumerate(self.task.labels)}
+        return DistilBertWithTaskHead(mlm, DistilBertForSequenceClassification(cfg))
+
+    def export_model(self, bundle: nn.Module) -> Any:
+        if isinstance(bundle, DistilBertWithTaskHead):
+            return bundle.classifier if self._export_classifier else bundle.mlm
+        return bundle
+
+    def _build_mlm_student(self, teacher: nn.Module | None) -> DistilBertForMaskedLM:
+        st = self.run.student
+        if st.init == "pretrained":
+            if not st.path:
+                raise ConfigError("student.init: pretrained needs student.path (a DistilBERT masked-LM dir)")
+            model = from_pretrained(DistilBertForMaskedLM, st.path)
+            self.student_info = {"init": "pretrained", "path": st.path}
+            return model
+        if teacher is None:
+            raise ConfigError("distilbert needs a teacher (teacher.path: a masked-LM dir)")
+        n_t = int(getattr(teacher, "config").num_hidden_layers)  # noqa: B009
+        layers = student_layers(n_t, st, self.cfg.layer_selection)
+        if st.init == "random":
+            model = DistilBertForMaskedLM(distilbert_config(getattr(teacher, "config"), len(layers)))  # noqa: B009
+            self.student_info = {"init": "random", "layers": len(layers)}
+            return model
+        model = distilbert_from_teacher(teacher, layers, self.cfg.fold_token_type)  # type: ignore[arg-type]
+        self.student_info = {"init": "teacher", "teacher_layers": layers, "teacher_depth": n_t}
+        return model
+
+    def stages(self) -> list[Stage]:
+        c = self.cfg
+        # masks change every time a batch is formed: teacher outputs cannot be cached
+        pretrain = Stage("pretrain", max_steps=c.pretrain_steps, cacheable=False)
+        if c.task_teacher is None:
+            return [pretrain]
+        pretrain.data, pretrain.evaluate = "pretrain", False  # the run's eval set is the task's dev set
+        task = Stage(
+            "task",
+            data="train",
+            max_steps=c.task_steps,
+            epochs=c.task_epochs,
+            lr=c.task_lr,
+            teacher=c.task_teacher,
+        )
+        return [pretrain, task]
+
+    def teacher_needs(self, stage: Stage | None = None) -> Needs:
+        if stage is not None and stage.name == "task":
+            return Needs(logits=True)
+        return Needs(logits=True, hidden_states=self.cfg.alpha_cos > 0, hidden_layers=(-1,))
+
+    # ------------------------------------------------------------------ data
+    def datasets(self, tokenizer: Any) -> dict[str, Any]:
+        with_task = self.cfg.task_teacher is not None
+        # data.max_train_examples / max_eval_examples subsample the task's sets when there is a task stage
+        corpus, self.token_probs = corpus_datasets(self.cfg, self.run, tokenizer, subsample=not with_task)
+        data = corpus
+        if with_task:
+            # the task's train / dev sets, tokenised before the tokenizer drops token_type_ids: a pair task's
+            # BERT teacher needs them (the DistilBERT student ignores them)
+            data = {**super().datasets(tokenizer), "pretrain": corpus["train"]}
+        drop_token_type_ids(tokenizer)
+        return data
+
+    def collator(self, tokenizer: Any) -> Any:
+        if self.token_probs is None:
+            raise RuntimeError("call datasets() before collator(): masking weights come from the corpus")
+        mlm = MLMCollator(tokenizer, self.token_probs, self.cfg, self.run.train.seed)
+        if self.cfg.task_teacher is None:
+            return mlm
+        task = super().collator(tokenizer)
+
+        def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+            # corpus items are unlabelled raw text; task items carry labels
+            return task(items) if "labels" in items[0] else mlm(items)
+
+        return collate
+
+    # ------------------------------------------------------------------ step
+    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
+        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        if self.cfg.task_teacher is None:
+            return bundle(**inputs, output_hidden_states=self.cfg.alpha_cos > 0)
+        # the exported model follows the stage being trained: the MLM student, then the classifier
+        self._export_classifier = stage.name == "task"
+        if stage.name == "task":
+            return bundle(head="classifier", **inputs)
+        return bundle(head="mlm", **inputs, output_hidden_states=self.cfg.alpha_cos > 0)
+
+    def predict_logits(self, bundle: nn.Module, batch: Mapping[str, Any]) -> Tensor:
+        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        return self.export_model(bundle)(**inputs).logits
+
+    def loss(
+        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+    ) -> dict[str, Tensor]:
+        assert teacher_out is not None and teacher_out.logits is not None
+        c = self.cfg
+        if stage.name == "task":
+            return hinton_terms(
+                student_out.logits,
+                teacher_out.logits,
+                batch.get("labels"),
+                c.task_alpha,
+                c.task_temperature,
+                regression=False,
+            )
+        mask = batch["inputs"]["attention_mask"]
+        labels = batch["mlm_labels"]
+        rows = labels != -100 if c.restrict_ce_to_mask else mask
+        terms: dict[str, Tensor] = {}
+        if c.alpha_ce > 0:
+            terms["ce"] = c.alpha_ce * masked_soft_target_kl(
+                student_out.logits, teacher_out.logits, rows, c.temperature
+            )
+        if c.alpha_mlm > 0:
+            terms["mlm"] = c.alpha_mlm * mlm_ce(student_out.logits, labels)
+        if c.alpha_cos > 0:
+            terms["cos"] = c.alpha_cos * masked_cosine(
+                student_out.hidden_states[-1], teacher_out.hidden_states[-1], mask
+            )
+        return terms
+
+    @torch.no_grad()
+    def evaluate(self, bundle: nn.Module, loader: Any, gather: Any = None) -> dict[str, float]:
+        if self.cfg.task_teacher is not None:  # the task's dev set, with the classifier
+            return super().evaluate(bundle, loader, gather)
+        return mlm_metrics(bundle, loader, gather)
+
+
+def drop_token_type_ids(tokenizer: Any) -> None:
+    """The DistilBERT student takes no ``token_type_ids``: make the tokenizer saved next to it (and reloaded
+    with it) stop producing them, as HF's DistilBERT tokenizers do."""
+    names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+    tokenizer.model_input_names = names
+    tokenizer.init_kwargs["model_input_names"] = names
+
+
+__all__ = [
+    "DistilBert",
+    "DistilBertMethodConfig",
+    "DistilBertWithTaskHead",
+    "distilbert_config",
+    "distilbert_from_teacher",
+    "drop_token_type_ids",
+    "load_mlm_teacher",
+    "student_layers",
+]
