@@ -66,15 +66,21 @@ def num_layers(model: nn.Module) -> int:
 
 
 def copy_layers(
-    teacher: PreTrainedModel, layers: list[int], attn_implementation: str | None = None
+    teacher: PreTrainedModel,
+    layers: list[int],
+    attn_implementation: str | None = None,
+    **config_overrides: Any,
 ) -> PreTrainedModel:
     """A model of the teacher's class and width with ``len(layers)`` blocks: student block i is a copy of
-    teacher block ``layers[i]``; embeddings, pooler and head are copied too."""
+    teacher block ``layers[i]``; embeddings, pooler and head are copied too. ``config_overrides`` set
+    shape-neutral config fields (dropout, ...) of the student."""
     n_t = num_layers(teacher)
     bad = [i for i in layers if not 0 <= i < n_t]
     if bad or not layers:
         raise ValueError(f"layers {layers} are not valid 0-based layer numbers of a {n_t}-layer teacher")
     cfg = copy.deepcopy(teacher.config)
+    for k, v in config_overrides.items():
+        setattr(cfg, k, v)
     cfg.num_hidden_layers = len(layers)
     if attn_implementation:
         cfg._attn_implementation = attn_implementation
@@ -143,7 +149,8 @@ def build_student(
                 f"the teacher has {teacher.config.num_labels} outputs but task {task.name!r} needs {task.num_labels}; "
                 "is teacher.path a model fine-tuned on this task?"
             )
-        student = copy_layers(teacher, layers, attn_implementation)
+        extra = {k: v for k, v in overrides.items() if k != "num_hidden_layers"}
+        student = copy_layers(teacher, layers, attn_implementation, **extra)
         for k, v in _label_kwargs(task).items():
             setattr(student.config, k, v)
         return student, {"init": "teacher", "teacher_layers": layers}

@@ -177,8 +177,11 @@ class CachedTeacher:
     ) -> dict[str, Tensor]:
         n = len(data)
         lengths = torch.tensor(data.lengths, dtype=torch.long)
-        loader = DataLoader(
-            data, batch_sampler=BatchSampler(data.lengths, batch_size, shuffle=False), collate_fn=collator
+        loader = DataLoader(  # its own generator: building a cache must not move the global RNG (dropout)
+            data,
+            batch_sampler=BatchSampler(data.lengths, batch_size, shuffle=False),
+            collate_fn=collator,
+            generator=torch.Generator().manual_seed(0),
         )
         logits: Tensor | None = None
         chunks: dict[str, list[tuple[int, Tensor]]] = {}

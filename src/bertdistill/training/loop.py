@@ -181,6 +181,7 @@ class Trainer:
                     ev,
                     batch_sampler=BatchSampler(_lengths(ev), run.train.eval_batch_size, shuffle=False),
                     collate_fn=self.collate,
+                    generator=torch.Generator().manual_seed(run.train.seed),
                 )
             )
 
@@ -366,7 +367,16 @@ class Trainer:
             bucket=run.data.bucket_by_length,
             seed=tr.seed + 1000 * si,
         )
-        loader = acc.prepare(DataLoader(data, batch_sampler=sampler, collate_fn=self.collate))
+        # the loader's own generator: creating its iterator (which draws a base seed) must not consume the
+        # global RNG that dropout reads, or a resumed run's dropout masks drift from an uninterrupted run's
+        loader = acc.prepare(
+            DataLoader(
+                data,
+                batch_sampler=sampler,
+                collate_fn=self.collate,
+                generator=torch.Generator().manual_seed(tr.seed + 1000 * si),
+            )
+        )
         updates_per_epoch = max(1, math.ceil(len(loader) / tr.grad_accum))
         max_steps = stage.max_steps or tr.max_steps
         epochs = stage.epochs if stage.epochs is not None else tr.epochs
