@@ -87,3 +87,20 @@ def train_examples(run_dir: Path) -> int:
     rc = load_config(run_dir / "bertdistill.yaml")
     examples = load_examples(rc.data, resolve_task(rc.data), rc.data.train_split)
     return len(subsample(examples, rc.data.max_train_examples, rc.train.seed))
+
+
+def speed_fields(t: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+    """The size and speed fields of a result, from ``evaluation.compare`` rows of the teacher and a student
+    timed in the same run."""
+    return {
+        "teacher_params": t["params"],
+        "student_params": s["params"],
+        "latency_speedup": s["latency_speedup"],
+        "throughput_speedup": s["throughput_speedup"],
+        "teacher_latency_ms": t["latency_ms_median"],
+        "student_latency_ms": s["latency_ms_median"],
+        "teacher_throughput": t["throughput_per_s"],
+        "student_throughput": s["throughput_per_s"],
+        "latency_sentences": s["latency_sentences"],
+        "timing_threads": s["threads"],
+    }

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, WORK, command, machine, today, train_examples, write_result
+from common import ROOT, SHARED, WORK, command, machine, speed_fields, today, train_examples, write_result
 
 SST2_TEACHER = Path("~/.cache/bertdistill/teachers/minilm-l6-sst2").expanduser()
 
@@ -245,13 +245,7 @@ def main() -> int:
         "task_kd_score_std": std(scores["distilled_task_kd"]),
         "retention": mean(scores["distilled"]) / t["score"],
         "task_kd_retention": mean(scores["distilled_task_kd"]) / t["score"],
-        "teacher_params": t["params"],
-        "student_params": s["params"],
-        "latency_speedup": s["latency_speedup"],
-        "throughput_speedup": s["throughput_speedup"],
-        "teacher_latency_ms": t["latency_ms_median"],
-        "student_latency_ms": s["latency_ms_median"],
-        "timing_threads": s["threads"],
+        **speed_fields(t, s),
         "heldout_mlm": ppl,
         "mlm_teacher": str(mlm_dir),
         "mlm_teacher_steps": _steps_of(mlm_dir),

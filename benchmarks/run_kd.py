@@ -14,7 +14,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, command, machine, no_kd_recipe, today, train_examples, write_result
+from common import (
+    ROOT,
+    WORK,
+    command,
+    machine,
+    no_kd_recipe,
+    speed_fields,
+    today,
+    train_examples,
+    write_result,
+)
 
 
 def main() -> int:
@@ -112,16 +122,7 @@ def main() -> int:
         "student_score_std": statistics.stdev(kd_scores) if len(kd_scores) > 1 else 0.0,
         "no_kd_score_std": statistics.stdev(nokd_scores) if len(nokd_scores) > 1 else 0.0,
         "retention": statistics.mean(kd_scores) / t["score"],
-        "teacher_params": t["params"],
-        "student_params": s["params"],
-        "latency_speedup": s["latency_speedup"],
-        "throughput_speedup": s["throughput_speedup"],
-        "teacher_latency_ms": t["latency_ms_median"],
-        "student_latency_ms": s["latency_ms_median"],
-        "teacher_throughput": t["throughput_per_s"],
-        "student_throughput": s["throughput_per_s"],
-        "latency_sentences": s["latency_sentences"],
-        "timing_threads": s["threads"],
+        **speed_fields(t, s),
         "train_examples": n_train,
         "steps": runs["kd"][0]["steps"],
         "seeds": args.seeds,

@@ -27,7 +27,17 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, command, machine, no_kd_recipe, today, train_examples, write_result
+from common import (
+    ROOT,
+    WORK,
+    command,
+    machine,
+    no_kd_recipe,
+    speed_fields,
+    today,
+    train_examples,
+    write_result,
+)
 
 
 def parse_variant(spec: str) -> tuple[str, str, list[str]]:
@@ -177,16 +187,7 @@ def main() -> int:
         "retention": table[primary]["retention"],
         "best_variant": max(table, key=lambda n: table[n]["mean"]),
         "variants": table,
-        "teacher_params": t["params"],
-        "student_params": s["params"],
-        "latency_speedup": s["latency_speedup"],
-        "throughput_speedup": s["throughput_speedup"],
-        "teacher_latency_ms": t["latency_ms_median"],
-        "student_latency_ms": s["latency_ms_median"],
-        "teacher_throughput": t["throughput_per_s"],
-        "student_throughput": s["throughput_per_s"],
-        "latency_sentences": s["latency_sentences"],
-        "timing_threads": s["threads"],
+        **speed_fields(t, s),
         "train_examples": train_examples(first),
         "steps": table[primary]["steps"][0],
         "seeds": args.seeds,
