@@ -147,3 +147,40 @@ def recipe(
     for k, v in sections.items():
         r.setdefault(k, {}).update(v)
     return r
+
+
+def kill_then_resume(cfg, monkeypatch, crash_at: int, out_dir: Path):
+    """Run ``cfg``, kill it (KeyboardInterrupt) right after its ``crash_at``-th checkpoint, resume it; return
+    the name of the last checkpoint before the kill and the resumed run's result."""
+    from bertdistill.training import checkpoint as ckpt
+    from bertdistill.training.loop import Trainer, distill
+
+    original = Trainer._checkpoint
+    calls = {"n": 0}
+
+    def crash_after_save(self, *a, **k):
+        original(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", crash_after_save)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, quiet=True)
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    last = ckpt.latest_checkpoint(out_dir / "checkpoints").name
+    return last, distill(cfg, resume=True, quiet=True)
+
+
+def assert_same_run(full, resumed) -> None:
+    """The resumed run ends with the uninterrupted run's weights and logs its losses."""
+    from safetensors.torch import load_file
+
+    a = load_file(str(full.output_dir / "model.safetensors"))
+    b = load_file(str(resumed.output_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    la = [r["loss"] for r in full.history if "loss" in r]
+    lb = [r["loss"] for r in resumed.history if "loss" in r]
+    assert lb == pytest.approx(la[-len(lb) :], rel=1e-5)

@@ -44,9 +44,8 @@ from bertdistill.methods.distilbert import (
     student_layers,
 )
 from bertdistill.students import copy_layers
-from bertdistill.training import checkpoint as ckpt
 from bertdistill.training.loop import Trainer, distill
-from conftest import make_sentence, tiny_bert_config
+from conftest import assert_same_run, kill_then_resume, make_sentence, tiny_bert_config
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -358,30 +357,9 @@ def test_resume_is_exact(
         load_config(_recipe(mlm_teacher_dir, corpus_file, tmp_path, out="full", **sections)), quiet=True
     )
     cfg = load_config(_recipe(mlm_teacher_dir, corpus_file, tmp_path, out="killed", **sections))
-    original = Trainer._checkpoint
-    calls = {"n": 0}
-
-    def crash_after_save(self, *a, **k):
-        original(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == crash_at:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_checkpoint", crash_after_save)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, quiet=True)
-    monkeypatch.setattr(Trainer, "_checkpoint", original)
-    expected = "step-0000005" if with_task else "step-0000004"
-    assert ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints").name == expected
-    resumed = distill(cfg, resume=True, quiet=True)
-    a = load_file(str(full.output_dir / "model.safetensors"))
-    b = load_file(str(resumed.output_dir / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    la = [r["loss"] for r in full.history if "loss" in r]
-    lb = [r["loss"] for r in resumed.history if "loss" in r]
-    assert lb == pytest.approx(la[-len(lb) :], rel=1e-5)
+    last, resumed = kill_then_resume(cfg, monkeypatch, crash_at, tmp_path / "killed")
+    assert last == ("step-0000005" if with_task else "step-0000004")
+    assert_same_run(full, resumed)
 
 
 def test_task_stage_kd_and_finetune_from_the_distilled_dir(

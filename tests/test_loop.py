@@ -9,7 +9,7 @@ from bertdistill import load_config
 from bertdistill.config import ConfigError
 from bertdistill.training import checkpoint as ckpt
 from bertdistill.training.loop import NonFiniteLossError, Trainer, distill
-from conftest import recipe
+from conftest import assert_same_run, kill_then_resume, recipe
 
 
 def _cfg(method_name, teacher_dir, data_dir, tmp_path, out="out", task="sst2", **sections):
@@ -50,28 +50,10 @@ def test_resume_is_exact(teacher_dir, sst2_dir, tmp_path, monkeypatch, dropout):
     full = distill(_cfg("kd", teacher_dir, sst2_dir, tmp_path, out="full", **sections), quiet=True)
 
     cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, out="killed", **sections)
-    original = Trainer._checkpoint
-    calls = {"n": 0}
-
-    def crash_after_second_save(self, *a, **k):
-        original(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 2:  # step 4 saved (3 batches per epoch): die mid-epoch 1
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_checkpoint", crash_after_second_save)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, quiet=True)
-    monkeypatch.setattr(Trainer, "_checkpoint", original)
-    assert ckpt.latest_checkpoint(tmp_path / "killed" / "checkpoints").name == "step-0000004"
-    resumed = distill(cfg, resume=True, quiet=True)
-    a, b = _weights(full.output_dir), _weights(resumed.output_dir)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    la = [r["loss"] for r in full.history if "loss" in r]
-    lb = [r["loss"] for r in resumed.history if "loss" in r]
-    assert lb == pytest.approx(la[-len(lb) :], rel=1e-5)
+    # step 4 saved (3 batches per epoch): die mid-epoch 1
+    last, resumed = kill_then_resume(cfg, monkeypatch, 2, tmp_path / "killed")
+    assert last == "step-0000004"
+    assert_same_run(full, resumed)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(teacher_dir, sst2_dir, tmp_path, monkeypatch):
