@@ -1,4 +1,4 @@
-"""TinyBERT on SST-2 with a fine-tuned MiniLM-L6 teacher: narrow random-init students (4×192, 2×192) trained
+"""TinyBERT on SST-2 (or MRPC, ``--task mrpc``) with a fine-tuned MiniLM-L6 teacher: narrow random-init students (4×192, 2×192) trained
 
 * ``nokd``              — plain fine-tuning (no teacher), ``--steps`` steps;
 * ``kd``                — Hinton KD (recipes/kd/sst2.yaml: α 0.5, t 4), ``--steps`` steps;
@@ -39,12 +39,16 @@ SHAPES = {"4x192": "minilm-4x192", "2x192": "minilm-2x192"}
 KINDS = ["nokd", "kd", "tinybert", "tinybert_aug", "tinybert_general"]
 ALL_ROWS = [f"{k}-{s}" for s in SHAPES for k in KINDS]
 HEADLINE = "tinybert_aug-4x192"
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sst2": {"data": "SST-2", "aug_n": 20, "max_length": 64},
+    "mrpc": {"data": "MRPC", "aug_n": 30, "max_length": 128},
+}
 
 
 def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Path, aug: Path | None) -> dict:
     """The run's config as a dict, from the repo's recipes with the benchmark's shared settings."""
     base = "kd" if kind in ("kd", "nokd") else "tinybert"
-    raw: dict[str, Any] = yaml.safe_load((ROOT / f"recipes/{base}/sst2.yaml").read_text())
+    raw: dict[str, Any] = yaml.safe_load((ROOT / f"recipes/{base}/{args.task}.yaml").read_text())
     raw["teacher"] = {"path": str(args.teacher), "cache": True}
     if args.cache_dir:
         raw["teacher"]["cache_dir"] = args.cache_dir
@@ -121,7 +125,7 @@ def _augment(args: argparse.Namespace, seed: int) -> Path:
     )
     from bertdistill.data.loading import Examples, load_examples, resolve_task, subsample
 
-    dcfg = DataConfig(task="sst2", path=str(args.data))
+    dcfg = DataConfig(task=args.task, path=str(args.data))
     task = resolve_task(dcfg)
     base = subsample(load_examples(dcfg, task, "train"), args.max_train_examples, seed)
     part = subsample(base, args.aug_examples, seed)
@@ -140,7 +144,7 @@ def _augment(args: argparse.Namespace, seed: int) -> Path:
         res,
         len(part),
         source={
-            "task": "sst2",
+            "task": args.task,
             "data": str(args.data),
             "split": "train",
             "subsample": args.max_train_examples,
@@ -185,11 +189,12 @@ def _train_size(run_dir: str) -> int | None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="sst2")
     p.add_argument(
-        "--teacher", default=str(Path("~/.cache/bertdistill/teachers/minilm-l6-sst2").expanduser())
+        "--teacher", help="fine-tuned teacher dir (default: ~/.cache/bertdistill/teachers/minilm-l6-TASK)"
     )
     p.add_argument("--general-teacher", default="minilm-l6", help="pre-trained teacher of the general stage")
-    p.add_argument("--data", default=str(SHARED / "SST-2"))
+    p.add_argument("--data", help="GLUE TSV dir (default: ../shared/data/SST-2 or MRPC)")
     p.add_argument(
         "--rows", nargs="+", default=ALL_ROWS, choices=ALL_ROWS, metavar="ROW", help=f"of {ALL_ROWS}"
     )
@@ -204,19 +209,27 @@ def main() -> int:
     p.add_argument(
         "--aug-examples", type=int, default=2000, help="train sentences augmented (seeded subsample)"
     )
-    p.add_argument("--aug-n", type=int, default=20, help="tries per example (official SST-2: 20)")
+    p.add_argument("--aug-n", type=int, help="tries per example (default: official SST-2 20, MRPC 30)")
     p.add_argument("--mlm", help="masked LM for augmentation (default: none → GloVe-only fallback)")
     p.add_argument("--glove", default=str(SHARED / "glove-6B-50d-subset" / "glove.6B.50d.subset.txt.gz"))
     p.add_argument("--eval-examples", type=int, help="dev subsample (default: all 872)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="every row's lr (tinybert: both task stages)")
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, help="default: SST-2 64, MRPC 128 (official)")
     p.add_argument("--threads", type=int)
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--cache-dir", help="teacher cache dir (default: bertdistill's)")
-    p.add_argument("--name", default="tinybert_sst2")
+    p.add_argument("--name", help="result name (default: tinybert_TASK)")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs in the work dir")
     args = p.parse_args()
+    defaults = TASK_DEFAULTS[args.task]
+    args.teacher = args.teacher or str(
+        Path(f"~/.cache/bertdistill/teachers/minilm-l6-{args.task}").expanduser()
+    )
+    args.data = args.data or str(SHARED / defaults["data"])
+    args.aug_n = args.aug_n or defaults["aug_n"]
+    args.max_length = args.max_length or defaults["max_length"]
+    args.name = args.name or f"tinybert_{args.task}"
 
     from bertdistill import distill, load_config
     from bertdistill.cli import _quiet_hf
@@ -307,7 +320,7 @@ def main() -> int:
     head = next((x for p in prefs for x in rows if x["row"].startswith(p)), rows[0])
     result = {
         "method": head["method"],
-        "task": "sst2",
+        "task": args.task,
         "teacher": str(args.teacher),
         "student": f"{head['row']}: random-init {head['student_layers']}×{head['student_hidden']} (12 heads, FFN 768)",
         "metric": metric,

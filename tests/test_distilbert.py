@@ -462,3 +462,36 @@ def test_optional_task_stage_in_the_same_run(mlm_teacher_dir, corpus_file, teach
     # the task stage trained the distilled body further (it is shared by both heads)
     w = "distilbert.transformer.layer.0.ffn.lin1.weight"
     assert not torch.equal(final.state_dict()[w], pre.state_dict()[w])
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "unknown-head"])
+def test_masked_token_logits_equal_the_full_forward_at_the_predicted_positions(kind):
+    from bertdistill.mlm_head import SparseMLM, masked_token_logits, split_mlm
+
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(tiny_bert_config()).eval()
+    model = (
+        bert if kind == "bert" else DistilBertForMaskedLM(distilbert_from_teacher(bert, [0, 3]).config).eval()
+    )
+    if kind == "unknown-head":  # a layout split_mlm does not know: the full forward is used and indexed
+        model.base_model_prefix = "no_such_body"
+        assert split_mlm(model) is None
+    else:
+        assert split_mlm(model) is not None
+    ids = torch.randint(5, 40, (3, 7))
+    attn = torch.ones_like(ids)
+    attn[2, 5:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, 1], labels[1, 4], labels[2, 2] = ids[0, 1], ids[1, 4], ids[2, 2]
+    inputs = {"input_ids": ids, "attention_mask": attn}
+    with torch.no_grad():
+        full = model(**inputs).logits
+        got, picked = masked_token_logits(model, inputs, labels)
+    keep = labels != -100
+    assert got.shape == (3, full.shape[-1]) and torch.equal(picked, labels[keep])
+    torch.testing.assert_close(got, full[keep], rtol=1e-5, atol=1e-5)
+    # gradients reach the encoder and the head through the bundle, as through the full forward
+    bundle = SparseMLM(model).train()
+    logits, picked = bundle(inputs, labels)
+    torch.nn.functional.cross_entropy(logits, picked).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "layer.0." in n)

@@ -24,6 +24,7 @@ from ..data.loading import Collator, load_examples, subsample, tokenize
 from ..data.tasks import TaskSpec
 from ..features import Features, Needs
 from ..hub import from_pretrained
+from ..mlm_head import masked_token_logits
 
 ParamGroups = list[dict[str, Any]]
 """``[{"params": [...], "lr_scale": 0.1}, ...]`` — ``lr_scale`` multiplies the stage's learning rate."""
@@ -167,16 +168,13 @@ def mlm_metrics(
     model.eval()
     total, count = torch.zeros(()), torch.zeros(())
     for batch in loader:
-        logits = model(**batch["inputs"]).logits
         labels = batch["mlm_labels"]
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            reduction="none",
-        )
-        ce = ce.view_as(labels).sum(-1)  # per sequence, so that gathering drops padded duplicates correctly
-        n = (labels != -100).sum(-1).to(ce.dtype)
+        logits, picked = masked_token_logits(model, batch["inputs"], labels)  # predicted positions only
+        per_token = torch.nn.functional.cross_entropy(logits.float(), picked, reduction="none")
+        # per sequence, so that gathering drops padded duplicates correctly
+        ce = torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device)
+        ce.index_add_(0, (labels != -100).nonzero()[:, 0].to(ce.device), per_token)
+        n = (labels != -100).sum(-1).to(ce.device, ce.dtype)
         if gather is not None:
             ce, n = gather(ce), gather(n)
         total += ce.sum().cpu()

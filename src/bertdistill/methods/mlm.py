@@ -24,6 +24,7 @@ from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
 from ..features import Features
 from ..hub import from_pretrained
 from ..losses import mlm_ce
+from ..mlm_head import SparseMLM
 from ..registry import register
 from .base import Method, ParamGroups, Stage, mlm_metrics
 
@@ -76,17 +77,26 @@ class MaskedLM(Method):
         model.tie_weights()
         new = sorted(k for k in info.get("missing_keys", ()) if "position_ids" not in k)
         self.student_info = {"init": "pretrained", "path": path, "newly_initialised": new}
-        return model
+        # the bundle projects only the masked positions onto the vocabulary (mlm_head.py): same loss, a
+        # fraction of the cost, since the output projection dominates a small encoder's step
+        return SparseMLM(model)
 
-    def _head_only(self, model: nn.Module) -> ParamGroups:
-        prefix = getattr(model, "base_model_prefix", "") + "."
+    def export_model(self, bundle: nn.Module) -> Any:
+        return bundle.model
+
+    @staticmethod
+    def _body_prefix(bundle: nn.Module) -> str:
+        return "model." + getattr(bundle.model, "base_model_prefix", "") + "."
+
+    def _head_only(self, bundle: nn.Module) -> ParamGroups:
+        prefix = self._body_prefix(bundle)
         # named_parameters lists a tied weight once, under the encoder's embeddings: the head's output
         # projection (= the word embeddings) therefore stays frozen
-        return [{"params": [(n, p) for n, p in model.named_parameters() if not n.startswith(prefix)]}]
+        return [{"params": [(n, p) for n, p in bundle.named_parameters() if not n.startswith(prefix)]}]
 
-    def _with_body(self, model: nn.Module) -> ParamGroups:
-        prefix = getattr(model, "base_model_prefix", "") + "."
-        named = list(model.named_parameters())
+    def _with_body(self, bundle: nn.Module) -> ParamGroups:
+        prefix = self._body_prefix(bundle)
+        named = list(bundle.named_parameters())
         head = [(n, p) for n, p in named if not n.startswith(prefix)]
         body = [(n, p) for n, p in named if n.startswith(prefix)]
         return [{"params": head}, {"params": body, "lr_scale": self.cfg.body_lr_scale}]
@@ -105,13 +115,14 @@ class MaskedLM(Method):
         return MLMCollator(tokenizer, self.token_probs, self.cfg, self.run.train.seed)
 
     def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
-        return bundle(**batch["inputs"])
+        return bundle(batch["inputs"], batch["mlm_labels"])
 
     def loss(
         self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
     ) -> dict[str, Tensor]:
-        return {"mlm": mlm_ce(student_out.logits, batch["mlm_labels"])}
+        logits, labels = student_out
+        return {"mlm": mlm_ce(logits, labels)}
 
     @torch.no_grad()
     def evaluate(self, bundle: nn.Module, loader: Any, gather: Any = None) -> dict[str, float]:
-        return mlm_metrics(bundle, loader, gather)
+        return mlm_metrics(self.export_model(bundle), loader, gather)
