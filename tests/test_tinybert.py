@@ -28,7 +28,7 @@ from bertdistill.data.augment import (
     augment_examples,
     is_candidate_word,
 )
-from bertdistill.data.loading import Collator, Examples
+from bertdistill.data.loading import Collator, Examples, tokenize
 from bertdistill.features import SCORES_ATTENTION, Needs, use_score_attention
 from bertdistill.layer_map import tinybert_layer_maps
 from bertdistill.losses import (
@@ -41,7 +41,7 @@ from bertdistill.losses import (
 )
 from bertdistill.training.loop import Trainer, distill
 from bertdistill.training.optim import build_optimizer
-from conftest import SPECIAL, recipe, tiny_bert_config
+from conftest import SPECIAL, assert_same_run, kill_then_resume, recipe, tiny_bert_config
 
 NARROW = {"init": "random", "config_overrides": {"hidden_size": 16, "intermediate_size": 32}}
 
@@ -94,6 +94,11 @@ def test_config_validation():
         load_config({"method": {"name": "tinybert", "stages": ["task_prediction", "task_intermediate"]}})
     with pytest.raises(ConfigError, match="corpus"):
         load_config({"method": {"name": "tinybert", "stages": ["general"]}})
+    general = {"name": "tinybert", "stages": ["general"], "corpus": ["c.txt"]}
+    with pytest.raises(ConfigError, match="corpus_max_lines"):
+        load_config({"method": {**general, "corpus_max_lines": 0}})
+    with pytest.raises(ConfigError, match="hf_data_files needs method.hf_dataset"):
+        load_config({"method": {**general, "hf_data_files": ["c.jsonl"]}})
     with pytest.raises(ConfigError, match="attention_loss"):
         load_config({"method": {"name": "tinybert", "attention_loss": "cosine"}})
 
@@ -278,19 +283,81 @@ def test_all_stages_outputs_load_and_extras_resume(teacher_dir, sst2_dir, tmp_pa
     assert torch.equal(tr3.bundle.fit_dense[0].weight, last["fit_dense.0.weight"])
 
 
+def _general(teacher_dir, sst2_dir, tmp_path, method, **sections):
+    method = {"stages": ["general"], "general_teacher": str(teacher_dir), "general_lr": 1e-3, **method}
+    sections.setdefault("train", {"max_steps": 2, "batch_size": 8})
+    return _cfg(teacher_dir, sst2_dir, tmp_path, method=method, **sections)
+
+
 def test_general_only_run(teacher_dir, sst2_dir, tmp_path):
-    method = {
-        "stages": ["general"],
-        "corpus": [str(_corpus(tmp_path))],
-        "corpus_max_lines": 16,
-        "general_teacher": str(teacher_dir),
-        "general_lr": 1e-3,
-    }
-    cfg = _cfg(teacher_dir, sst2_dir, tmp_path, method=method, train={"max_steps": 2, "batch_size": 8})
+    """Default: one sequence per line, batched exactly as the tokenised lines (segment ids included, no
+    masking); ``corpus_max_lines`` keeps the first lines."""
+    corpus = _corpus(tmp_path)
+    cfg = _general(teacher_dir, sst2_dir, tmp_path, {"corpus": [str(corpus)], "corpus_max_lines": 16})
     tr = Trainer(cfg, quiet=True)
-    assert tr.teacher is None and len(tr.datasets["corpus"]) == 16 and "train" not in tr.datasets
+    data = tr.datasets["corpus"]
+    assert tr.teacher is None and len(data) == 16 and "train" not in tr.datasets
+    lines = [(x,) for x in corpus.read_text().splitlines() if x.strip()][:16]
+    ref = tokenize(Examples(lines, None), tr.tokenizer, cfg.data.max_length)
+    assert data.lengths == ref.lengths
+    got, want = tr.collate([data[i] for i in range(5)]), tr.collate([ref[i] for i in range(5)])
+    assert got["inputs"].keys() == {"input_ids", "attention_mask", "token_type_ids"} and "labels" not in got
+    for k in want["inputs"]:
+        assert torch.equal(got["inputs"][k], want["inputs"][k])
     result = tr.train()
     assert (result.output_dir / "config.json").is_file() and not (result.output_dir / "stages").exists()
+    assert {"emb", "hidden", "att"} <= {k for r in result.history if r.get("stage") == "general" for k in r}
+
+
+def test_general_stage_packed_sequences(teacher_dir, sst2_dir, tmp_path):
+    corpus = _corpus(tmp_path)
+    method = {"corpus": [str(corpus)], "pack": True}
+    cfg = _general(teacher_dir, sst2_dir, tmp_path, method, data={"max_length": 16})
+    tr = Trainer(cfg, quiet=True)
+    lengths = tr.datasets["corpus"].lengths
+    lines = [x for x in corpus.read_text().splitlines() if x.strip()]
+    n_tokens = sum(len(ids) for ids in tr.tokenizer(lines, add_special_tokens=False)["input_ids"])
+    assert all(n == 16 for n in lengths[:-1]) and 3 <= lengths[-1] <= 16
+    assert sum(n - 2 for n in lengths) == n_tokens  # every token once, [CLS] … [SEP] around each block
+    result = tr.train()
+    assert [r["stage"] for r in result.history if "loss" in r] == ["general"]
+    capped = _general(
+        teacher_dir, sst2_dir, tmp_path, {**method, "corpus_max_lines": 3}, data={"max_length": 16}
+    )
+    tr2 = Trainer(capped, quiet=True)
+    assert tr2.datasets["corpus"].lengths == lengths[:3]  # the first 3 blocks, from the cached store
+    assert tr2.datasets["corpus"].store.root == tr.datasets["corpus"].store.root
+
+
+def test_general_stage_reads_an_hf_dataset_column(teacher_dir, sst2_dir, tmp_path):
+    lines = [x for x in _corpus(tmp_path).read_text().splitlines() if x.strip()]
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(lines)) + "\n")
+    method = {"hf_dataset": "json", "hf_data_files": [str(jl)], "hf_column": "body", "corpus_max_lines": 30}
+    tr = Trainer(_general(teacher_dir, sst2_dir, tmp_path, method), quiet=True)
+    data = tr.datasets["corpus"]
+    assert len(data) == 30 and data[7]["input_ids"] == tr.tokenizer(lines[7])["input_ids"]
+    result = tr.train()
+    assert [r["stage"] for r in result.history if "loss" in r] == ["general"]
+
+
+def test_general_stage_resume_is_exact(teacher_dir, sst2_dir, tmp_path, monkeypatch):
+    """Killed in the general stage (packed corpus store), resumed: the same weights and losses as a run
+    that was never interrupted."""
+    method = {
+        "stages": ["general", "task_intermediate"],
+        "corpus": [str(_corpus(tmp_path))],
+        "pack": True,
+        "general_steps": 4,
+        "intermediate_steps": 2,
+    }
+    sections = {"train": {"max_steps": None, "save_every": 2, "batch_size": 4}, "data": {"max_length": 16}}
+    full = distill(_general(teacher_dir, sst2_dir, tmp_path / "full", method, **sections), quiet=True)
+    cfg = _general(teacher_dir, sst2_dir, tmp_path / "killed", method, **sections)
+    last, resumed = kill_then_resume(cfg, monkeypatch, 1, tmp_path / "killed" / "out")
+    assert last == "step-0000002"
+    assert [r["stage"] for r in full.history if "loss" in r] == ["general"] * 2 + ["task_intermediate"]
+    assert_same_run(full, resumed)
 
 
 def test_general_teacher_of_another_shape_is_refused(teacher_dir, sst2_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Raw-text corpora for masked-LM training and pre-training distillation (DistilBERT, ``mlm``).
+"""Raw-text corpora for masked-LM training and pre-training distillation (DistilBERT, ``mlm``, TinyBERT's
+``general`` stage).
 
 A corpus (text files with one document or sentence per line, or a text column of an HF dataset) is tokenised
 *once*, streaming, into an on-disk token store: ``tokens.bin`` (all token ids, a flat ``uint16``/``int32``
@@ -12,8 +13,10 @@ Sequences are one line each (the official DistilBERT code: a line longer than ``
 several sequences, each with its own ``[CLS]``/``[SEP]``) or, with ``pack``, the token stream of consecutive
 lines cut into full ``max_length`` sequences.
 
-Masking (:func:`mlm_mask`) happens in the collator, so every time a batch is formed it gets a new mask
-(dynamic masking, RoBERTa/DistilBERT).
+The source and cutting options (:class:`CorpusSourceConfig`) are shared by every raw-text reader; the
+masked-LM methods extend them with held-out and masking options (:class:`CorpusConfig`). Masking
+(:func:`mlm_mask`) happens in the collator, so every time a batch is formed it gets a new mask (dynamic
+masking, RoBERTa/DistilBERT).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ CHUNK_LINES = 4096
 
 
 @dataclass
-class CorpusConfig(MethodConfig):
-    """Corpus and masking options shared by the raw-text methods (``distilbert``, ``mlm``)."""
+class CorpusSourceConfig(MethodConfig):
+    """Where a raw-text corpus comes from and how it is cut into sequences: the options every raw-text
+    reader shares (``distilbert`` and ``mlm`` through :class:`CorpusConfig`, TinyBERT's ``general`` stage)."""
 
     corpus: list[str] = field(default_factory=list)
     """Text files, one document or sentence per line (empty lines skipped)."""
@@ -53,6 +57,36 @@ class CorpusConfig(MethodConfig):
     hf_column: str = "text"
     hf_data_files: list[str] = field(default_factory=list)
     """``data_files`` for a generic builder (``hf_dataset: json`` / ``csv`` / ``parquet`` with local files)."""
+    pack: bool = False
+    """``false``: one sequence per line, a line longer than ``data.max_length`` cut into several (official
+    DistilBERT); ``true``: the lines' tokens concatenated and cut into full ``data.max_length`` sequences."""
+    min_tokens: int = 3
+    """Sequences shorter than this (special tokens included) are dropped (official DistilBERT: 12 with BERT's
+    ``[CLS] … [SEP]``, tuned for Wikipedia; short-sentence corpora need a lower bound)."""
+    store_dir: str | None = None
+    """Where tokenised corpora are cached (default ``<teacher.cache_dir or ~/.cache/bertdistill>/corpus_store``)."""
+
+    def check_source(self, needed_by: str | None) -> None:
+        """Validate the source options; ``needed_by`` (e.g. ``"method 'mlm'"``) names what requires a corpus,
+        ``None`` when nothing does (then an empty source is fine)."""
+        if needed_by and not self.corpus and not self.hf_dataset:
+            raise ConfigError(
+                f"{needed_by} needs a raw-text corpus: set method.corpus to a list of text files "
+                "(one document or sentence per line) or method.hf_dataset (with method.hf_column)"
+            )
+        if self.hf_data_files and not self.hf_dataset:
+            raise ConfigError(
+                "method.hf_data_files needs method.hf_dataset: the builder that reads them (json, csv, parquet, "
+                "text); plain text files go to method.corpus"
+            )
+        if self.min_tokens < 1:
+            raise ConfigError(f"method.min_tokens must be >= 1, got {self.min_tokens}")
+
+
+@dataclass
+class CorpusConfig(CorpusSourceConfig):
+    """Corpus, held-out and masking options of the masked-LM methods (``distilbert``, ``mlm``)."""
+
     heldout_file: str | None = None
     """A separate text file for the held-out MLM loss / perplexity; unset = a slice of the corpus."""
     heldout_fraction: float = 0.01
@@ -62,12 +96,6 @@ class CorpusConfig(MethodConfig):
     heldout_seed: int = 0
     """Seed of the held-out slice — independent of ``train.seed``, so that runs with other seeds (the MLM
     teacher, the students) hold out the same sequences and never train on each other's evaluation data."""
-    pack: bool = False
-    """``false``: one sequence per line (official DistilBERT); ``true``: lines concatenated into full
-    ``data.max_length`` sequences."""
-    min_tokens: int = 3
-    """Sequences shorter than this (special tokens included) are dropped (official: 12 with BERT's
-    ``[CLS] … [SEP]``, tuned for Wikipedia; short-sentence corpora need a lower bound)."""
     mlm_probability: float = 0.15
     mask_token_prob: float = 0.8
     """Of the chosen positions: replaced by ``[MASK]`` …"""
@@ -78,15 +106,9 @@ class CorpusConfig(MethodConfig):
     mlm_smoothing: float = 0.7
     """XLM-style frequency smoothing: a position holding token w is chosen with probability ∝
     max(count(w), 1)^−mlm_smoothing (0 = uniform over the maskable tokens)."""
-    store_dir: str | None = None
-    """Where tokenised corpora are cached (default ``<teacher.cache_dir or ~/.cache/bertdistill>/corpus_store``)."""
 
     def __post_init__(self) -> None:
-        if not self.corpus and not self.hf_dataset:
-            raise ConfigError(
-                f"method {self.name!r} needs a raw-text corpus: set method.corpus to a list of text files "
-                "(one document or sentence per line) or method.hf_dataset (with method.hf_column)"
-            )
+        self.check_source(f"method {self.name!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"method.mlm_probability must be in (0, 1), got {self.mlm_probability}")
         probs = (self.mask_token_prob, self.keep_token_prob, self.random_token_prob)
@@ -99,14 +121,12 @@ class CorpusConfig(MethodConfig):
             raise ConfigError(f"method.mlm_smoothing must be >= 0 (0 = uniform), got {self.mlm_smoothing}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError(f"method.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        if self.min_tokens < 1:
-            raise ConfigError(f"method.min_tokens must be >= 1, got {self.min_tokens}")
 
 
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def iter_lines(cfg: CorpusConfig, files: Sequence[str] | None = None) -> Iterator[str]:
+def iter_lines(cfg: CorpusSourceConfig, files: Sequence[str] | None = None) -> Iterator[str]:
     """Non-empty, stripped lines of the corpus files, then of the HF dataset column (streamed)."""
     for f in cfg.corpus if files is None else files:
         path = Path(f).expanduser()
@@ -209,7 +229,7 @@ class TokenStore:
         return cls(root, tokens, np.load(root / "offsets.npy"), np.load(root / "counts.npy"))
 
 
-def _fingerprint(files: Sequence[str], cfg: CorpusConfig, tokenizer: Any, max_length: int) -> str:
+def _fingerprint(files: Sequence[str], cfg: CorpusSourceConfig, tokenizer: Any, max_length: int) -> str:
     h = hashlib.sha256()
     for f in files:
         st = Path(f).expanduser().stat()
@@ -232,7 +252,7 @@ def _fingerprint(files: Sequence[str], cfg: CorpusConfig, tokenizer: Any, max_le
 
 
 def build_token_store(
-    cfg: CorpusConfig,
+    cfg: CorpusSourceConfig,
     tokenizer: Any,
     max_length: int,
     store_root: Path,
@@ -299,18 +319,29 @@ class CorpusDataset(Dataset):
     """Sequences ``indices`` of a :class:`TokenStore`; items are ``{"idx", "input_ids"}`` (no labels).
 
     ``fixed_masks``: items carry ``mask_seed`` so that the collator masks them the same way every time
-    (held-out evaluation must be comparable across evaluations and models)."""
+    (held-out evaluation must be comparable across evaluations and models). ``token_type_ids``: items carry
+    all-zero ``token_type_ids`` — one segment, what a tokenizer that returns them (BERT) gives for one
+    sentence — so that :class:`~bertdistill.data.loading.Collator` batches them like tokenised task text."""
 
-    def __init__(self, store: TokenStore, indices: np.ndarray, fixed_masks: bool = False) -> None:
+    def __init__(
+        self,
+        store: TokenStore,
+        indices: np.ndarray,
+        fixed_masks: bool = False,
+        token_type_ids: bool = False,
+    ) -> None:
         self.store = store
         self.indices = np.asarray(indices, dtype=np.int64)
         self.fixed_masks = fixed_masks
+        self.token_type_ids = token_type_ids
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {"idx": i, "input_ids": self.store.sequence(int(self.indices[i]))}
+        if self.token_type_ids:
+            item["token_type_ids"] = [0] * len(item["input_ids"])
         if self.fixed_masks:
             item["mask_seed"] = int(self.indices[i])
         return item
@@ -462,7 +493,7 @@ def corpus_datasets(
     return out, probs
 
 
-def default_store_root(cfg: CorpusConfig, cache_dir: str | None) -> Path:
+def default_store_root(cfg: CorpusSourceConfig, cache_dir: str | None) -> Path:
     if cfg.store_dir:
         return Path(cfg.store_dir).expanduser()
     base = Path(cache_dir).expanduser() if cache_dir else None
@@ -474,6 +505,7 @@ def default_store_root(cfg: CorpusConfig, cache_dir: str | None) -> Path:
 __all__ = [
     "CorpusConfig",
     "CorpusDataset",
+    "CorpusSourceConfig",
     "MLMCollator",
     "TokenStore",
     "build_token_store",

@@ -350,27 +350,3 @@ class BatchSampler(Sampler[list[int]]):
         if self.drop_last and not (self.shuffle and self.bucket):
             return n // self.batch_size
         return len(self._batches()) if self.drop_last else -(-n // self.batch_size)
-
-
-def read_text_corpus(paths: str | Sequence[str], max_lines: int | None = None) -> Examples:
-    """A raw-text corpus: one sentence (example) per line, blank lines skipped, files read in order,
-    at most ``max_lines`` examples. Unlabelled (general distillation, pre-training). Deliberately minimal:
-    no document boundaries, no sentence splitting, no packing of short lines into 128-token blocks."""
-    files = [paths] if isinstance(paths, str) else list(paths)
-    if not files:
-        raise ConfigError("no corpus file given")
-    texts: list[tuple[str, ...]] = []
-    for name in files:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"corpus file {str(path)!r} does not exist (one sentence per line expected)")
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    texts.append((line,))
-                    if max_lines is not None and len(texts) >= max_lines:
-                        return Examples(texts, None, ",".join(files))
-    if not texts:
-        raise ConfigError(f"corpus {files} has no non-blank lines")
-    return Examples(texts, None, ",".join(files))

@@ -2,7 +2,9 @@
 
 Transformer distillation in up to three stages (``method.stages``, any ordered subset):
 
-* ``general`` — a raw-text corpus (``method.corpus``, one sentence per line), the *pre-trained* teacher
+* ``general`` — a raw-text corpus (``method.corpus`` files, one sentence per line, or an HF dataset column,
+  read through the shared token store of :mod:`bertdistill.data.corpus`: one sequence per line, or with
+  ``method.pack`` lines packed into full ``data.max_length`` sequences), the *pre-trained* teacher
   (``method.general_teacher``), intermediate losses only;
 * ``task_intermediate`` — the task's (optionally augmented, ``method.train_data``) training text, the
   *fine-tuned* teacher (``teacher.path``), intermediate losses only (official: constant lr, no warm-up);
@@ -34,11 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, MethodConfig
-from ..data.loading import load_examples, read_text_corpus, subsample, tokenize
+from ..config import ConfigError
+from ..data.corpus import CorpusDataset, CorpusSourceConfig, build_token_store, default_store_root
+from ..data.loading import load_examples, subsample, tokenize
 from ..features import Features, Needs, register_score_attention, use_score_attention
 from ..hub import from_pretrained
 from ..layer_map import tinybert_layer_maps
@@ -67,15 +71,21 @@ ATTENTION_LOSSES = {
 
 
 @dataclass
-class TinyBERTConfig(MethodConfig):
+class TinyBERTConfig(CorpusSourceConfig):
+    """TinyBERT's options; the ``general`` stage's corpus options (``corpus``, ``hf_dataset``, ``hf_config``,
+    ``hf_split``, ``hf_column``, ``hf_data_files``, ``pack``, ``min_tokens``, ``store_dir``) are those of every
+    raw-text method (:class:`~bertdistill.data.corpus.CorpusSourceConfig`)."""
+
     name: str = "tinybert"
     stages: list[str] = field(default_factory=lambda: ["task_intermediate", "task_prediction"])
     """Ordered subset of ``general``, ``task_intermediate``, ``task_prediction``."""
     general_teacher: str | None = None
     """Pre-trained teacher of the ``general`` stage (loaded with ``AutoModel``); unset = ``teacher.path``."""
-    corpus: list[str] = field(default_factory=list)
-    """Raw-text file(s) of the ``general`` stage, one sentence per line."""
     corpus_max_lines: int | None = None
+    """At most this many sequences of the ``general`` stage's corpus: the *first* N in corpus order (files in
+    order, then the HF dataset), not a seeded sample; unset = all. With the default one sequence per line these
+    are the first N lines (a line longer than ``data.max_length`` counts once per piece); with ``pack``, N full
+    sequences. The whole corpus is tokenised (once, cached) either way."""
     train_data: str | None = None
     """Training file of the task stages instead of the task's train split: e.g. the output of
     ``bertdistill augment`` (TSV/JSONL; gold labels, if any, are ignored by the losses)."""
@@ -118,9 +128,10 @@ class TinyBERTConfig(MethodConfig):
             raise ConfigError(
                 f"method.stages must be in the order {list(STAGES)} without repeats, got {self.stages}"
             )
-        if "general" in self.stages and not self.corpus:
+        self.check_source("the tinybert general stage" if "general" in self.stages else None)
+        if self.corpus_max_lines is not None and self.corpus_max_lines < 1:
             raise ConfigError(
-                "the general stage needs method.corpus: raw-text file(s), one sentence per line"
+                f"method.corpus_max_lines must be >= 1 (or unset = the whole corpus), got {self.corpus_max_lines}"
             )
         if self.projection not in ("shared", "per_layer"):
             raise ConfigError(f"method.projection must be shared or per_layer, got {self.projection!r}")
@@ -393,13 +404,23 @@ class TinyBERT(Method):
             if cfg.cache_intermediate and "task_intermediate" in cfg.stages:
                 self._warn_cache_size(ds)
         if "general" in cfg.stages:
-            corpus = read_text_corpus(cfg.corpus, cfg.corpus_max_lines)
-            out["corpus"] = tokenize(corpus, tokenizer, d.max_length)
+            out["corpus"] = self._general_corpus(tokenizer)
         if d.eval_split:
             ev = subsample(load_examples(d, self.task, d.eval_split), d.max_eval_examples, seed)
             if ev.labels is not None:
                 out["eval"] = tokenize(ev, tokenizer, d.max_length)
         return out
+
+    def _general_corpus(self, tokenizer: Any) -> CorpusDataset:
+        """The ``general`` stage's sequences from the shared token store (tokenised once, streaming, cached),
+        capped at the first ``corpus_max_lines``. Unmasked; items carry all-zero ``token_type_ids`` when the
+        tokenizer returns them, so the batches are those of tokenised single sentences."""
+        cfg = self.cfg
+        root = default_store_root(cfg, self.run.teacher.cache_dir)
+        store = build_token_store(cfg, tokenizer, self.run.data.max_length, root)
+        n = len(store) if cfg.corpus_max_lines is None else min(len(store), cfg.corpus_max_lines)
+        segments = "token_type_ids" in tokenizer.model_input_names
+        return CorpusDataset(store, np.arange(n), token_type_ids=segments)
 
     def _warn_cache_size(self, ds: Any) -> None:
         heads = self._teacher_shape[2] if hasattr(self, "_teacher_shape") else 12
