@@ -418,6 +418,23 @@ def test_mlm_metrics_is_the_perplexity_over_all_predicted_tokens():
     assert got["perplexity"] == pytest.approx(float(ref.exp()), rel=1e-5) and got["neg_perplexity"] < 0
 
 
+def test_store_ignores_a_bom_and_is_rebuilt_when_a_local_hf_data_file_changes(
+    corpus_file, tiny_tokenizer_dir, tmp_path
+):
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    lines = [x for x in corpus_file.read_text().splitlines() if x.strip()][:5]
+    bom = tmp_path / "bom.txt"
+    bom.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    store = build_token_store(CorpusConfig(name="mlm", corpus=[str(bom)]), tok, 24, tmp_path / "s1")
+    assert store.sequence(0) == tok(lines[0])["input_ids"]  # the byte-order mark is not part of line 1
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("\n".join(json.dumps({"body": t}) for t in lines[:3]) + "\n")
+    cfg = CorpusConfig(name="mlm", hf_dataset="json", hf_data_files=[str(jl)], hf_column="body")
+    assert len(build_token_store(cfg, tok, 24, tmp_path / "s2")) == 3
+    jl.write_text("\n".join(json.dumps({"body": t}) for t in lines) + "\n")  # edited: 5 lines now
+    assert len(build_token_store(cfg, tok, 24, tmp_path / "s2")) == 5
+
+
 def test_corpus_from_an_hf_dataset_column(corpus_file, tiny_tokenizer_dir, tmp_path):
     lines = [x for x in corpus_file.read_text().splitlines() if x.strip()][:20]
     jl = tmp_path / "c.jsonl"

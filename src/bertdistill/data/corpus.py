@@ -132,7 +132,7 @@ def iter_lines(cfg: CorpusSourceConfig, files: Sequence[str] | None = None) -> I
         path = Path(f).expanduser()
         if not path.is_file():
             raise ConfigError(f"corpus file {str(path)!r} not found")
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a leading BOM is not text
             for line in fh:
                 line = line.strip()
                 if line:
@@ -229,6 +229,20 @@ class TokenStore:
         return cls(root, tokens, np.load(root / "offsets.npy"), np.load(root / "counts.npy"))
 
 
+def _file_stamps(files: Sequence[str]) -> list[str]:
+    """Path, size and mtime of each local file (hub names and globs that are not files are kept as given),
+    so that an edited data file gets a new token store instead of a stale one."""
+    out = []
+    for f in files:
+        p = Path(f).expanduser()
+        if p.is_file():
+            st = p.stat()
+            out.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+        else:
+            out.append(f)
+    return out
+
+
 def _fingerprint(files: Sequence[str], cfg: CorpusSourceConfig, tokenizer: Any, max_length: int) -> str:
     h = hashlib.sha256()
     for f in files:
@@ -239,7 +253,7 @@ def _fingerprint(files: Sequence[str], cfg: CorpusSourceConfig, tokenizer: Any, 
     h.update(type(tokenizer).__name__.encode())
     opts = {
         "format": STORE_FORMAT,
-        "hf": [cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.hf_column, cfg.hf_data_files]
+        "hf": [cfg.hf_dataset, cfg.hf_config, cfg.hf_split, cfg.hf_column, _file_stamps(cfg.hf_data_files)]
         if files is cfg.corpus
         else None,
         "max_length": max_length,
