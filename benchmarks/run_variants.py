@@ -73,8 +73,13 @@ def finished(out: Path, src: Any, overrides: list[str]) -> dict[str, Any] | None
     if not _same_config(load_config(out / "bertdistill.yaml"), load_config(src, overrides)):
         raise SystemExit(f"{out} was made with another recipe or overrides; remove it or drop --reuse")
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    evals = [r for r in log if "eval" in r]
     return {
-        "metrics": json.loads((out / "metrics.json").read_text()),
+        "metrics": metrics,
+        # the last evaluation = the final model; metrics.json holds the loop's selected (best-on-dev) model
+        "final_metrics": {"step": evals[-1]["step"], **evals[-1]["eval"]} if evals else metrics,
+        "evaluations": len(evals),
         "steps": max(r["step"] for r in log if "loss" in r),
         "sec_per_step": statistics.median(r["sec_per_step"] for r in log if "sec_per_step" in r),
     }
@@ -161,6 +166,9 @@ def main() -> int:
             "overrides": vo,
             "scores": scores,
             "mean": statistics.mean(scores),
+            "final_scores": [r["final_metrics"][metric] for r in runs[name]],
+            "final_mean": statistics.mean(r["final_metrics"][metric] for r in runs[name]),
+            "evaluations": [r["evaluations"] for r in runs[name]],
             "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "retention": statistics.mean(scores) / t["score"],
             "steps": [r["steps"] for r in runs[name]],
@@ -195,7 +203,10 @@ def main() -> int:
         "student_hidden": cfg["hidden_size"],
         "eval_examples": t["examples"],
         "overrides": common,
-        "model_selection": "score of the final model (best on dev when the recipe evaluates more than once)",
+        "model_selection": (
+            "scores / student_score: the loop's selected model — the final one when it evaluates once, the best "
+            "on dev when it evaluates more than once (e.g. at each epoch end); final_scores: the last model"
+        ),
         "teacher_metrics": t["metrics"],
         "command": command(),
         "date": today(),
