@@ -433,6 +433,12 @@ def test_store_ignores_a_bom_and_is_rebuilt_when_a_local_hf_data_file_changes(
     assert len(build_token_store(cfg, tok, 24, tmp_path / "s2")) == 3
     jl.write_text("\n".join(json.dumps({"body": t}) for t in lines) + "\n")  # edited: 5 lines now
     assert len(build_token_store(cfg, tok, 24, tmp_path / "s2")) == 5
+    # a missing file is a clear error and leaves nothing behind in the store dir
+    with pytest.raises(ConfigError, match="not found"):
+        build_token_store(
+            CorpusConfig(name="mlm", corpus=[str(tmp_path / "nope.txt")]), tok, 24, tmp_path / "s3"
+        )
+    assert not (tmp_path / "s3").exists() or not any((tmp_path / "s3").iterdir())
 
 
 def test_corpus_from_an_hf_dataset_column(corpus_file, tiny_tokenizer_dir, tmp_path):

@@ -245,9 +245,8 @@ def _file_stamps(files: Sequence[str]) -> list[str]:
 
 def _fingerprint(files: Sequence[str], cfg: CorpusSourceConfig, tokenizer: Any, max_length: int) -> str:
     h = hashlib.sha256()
-    for f in files:
-        st = Path(f).expanduser().stat()
-        h.update(f"{Path(f).expanduser().resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for stamp in _file_stamps(files):
+        h.update(stamp.encode())
     vocab = tokenizer.get_vocab()
     h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
     h.update(type(tokenizer).__name__.encode())
@@ -278,6 +277,11 @@ def build_token_store(
     the offsets (8 bytes per sequence) and the vocabulary counts are held in memory.
     """
     files = cfg.corpus if files is None else list(files)
+    missing = [str(f) for f in files if not Path(f).expanduser().is_file()]
+    if missing:
+        raise ConfigError(
+            f"corpus file(s) not found: {missing} (text files, one document or sentence per line)"
+        )
     root = store_root / _fingerprint(files, cfg, tokenizer, max_length)
     if (root / "meta.json").is_file():
         return TokenStore.open(root)
@@ -303,15 +307,19 @@ def build_token_store(
             counts[:] += np.bincount(arr, minlength=vocab_size)[:vocab_size]
             pending.clear()
 
-    with open(tmp / "tokens.bin", "wb") as out:
-        for seq in _sequences(token_lists(), tokenizer, max_length, cfg.pack):
-            if len(seq) < cfg.min_tokens:
-                continue
-            pending.append(seq)
-            offsets.append(offsets[-1] + len(seq))
-            if len(pending) >= CHUNK_LINES:
-                flush(out)
-        flush(out)
+    try:
+        with open(tmp / "tokens.bin", "wb") as out:
+            for seq in _sequences(token_lists(), tokenizer, max_length, cfg.pack):
+                if len(seq) < cfg.min_tokens:
+                    continue
+                pending.append(seq)
+                offsets.append(offsets[-1] + len(seq))
+                if len(pending) >= CHUNK_LINES:
+                    flush(out)
+            flush(out)
+    except BaseException:  # a failed or interrupted build leaves no half-written store behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if len(offsets) < 2:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigError(
