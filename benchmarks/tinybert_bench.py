@@ -1,4 +1,5 @@
-"""TinyBERT on SST-2 (or MRPC, ``--task mrpc``) with a fine-tuned MiniLM-L6 teacher: narrow random-init students (4×192, 2×192) trained
+"""TinyBERT on SST-2 (or MRPC, ``--task mrpc``) with a fine-tuned MiniLM-L6 teacher: narrow random-init
+students (4×192, 2×192) trained
 
 * ``nokd``              — plain fine-tuning (no teacher), ``--steps`` steps;
 * ``kd``                — Hinton KD (recipes/kd/sst2.yaml: α 0.5, t 4), ``--steps`` steps;

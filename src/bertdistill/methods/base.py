@@ -173,8 +173,9 @@ def mlm_metrics(
         per_token = torch.nn.functional.cross_entropy(logits.float(), picked, reduction="none")
         # per sequence, so that gathering drops padded duplicates correctly
         ce = torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device)
-        ce.index_add_(0, (labels != -100).nonzero()[:, 0].to(ce.device), per_token)
-        n = (labels != -100).sum(-1).to(ce.device, ce.dtype)
+        keep = (labels != -100).to(ce.device)
+        ce.index_add_(0, keep.nonzero()[:, 0], per_token)
+        n = keep.sum(-1).to(ce.dtype)
         if gather is not None:
             ce, n = gather(ce), gather(n)
         total += ce.sum().cpu()
