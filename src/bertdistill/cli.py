@@ -13,16 +13,9 @@ EPILOG = "Docs: README.md and docs/methods/<method>.md. Recipes: recipes/<method
 
 
 def _quiet_hf() -> None:
-    import transformers
+    from .logs import quiet_hf
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        import datasets
-
-        datasets.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    quiet_hf()
 
 
 def _common_train_flags(p: argparse.ArgumentParser) -> None:
