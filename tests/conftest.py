@@ -184,3 +184,21 @@ def assert_same_run(full, resumed) -> None:
     la = [r["loss"] for r in full.history if "loss" in r]
     lb = [r["loss"] for r in resumed.history if "loss" in r]
     assert lb == pytest.approx(la[-len(lb) :], rel=1e-5)
+
+
+def student_out(tr, batch, stage):
+    """The student's training forward of ``batch`` in ``stage``, through the engine's protocol."""
+    return tr.bundle(**tr.method.student_inputs(batch, stage))
+
+
+def teacher_out(tr, batch, stage):
+    """The run teacher's outputs for ``batch`` as ``stage`` needs them (None when the stage uses none)."""
+    if tr.teacher is None or not stage.uses_teacher:
+        return None
+    return tr.teacher.features(batch, tr.method.teacher_needs(stage, tr.unwrapped()))
+
+
+def method_terms(tr, batch, stage):
+    """The method's loss terms for one batch, exactly as the loop computes them; with the outputs."""
+    s_out, t_out = student_out(tr, batch, stage), teacher_out(tr, batch, stage)
+    return tr.method.loss(stage, batch, s_out, t_out, tr.unwrapped()), s_out, t_out

@@ -118,9 +118,16 @@ def test_fastbert_speed_flags(tmp_path, teacher_dir, sst2_dir, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "fb"), "--speed", "0.9", "--timing", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert 1 <= row["mean_exit_layer"] <= 4 and row["flops_speedup"] > 0 and row["latency_speedup"] > 0
+    m = row["metrics"]
+    assert 1 <= m["mean_exit_layer"] <= 4 and m["flops_speedup"] > 0 and row["reference_latency_speedup"] > 0
+    assert row["options"] == {"speed": 0.9} and row["name"].endswith("@speed=0.9")
     assert main(["evaluate", str(tmp_path / "fb"), "--speed", "0"]) == 0
-    assert "mean exit layer" in capsys.readouterr().out
+    assert "mean_exit_layer" in capsys.readouterr().out
+    # an option the student does not declare is an error naming the students that take it
+    assert (
+        main(["evaluate", str(teacher_dir), "--task", "sst2", "--data", str(sst2_dir), "--speed", "0.5"]) == 2
+    )
+    assert "speed" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "fb"), str(sst2_dir / "test.tsv"), "--speed", "0"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 9 and all(x["exit_layer"] == 4 for x in lines)

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from bertdistill.config import ConfigError, load_config
+from bertdistill.config import ConfigError
+from bertdistill.recipes import load_config
 from bertdistill.methods.kd import KDConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -216,7 +216,7 @@ def test_ce_and_cos_ignore_padding(corpus_file, mlm_teacher_dir, tmp_path):
         }
         s_out = SimpleNamespace(logits=sl, hidden_states=(None, sh))
         t_out = SimpleNamespace(logits=tl, hidden_states={-1: th})
-        return method.loss(method.stages()[0], batch, s_out, t_out)  # type: ignore[arg-type]
+        return method.loss(method.stages()[0], batch, s_out, t_out, None)  # type: ignore[arg-type]
 
     base = terms(s_log, t_log, s_hid, t_hid)
     pad = att == 0
@@ -246,7 +246,7 @@ def test_ce_and_cos_ignore_padding(corpus_file, mlm_teacher_dir, tmp_path):
 
 def test_token_store_lines_packing_and_heldout(corpus_file, tiny_tokenizer_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    cfg = CorpusConfig(name="mlm", corpus=[str(corpus_file)], heldout_fraction=0.1)
+    cfg = CorpusConfig(corpus=[str(corpus_file)], heldout_fraction=0.1)
     lines = [x for x in corpus_file.read_text().splitlines() if x.strip()]
     store = build_token_store(cfg, tok, 24, tmp_path / "store")
     assert len(store) == len(lines)
@@ -254,7 +254,7 @@ def test_token_store_lines_packing_and_heldout(corpus_file, tiny_tokenizer_dir, 
     assert int(store.counts.sum()) == int(store.lengths.sum())
     assert build_token_store(cfg, tok, 24, tmp_path / "store").root == store.root  # cached
     packed = build_token_store(
-        CorpusConfig(name="mlm", corpus=[str(corpus_file)], pack=True), tok, 24, tmp_path / "store"
+        CorpusConfig(corpus=[str(corpus_file)], pack=True), tok, 24, tmp_path / "store"
     )
     assert packed.root != store.root and (packed.lengths[:-1] == 24).all()
     train, held, counts = corpus_splits(cfg, tok, 24, tmp_path / "store", seed=0)
@@ -276,7 +276,8 @@ def test_token_store_lines_packing_and_heldout(corpus_file, tiny_tokenizer_dir, 
             data=SimpleNamespace(max_length=24, max_train_examples=None, max_eval_examples=None),
             train=SimpleNamespace(seed=seed),
         )
-        data, probs = corpus_datasets(replace(cfg, store_dir=str(tmp_path / "store")), run, tok)
+        data = corpus_datasets(replace(cfg, store_dir=str(tmp_path / "store")), run, tok)
+        probs = data["train"].mask_weights
         helds.append(data["eval"].indices)
         assert probs[tok.cls_token_id] == 0 and probs[tok.pad_token_id] == 0
     np.testing.assert_array_equal(helds[0], helds[1])
@@ -391,7 +392,7 @@ def test_task_stage_kd_and_finetune_from_the_distilled_dir(
 
 
 def test_mlm_metrics_is_the_perplexity_over_all_predicted_tokens():
-    from bertdistill.methods.base import mlm_metrics
+    from bertdistill.mlm_head import mlm_metrics
 
     torch.manual_seed(0)
     model = DistilBertForMaskedLM(
@@ -425,19 +426,17 @@ def test_store_ignores_a_bom_and_is_rebuilt_when_a_local_hf_data_file_changes(
     lines = [x for x in corpus_file.read_text().splitlines() if x.strip()][:5]
     bom = tmp_path / "bom.txt"
     bom.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
-    store = build_token_store(CorpusConfig(name="mlm", corpus=[str(bom)]), tok, 24, tmp_path / "s1")
+    store = build_token_store(CorpusConfig(corpus=[str(bom)]), tok, 24, tmp_path / "s1")
     assert store.sequence(0) == tok(lines[0])["input_ids"]  # the byte-order mark is not part of line 1
     jl = tmp_path / "c.jsonl"
     jl.write_text("\n".join(json.dumps({"body": t}) for t in lines[:3]) + "\n")
-    cfg = CorpusConfig(name="mlm", hf_dataset="json", hf_data_files=[str(jl)], hf_column="body")
+    cfg = CorpusConfig(hf_dataset="json", hf_data_files=[str(jl)], hf_column="body")
     assert len(build_token_store(cfg, tok, 24, tmp_path / "s2")) == 3
     jl.write_text("\n".join(json.dumps({"body": t}) for t in lines) + "\n")  # edited: 5 lines now
     assert len(build_token_store(cfg, tok, 24, tmp_path / "s2")) == 5
     # a missing file is a clear error and leaves nothing behind in the store dir
     with pytest.raises(ConfigError, match="not found"):
-        build_token_store(
-            CorpusConfig(name="mlm", corpus=[str(tmp_path / "nope.txt")]), tok, 24, tmp_path / "s3"
-        )
+        build_token_store(CorpusConfig(corpus=[str(tmp_path / "nope.txt")]), tok, 24, tmp_path / "s3")
     assert not (tmp_path / "s3").exists() or not any((tmp_path / "s3").iterdir())
 
 
@@ -445,7 +444,7 @@ def test_corpus_from_an_hf_dataset_column(corpus_file, tiny_tokenizer_dir, tmp_p
     lines = [x for x in corpus_file.read_text().splitlines() if x.strip()][:20]
     jl = tmp_path / "c.jsonl"
     jl.write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(lines)) + "\n")
-    cfg = CorpusConfig(name="mlm", hf_dataset="json", hf_data_files=[str(jl)], hf_column="body")
+    cfg = CorpusConfig(hf_dataset="json", hf_data_files=[str(jl)], hf_column="body")
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     store = build_token_store(cfg, tok, 24, tmp_path / "store")
     assert len(store) == 20 and store.sequence(3) == tok(lines[3])["input_ids"]
@@ -515,6 +514,7 @@ def test_masked_token_logits_equal_the_full_forward_at_the_predicted_positions(k
     torch.testing.assert_close(got, full[keep], rtol=1e-5, atol=1e-5)
     # gradients reach the encoder and the head through the bundle, as through the full forward
     bundle = SparseMLM(model).train()
-    logits, picked = bundle(inputs, labels)
+    out = bundle(labels, **inputs)
+    logits, picked = out.logits, out.labels
     torch.nn.functional.cross_entropy(logits, picked).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "layer.0." in n)

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from bertdistill import load_config
-from bertdistill.early_exit import early_exit
+from bertdistill.methods.fastbert import early_exit
 from bertdistill.methods.fastbert import (
     FastBertForSequenceClassification,
     from_classifier,
     normalized_entropy,
 )
 from bertdistill.training.loop import Trainer, distill
-from conftest import recipe, tiny_bert_config
+from conftest import method_terms, recipe, tiny_bert_config
 
 
 @pytest.fixture
@@ -103,16 +103,15 @@ def test_self_distillation_kl_direction_and_frozen_backbone(teacher_dir, sst2_di
     assert stage.name == "self_distill"
     data = tr.datasets["train"]
     batch = tr.collate([data[i] for i in range(8)])
-    out = tr.method.student_forward(model, batch, stage)
-    terms = tr.method.loss(stage, batch, out, None)
+    terms, out, _ = method_terms(tr, batch, stage)
     p_t = F.softmax(out.logits, -1)
     manual = sum((p_t * (p_t.log() - F.log_softmax(z, -1))).sum(-1).mean() for z in out.branch_logits)
     assert terms["self_distill"].item() == pytest.approx(manual.item(), rel=1e-5)  # KL(p_teacher ‖ p_branch)
     assert "labels" in batch  # ... and the loss never read them:
     unlabelled = {k: v for k, v in batch.items() if k != "labels"}
-    assert tr.method.loss(stage, unlabelled, out, None)["self_distill"].item() == pytest.approx(
-        manual.item(), rel=1e-5
-    )
+    assert tr.method.loss(stage, unlabelled, out, None, tr.unwrapped())[
+        "self_distill"
+    ].item() == pytest.approx(manual.item(), rel=1e-5)
 
     before = copy.deepcopy(model.state_dict())
     res = distill(cfg, quiet=True)

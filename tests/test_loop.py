@@ -72,7 +72,8 @@ def test_nan_stops_and_keeps_last_good_checkpoint(teacher_dir, sst2_dir, tmp_pat
 
     monkeypatch.setattr(KD, "loss", poisoned)
     with pytest.raises(
-        NonFiniteLossError, match=r"non-finite loss at step 5 .*Last good checkpoint: .*step-0000004"
+        NonFiniteLossError,
+        match=r"non-finite loss term\(s\) \['kd'\] at step 5 .*Last good checkpoint: .*step-0000004",
     ):
         distill(cfg, quiet=True)
     last = ckpt.latest_checkpoint(tmp_path / "out" / "checkpoints")
@@ -152,7 +153,10 @@ def test_kd_hidden_mse_option(teacher_dir, sst2_dir, tmp_path):
     )
     assert all("hidden" in r for r in res.history if "loss" in r)
     tr = Trainer(_cfg("kd", teacher_dir, sst2_dir, tmp_path, method={"hidden_weight": 1.0}), quiet=True)
-    assert tr.method._map == [(1, 2), (2, 4)]  # 4-layer teacher, 2-layer student, hidden_states indexing
+    assert tr.unwrapped().config.bertdistill_hidden_map == [
+        [1, 2],
+        [2, 4],
+    ]  # 4-layer teacher, 2-layer student, hidden_states indexing
 
 
 def test_missing_teacher_is_a_clear_error(sst2_dir, tmp_path, teacher_dir):
@@ -191,7 +195,7 @@ def test_stage_teacher_and_stage_outputs(teacher_dir, sst2_dir, tmp_path):
 
     from transformers import AutoModelForSequenceClassification
 
-    from bertdistill.methods.base import Stage
+    from bertdistill.protocol import Stage
     from bertdistill.methods.kd import KD
     from bertdistill.registry import METHODS
 

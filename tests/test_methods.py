@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 from bertdistill import list_methods, load_config
 from bertdistill.data.loading import Collator
 from bertdistill.training.loop import Trainer, distill
-from conftest import recipe
+from conftest import method_terms, recipe
 
 # Extra recipe sections a method needs to run on the tiny fixtures.
 METHOD_SECTIONS: dict[str, dict] = {
@@ -52,13 +52,7 @@ def test_one_step_finite_terms_and_frozen_teacher(name, teacher_dir, sst2_dir, t
     batch = Collator(tr.tokenizer.pad_token_id)([data[i] for i in range(8)])
     stage = tr.stages[0]
     before = {k: v.clone() for k, v in tr.teacher.model.state_dict().items()} if tr.teacher else {}
-    t_out = (
-        tr.teacher.features(batch, tr.method.teacher_needs(stage))
-        if tr.teacher and stage.uses_teacher
-        else None
-    )
-    s_out = tr.method.student_forward(tr.bundle, batch, stage)
-    terms = tr.method.loss(stage, batch, s_out, t_out)
+    terms, _, _ = method_terms(tr, batch, stage)
     assert terms and all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
     sum(terms.values()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.bundle.parameters())
@@ -103,7 +97,7 @@ def test_every_stage_runs_and_round_trips(name, teacher_dir, sst2_dir, tmp_path)
     fresh = Trainer(cfg, quiet=True)
     assert stages == {s.name for s in fresh.stages}
     model = AutoModelForSequenceClassification.from_pretrained(out)
-    built = fresh.method.export_model(fresh.bundle)
+    built = fresh.method.export_model(fresh.unwrapped())
     assert type(model) is type(built) and model.config.num_hidden_layers == built.config.num_hidden_layers
     assert load_config(out / "bertdistill.yaml") == cfg
     assert (out / "metrics.json").is_file() and (out / "tokenizer.json").is_file()

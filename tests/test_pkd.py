@@ -5,7 +5,7 @@ from bertdistill import load_config
 from bertdistill.config import ConfigError
 from bertdistill.methods.pkd import patient_loss, pkd_teacher_layers
 from bertdistill.training.loop import Trainer, distill
-from conftest import recipe
+from conftest import method_terms, recipe
 
 
 @pytest.mark.parametrize(
@@ -58,13 +58,12 @@ def test_map_printed_and_projection_trains(teacher_dir, sst2_dir, tmp_path):
         )
     )
     tr = Trainer(cfg, quiet=True)
-    assert tr.method.map == [2]  # 4-layer teacher, 2-layer student, skip
-    assert tr.method.student_info["patient_map"] == {"student 1": "teacher 2"}
+    assert tr.unwrapped().teacher_layers == [2]  # 4-layer teacher, 2-layer student, skip
+    assert tr.student_info["patient_map"] == {"student 1": "teacher 2"}
     assert tr.bundle.proj is not None and tr.bundle.proj.in_features == 16
     batch = tr.collate([tr.datasets["train"][i] for i in range(8)])
     stage = tr.stages[0]
-    out = tr.method.student_forward(tr.bundle, batch, stage)
-    terms = tr.method.loss(stage, batch, out, tr.teacher.features(batch, tr.method.teacher_needs(stage)))
+    terms, out, _ = method_terms(tr, batch, stage)
     assert set(terms) == {"kd", "ce", "patient"}
     terms["patient"].backward()
     assert tr.bundle.proj.weight.grad is not None and tr.bundle.proj.weight.grad.abs().sum() > 0
@@ -87,7 +86,7 @@ def test_init_from_pretrained_backbone(teacher_dir, sst2_dir, tmp_path):
         )
     )
     tr = Trainer(cfg, quiet=True)
-    assert tr.method.student_info["init"] == "pretrained" and tr.method.student_info["layers"] == [0, 1]
+    assert tr.student_info["init"] == "pretrained" and tr.student_info["layers"] == [0, 1]
     with pytest.raises(ConfigError, match="pretrained_path"):
         load_config(
             recipe(

@@ -2,7 +2,7 @@ import torch
 from transformers import AutoTokenizer
 
 from bertdistill.data.loading import BatchSampler, Collator, Examples, tokenize
-from bertdistill.features import Needs
+from bertdistill.protocol import Needs
 from bertdistill.teachers import CachedTeacher, Teacher
 
 
@@ -30,7 +30,7 @@ def test_cache_matches_live_teacher_and_is_reused(tiny_model, teacher_dir, tmp_p
     needs = Needs(
         logits=True, hidden_states=True, hidden_layers=(0, 2), attentions=True, attention_layers=(1,)
     )
-    cache = CachedTeacher.load_or_build(teacher, data, needs, coll, tmp_path, batch_size=7)
+    cache = CachedTeacher.load_or_build(teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=7)
     loader = torch.utils.data.DataLoader(
         data, batch_sampler=BatchSampler(data.lengths, 6, seed=1), collate_fn=coll
     )
@@ -52,7 +52,7 @@ def test_cache_matches_live_teacher_and_is_reused(tiny_model, teacher_dir, tmp_p
     # second time: a hit, the teacher is never called
     calls = []
     teacher.model.register_forward_hook(lambda *a: calls.append(1))
-    again = CachedTeacher.load_or_build(teacher, data, needs, coll, tmp_path)
+    again = CachedTeacher.load_or_build(teacher, data, needs, tok.pad_token_id, tmp_path)
     assert again.root == cache.root and not calls
 
 
@@ -63,7 +63,7 @@ def test_cls_only_cache_keeps_first_position(tiny_model, teacher_dir, tmp_path):
     teacher = Teacher(tiny_model)
     full = Needs(logits=True, hidden_states=True, hidden_layers=(1, 3))
     cls_only = Needs(logits=True, hidden_states=True, hidden_layers=(1, 3), cls_only=True)
-    cache = CachedTeacher.load_or_build(teacher, data, cls_only, coll, tmp_path, batch_size=7)
+    cache = CachedTeacher.load_or_build(teacher, data, cls_only, tok.pad_token_id, tmp_path, batch_size=7)
     # one vector per example and layer on disk
     assert cache.tensors["hidden.1"].numel() == len(data) * tiny_model.config.hidden_size
     loader = torch.utils.data.DataLoader(

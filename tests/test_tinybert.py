@@ -29,7 +29,8 @@ from bertdistill.data.augment import (
     is_candidate_word,
 )
 from bertdistill.data.loading import Collator, Examples, tokenize
-from bertdistill.features import SCORES_ATTENTION, Needs, use_score_attention
+from bertdistill.methods.tinybert import SCORES_ATTENTION, use_score_attention
+from bertdistill.protocol import Needs
 from bertdistill.layer_map import tinybert_layer_maps
 from bertdistill.losses import (
     attention_kl,
@@ -41,7 +42,7 @@ from bertdistill.losses import (
 )
 from bertdistill.training.loop import Trainer, distill
 from bertdistill.training.optim import build_optimizer
-from conftest import SPECIAL, assert_same_run, kill_then_resume, recipe, tiny_bert_config
+from conftest import method_terms, SPECIAL, assert_same_run, kill_then_resume, recipe, tiny_bert_config
 
 NARROW = {"init": "random", "config_overrides": {"hidden_size": 16, "intermediate_size": 32}}
 
@@ -75,12 +76,13 @@ def test_layer_maps_uniform_embeddings_and_attentions():
 
 def test_method_builds_maps_needs_and_saves_them(teacher_dir, sst2_dir, tmp_path):
     tr = Trainer(_cfg(teacher_dir, sst2_dir, tmp_path), quiet=True)  # 4-layer teacher, 2-layer student
-    m = tr.method
-    assert m.hidden_map == [(0, 0), (1, 2), (2, 4)] and m.attention_map == [(0, 1), (1, 3)]
-    needs = m.teacher_needs(tr.stages[0])
+    m, b = tr.method, tr.unwrapped()
+    assert b.hidden_map == [(0, 0), (1, 2), (2, 4)] and b.attention_map == [(0, 1), (1, 3)]
+    needs = m.teacher_needs(tr.stages[0], tr.unwrapped())
     assert needs.hidden_layers == (0, 2, 4) and needs.attention_layers == (1, 3) and not needs.logits
-    assert m.teacher_needs(tr.stages[1]).logits and not m.teacher_needs(tr.stages[1]).attentions
-    student = m.export_model(tr.bundle)
+    pred = m.teacher_needs(tr.stages[1], tr.unwrapped())
+    assert pred.logits and not pred.attentions
+    student = m.export_model(tr.unwrapped())
     assert student.config.bertdistill_layer_map == {
         "hidden": [[0, 0], [1, 2], [2, 4]],
         "attention": [[0, 1], [1, 3]],
@@ -151,12 +153,7 @@ def test_per_head_averaging_and_fewer_student_heads(teacher_dir, sst2_dir, tmp_p
     student = {"num_layers": 2, "init": "random", "config_overrides": {"num_attention_heads": 2}}
     tr = Trainer(_cfg(teacher_dir, sst2_dir, tmp_path, student=student), quiet=True)  # teacher: 4 heads
     batch, stage = _batch(tr), tr.stages[0]
-    terms = tr.method.loss(
-        stage,
-        batch,
-        tr.method.student_forward(tr.bundle, batch, stage),
-        tr.teacher.features(batch, tr.method.teacher_needs(stage)),
-    )
+    terms, _, _ = method_terms(tr, batch, stage)
     assert torch.isfinite(terms["att"])
     student["config_overrides"] = {"num_attention_heads": 8, "hidden_size": 32}
     with pytest.raises(ConfigError, match="heads"):
@@ -189,12 +186,7 @@ def test_projections_get_gradients_and_are_optimised(projection, teacher_dir, ss
     assert len(bundle.fit_dense) == (1 if projection == "shared" else 3)
     assert bundle.fit_dense[0].weight.shape == (32, 16)  # student width 16 → teacher width 32
     batch, stage = _batch(tr), tr.stages[0]
-    terms = tr.method.loss(
-        stage,
-        batch,
-        tr.method.student_forward(bundle, batch, stage),
-        tr.teacher.features(batch, tr.method.teacher_needs(stage)),
-    )
+    terms, _, _ = method_terms(tr, batch, stage)
     assert set(terms) == {"emb", "hidden", "att"}
     sum(terms.values()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bundle.fit_dense.parameters())
@@ -271,7 +263,7 @@ def test_all_stages_outputs_load_and_extras_resume(teacher_dir, sst2_dir, tmp_pa
     assert torch.equal(tr2.bundle.fit_dense[0].weight, extras["fit_dense.0.weight"])
     g_model = AutoModelForSequenceClassification.from_pretrained(g)
     assert torch.equal(
-        tr2.method.export_model(tr2.bundle).bert.embeddings.word_embeddings.weight,
+        tr2.method.export_model(tr2.unwrapped()).bert.embeddings.word_embeddings.weight,
         g_model.bert.embeddings.word_embeddings.weight,
     )
     # --resume restores the bundle (projections included) from the run's last checkpoint
@@ -552,9 +544,7 @@ def test_cli_augment_then_teacher_labels_it(augmenter_parts, teacher_dir, sst2_d
     assert tr.datasets["eval"].labels is not None
     batch = _batch(tr)
     assert "labels" not in batch
-    t_out = tr.teacher.features(batch, tr.method.teacher_needs(tr.stages[0]))
-    s_out = tr.method.student_forward(tr.bundle, batch, tr.stages[0])
-    terms = tr.method.loss(tr.stages[0], batch, s_out, t_out)
+    terms, s_out, t_out = method_terms(tr, batch, tr.stages[0])
     assert torch.allclose(terms["pred"], soft_cross_entropy(s_out.logits, t_out.logits))
     result = tr.train()
     assert "accuracy" in result.metrics

@@ -6,7 +6,8 @@ Public API::
     result = distill("recipes/kd/sst2.yaml", ["teacher.path=runs/teacher-sst2"])
 """
 
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig
+from .recipes import load_config
 from .registry import get_method, list_methods, register
 
 __version__ = "0.1.0"

@@ -48,7 +48,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .recipes import load_config
     from .training.loop import distill
 
     if args.output:
@@ -111,6 +111,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return _run(raw, overrides, args)
 
 
+def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of the method-declared inference flags that were given (``--speed``, ...)."""
+    from .inference import all_options
+
+    return {name: getattr(args, name) for name in all_options() if getattr(args, name, None) is not None}
+
+
+def _add_inference_options(s: argparse.ArgumentParser) -> None:
+    """One flag per inference option a registered method declares (its help names the methods)."""
+    from .inference import all_options
+
+    for name, (opt, methods) in all_options().items():
+        s.add_argument(
+            opt.flag, dest=name, type=opt.type, default=None, help=f"[{', '.join(methods)}] {opt.help}"
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, print_table
 
@@ -124,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         timing=args.timing,
         threads=args.threads,
         max_examples=args.max_examples,
-        speed=args.speed,
+        **_inference_options(args),
     )
     if args.json:
         print(json.dumps(res, indent=1))
@@ -146,6 +163,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         threads=args.threads,
         n_latency=args.latency_sentences,
         labels=args.labels,
+        options=_inference_options(args),
     )
     print_table(rows, teacher=rows[0])
     if args.plot:
@@ -161,7 +179,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import Predictor
 
-    pred = Predictor(args.model, max_length=args.max_length, speed=args.speed)
+    pred = Predictor(args.model, max_length=args.max_length, options=_inference_options(args))
     if args.input and args.input != "-":
         with open(args.input, encoding="utf-8") as f:
             lines = [ln.rstrip("\n") for ln in f if ln.strip()]
@@ -311,12 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timing", action="store_true", help="also measure CPU latency (batch 1) and throughput (32)"
     )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument(
-        "--speed",
-        type=float,
-        help="fastbert: early-exit threshold in [0, 1] (0 = full depth); adds mean exit layer, FLOPs speed-up "
-        "and (with --timing) the measured speed-up against the same model at full depth",
-    )
+    _add_inference_options(s)
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("compare", help="teacher vs students: score, params, latency, retention, speed-up")
@@ -327,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-sentences", type=int, default=200)
     s.add_argument("--plot", help="write a PNG of score vs latency here")
     s.add_argument("--json", help="also write the rows to this JSON file")
+    _add_inference_options(s)
     s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("predict", help="labels and probabilities for lines of a file or stdin")
@@ -336,9 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-length", type=int, default=128)
     s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument(
-        "--speed", type=float, help="fastbert: early-exit threshold in [0, 1]; adds exit_layer per line"
-    )
+    _add_inference_options(s)
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser(

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -113,6 +114,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
+    optimizer: str = "adamw"
+    """``adamw`` | ``adadelta`` (Tang et al.'s BiLSTM) | ``sgd``; a method's stage may choose its own."""
+    adadelta_rho: float = 0.95
+    momentum: float = 0.0
+    """SGD momentum."""
     fused_adam: bool = True
     """Use torch's fused AdamW kernel where the parameters' device supports it (CPU, CUDA): the same
     update in one pass per tensor, several times faster than the per-tensor loop (on CPU the optimizer
@@ -140,6 +146,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.scheduler not in ("linear", "constant", "cosine"):
             raise ConfigError(f"train.scheduler must be linear, constant or cosine, got {self.scheduler!r}")
+        if self.optimizer not in ("adamw", "adadelta", "sgd"):
+            raise ConfigError(f"train.optimizer must be adamw, adadelta or sgd, got {self.optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("batch_size", "eval_batch_size", "grad_accum", "keep_last", "log_every"):
@@ -293,20 +301,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return raw
 
 
-def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    from .registry import get_method
-
+def config_from_dict(raw: dict[str, Any], method_config: Callable[[str], type[MethodConfig]]) -> RunConfig:
+    """A typed RunConfig from a raw recipe dict; ``method_config(name)`` gives the config class of the method
+    named in the ``method`` section (the registry's, through :func:`bertdistill.recipes.load_config`)."""
     raw = dict(raw)
     method_raw = raw.pop("method", None)
     if not isinstance(method_raw, dict) or "name" not in method_raw:
         raise ConfigError(
             "the recipe needs a `method:` section with a `name` (see `bertdistill methods` for the names)"
         )
-    try:
-        method_cls = get_method(str(method_raw["name"]))
-    except KeyError as e:
-        raise ConfigError(str(e.args[0])) from e
-    method_cfg = build_dataclass(method_cls.config_cls, method_raw, "method")
+    method_cfg = build_dataclass(method_config(str(method_raw["name"])), method_raw, "method")
     top = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(raw) - set(top))
     if unknown:
@@ -316,27 +320,21 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     return RunConfig(method=method_cfg, **kwargs)
 
 
-def load_config(
-    source: str | os.PathLike[str] | dict[str, Any], overrides: list[str] | None = None
-) -> RunConfig:
-    """Load a recipe (YAML path or dict), apply ``key=value`` overrides, and return a typed RunConfig."""
-    if isinstance(source, dict):
-        raw = dict(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(
-                f"recipe {str(path)!r} not found (expected a YAML file such as recipes/kd/sst2.yaml)"
-            )
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
-    raw = _deep_copy_dicts(raw)
-    return config_from_dict(apply_overrides(raw, overrides))
+def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recipe file as a raw dict (``yaml.safe_load``), with a clear error when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"recipe {str(path)!r} not found (expected a YAML file such as recipes/kd/sst2.yaml)"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
-def _deep_copy_dicts(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy_dicts(v) if isinstance(v, dict) else v for k, v in d.items()}
+def deep_copy_dicts(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: deep_copy_dicts(v) if isinstance(v, dict) else v for k, v in d.items()}

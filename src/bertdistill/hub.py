@@ -41,3 +41,10 @@ def from_pretrained(cls: Any, path: str, **kwargs: Any) -> Any:
             )
             + f". Details: {str(e).splitlines()[0]}"
         ) from e
+
+
+def save_hf_model(model: Any, tokenizer: Any, out_dir: Any) -> None:
+    """``save_pretrained`` (safetensors) of a model and, when given, its tokenizer."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)

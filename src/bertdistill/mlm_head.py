@@ -10,9 +10,15 @@ label is not −100, and applies the model's own MLM head to those rows only. Th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
+from transformers.utils import ModelOutput
+
+from .protocol import Prediction, Runner
 
 Head = Callable[[Tensor], Tensor]
 
@@ -49,17 +55,85 @@ def masked_token_logits(model: nn.Module, inputs: Mapping[str, Any], labels: Ten
     return head(hidden[keep]), labels[keep]
 
 
+@dataclass
+class MaskedTokenOutput(ModelOutput):
+    logits: Tensor | None = None
+    """``[M, V]``: logits of the M predicted positions of the batch."""
+    labels: Tensor | None = None
+    """``[M]``: their target ids."""
+
+
 class SparseMLM(nn.Module):
-    """A trainable bundle around an HF masked LM whose ``forward(inputs, labels)`` returns the logits of the
-    predicted positions only (:func:`masked_token_logits`). One module call per step, so a DDP wrapper around
-    the bundle still sees (and synchronises) every step."""
+    """A trainable bundle around an HF masked LM whose ``forward(mlm_labels=..., **inputs)`` returns the logits
+    of the predicted positions only (:func:`masked_token_logits`). One module call per step, so a DDP wrapper
+    around the bundle still sees (and synchronises) every step."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, inputs: Mapping[str, Any], labels: Tensor) -> tuple[Tensor, Tensor]:
-        return masked_token_logits(self.model, inputs, labels)
+    def forward(self, mlm_labels: Tensor, **inputs: Any) -> MaskedTokenOutput:
+        logits, labels = masked_token_logits(self.model, inputs, mlm_labels)
+        return MaskedTokenOutput(logits=logits, labels=labels)
 
 
-__all__ = ["SparseMLM", "masked_token_logits", "split_mlm"]
+@torch.no_grad()
+def mlm_metrics(
+    model: nn.Module, loader: Any, gather: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, float]:
+    """Masked-LM loss and perplexity on batches with ``mlm_labels`` (−100 = not predicted):
+    ``mlm_loss`` = mean cross-entropy over all predicted tokens of the loader, ``perplexity`` = exp of it,
+    ``neg_perplexity`` = −perplexity (higher is better, for model selection)."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros(()), torch.zeros(())
+    for batch in loader:
+        labels = batch["mlm_labels"]
+        logits, picked = masked_token_logits(model, batch["inputs"], labels)  # predicted positions only
+        per_token = torch.nn.functional.cross_entropy(logits.float(), picked, reduction="none")
+        # per sequence, so that gathering drops padded duplicates correctly
+        ce = torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device)
+        keep = (labels != -100).to(ce.device)
+        ce.index_add_(0, keep.nonzero()[:, 0], per_token)
+        n = keep.sum(-1).to(ce.dtype)
+        if gather is not None:
+            ce, n = gather(ce), gather(n)
+        total += ce.sum().cpu()
+        count += n.sum().cpu()
+    model.train(was_training)
+    loss = float(total / count.clamp_min(1.0))
+    ppl = float(np.exp(min(loss, 50.0)))
+    return {"mlm_loss": loss, "perplexity": ppl, "neg_perplexity": -ppl}
+
+
+class MLMRunner(Runner):
+    """Masked-LM students (DistilBERT's pre-training stage, ``mlm``) at evaluation: the loss and perplexity of
+    the masked positions of batches with ``mlm_labels``. Per row, :meth:`predict` returns the summed
+    cross-entropy and the number of predicted tokens, so gathering across processes stays exact."""
+
+    def predict(self, batch: Mapping[str, Any], **options: Any) -> Prediction:
+        labels = batch["mlm_labels"]
+        inputs = {k: v for k, v in batch["inputs"].items() if k in self.input_names()}
+        logits, picked = masked_token_logits(self.model, inputs, labels)
+        per_token = torch.nn.functional.cross_entropy(logits.float(), picked, reduction="none")
+        keep = labels != -100
+        ce = torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device)
+        ce.index_add_(0, keep.nonzero()[:, 0].to(ce.device), per_token)
+        return Prediction(None, {"ce_sum": ce, "tokens": keep.sum(-1).to(ce.dtype)})
+
+    def input_names(self) -> tuple[str, ...]:
+        names = getattr(self.tokenizer, "model_input_names", None) or ("input_ids", "attention_mask")
+        return tuple(names)
+
+    def targets(self, batch: Mapping[str, Any]) -> Tensor | None:
+        return None
+
+    def metrics(
+        self, logits: Tensor | None, targets: Tensor | None, extras: Mapping[str, Tensor]
+    ) -> dict[str, float]:
+        loss = float(extras["ce_sum"].sum() / extras["tokens"].sum().clamp_min(1.0))
+        ppl = float(np.exp(min(loss, 50.0)))
+        return {"mlm_loss": loss, "perplexity": ppl, "neg_perplexity": -ppl}
+
+
+__all__ = ["MLMRunner", "MaskedTokenOutput", "SparseMLM", "masked_token_logits", "mlm_metrics", "split_mlm"]

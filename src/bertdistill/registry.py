@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from .methods.base import Method
+    from .protocol import Method
 
 METHODS: dict[str, type[Method]] = {}
 

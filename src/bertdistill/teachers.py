@@ -1,9 +1,12 @@
-"""The frozen teacher, and a disk cache of its outputs.
+"""The frozen teacher, ensembles of teachers, and a disk cache of their outputs.
 
 A :class:`Teacher` is ``eval()``, ``requires_grad_(False)`` and only ever run under ``torch.no_grad()``; it
-is never part of the trainable bundle and never wrapped for DDP. A :class:`CachedTeacher` computes the
-outputs a method needs once per (teacher weights, dataset tokens, needs, dtype) fingerprint, stores them
-with safetensors, and serves them by example index afterwards — across epochs and across runs.
+is never part of the trainable bundle and never wrapped for DDP. An :class:`EnsembleTeacher` is several of
+them read as one: the mean of their class probabilities (MT-DNN KD). A :class:`CachedTeacher` computes the
+outputs a method needs once per (teacher weights, the *teacher's* tokens of the dataset, needs, dtype)
+fingerprint, stores them with safetensors, and serves them by example index afterwards — across epochs and
+across runs. :class:`GroupedSource` routes the batches of a grouped (multi-task) dataset to each group's
+teacher source.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .data.loading import BatchSampler, TokenizedDataset, teacher_inputs
-from .features import Features, Needs, forward_features
-from .hub import resolve_model_path  # noqa: F401  (re-exported)
+from .data.loading import BatchSampler, Collator, TokenizedDataset, teacher_inputs, teacher_view
+from .features import forward_features
+from .protocol import Features, Needs
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,65 @@ class Teacher:
         return forward_features(self.model, inputs, needs)[1]
 
 
+class EnsembleTeacher:
+    """Several frozen teachers read as one (MT-DNN KD): ``logits = log(mean_i softmax(z_i))``, so that
+    ``softmax(logits)`` is exactly the mean of the members' class probabilities — not the softmax of their
+    mean logits; for regression (``regression=True``) the mean of the members' predictions. Only logits:
+    averaging hidden states of different models has no meaning."""
+
+    def __init__(self, members: list[Teacher], regression: bool = False) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one teacher")
+        self.members = members
+        self.regression = regression
+        self.name = "ensemble"
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def to(self, device: torch.device | str) -> EnsembleTeacher:
+        for m in self.members:
+            m.to(device)
+        return self
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"ensemble:{int(self.regression)}".encode())
+        for m in self.members:
+            h.update(m.fingerprint().encode())
+        return h.hexdigest()[:20]
+
+    @torch.no_grad()
+    def features(self, batch: Mapping[str, Any], needs: Needs) -> Features:
+        if needs.hidden_states or needs.attentions:
+            raise ValueError("an ensemble of teachers gives logits only (no hidden states or attention maps)")
+        return Features(
+            logits=ensemble_logits([m.features(batch, needs).logits for m in self.members], self.regression)
+        )  # type: ignore[misc]
+
+
+def ensemble_logits(member_logits: list[Tensor], regression: bool = False) -> Tensor:
+    """``log(mean_i softmax(z_i))`` per row (classification) or ``mean_i z_i`` (regression)."""
+    z = torch.stack([t.float() for t in member_logits])
+    if regression:
+        return z.mean(0)
+    return torch.logsumexp(torch.log_softmax(z, dim=-1), dim=0) - torch.log(
+        torch.tensor(float(len(member_logits)))
+    )
+
+
+class GroupedSource:
+    """Teacher outputs for the batches of a grouped dataset: each batch goes to its group's source (a
+    teacher, an ensemble, a cache, or ``None`` = that group has no teacher)."""
+
+    def __init__(self, sources: Mapping[str, Any]) -> None:
+        self.sources = dict(sources)
+
+    def features(self, batch: Mapping[str, Any], needs: Needs) -> Features | None:
+        src = self.sources.get(batch["group"])
+        return None if src is None else src.features(batch, needs)
+
+
 class CachedTeacher:
     """Teacher outputs for one dataset, computed once and served by example index.
 
@@ -106,7 +168,7 @@ class CachedTeacher:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def fingerprint(cls, teacher: Teacher, data: TokenizedDataset, needs: Needs, dtype: str) -> str:
+    def fingerprint(cls, teacher: Any, data: TokenizedDataset, needs: Needs, dtype: str) -> str:
         key = json.dumps(
             {
                 "format": CACHE_FORMAT,
@@ -122,20 +184,24 @@ class CachedTeacher:
     @classmethod
     def load_or_build(
         cls,
-        teacher: Teacher,
+        teacher: Any,
         data: TokenizedDataset,
         needs: Needs,
-        collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        pad_token_id: int,
         cache_dir: Path | None = None,
         dtype: str = "float32",
         batch_size: int = 128,
         progress: Any = None,
     ) -> CachedTeacher:
+        data = teacher_view(data)  # type: ignore[assignment]
+        if not isinstance(data, TokenizedDataset):
+            raise TypeError(f"the teacher cache needs a TokenizedDataset, got {type(data).__name__}")
         root = (cache_dir or default_cache_dir()) / "teacher" / cls.fingerprint(teacher, data, needs, dtype)
         if (root / "meta.json").is_file():
             log.info("teacher cache hit: %s", root)
             return cls._load(root, needs)
         log.info("building teacher cache for %d examples at %s", len(data), root)
+        collator = Collator(pad_token_id)
         tensors = cls._compute(teacher, data, needs, collator, getattr(torch, dtype), batch_size, progress)
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
@@ -167,7 +233,7 @@ class CachedTeacher:
     @staticmethod
     @torch.no_grad()
     def _compute(
-        teacher: Teacher,
+        teacher: Any,
         data: TokenizedDataset,
         needs: Needs,
         collator: Callable[[list[dict[str, Any]]], dict[str, Any]],

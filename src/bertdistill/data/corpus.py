@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, MethodConfig
+from ..config import ConfigError
 from .loading import Collator
 
 STORE_FORMAT = 1
@@ -44,9 +44,11 @@ CHUNK_LINES = 4096
 
 
 @dataclass
-class CorpusSourceConfig(MethodConfig):
+class CorpusSourceConfig:
     """Where a raw-text corpus comes from and how it is cut into sequences: the options every raw-text
-    reader shares (``distilbert`` and ``mlm`` through :class:`CorpusConfig`, TinyBERT's ``general`` stage)."""
+    reader shares (``distilbert`` and ``mlm`` through :class:`CorpusConfig`, TinyBERT's ``general`` stage).
+    A mixin of options, not a method config: a method's config lists it next to ``MethodConfig``
+    (``class MyConfig(CorpusConfig, MethodConfig)``)."""
 
     corpus: list[str] = field(default_factory=list)
     """Text files, one document or sentence per line (empty lines skipped)."""
@@ -108,7 +110,7 @@ class CorpusConfig(CorpusSourceConfig):
     max(count(w), 1)^−mlm_smoothing (0 = uniform over the maskable tokens)."""
 
     def __post_init__(self) -> None:
-        self.check_source(f"method {self.name!r}")
+        self.check_source(f"method {getattr(self, 'name', '')!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"method.mlm_probability must be in (0, 1), got {self.mlm_probability}")
         probs = (self.mask_token_prob, self.keep_token_prob, self.random_token_prob)
@@ -356,6 +358,8 @@ class CorpusDataset(Dataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.fixed_masks = fixed_masks
         self.token_type_ids = token_type_ids
+        self.mask_weights: Tensor | None = None
+        """Per-vocabulary-id masking weights of a training corpus (set by :func:`corpus_datasets`)."""
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -497,10 +501,11 @@ class MLMCollator:
 
 def corpus_datasets(
     cfg: CorpusConfig, run: Any, tokenizer: Any, subsample: bool = True
-) -> tuple[dict[str, Dataset], Tensor]:
-    """The datasets of a raw-text run — ``train`` and (when there is a held-out slice) ``eval`` — and the
-    smoothed masking weights of the vocabulary computed from the *training* sequences' token counts.
-    With ``subsample``, ``data.max_train_examples`` / ``data.max_eval_examples`` cap the sequences (seeded)."""
+) -> dict[str, Dataset]:
+    """The datasets of a raw-text run — ``train`` and (when there is a held-out slice) ``eval``. The training
+    set carries the smoothed masking weights of the vocabulary computed from its token counts
+    (``train.mask_weights``, read by :class:`MLMCollator`). With ``subsample``, ``data.max_train_examples`` /
+    ``data.max_eval_examples`` cap the sequences (seeded)."""
     root = default_store_root(cfg, run.teacher.cache_dir)
     train, held, counts = corpus_splits(cfg, tokenizer, run.data.max_length, root, cfg.heldout_seed)
     rng = np.random.default_rng(run.train.seed)
@@ -508,11 +513,11 @@ def corpus_datasets(
         train.indices = np.sort(rng.choice(train.indices, run.data.max_train_examples, replace=False))
     if subsample and run.data.max_eval_examples and run.data.max_eval_examples < len(held):
         held.indices = held.indices[: run.data.max_eval_examples]
-    probs = smoothed_token_probs(counts, cfg.mlm_smoothing, tokenizer.all_special_ids)
+    train.mask_weights = smoothed_token_probs(counts, cfg.mlm_smoothing, tokenizer.all_special_ids)
     out: dict[str, Dataset] = {"train": train}
     if len(held):
         out["eval"] = held
-    return out, probs
+    return out
 
 
 def default_store_root(cfg: CorpusSourceConfig, cache_dir: str | None) -> Path:

@@ -213,12 +213,24 @@ def subsample(ex: Examples, n: int | None, seed: int) -> Examples:
 
 @dataclass
 class TokenizedDataset(Dataset):
-    """Token ids per example (unpadded) plus labels; ``__getitem__`` returns a dict with its ``idx``."""
+    """Token ids per example (unpadded) plus labels; ``__getitem__`` returns a dict with its ``idx``.
+
+    ``teacher``: the same examples in the *teacher's* tokenisation, for a student whose tokenizer differs
+    (a word-level BiLSTM, a student with another vocabulary). Items then also carry ``teacher_input_ids``
+    (and ``teacher_token_type_ids``), the collator builds ``batch["teacher_inputs"]`` from them, and the
+    teacher cache is keyed by — and built from — the teacher's tokens (:func:`teacher_view`)."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: list[int | float] | None
     texts: list[tuple[str, ...]] = field(default_factory=list)
+    teacher: TokenizedDataset | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher is not None and len(self.teacher) != len(self.input_ids):
+            raise ValueError(
+                f"the teacher's view has {len(self.teacher)} examples, the student's {len(self.input_ids)}"
+            )
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -229,6 +241,10 @@ class TokenizedDataset(Dataset):
             item["token_type_ids"] = self.token_type_ids[i]
         if self.labels is not None:
             item["labels"] = self.labels[i]
+        if self.teacher is not None:
+            item["teacher_input_ids"] = self.teacher.input_ids[i]
+            if self.teacher.token_type_ids is not None:
+                item["teacher_token_type_ids"] = self.teacher.token_type_ids[i]
         return item
 
     @property
@@ -244,6 +260,52 @@ class TokenizedDataset(Dataset):
                 h.update(np.asarray(self.token_type_ids[i], dtype=np.int8).tobytes())
             h.update(b"|")
         return h.hexdigest()[:20]
+
+
+def teacher_view(data: Dataset) -> Dataset:
+    """The dataset as the teacher tokenises it: its ``teacher`` view when the student tokenises differently,
+    else the dataset itself (what the teacher cache is built from and keyed by)."""
+    view = getattr(data, "teacher", None)
+    return view if view is not None else data
+
+
+class GroupedDataset(Dataset):
+    """Several named datasets in one (e.g. the tasks of a multi-task run). Index ``i`` runs over the groups
+    in order; an item carries ``group`` (its dataset's name) and ``idx`` = its row *within* that group (the
+    key of the group's teacher cache). A sampler must not mix groups in one batch
+    (:class:`GroupBatchSampler`)."""
+
+    def __init__(self, parts: Mapping[str, Dataset]) -> None:
+        if not parts:
+            raise ValueError("a grouped dataset needs at least one group")
+        self.parts = dict(parts)
+        self.names = list(self.parts)
+        sizes = [len(p) for p in self.parts.values()]  # type: ignore[arg-type]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, i: int) -> tuple[str, int]:
+        g = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return self.names[g], i - int(self.starts[g])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        name, j = self.locate(i)
+        item = dict(self.parts[name][j])
+        item["idx"], item["group"] = j, name
+        return item
+
+    def group_indices(self, name: str) -> range:
+        g = self.names.index(name)
+        return range(int(self.starts[g]), int(self.starts[g + 1]))
+
+    @property
+    def lengths(self) -> list[int]:
+        out: list[int] = []
+        for p in self.parts.values():
+            out += list(getattr(p, "lengths", [1] * len(p)))  # type: ignore[arg-type]
+        return out
 
 
 def tokenize(examples: Examples, tokenizer: Any, max_length: int) -> TokenizedDataset:
@@ -262,31 +324,52 @@ def teacher_inputs(batch: Mapping[str, Any]) -> Mapping[str, Tensor]:
 
 
 class Collator:
-    """Dynamic padding to the longest example of the batch."""
+    """Dynamic padding to the longest example of the batch. Items with ``teacher_input_ids`` (a student that
+    tokenises differently from its teacher) also give ``batch["teacher_inputs"]``, padded with
+    ``teacher_pad_id``; items with ``group`` (a grouped dataset) give ``batch["group"]``."""
 
-    def __init__(self, pad_token_id: int, regression: bool = False) -> None:
+    def __init__(
+        self, pad_token_id: int, regression: bool = False, teacher_pad_id: int | None = None
+    ) -> None:
         self.pad_token_id = pad_token_id
         self.regression = regression
+        self.teacher_pad_id = pad_token_id if teacher_pad_id is None else teacher_pad_id
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    @staticmethod
+    def pad(items: list[dict[str, Any]], prefix: str, pad_id: int) -> dict[str, Tensor]:
+        ids_key, tt_key = f"{prefix}input_ids", f"{prefix}token_type_ids"
         n = len(items)
-        width = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        width = max(len(it[ids_key]) for it in items)
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
-        has_tt = "token_type_ids" in items[0]
+        has_tt = tt_key in items[0]
         tt = torch.zeros((n, width), dtype=torch.long) if has_tt else None
         for r, it in enumerate(items):
-            k = len(it["input_ids"])
-            ids[r, :k] = torch.tensor(it["input_ids"], dtype=torch.long)
+            k = len(it[ids_key])
+            ids[r, :k] = torch.tensor(it[ids_key], dtype=torch.long)
             mask[r, :k] = 1
             if tt is not None:
-                tt[r, :k] = torch.tensor(it["token_type_ids"], dtype=torch.long)
+                tt[r, :k] = torch.tensor(it[tt_key], dtype=torch.long)
         inputs: dict[str, Tensor] = {"input_ids": ids, "attention_mask": mask}
         if tt is not None:
             inputs["token_type_ids"] = tt
-        batch: dict[str, Any] = {"idx": torch.tensor([it["idx"] for it in items]), "inputs": inputs}
+        return inputs
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "idx": torch.tensor([it["idx"] for it in items]),
+            "inputs": self.pad(items, "", self.pad_token_id),
+        }
+        if "teacher_input_ids" in items[0]:
+            batch["teacher_inputs"] = self.pad(items, "teacher_", self.teacher_pad_id)
+        if "group" in items[0]:
+            groups = {it["group"] for it in items}
+            if len(groups) != 1:
+                raise ValueError(f"a batch mixes dataset groups {sorted(groups)}; use a GroupBatchSampler")
+            batch["group"] = items[0]["group"]
         if "labels" in items[0]:
-            dtype = torch.float if self.regression else torch.long
+            regression = self.regression or isinstance(items[0]["labels"], float)
+            dtype = torch.float if regression else torch.long
             batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=dtype)
         return batch
 
@@ -350,3 +433,44 @@ class BatchSampler(Sampler[list[int]]):
         if self.drop_last and not (self.shuffle and self.bucket):
             return n // self.batch_size
         return len(self._batches()) if self.drop_last else -(-n // self.batch_size)
+
+
+class GroupBatchSampler(Sampler[list[int]]):
+    """Batches of a :class:`GroupedDataset` that never mix groups: each group is cut into (length-bucketed,
+    shuffled) batches by its own :class:`BatchSampler`, then all batches are shuffled together — every
+    epoch from ``seed + epoch``, so the group order of a resumed run is the uninterrupted run's (MT-DNN:
+    "in each epoch, a mini-batch is selected among all tasks")."""
+
+    def __init__(
+        self, data: GroupedDataset, batch_size: int, shuffle: bool = True, bucket: bool = True, seed: int = 0
+    ) -> None:
+        self.data = data
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.samplers = []
+        for k, name in enumerate(data.names):
+            part = data.parts[name]
+            lengths = list(getattr(part, "lengths", [1] * len(part)))  # type: ignore[arg-type]
+            self.samplers.append(BatchSampler(lengths, batch_size, shuffle, bucket, seed + 7919 * (k + 1)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for s in self.samplers:
+            s.set_epoch(epoch)
+
+    def _batches(self) -> list[list[int]]:
+        batches: list[list[int]] = []
+        for k, sampler in enumerate(self.samplers):
+            start = int(self.data.starts[k])
+            batches += [[start + i for i in b] for b in sampler]
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            batches = [batches[p] for p in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.samplers)

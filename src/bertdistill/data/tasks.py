@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -108,6 +109,15 @@ class TaskSpec:
     def compute_metrics(self, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """``preds`` are class indices (classification) or scores (regression)."""
         return {m: METRICS[m](preds, labels) for m in self.metrics}
+
+
+def metrics_from_logits(task: TaskSpec, logits: Any, labels: Any) -> dict[str, float]:
+    """Task metrics from model outputs (tensors or arrays): argmax for classification, the single output
+    for regression."""
+    lg = np.asarray(logits.float().cpu() if hasattr(logits, "float") else logits)
+    y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    pred = lg.reshape(-1) if task.regression else np.argmax(lg, axis=-1)
+    return task.compute_metrics(pred, y)
 
 
 _GLUE_SPLITS = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}

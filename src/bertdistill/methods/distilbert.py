@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from transformers import (
     AutoModelForMaskedLM,
     DistilBertConfig,
@@ -45,14 +46,15 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 
-from ..config import ConfigError
+from ..config import ConfigError, MethodConfig
 from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
-from ..features import Features, Needs
+from ..data.loading import Collator
 from ..hub import from_pretrained
 from ..layer_map import select_layers
 from ..losses import hinton_terms, masked_cosine, masked_soft_target_kl, mlm_ce
+from ..mlm_head import MLMRunner
+from ..protocol import Batch, BuiltStudent, Features, Method, Needs, Runner, Stage
 from ..registry import register
-from .base import Method, Stage, mlm_metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ _HARMLESS_MISSING = ("position_ids", "token_type_ids")
 
 
 @dataclass
-class DistilBertMethodConfig(CorpusConfig):
+class DistilBertMethodConfig(CorpusConfig, MethodConfig):
     name: str = "distilbert"
     alpha_ce: float = 5.0
     """Weight of the soft-target (teacher distribution) term ``L_ce``."""
@@ -255,6 +257,26 @@ class DistilBertWithTaskHead(nn.Module):
         return (self.classifier if head == "classifier" else self.mlm)(**inputs)
 
 
+class DistilBertRunner(Runner):
+    """DistilBERT students at inference: the masked LM of a pre-training run is scored by held-out perplexity
+    (:class:`~bertdistill.mlm_head.MLMRunner`), a classifier (the ``task`` stage's export) by the task's
+    metrics; both take no ``token_type_ids``."""
+
+    @classmethod
+    def load(cls, path: Any, recipe: Mapping[str, Any], task: Any) -> Runner:
+        if task is not None and task.name == "mlm":
+            from transformers import AutoTokenizer
+
+            p = str(path)
+            model = from_pretrained(DistilBertForMaskedLM, p).eval()
+            return MLMRunner(model, from_pretrained(AutoTokenizer, p), task, p, recipe)
+        return super().load(path, recipe, task)
+
+    def predict(self, batch: Batch, **options: Any) -> Any:
+        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        return super().predict({**batch, "inputs": inputs}, **options)
+
+
 # ----------------------------------------------------------------------------------------------- method
 
 
@@ -263,6 +285,7 @@ class DistilBert(Method):
     """DistilBERT: pre-training distillation on raw text into a half-depth DistilBERT (L_ce + L_mlm + L_cos)."""
 
     config_cls = DistilBertMethodConfig
+    runner_cls = DistilBertRunner
     cfg: DistilBertMethodConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -284,49 +307,52 @@ class DistilBert(Method):
                 "student.layers and method.layer_selection (not student.layer_selection, preset or "
                 "config_overrides)"
             )
-        self.token_probs: Tensor | None = None
-        self.student_info: dict[str, Any] = {}
-        self._export_classifier = False
 
     def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
         if stage is not None and stage.name == "task":
             return super().load_teacher_model(path, stage)  # the fine-tuned classifier
         return load_mlm_teacher(path, self.run.teacher.trust_remote_code)
 
-    def build_student(self, teacher: nn.Module | None) -> nn.Module:
-        mlm = self._build_mlm_student(teacher)
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
+        mlm, info = self._build_mlm_student(teacher)
         if self.cfg.task_teacher is None:
-            return mlm
+            return BuiltStudent(mlm, info)
         cfg = copy.deepcopy(mlm.config)
         cfg.num_labels = self.task.num_labels
         cfg.id2label = dict(enumerate(self.task.labels))
         cfg.label2id = {lab: i for i, lab in enumerate(self.task.labels)}
-        return DistilBertWithTaskHead(mlm, DistilBertForSequenceClassification(cfg))
+        return BuiltStudent(DistilBertWithTaskHead(mlm, DistilBertForSequenceClassification(cfg)), info)
 
-    def export_model(self, bundle: nn.Module) -> Any:
+    def export_model(self, bundle: nn.Module, stage: Stage | None = None) -> Any:
+        """After the ``pretrain`` stage the masked LM; after the ``task`` stage (and at the end of a run that
+        has one) the classifier."""
         if isinstance(bundle, DistilBertWithTaskHead):
-            return bundle.classifier if self._export_classifier else bundle.mlm
+            last = stage is None or stage.name == "task"
+            return bundle.classifier if last else bundle.mlm
         return bundle
 
-    def _build_mlm_student(self, teacher: nn.Module | None) -> DistilBertForMaskedLM:
+    def runner(self, bundle: nn.Module, tokenizer: Any, stage: Stage | None) -> Runner:
+        model = self.export_model(bundle, stage)
+        if isinstance(model, DistilBertForMaskedLM):
+            return MLMRunner(model, tokenizer, self.task)
+        return DistilBertRunner(model, tokenizer, self.task)
+
+    def _build_mlm_student(self, teacher: nn.Module | None) -> tuple[DistilBertForMaskedLM, dict[str, Any]]:
         st = self.run.student
         if st.init == "pretrained":
             if not st.path:
                 raise ConfigError("student.init: pretrained needs student.path (a DistilBERT masked-LM dir)")
             model = from_pretrained(DistilBertForMaskedLM, st.path)
-            self.student_info = {"init": "pretrained", "path": st.path}
-            return model
+            return model, {"init": "pretrained", "path": st.path}
         if teacher is None:
             raise ConfigError("distilbert needs a teacher (teacher.path: a masked-LM dir)")
         n_t = int(getattr(teacher, "config").num_hidden_layers)  # noqa: B009
         layers = student_layers(n_t, st, self.cfg.layer_selection)
         if st.init == "random":
             model = DistilBertForMaskedLM(distilbert_config(getattr(teacher, "config"), len(layers)))  # noqa: B009
-            self.student_info = {"init": "random", "layers": len(layers)}
-            return model
+            return model, {"init": "random", "layers": len(layers)}
         model = distilbert_from_teacher(teacher, layers, self.cfg.fold_token_type)  # type: ignore[arg-type]
-        self.student_info = {"init": "teacher", "teacher_layers": layers, "teacher_depth": n_t}
-        return model
+        return model, {"init": "teacher", "teacher_layers": layers, "teacher_depth": n_t}
 
     def stages(self) -> list[Stage]:
         c = self.cfg
@@ -345,8 +371,8 @@ class DistilBert(Method):
         )
         return [pretrain, task]
 
-    def teacher_needs(self, stage: Stage | None = None) -> Needs:
-        if stage is not None and stage.name == "task":
+    def teacher_needs(self, stage: Stage, bundle: nn.Module) -> Needs:
+        if stage.name == "task":
             return Needs(logits=True)
         return Needs(logits=True, hidden_states=self.cfg.alpha_cos > 0, hidden_layers=(-1,))
 
@@ -354,7 +380,7 @@ class DistilBert(Method):
     def datasets(self, tokenizer: Any) -> dict[str, Any]:
         with_task = self.cfg.task_teacher is not None
         # data.max_train_examples / max_eval_examples subsample the task's sets when there is a task stage
-        corpus, self.token_probs = corpus_datasets(self.cfg, self.run, tokenizer, subsample=not with_task)
+        corpus = corpus_datasets(self.cfg, self.run, tokenizer, subsample=not with_task)
         data = corpus
         if with_task:
             # the task's train / dev sets, tokenised before the tokenizer drops token_type_ids: a pair task's
@@ -363,13 +389,12 @@ class DistilBert(Method):
         drop_token_type_ids(tokenizer)
         return data
 
-    def collator(self, tokenizer: Any) -> Any:
-        if self.token_probs is None:
-            raise RuntimeError("call datasets() before collator(): masking weights come from the corpus")
-        mlm = MLMCollator(tokenizer, self.token_probs, self.cfg, self.run.train.seed)
+    def collator(self, tokenizer: Any, datasets: Mapping[str, Dataset]) -> Any:
+        corpus = datasets["pretrain" if self.cfg.task_teacher is not None else "train"]
+        mlm = MLMCollator(tokenizer, corpus.mask_weights, self.cfg, self.run.train.seed)  # type: ignore[attr-defined]
         if self.cfg.task_teacher is None:
             return mlm
-        task = super().collator(tokenizer)
+        task = Collator(tokenizer.pad_token_id or 0, regression=self.task.regression)
 
         def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             # corpus items are unlabelled raw text; task items carry labels
@@ -378,22 +403,17 @@ class DistilBert(Method):
         return collate
 
     # ------------------------------------------------------------------ step
-    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
+    def student_inputs(self, batch: Batch, stage: Stage) -> dict[str, Any]:
         inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        cos = self.cfg.alpha_cos > 0
         if self.cfg.task_teacher is None:
-            return bundle(**inputs, output_hidden_states=self.cfg.alpha_cos > 0)
-        # the exported model follows the stage being trained: the MLM student, then the classifier
-        self._export_classifier = stage.name == "task"
+            return {**inputs, "output_hidden_states": cos}
         if stage.name == "task":
-            return bundle(head="classifier", **inputs)
-        return bundle(head="mlm", **inputs, output_hidden_states=self.cfg.alpha_cos > 0)
-
-    def predict_logits(self, bundle: nn.Module, batch: Mapping[str, Any]) -> Tensor:
-        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
-        return self.export_model(bundle)(**inputs).logits
+            return {**inputs, "head": "classifier"}
+        return {**inputs, "head": "mlm", "output_hidden_states": cos}
 
     def loss(
-        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+        self, stage: Stage, batch: Batch, student_out: Any, teacher_out: Features | None, bundle: nn.Module
     ) -> dict[str, Tensor]:
         assert teacher_out is not None and teacher_out.logits is not None
         c = self.cfg
@@ -421,12 +441,6 @@ class DistilBert(Method):
                 student_out.hidden_states[-1], teacher_out.hidden_states[-1], mask
             )
         return terms
-
-    @torch.no_grad()
-    def evaluate(self, bundle: nn.Module, loader: Any, gather: Any = None) -> dict[str, float]:
-        if self.cfg.task_teacher is not None:  # the task's dev set, with the classifier
-            return super().evaluate(bundle, loader, gather)
-        return mlm_metrics(bundle, loader, gather)
 
 
 def drop_token_type_ids(tokenizer: Any) -> None:

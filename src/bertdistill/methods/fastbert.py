@@ -8,18 +8,22 @@ whose branch is certain enough: normalised entropy ``u = −Σ p log p / ln C`` 
 (:func:`bertdistill.early_exit.early_exit`).
 
 The saved model is a regular HF dir (``FastBertForSequenceClassification``, its config class registered
-with the Auto classes when bertdistill is imported — no ``trust_remote_code``).
+with the Auto classes when bertdistill is imported — no ``trust_remote_code``). At inference its runner
+(:class:`FastBertRunner`) takes the option ``speed``: without it the model runs at full depth (the teacher
+classifier); with it, batched early exit (:func:`early_exit`), scored with the mean exit layer and the FLOPs
+speed-up, and timed against full depth in the same run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -27,13 +31,13 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import ModelOutput
 
 from ..config import ConfigError, MethodConfig
-from ..features import Features
 from ..losses import hard_ce, soft_target_kl
+from ..protocol import Batch, BuiltStudent, Features, InferenceOption, Method, Prediction, Runner, Stage
 from ..registry import register
-from .base import Method, Stage
 
 # ----------------------------------------------------------------------------------------------- the model
 
@@ -133,10 +137,16 @@ class FastBertForSequenceClassification(PreTrainedModel):
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
         branches: bool = True,
+        frozen_backbone: bool = False,
         **kwargs: Any,
     ) -> FastBertOutput:
+        """``branches=False``: the backbone and teacher classifier only (fine-tuning, full-depth inference).
+        ``frozen_backbone=True`` (self-distillation): backbone and teacher classifier run in eval mode without
+        a graph; only the branches compute gradients."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if frozen_backbone:
+            return self._self_distill_forward(input_ids, attention_mask, token_type_ids)
         out = self.bert(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -150,6 +160,28 @@ class FastBertForSequenceClassification(PreTrainedModel):
         )
         loss = hard_ce(logits, labels) if labels is not None else None
         return FastBertOutput(logits=logits, branch_logits=branch_logits, loss=loss)
+
+    def _self_distill_forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None
+    ) -> FastBertOutput:
+        was = (self.bert.training, self.dropout.training)
+        self.bert.eval()
+        self.dropout.eval()
+        try:
+            with torch.no_grad():  # frozen backbone and teacher classifier: no graph needed
+                out = self.bert(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    token_type_ids=token_type_ids,
+                    output_hidden_states=True,
+                )
+                teacher_logits = self.teacher_head(out.hidden_states[-1])
+        finally:
+            self.bert.train(was[0])
+            self.dropout.train(was[1])
+        hs = out.hidden_states
+        branch_logits = tuple(b(hs[i + 1], attention_mask) for i, b in enumerate(self.branches))
+        return FastBertOutput(logits=teacher_logits, branch_logits=branch_logits)
 
 
 AutoConfig.register(FastBertConfig.model_type, FastBertConfig)
@@ -220,15 +252,56 @@ class FastBertMethodConfig(MethodConfig):
             raise ConfigError("method.branch_hidden must be divisible by method.branch_heads")
 
 
+class FastBertRunner(Runner):
+    """FastBERT students at inference: full depth by default; ``speed`` = batched early exit."""
+
+    options: ClassVar[tuple[InferenceOption, ...]] = (
+        InferenceOption(
+            "speed",
+            float,
+            "fastbert: early-exit threshold in [0, 1] (0 = full depth): a row leaves at the first branch whose "
+            "normalised entropy is below it; adds the exit layer, mean exit layer, FLOPs speed-up and (timed) "
+            "the measured speed-up against the same model at full depth",
+        ),
+    )
+
+    def predict(self, batch: Batch, **options: Any) -> Prediction:
+        speed = options.get("speed")
+        if speed is None:
+            return Prediction(self.model(**batch["inputs"], branches=False).logits)
+        res = early_exit(self.model, batch["inputs"], float(speed))
+        lengths = batch["inputs"]["attention_mask"].sum(-1).tolist()
+        full = torch.tensor([full_flops(self.model, int(t)) for t in lengths], dtype=torch.float64)
+        return Prediction(res.logits, {"exit_layer": res.exit_layer, "flops": res.flops, "full_flops": full})
+
+    def metrics(
+        self, logits: Tensor | None, targets: Tensor | None, extras: Mapping[str, Tensor]
+    ) -> dict[str, float]:
+        metrics = super().metrics(logits, targets, extras)
+        if "exit_layer" in extras:
+            metrics["mean_exit_layer"] = float(extras["exit_layer"].float().mean())
+            metrics["flops_speedup"] = float(extras["full_flops"].sum() / extras["flops"].sum())
+        return metrics
+
+    def rows(self, pred: Prediction) -> list[dict[str, Any]]:
+        extras = {k: v for k, v in pred.extras.items() if k == "exit_layer"}
+        return super().rows(Prediction(pred.logits, extras))
+
+    def reference(self, **options: Any) -> Callable[[Batch], Any] | None:
+        if options.get("speed") is None:
+            return None
+        return lambda batch: self.model(**batch["inputs"], branches=False)
+
+
 @register("fastbert")
 class FastBert(Method):
     """FastBERT: self-distilled branch classifiers at every layer, per-sample early exit by entropy."""
 
     config_cls = FastBertMethodConfig
-    requires_teacher = False  # the teacher is the model's own last-layer classifier
+    runner_cls = FastBertRunner
     cfg: FastBertMethodConfig
 
-    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         if teacher is None:
             raise ConfigError(
                 "fastbert: set teacher.path to a fine-tuned classifier (or a backbone with finetune_epochs > 0)"
@@ -238,14 +311,11 @@ class FastBert(Method):
                 "fastbert exits on classification entropy; it does not apply to regression tasks"
             )
         model = from_classifier(teacher, self.cfg.branch_hidden, self.cfg.branch_heads, self.cfg.speed)
-        self.student_info = {
-            "init": "fastbert",
-            "layers": model.config.num_hidden_layers,
-            "branches": len(model.branches),
-        }
-        return model
+        info = {"init": "fastbert", "layers": model.config.num_hidden_layers, "branches": len(model.branches)}
+        return BuiltStudent(model, info)
 
     def stages(self) -> list[Stage]:
+        # the teacher is the model's own last-layer classifier: no stage reads teacher.path's outputs
         out = []
         if self.cfg.finetune_epochs > 0:
             out.append(
@@ -268,22 +338,13 @@ class FastBert(Method):
         )
         return out
 
-    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
+    def student_inputs(self, batch: Batch, stage: Stage) -> dict[str, Any]:
         if stage.name == "finetune":
-            return bundle(**batch["inputs"], branches=False)
-        model: Any = bundle.module if hasattr(bundle, "module") else bundle
-        inputs = batch["inputs"]
-        with torch.no_grad():  # frozen backbone and teacher classifier: no graph needed
-            model.bert.eval()
-            model.dropout.eval()
-            out = model.bert(**inputs, output_hidden_states=True)
-            teacher_logits = model.teacher_head(out.hidden_states[-1])
-        mask = inputs["attention_mask"]
-        branch_logits = tuple(b(out.hidden_states[i + 1], mask) for i, b in enumerate(model.branches))
-        return FastBertOutput(logits=teacher_logits, branch_logits=branch_logits)
+            return {**batch["inputs"], "branches": False}
+        return {**batch["inputs"], "frozen_backbone": True}
 
     def loss(
-        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+        self, stage: Stage, batch: Batch, student_out: Any, teacher_out: Features | None, bundle: nn.Module
     ) -> dict[str, Tensor]:
         if stage.name == "finetune":
             return {"ce": hard_ce(student_out.logits, batch["labels"])}
@@ -293,33 +354,93 @@ class FastBert(Method):
         t = student_out.logits.detach()
         return {"self_distill": sum(soft_target_kl(z, t, 1.0) for z in student_out.branch_logits)}  # type: ignore[dict-item]
 
-    @torch.no_grad()
-    def evaluate(self, bundle: nn.Module, loader: Any, gather: Any = None) -> dict[str, float]:
-        from ..early_exit import early_exit
-        from .base import metrics_from_logits
-
-        model: Any = self.export_model(bundle)
-        was = model.training
-        model.eval()
-        preds, labels, exits = [], [], []
-        for batch in loader:
-            res = early_exit(model, batch["inputs"], self.cfg.speed)
-            lg, y, ex = res.logits, batch["labels"], res.exit_layer
-            if gather is not None:
-                lg, y, ex = gather(lg), gather(y), gather(ex)
-            preds.append(lg.float().cpu())
-            labels.append(y.cpu())
-            exits.append(ex.float().cpu())
-        model.train(was)
-        metrics = metrics_from_logits(self.task, torch.cat(preds), torch.cat(labels))
-        metrics["mean_exit_layer"] = float(torch.cat(exits).mean())
-        return metrics
-
-    def export_model(self, bundle: nn.Module) -> Any:
-        return bundle.module if hasattr(bundle, "module") else bundle
+    def eval_options(self, stage: Stage | None) -> dict[str, Any]:
+        return {"speed": self.cfg.speed}
 
 
 def normalized_entropy(logits: Tensor) -> Tensor:
     """``−Σ p log p / ln C`` in [0, 1] per row (FastBERT's uncertainty)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------- early exit
+
+
+@dataclass
+class EarlyExitResult:
+    logits: Tensor  # [B, C]
+    exit_layer: Tensor  # [B], 1-based layer after which each row left (L = full depth)
+    flops: Tensor  # [B], estimated forward FLOPs of each row
+
+
+def _layer_flops(t: int, h: int, inter: int) -> float:
+    """Multiply-adds ×2 of one BERT layer over a sequence of t tokens."""
+    return 2.0 * t * (4 * h * h + 2 * h * inter) + 4.0 * t * t * h
+
+
+def _branch_flops(t: int, h: int, b: int, c: int) -> float:
+    return 2.0 * t * (h * b + 4 * b * b) + 4.0 * t * t * b + 2.0 * (b * b + b * c)
+
+
+def full_flops(model: Any, t: int) -> float:
+    """FLOPs of the full model without branches (the teacher) for t tokens."""
+    bc = model.bert.config
+    return bc.num_hidden_layers * _layer_flops(t, bc.hidden_size, bc.intermediate_size) + 2.0 * (
+        bc.hidden_size * bc.hidden_size + bc.hidden_size * model.config.num_labels
+    )
+
+
+@torch.inference_mode()
+def early_exit(model: Any, inputs: Mapping[str, Tensor], speed: float) -> EarlyExitResult:
+    """Batched adaptive inference: at layer i (1..L-1) each remaining row's branch gives
+    ``u = entropy / ln C``; rows with ``u < speed`` exit with that branch's prediction and leave the batch, so
+    later layers run on fewer rows. Rows that never exit get the teacher classifier on layer L. ``speed = 0``
+    never exits early and reproduces the full model."""
+    bert = model.bert
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    n = ids.shape[0]
+    layers = bert.encoder.layer
+    n_layers = len(layers)
+    hidden = bert.embeddings(input_ids=ids, token_type_ids=inputs.get("token_type_ids"))
+    ext = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
+    logits = torch.zeros((n, model.config.num_labels), dtype=hidden.dtype, device=ids.device)
+    exit_layer = torch.full((n,), n_layers, dtype=torch.long, device=ids.device)
+    active = torch.arange(n, device=ids.device)
+    lengths = mask.sum(-1)
+    bc = bert.config
+    per_layer = torch.tensor(
+        [_layer_flops(int(t), bc.hidden_size, bc.intermediate_size) for t in lengths.tolist()]
+    )
+    per_branch = torch.tensor(
+        [
+            _branch_flops(int(t), bc.hidden_size, model.config.branch_hidden, model.config.num_labels)
+            for t in lengths.tolist()
+        ]
+    )
+    flops = torch.zeros(n, dtype=torch.float64)
+    for i, layer in enumerate(layers):
+        hidden = layer(hidden, ext)
+        flops[active.cpu()] += per_layer[active.cpu()].double()
+        if i == n_layers - 1:
+            logits[active] = model.teacher_head(hidden).to(logits.dtype)
+            break
+        if speed <= 0:
+            continue
+        z = model.branches[i](hidden, mask)
+        flops[active.cpu()] += per_branch[active.cpu()].double()
+        done = normalized_entropy(z) < speed
+        if done.any():
+            rows = active[done]
+            logits[rows] = z[done].to(logits.dtype)
+            exit_layer[rows] = i + 1
+            keep = ~done
+            if not keep.any():
+                break
+            active, hidden, mask = active[keep], hidden[keep], mask[keep]
+            if isinstance(ext, Tensor) and ext.shape[0] > 1:
+                ext = ext[keep]
+    return EarlyExitResult(logits=logits, exit_layer=exit_layer, flops=flops)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from ..config import MethodConfig
-from ..features import Features
 from ..losses import hard_ce, regression_mse
+from ..protocol import Batch, BuiltStudent, Features, Method, Stage
 from ..registry import register
 from ..students import build_student
-from .base import Method, Stage
 
 
 @dataclass
@@ -26,18 +26,16 @@ class Finetune(Method):
     """Supervised fine-tuning without a teacher (teacher training; the no-KD baseline)."""
 
     config_cls = FinetuneConfig
-    requires_teacher = False
 
-    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         model, info = build_student(self.run.student, teacher, self.task)  # type: ignore[arg-type]
-        self.student_info = info
-        return model
+        return BuiltStudent(model, info)
 
     def stages(self) -> list[Stage]:
         return [Stage("train", uses_teacher=False)]
 
     def loss(
-        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+        self, stage: Stage, batch: Batch, student_out: Any, teacher_out: Features | None, bundle: nn.Module
     ) -> dict[str, Tensor]:
         if self.task.regression:
             return {"mse": regression_mse(student_out.logits, batch["labels"])}

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from ..config import ConfigError, MethodConfig
-from ..features import Features, Needs
 from ..layer_map import uniform_hidden_map
 from ..losses import hinton_terms, masked_mse
+from ..protocol import Batch, BuiltStudent, Features, Method, Needs, Stage
 from ..registry import register
 from ..students import build_student, num_layers
-from .base import Method, Stage
 
 
 @dataclass
@@ -51,20 +51,15 @@ class KD(Method):
     config_cls = KDConfig
     cfg: KDConfig
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._map: list[tuple[int, int]] = [(int(s), int(t)) for s, t in self.cfg.hidden_map]
-
-    def teacher_needs(self, stage: Stage | None = None) -> Needs:
+    def teacher_needs(self, stage: Stage, bundle: nn.Module) -> Needs:
         if self.cfg.hidden_weight > 0:
             return Needs(
-                logits=True, hidden_states=True, hidden_layers=tuple(t for _, t in self._map) or None
+                logits=True, hidden_states=True, hidden_layers=tuple(t for _, t in hidden_map(bundle))
             )
         return Needs(logits=True)
 
-    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         student, info = build_student(self.run.student, teacher, self.task)  # type: ignore[arg-type]
-        self.student_info = info
         if self.cfg.hidden_weight > 0:
             if teacher is None:
                 raise ConfigError("method.hidden_weight > 0 needs a teacher")
@@ -74,17 +69,19 @@ class KD(Method):
                     f"kd's hidden MSE needs student and teacher of the same width ({w_s} vs {w_t}); "
                     "use tinybert for projections"
                 )
-            if not self._map:
-                self._map = uniform_hidden_map(
-                    num_layers(teacher), num_layers(student), include_embeddings=False
-                )
-        return student
+            pairs = [(int(s), int(t)) for s, t in self.cfg.hidden_map] or uniform_hidden_map(
+                num_layers(teacher), num_layers(student), include_embeddings=False
+            )
+            # saved with the student's config.json: which teacher layer each student layer learnt
+            student.config.bertdistill_hidden_map = [list(p) for p in pairs]
+            info["hidden_map"] = pairs
+        return BuiltStudent(student, info)
 
-    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
-        return bundle(**batch["inputs"], output_hidden_states=self.cfg.hidden_weight > 0)
+    def student_inputs(self, batch: Batch, stage: Stage) -> dict[str, Any]:
+        return {**batch["inputs"], "output_hidden_states": self.cfg.hidden_weight > 0}
 
     def loss(
-        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+        self, stage: Stage, batch: Batch, student_out: Any, teacher_out: Features | None, bundle: nn.Module
     ) -> dict[str, Tensor]:
         assert teacher_out is not None and teacher_out.logits is not None
         terms = hinton_terms(
@@ -98,6 +95,11 @@ class KD(Method):
         if self.cfg.hidden_weight > 0:
             mask = batch["inputs"]["attention_mask"]
             hs = student_out.hidden_states
-            mse = sum(masked_mse(hs[s], teacher_out.hidden_states[t], mask) for s, t in self._map)
+            mse = sum(masked_mse(hs[s], teacher_out.hidden_states[t], mask) for s, t in hidden_map(bundle))
             terms["hidden"] = self.cfg.hidden_weight * mse  # type: ignore[assignment]
         return terms
+
+
+def hidden_map(bundle: nn.Module) -> list[tuple[int, int]]:
+    """The (student, teacher) ``hidden_states`` pairs recorded on the student's config by ``build_student``."""
+    return [(int(s), int(t)) for s, t in getattr(bundle.config, "bertdistill_hidden_map", [])]

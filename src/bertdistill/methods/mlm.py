@@ -15,22 +15,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from transformers import AutoModelForMaskedLM
 
-from ..config import ConfigError
+from ..config import ConfigError, MethodConfig
 from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
-from ..features import Features
 from ..hub import from_pretrained
 from ..losses import mlm_ce
-from ..mlm_head import SparseMLM
+from ..mlm_head import MLMRunner, SparseMLM
+from ..protocol import Batch, BuiltStudent, Features, Method, ParamGroups, Stage
 from ..registry import register
-from .base import Method, ParamGroups, Stage, mlm_metrics
 
 
 @dataclass
-class MLMConfig(CorpusConfig):
+class MLMConfig(CorpusConfig, MethodConfig):
     name: str = "mlm"
     train_body: bool = False
     """Also train the encoder (and the tied word embeddings); default: the MLM head only."""
@@ -48,8 +47,8 @@ class MaskedLM(Method):
     """Masked-LM training of an encoder's MLM head (tied to the word embeddings), optionally its body too."""
 
     config_cls = MLMConfig
+    runner_cls = MLMRunner
     cfg: MLMConfig
-    requires_teacher = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,9 +59,8 @@ class MaskedLM(Method):
                 "method mlm trains an existing encoder: set student.init: pretrained and student.path "
                 "(e.g. minilm-l6)"
             )
-        self.token_probs: Tensor | None = None
 
-    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         path = self.run.student.path
         assert path is not None
         model, info = from_pretrained(
@@ -76,12 +74,12 @@ class MaskedLM(Method):
         model.config.tie_word_embeddings = True
         model.tie_weights()
         new = sorted(k for k in info.get("missing_keys", ()) if "position_ids" not in k)
-        self.student_info = {"init": "pretrained", "path": path, "newly_initialised": new}
+        info = {"init": "pretrained", "path": path, "newly_initialised": new}
         # the bundle projects only the masked positions onto the vocabulary (mlm_head.py): same loss, a
         # fraction of the cost, since the output projection dominates a small encoder's step
-        return SparseMLM(model)
+        return BuiltStudent(SparseMLM(model), info)
 
-    def export_model(self, bundle: nn.Module) -> Any:
+    def export_model(self, bundle: nn.Module, stage: Stage | None = None) -> Any:
         return bundle.model
 
     @staticmethod
@@ -106,23 +104,15 @@ class MaskedLM(Method):
         return [Stage("train", uses_teacher=False, cacheable=False, param_groups=groups)]
 
     def datasets(self, tokenizer: Any) -> dict[str, Any]:
-        data, self.token_probs = corpus_datasets(self.cfg, self.run, tokenizer)
-        return data
+        return corpus_datasets(self.cfg, self.run, tokenizer)
 
-    def collator(self, tokenizer: Any) -> Any:
-        if self.token_probs is None:
-            raise RuntimeError("call datasets() before collator(): masking weights come from the corpus")
-        return MLMCollator(tokenizer, self.token_probs, self.cfg, self.run.train.seed)
+    def collator(self, tokenizer: Any, datasets: Mapping[str, Dataset]) -> Any:
+        return MLMCollator(tokenizer, datasets["train"].mask_weights, self.cfg, self.run.train.seed)  # type: ignore[attr-defined]
 
-    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
-        return bundle(batch["inputs"], batch["mlm_labels"])
+    def student_inputs(self, batch: Batch, stage: Stage) -> dict[str, Any]:
+        return {**batch["inputs"], "mlm_labels": batch["mlm_labels"]}
 
     def loss(
-        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+        self, stage: Stage, batch: Batch, student_out: Any, teacher_out: Features | None, bundle: nn.Module
     ) -> dict[str, Tensor]:
-        logits, labels = student_out
-        return {"mlm": mlm_ce(logits, labels)}
-
-    @torch.no_grad()
-    def evaluate(self, bundle: nn.Module, loader: Any, gather: Any = None) -> dict[str, float]:
-        return mlm_metrics(self.export_model(bundle), loader, gather)
+        return {"mlm": mlm_ce(student_out.logits, student_out.labels)}

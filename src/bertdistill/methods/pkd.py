@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
+from transformers.utils import ModelOutput
 
 from ..config import ConfigError, MethodConfig
-from ..features import Features, Needs
 from ..hub import from_pretrained
 from ..losses import hinton_terms
+from ..protocol import Batch, BuiltStudent, Features, Method, Needs, Stage
 from ..registry import register
 from ..students import build_student, copy_layers, num_layers
-from .base import Method, Stage
 
 
 def pkd_teacher_layers(n_teacher: int, n_student: int, strategy: str) -> list[int]:
@@ -86,24 +87,28 @@ class PKDConfig(MethodConfig):
 
 
 @dataclass
-class PKDOutput:
-    logits: Tensor
-    cls: Tensor  # [B, M−1, H_teacher]: [CLS] states of student layers 1..M−1 (projected when widths differ)
+class PKDOutput(ModelOutput):
+    logits: Tensor | None = None
+    cls: Tensor | None = None
+    """``[B, M−1, H_teacher]``: [CLS] states of student layers 1..M−1 (projected when widths differ)."""
 
 
 class PKDStudent(nn.Module):
-    """The student plus, when widths differ, a projection of its [CLS] states to the teacher's width."""
+    """The student plus, when widths differ, a projection of its [CLS] states to the teacher's width.
+    ``teacher_layers[j]`` is the 1-based teacher layer (= ``hidden_states`` index) that student layer j+1
+    learns."""
 
-    def __init__(self, model: nn.Module, proj: nn.Module | None) -> None:
+    def __init__(self, model: nn.Module, proj: nn.Module | None, teacher_layers: list[int]) -> None:
         super().__init__()
         self.model = model
         self.proj = proj
+        self.teacher_layers = list(teacher_layers)
 
     def forward(self, **inputs: Any) -> PKDOutput:
         out = self.model(**inputs, output_hidden_states=True)
         hs = out.hidden_states  # M+1 entries: embeddings, layers 1..M
         cls = torch.stack([hs[j][:, 0] for j in range(1, len(hs) - 1)], dim=1)
-        return PKDOutput(out.logits, self.proj(cls) if self.proj is not None else cls)
+        return PKDOutput(logits=out.logits, cls=self.proj(cls) if self.proj is not None else cls)
 
 
 @register("pkd")
@@ -112,8 +117,9 @@ class PKD(Method):
 
     config_cls = PKDConfig
     cfg: PKDConfig
+    test_overrides: ClassVar[dict[str, dict[str, Any]]] = {"method": {"init_from": "teacher"}}
 
-    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         if teacher is None:
             raise ConfigError("pkd needs teacher.path (a fine-tuned classifier)")
         if self.cfg.init_from == "pretrained":
@@ -134,32 +140,25 @@ class PKD(Method):
         else:
             student, info = build_student(self.run.student, teacher, self.task)  # type: ignore[arg-type]
         n_t, n_s = num_layers(teacher), num_layers(student)
-        self.map = self.cfg.teacher_layers or pkd_teacher_layers(n_t, n_s, self.cfg.strategy)
-        if len(self.map) != n_s - 1 or not all(1 <= t <= n_t for t in self.map):
+        layers = self.cfg.teacher_layers or pkd_teacher_layers(n_t, n_s, self.cfg.strategy)
+        if len(layers) != n_s - 1 or not all(1 <= t <= n_t for t in layers):
             raise ConfigError(
-                f"pkd teacher layers {self.map} must be {n_s - 1} 1-based layer numbers of a {n_t}-layer teacher"
+                f"pkd teacher layers {layers} must be {n_s - 1} 1-based layer numbers of a {n_t}-layer teacher"
             )
         w_s, w_t = student.config.hidden_size, getattr(teacher, "config").hidden_size  # noqa: B009
         proj = nn.Linear(w_s, w_t) if w_s != w_t else None
-        self.student_info = {
-            **info,
-            "patient_map": {f"student {j + 1}": f"teacher {t}" for j, t in enumerate(self.map)},
-        }
-        return PKDStudent(student, proj)
+        info = {**info, "patient_map": {f"student {j + 1}": f"teacher {t}" for j, t in enumerate(layers)}}
+        return BuiltStudent(PKDStudent(student, proj, layers), info)
 
-    def export_model(self, bundle: nn.Module) -> Any:
-        inner: Any = bundle.module if hasattr(bundle, "module") else bundle
-        return inner.model
+    def export_model(self, bundle: nn.Module, stage: Stage | None = None) -> Any:
+        return bundle.model
 
-    def teacher_needs(self, stage: Stage | None = None) -> Needs:
-        if not hasattr(self, "map"):
-            raise RuntimeError(
-                "build_student must run before teacher_needs (the layer map depends on both depths)"
-            )
-        return Needs(logits=True, hidden_states=True, hidden_layers=tuple(self.map), cls_only=True)
+    def teacher_needs(self, stage: Stage, bundle: nn.Module) -> Needs:
+        layers = tuple(bundle.teacher_layers)  # type: ignore[arg-type]
+        return Needs(logits=True, hidden_states=True, hidden_layers=layers, cls_only=True)
 
     def loss(
-        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+        self, stage: Stage, batch: Batch, student_out: Any, teacher_out: Features | None, bundle: nn.Module
     ) -> dict[str, Tensor]:
         assert teacher_out is not None and teacher_out.logits is not None
         terms = hinton_terms(
@@ -171,6 +170,6 @@ class PKD(Method):
             self.task.regression,
         )
         if self.cfg.beta > 0:
-            t_cls = torch.stack([teacher_out.hidden_states[t][:, 0] for t in self.map], dim=1)
+            t_cls = torch.stack([teacher_out.hidden_states[t][:, 0] for t in bundle.teacher_layers], dim=1)
             terms["patient"] = self.cfg.beta * patient_loss(student_out.cls, t_cls)
         return terms

@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from transformers.utils import ModelOutput
 
-from ..config import ConfigError
+from ..config import ConfigError, MethodConfig
 from ..data.corpus import CorpusDataset, CorpusSourceConfig, build_token_store, default_store_root
 from ..data.loading import load_examples, subsample, tokenize
-from ..features import Features, Needs, register_score_attention, use_score_attention
 from ..hub import from_pretrained
 from ..layer_map import tinybert_layer_maps
 from ..losses import (
@@ -55,9 +56,9 @@ from ..losses import (
     regression_mse,
     soft_cross_entropy,
 )
+from ..protocol import Batch, BuiltStudent, Features, Method, Needs, ParamGroups, Stage
 from ..registry import register
 from ..students import build_student, num_layers
-from .base import Method, ParamGroups, Stage
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ ATTENTION_LOSSES = {
 
 
 @dataclass
-class TinyBERTConfig(CorpusSourceConfig):
+class TinyBERTConfig(CorpusSourceConfig, MethodConfig):
     """TinyBERT's options; the ``general`` stage's corpus options (``corpus``, ``hf_dataset``, ``hf_config``,
     ``hf_split``, ``hf_column``, ``hf_data_files``, ``pack``, ``min_tokens``, ``store_dir``) are those of every
     raw-text method (:class:`~bertdistill.data.corpus.CorpusSourceConfig`)."""
@@ -155,31 +156,91 @@ class TinyBERTConfig(CorpusSourceConfig):
                 raise ConfigError(f"method.{k}_steps must be >= 1 (or unset), got {steps}")
 
 
+# ----------------------------------------------------------------------------------------------- pre-softmax scores
+
+SCORES_ATTENTION = "bertdistill_scores"
+"""Name of the attention implementation whose ``attentions`` output is the **pre-softmax** scores.
+
+``softmax(QKᵀ·scale + mask)`` is computed exactly as transformers' eager attention does (same dropout on the
+probabilities, same output), but the per-layer ``attentions`` a model returns with ``output_attentions=True``
+are the scaled scores *with the additive mask already added* (masked keys hold the dtype's minimum,
+≈ −3.4e38 in float32) — what TinyBERT (and MobileBERT) distil. No fork of the model: the function is
+registered in transformers' ``AttentionInterface``, with the eager mask registered for the same name in
+``AttentionMaskInterface`` (without it the mask never arrives)."""
+
+
+def _scores_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, scores
+
+
+def register_score_attention() -> str:
+    """Register :data:`SCORES_ATTENTION` with transformers (idempotent) and return its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(SCORES_ATTENTION, _scores_attention)
+    AttentionMaskInterface.register(SCORES_ATTENTION, eager_mask)
+    return SCORES_ATTENTION
+
+
+def use_score_attention(model: nn.Module) -> nn.Module:
+    """Switch a loaded HF model to :data:`SCORES_ATTENTION` in place (its outputs are unchanged; only the
+    returned ``attentions`` become pre-softmax scores). Not saved in ``config.json``: a saved model loads
+    with transformers' default attention."""
+    register_score_attention()
+    model.set_attn_implementation(SCORES_ATTENTION)  # type: ignore[operator]
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- student bundle
+
+
 @dataclass
-class TinyBERTOutput:
-    logits: Tensor
-    hidden: dict[int, Tensor] = field(default_factory=dict)
+class TinyBERTOutput(ModelOutput):
+    logits: Tensor | None = None
+    hidden: dict[int, Tensor] | None = None
     """Student hidden-state index → state projected to the teacher's width ``[B, T, H_T]``."""
-    attentions: dict[int, Tensor] = field(default_factory=dict)
+    attentions: dict[int, Tensor] | None = None
     """Student layer → pre-softmax scores ``[B, heads, T, T]`` (additive mask included)."""
 
 
 class TinyBERTStudent(nn.Module):
-    """The HF student plus the projections ``fit_dense`` (student width → teacher width)."""
+    """The HF student plus the projections ``fit_dense`` (student width → teacher width), and the layer maps
+    (``hidden_map``: student → teacher ``hidden_states`` index; ``attention_map``: 0-based layers)."""
 
     def __init__(
         self,
         model: nn.Module,
         teacher_width: int,
-        hidden_indices: list[int],
-        attention_layers: list[int],
+        hidden_map: list[tuple[int, int]],
+        attention_map: list[tuple[int, int]],
         shared: bool,
     ) -> None:
         super().__init__()
         self.model = model
         width = int(getattr(model, "config").hidden_size)  # noqa: B009
-        self.hidden_indices = list(hidden_indices)
-        self.attention_layers = list(attention_layers)
+        self.hidden_map = list(hidden_map)
+        self.attention_map = list(attention_map)
+        self.hidden_indices = [s for s, _ in hidden_map]
+        self.attention_layers = [s for s, _ in attention_map]
+        self.student_heads = int(getattr(model, "config").num_attention_heads)  # noqa: B009
         self.shared = shared
         n = 1 if shared else len(self.hidden_indices)
         self.fit_dense = nn.ModuleList([nn.Linear(width, teacher_width) for _ in range(n)])
@@ -189,11 +250,11 @@ class TinyBERTStudent(nn.Module):
 
     def forward(self, features: bool = False, **inputs: Any) -> TinyBERTOutput:
         if not features:
-            return TinyBERTOutput(self.model(**inputs).logits)
+            return TinyBERTOutput(logits=self.model(**inputs).logits)
         out = self.model(**inputs, output_hidden_states=True, output_attentions=True)
         hidden = {i: self.project(i, out.hidden_states[i]) for i in self.hidden_indices}
         att = {i: out.attentions[i] for i in self.attention_layers}
-        return TinyBERTOutput(out.logits, hidden, att)
+        return TinyBERTOutput(logits=out.logits, hidden=hidden, attentions=att)
 
 
 @register("tinybert")
@@ -202,7 +263,13 @@ class TinyBERT(Method):
 
     config_cls = TinyBERTConfig
     cfg: TinyBERTConfig
-    needs: ClassVar[Needs] = Needs(logits=True, hidden_states=True, attentions=True)
+    # the recipe's train.lr, not the paper's per-stage learning rates (too small for a few toy steps)
+    test_overrides: ClassVar[dict[str, dict[str, Any]]] = {
+        "method": {"intermediate_lr": 1e-3, "prediction_lr": 1e-3}
+    }
+
+    def needs_attentions(self) -> bool:
+        return True
 
     # ------------------------------------------------------------------ teacher / student
     def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
@@ -221,20 +288,31 @@ class TinyBERT(Method):
             trust_remote_code=self.run.teacher.trust_remote_code,
             attn_implementation=register_score_attention(),
         )
-        ref = getattr(self, "_teacher_shape", None)
-        if ref is not None and stage is not None:
-            c = model.config
-            shape = (int(c.num_hidden_layers), int(c.hidden_size), int(c.num_attention_heads))
-            shape_v = (*shape, int(c.vocab_size))
-            if shape != ref[:3] or int(c.vocab_size) != ref[3]:
+        if stage is not None and self.run.teacher.path and path != self.run.teacher.path:
+            from transformers import AutoConfig
+
+            ref, c = from_pretrained(AutoConfig, self.run.teacher.path), model.config
+            shape = (
+                int(c.num_hidden_layers),
+                int(c.hidden_size),
+                int(c.num_attention_heads),
+                int(c.vocab_size),
+            )
+            want = (
+                int(ref.num_hidden_layers),
+                int(ref.hidden_size),
+                int(ref.num_attention_heads),
+                int(ref.vocab_size),
+            )
+            if shape != want:
                 raise ConfigError(
-                    f"teacher {path!r} of stage {stage.name!r} has (layers, width, heads, vocab) {shape_v}, but the "
-                    f"student's maps, projections and tokenizer are those of {ref} (teacher.path); "
+                    f"teacher {path!r} of stage {stage.name!r} has (layers, width, heads, vocab) {shape}, but the "
+                    f"student's maps, projections and tokenizer are those of {want} (teacher.path); "
                     "use teachers of one shape and vocabulary"
                 )
         return model
 
-    def build_student(self, teacher: nn.Module | None) -> nn.Module:
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         cfg = self.cfg
         if teacher is None:
             if not cfg.general_teacher:
@@ -245,67 +323,55 @@ class TinyBERT(Method):
         t_cfg: Any = teacher.config
         n_t, n_s = num_layers(teacher), num_layers(student)
         h_t, h_s = int(t_cfg.num_attention_heads), int(student.config.num_attention_heads)
-        self._teacher_shape = (n_t, int(t_cfg.hidden_size), h_t, int(t_cfg.vocab_size))
         if h_s > h_t or h_t % h_s:
             raise ConfigError(
                 f"the student has {h_s} attention heads, the teacher {h_t}: the attention loss needs equal "
                 "counts or a student count that divides the teacher's (teacher heads are averaged in groups)"
             )
-        self.student_heads = h_s
         try:
             u_hidden, u_att = tinybert_layer_maps(n_t, n_s)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.hidden_map = [(int(s), int(t)) for s, t in cfg.hidden_map] or u_hidden
-        self.attention_map = [(int(s), int(t)) for s, t in cfg.attention_map] or u_att
-        for s, t in self.hidden_map:
+        hidden_map = [(int(s), int(t)) for s, t in cfg.hidden_map] or u_hidden
+        attention_map = [(int(s), int(t)) for s, t in cfg.attention_map] or u_att
+        for s, t in hidden_map:
             if not (0 <= s <= n_s and 0 <= t <= n_t):
                 raise ConfigError(
                     f"method.hidden_map pair {[s, t]}: hidden-state indices must be in 0..{n_s} (student) and "
                     f"0..{n_t} (teacher); 0 = embeddings"
                 )
-        for s, t in self.attention_map:
+        for s, t in attention_map:
             if not (0 <= s < n_s and 0 <= t < n_t):
                 raise ConfigError(
                     f"method.attention_map pair {[s, t]}: layer numbers must be in 0..{n_s - 1} (student) and "
                     f"0..{n_t - 1} (teacher)"
                 )
-        maps = {
-            "hidden": [list(p) for p in self.hidden_map],
-            "attention": [list(p) for p in self.attention_map],
-        }
+        maps = {"hidden": [list(p) for p in hidden_map], "attention": [list(p) for p in attention_map]}
         student.config.bertdistill_layer_map = maps  # saved in every exported config.json
         bundle = TinyBERTStudent(
-            student,
-            int(t_cfg.hidden_size),
-            [s for s, _ in self.hidden_map],
-            [s for s, _ in self.attention_map],
-            shared=cfg.projection == "shared",
+            student, int(t_cfg.hidden_size), hidden_map, attention_map, shared=cfg.projection == "shared"
         )
         if cfg.init_extras:
             self._load_extras(bundle, Path(cfg.init_extras).expanduser())
-        self.student_info = {
+        if cfg.cache_intermediate and "task_intermediate" in cfg.stages and "train" in datasets:
+            self._warn_cache_size(datasets["train"], len(attention_map), h_t)
+        info = {
             **info,
             "layers": f"{n_s} of {n_t}",
             "heads": f"{h_s} (teacher {h_t}{', averaged in groups' if h_s != h_t else ''})",
-            "hidden_map (student→teacher hidden_states)": {s: t for s, t in self.hidden_map},
-            "attention_map (student→teacher layer, 0-based)": {s: t for s, t in self.attention_map},
+            "hidden_map (student→teacher hidden_states)": dict(hidden_map),
+            "attention_map (student→teacher layer, 0-based)": dict(attention_map),
             "projection": f"{cfg.projection} {student.config.hidden_size}→{t_cfg.hidden_size}",
             "stages": cfg.stages,
         }
-        return bundle
+        return BuiltStudent(bundle, info)
 
-    @staticmethod
-    def _inner(bundle: nn.Module) -> TinyBERTStudent:
-        inner: Any = bundle.module if hasattr(bundle, "module") else bundle
-        return inner  # type: ignore[no-any-return]
-
-    def export_model(self, bundle: nn.Module) -> Any:
-        return self._inner(bundle).model
+    def export_model(self, bundle: nn.Module, stage: Stage | None = None) -> Any:
+        return bundle.model
 
     def export_extras(self, bundle: nn.Module) -> dict[str, Tensor]:
         """The projections (``fit_dense.<i>.weight/bias``), to resume them with ``method.init_extras``."""
-        return {f"fit_dense.{k}": v for k, v in self._inner(bundle).fit_dense.state_dict().items()}
+        return {f"fit_dense.{k}": v for k, v in bundle.fit_dense.state_dict().items()}  # type: ignore[union-attr]
 
     def _load_extras(self, bundle: TinyBERTStudent, where: Path) -> None:
         from safetensors.torch import load_file
@@ -373,18 +439,17 @@ class TinyBERT(Method):
                 )
         return out
 
-    def teacher_needs(self, stage: Stage | None = None) -> Needs:
-        if stage is not None and stage.name == "task_prediction":
+    def teacher_needs(self, stage: Stage, bundle: nn.Module) -> Needs:
+        if stage.name == "task_prediction":
             return Needs(logits=True)
-        if not hasattr(self, "hidden_map"):
-            raise RuntimeError("build_student must run before teacher_needs (the maps depend on both depths)")
+        b: TinyBERTStudent = bundle  # type: ignore[assignment]
         hidden = self.cfg.embedding_weight > 0 or self.cfg.hidden_weight > 0
         return Needs(
             logits=False,
             hidden_states=hidden,
             attentions=self.cfg.attention_weight > 0,
-            hidden_layers=tuple(sorted({t for _, t in self.hidden_map})),
-            attention_layers=tuple(sorted({t for _, t in self.attention_map})),
+            hidden_layers=tuple(sorted({t for _, t in b.hidden_map})),
+            attention_layers=tuple(sorted({t for _, t in b.attention_map})),
         )
 
     def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
@@ -401,8 +466,6 @@ class TinyBERT(Method):
             if cfg.train_data:
                 ds.labels = None  # augmented text: the teacher labels it, gold labels are never copied
             out["train"] = ds
-            if cfg.cache_intermediate and "task_intermediate" in cfg.stages:
-                self._warn_cache_size(ds)
         if "general" in cfg.stages:
             out["corpus"] = self._general_corpus(tokenizer)
         if d.eval_split:
@@ -422,9 +485,8 @@ class TinyBERT(Method):
         segments = "token_type_ids" in tokenizer.model_input_names
         return CorpusDataset(store, np.arange(n), token_type_ids=segments)
 
-    def _warn_cache_size(self, ds: Any) -> None:
-        heads = self._teacher_shape[2] if hasattr(self, "_teacher_shape") else 12
-        n_att = len(self.cfg.attention_map) or self.run.student.num_layers or 4
+    @staticmethod
+    def _warn_cache_size(ds: Any, n_att: int, heads: int) -> None:
         gb = sum(n_att * heads * k * k * 4 for k in ds.lengths) / 1e9
         log.warning(
             "method.cache_intermediate: the teacher's attention scores need ≈ %.1f GB on disk for %d examples",
@@ -433,14 +495,15 @@ class TinyBERT(Method):
         )
 
     # ------------------------------------------------------------------ training step
-    def student_forward(self, bundle: nn.Module, batch: Mapping[str, Any], stage: Stage) -> Any:
-        return bundle(features=stage.name != "task_prediction", **batch["inputs"])
+    def student_inputs(self, batch: Batch, stage: Stage) -> dict[str, Any]:
+        return {**batch["inputs"], "features": stage.name != "task_prediction"}
 
     def loss(
-        self, stage: Stage, batch: Mapping[str, Any], student_out: Any, teacher_out: Features | None
+        self, stage: Stage, batch: Batch, student_out: Any, teacher_out: Features | None, bundle: nn.Module
     ) -> dict[str, Tensor]:
         assert teacher_out is not None
         cfg = self.cfg
+        b: TinyBERTStudent = bundle  # type: ignore[assignment]
         if stage.name == "task_prediction":
             assert teacher_out.logits is not None
             if self.task.regression:
@@ -448,8 +511,8 @@ class TinyBERT(Method):
             return {"pred": soft_cross_entropy(student_out.logits, teacher_out.logits, cfg.temperature)}
         mask = batch["inputs"]["attention_mask"]
         terms: dict[str, Tensor] = {}
-        emb = [(s, t) for s, t in self.hidden_map if s == 0]
-        hid = [(s, t) for s, t in self.hidden_map if s != 0]
+        emb = [(s, t) for s, t in b.hidden_map if s == 0]
+        hid = [(s, t) for s, t in b.hidden_map if s != 0]
         if cfg.embedding_weight > 0 and emb:
             terms["emb"] = cfg.embedding_weight * _sum(
                 masked_mse(student_out.hidden[s], teacher_out.hidden_states[t], mask) for s, t in emb
@@ -458,17 +521,17 @@ class TinyBERT(Method):
             terms["hidden"] = cfg.hidden_weight * _sum(
                 masked_mse(student_out.hidden[s], teacher_out.hidden_states[t], mask) for s, t in hid
             )
-        if cfg.attention_weight > 0 and self.attention_map:
+        if cfg.attention_weight > 0 and b.attention_map:
             fn = ATTENTION_LOSSES[cfg.attention_loss]
             terms["att"] = cfg.attention_weight * _sum(
                 fn(
                     student_out.attentions[s],
                     average_heads(
-                        teacher_out.attentions[t].to(student_out.attentions[s].dtype), self.student_heads
+                        teacher_out.attentions[t].to(student_out.attentions[s].dtype), b.student_heads
                     ),
                     mask,
                 )
-                for s, t in self.attention_map
+                for s, t in b.attention_map
             )
         if not terms:
             raise ConfigError("tinybert: every intermediate loss weight is 0; nothing to train")
@@ -487,7 +550,7 @@ def _intermediate_params(bundle: nn.Module) -> ParamGroups:
     """Intermediate stages: the encoder (embeddings, layers) and the projections. The pooler and the task head
     get no gradient from these losses; leaving them out changes nothing numerically (AdamW skips parameters
     without gradients) but tells DDP not to wait for their gradients."""
-    inner: Any = bundle.module if hasattr(bundle, "module") else bundle
+    inner: Any = bundle
     base_prefix = inner.model.base_model_prefix
     params = [
         (f"model.{n}", p)
@@ -500,8 +563,16 @@ def _intermediate_params(bundle: nn.Module) -> ParamGroups:
 
 def _student_only(bundle: nn.Module) -> ParamGroups:
     """The prediction stage trains the student proper; the projections (no gradient there) stay frozen."""
-    inner: Any = bundle.module if hasattr(bundle, "module") else bundle
+    inner: Any = bundle
     return [{"params": [(f"model.{n}", p) for n, p in inner.model.named_parameters()]}]
 
 
-__all__ = ["TinyBERT", "TinyBERTConfig", "TinyBERTOutput", "TinyBERTStudent"]
+__all__ = [
+    "SCORES_ATTENTION",
+    "TinyBERT",
+    "TinyBERTConfig",
+    "TinyBERTOutput",
+    "TinyBERTStudent",
+    "register_score_attention",
+    "use_score_attention",
+]

@@ -1,13 +1,17 @@
 """The one training loop: stages → steps → loss terms → backward. It never branches on a method's name.
 
-``distill(config)`` builds the method, the teacher and the student bundle, then for each stage of the method:
-selects the trainable parameters, builds AdamW + schedule, iterates the stage's data (with the teacher's
-outputs from the cache or live), sums the method's loss terms, steps, logs every term, evaluates, keeps the
-best model, writes atomic resumable checkpoints, and stops on a non-finite loss keeping the last good one.
+:func:`distill` builds a :class:`Trainer`: the method, the teacher, the datasets, the student bundle and the
+accelerator. :meth:`Trainer.train` then runs each stage of the method in three plain pieces —
+:meth:`~Trainer.setup_stage` (trainable parameters, optimizer, schedule, loader, teacher source),
+:meth:`~Trainer.step` (one micro-batch: teacher outputs, student forward, loss terms, backward, update) and
+:meth:`~Trainer.after_step` (counters, logging, evaluation and model selection, checkpoints) — over a typed
+:class:`TrainerState`, which is what a checkpoint stores to resume exactly. A non-finite loss stops the run
+and names the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,16 +29,16 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, RunConfig
-from ..data.loading import BatchSampler, TokenizedDataset, resolve_task
-from ..features import Features
-from ..hub import from_pretrained
-from ..methods.base import Method, Stage, save_hf_model
+from ..data.loading import TokenizedDataset, resolve_task, teacher_view
+from ..hub import from_pretrained, save_hf_model
+from ..inference import eval_loop
+from ..protocol import Features, Method, Needs, Stage, unwrap
 from ..registry import get_method
-from ..teachers import CachedTeacher, Teacher
+from ..teachers import CachedTeacher, EnsembleTeacher, GroupedSource, Teacher
 from . import checkpoint as ckpt
 from .optim import build_optimizer, build_scheduler
 
@@ -56,6 +60,58 @@ class RunResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     main_process: bool = True
+
+
+@dataclass
+class TrainerState:
+    """Where a run is: what a checkpoint stores (``trainer_state.json``) to resume exactly."""
+
+    stage_index: int = 0
+    stage_step: int = 0
+    """Optimizer steps taken in the current stage."""
+    global_step: int = 0
+    epoch: int = 0
+    """Epoch of the current stage (seeds its shuffle)."""
+    batch_in_epoch: int = 0
+    """Micro-batches of the current epoch already consumed (skipped on resume)."""
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stage_done: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainerState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def start_stage(self, index: int) -> None:
+        """A new stage starts its own epochs and model selection (the final model comes from the last)."""
+        self.stage_index, self.stage_step, self.epoch, self.batch_in_epoch = index, 0, 0, 0
+        self.bad_evals, self.stage_done, self.best_metric, self.best_step = 0, False, None, None
+
+
+@dataclass
+class StageRun:
+    """Everything one stage runs with, built by :meth:`Trainer.setup_stage`."""
+
+    stage: Stage
+    index: int
+    sampler: Any
+    loader: Any
+    optimizer: Any
+    scheduler: Any
+    source: Any
+    """Teacher outputs: a Teacher, EnsembleTeacher, CachedTeacher, GroupedSource, or None."""
+    needs: Needs
+    total: int
+    evaluate: bool
+    bar: Any = None
+    sums: dict[str, float] = field(default_factory=dict)
+    n_sum: int = 0
+    t_last: float = field(default_factory=time.perf_counter)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,32 +191,30 @@ class Trainer:
             torch.set_num_threads(run.train.cpu_threads)
         seed_everything(run.train.seed)
 
-        stages = self.method.stages()
-        # the run's teacher serves every teacher-using stage that does not name its own (Stage.teacher)
-        needs_teacher = self.method.requires_teacher and any(
-            s.uses_teacher and s.teacher is None for s in stages
-        )
-        self.teacher_model: nn.Module | None = None
+        self.stages = self.method.stages()
+        runs_teacher = self.method.runs_teacher()
+        teacher_model: nn.Module | None = None
         if run.teacher.path:
-            self.teacher_model = self.method.load_teacher_model(run.teacher.path)
-        elif needs_teacher:
+            teacher_model = self.method.load_teacher_model(run.teacher.path)
+        elif runs_teacher:
             raise ConfigError(
-                f"method {self.method.name!r} needs a teacher: set teacher.path to a fine-tuned model dir or hub name "
-                "(make one with `bertdistill finetune`)"
+                f"method {self.method.name!r} needs a teacher: set teacher.path to a fine-tuned model dir or hub "
+                "name (make one with `bertdistill finetune`)"
             )
-        self.stages = stages
         self.tokenizer = _load_tokenizer(run)
         self.datasets = self.method.datasets(self.tokenizer)
-        self.collate = self.method.collator(self.tokenizer)
+        self.collate = self.method.collator(self.tokenizer, self.datasets)
+        self.student_tokenizer = self.method.student_tokenizer(self.tokenizer, self.datasets)
         seed_everything(run.train.seed)
-        self.bundle = self.method.build_student(self.teacher_model)
-        self.teacher = (
-            Teacher(self.teacher_model) if (self.teacher_model is not None and needs_teacher) else None
-        )
-        if not needs_teacher:
-            self.teacher_model = None  # only used to build the student
+        built = self.method.build_student(teacher_model, self.datasets)
+        self.student_info = built.info
+        # the run's teacher serves every stage that names no teacher of its own; else it only built the student
+        self.teacher = Teacher(teacher_model) if (teacher_model is not None and runs_teacher) else None
 
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=len(stages) > 1 or _has_frozen(stages))
+        ddp = DistributedDataParallelKwargs(
+            find_unused_parameters=len(self.stages) > 1
+            or any(s.param_groups is not None for s in self.stages)
+        )
         _allow_new_precision(run.train.mixed_precision)
         self.acc = Accelerator(
             mixed_precision=run.train.mixed_precision,
@@ -170,16 +224,19 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(self.acc.device)
         self._stage_teachers: dict[str, Teacher] = {}
-        self.bundle = self.acc.prepare(self.bundle)
+        self.bundle = self.acc.prepare(built.bundle)
         self.logger = JsonlLogger(self.out / LOG_FILE, enabled=self.acc.is_main_process)
         self.metric_name = run.train.metric_for_best or self.task.main_metric
         self.eval_loader = None
         if "eval" in self.datasets:
             ev = self.datasets["eval"]
+            sampler = self.method.batch_sampler(
+                ev, run.train.eval_batch_size, shuffle=False, seed=run.train.seed, stage=None
+            )
             self.eval_loader = self.acc.prepare(
                 DataLoader(
                     ev,
-                    batch_sampler=BatchSampler(_lengths(ev), run.train.eval_batch_size, shuffle=False),
+                    batch_sampler=sampler,
                     collate_fn=self.collate,
                     generator=torch.Generator().manual_seed(run.train.seed),
                 )
@@ -187,7 +244,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def unwrapped(self) -> nn.Module:
-        return self.acc.unwrap_model(self.bundle)
+        return unwrap(self.acc.unwrap_model(self.bundle))
 
     def print(self, msg: str) -> None:
         if not self.quiet and self.acc.is_main_process:
@@ -195,178 +252,145 @@ class Trainer:
 
             Console(stderr=True).print(msg, highlight=False)
 
-    def _stage_teacher(self, stage: Stage) -> Teacher | None:
-        """The stage's own teacher (``Stage.teacher``, loaded once and kept while a later stage needs it),
-        else the run's."""
-        if not stage.uses_teacher or not self.method.requires_teacher:
-            return None
-        if stage.teacher is None:
-            return self.teacher
-        for name in list(self._stage_teachers):  # free teachers that no stage from this one on uses
-            if name != stage.teacher and not any(
-                s.teacher == name for s in self.stages[self.stages.index(stage) :]
-            ):
+    def _teacher_at(self, path: str, stage: Stage, keep: set[str]) -> Teacher:
+        """A stage's own teacher, loaded once and kept while a later stage uses it."""
+        for name in list(self._stage_teachers):
+            if name not in keep:
                 del self._stage_teachers[name]
-        if stage.teacher not in self._stage_teachers:
-            model = self.method.load_teacher_model(stage.teacher, stage)
-            self._stage_teachers[stage.teacher] = Teacher(model).to(self.acc.device)
-        return self._stage_teachers[stage.teacher]
+        if path not in self._stage_teachers:
+            model = self.method.load_teacher_model(path, stage)
+            self._stage_teachers[path] = Teacher(model).to(self.acc.device)
+        return self._stage_teachers[path]
 
-    def _teacher_source(self, stage: Stage, data: Any, progress: Any) -> Teacher | CachedTeacher | None:
-        teacher = self._stage_teacher(stage)
-        if teacher is None:
+    def _teacher_source(self, stage: Stage, si: int, data: Any, needs: Needs, progress: Any) -> Any:
+        """Where the stage's teacher outputs come from: live, cached on disk, or per group."""
+        if not stage.uses_teacher:
             return None
-        needs = self.method.teacher_needs(stage)
-        if self.run.teacher.cache and stage.cacheable and isinstance(data, TokenizedDataset):
-            with self.acc.main_process_first():
-                cache_dir = (
-                    Path(self.run.teacher.cache_dir).expanduser() if self.run.teacher.cache_dir else None
+        later = self.stages[si:]
+        keep = {s.teacher for s in later if s.teacher} | {
+            p for s in later for ps in (s.group_teachers or {}).values() for p in ps
+        }
+        if stage.group_teachers is not None:
+            parts = getattr(data, "parts", None)
+            if parts is None:
+                raise ConfigError(
+                    f"stage {stage.name!r} names teachers per group, but its data has no groups"
                 )
-                return CachedTeacher.load_or_build(
-                    teacher,
-                    data,
-                    needs,
-                    self.collate,
-                    cache_dir,  # type: ignore[arg-type]
-                    self.run.teacher.cache_dtype,
-                    self.run.teacher.batch_size,
-                    progress,
-                )
-        return teacher
+            sources: dict[str, Any] = {}
+            for group, paths in stage.group_teachers.items():
+                if group not in parts:
+                    raise ConfigError(
+                        f"stage {stage.name!r}: no data group {group!r}; groups are {list(parts)}"
+                    )
+                if not paths:
+                    sources[group] = None
+                    continue
+                members = [self._teacher_at(p, stage, keep) for p in paths]
+                regression = bool(getattr(parts[group], "regression", False))
+                teacher: Any = members[0] if len(members) == 1 else EnsembleTeacher(members, regression)
+                sources[group] = self._maybe_cached(teacher, stage, parts[group], needs, progress)
+            return GroupedSource(sources)
+        teacher = self.teacher if stage.teacher is None else self._teacher_at(stage.teacher, stage, keep)
+        if teacher is None:
+            raise ConfigError(f"stage {stage.name!r} uses a teacher, but none is set (teacher.path)")
+        return self._maybe_cached(teacher, stage, data, needs, progress)
 
-    def _evaluate(self) -> dict[str, float]:
+    def _maybe_cached(self, teacher: Any, stage: Stage, data: Any, needs: Needs, progress: Any) -> Any:
+        if not (
+            self.run.teacher.cache and stage.cacheable and isinstance(teacher_view(data), TokenizedDataset)
+        ):
+            return teacher
+        with self.acc.main_process_first():
+            cache_dir = Path(self.run.teacher.cache_dir).expanduser() if self.run.teacher.cache_dir else None
+            return CachedTeacher.load_or_build(
+                teacher,
+                data,
+                needs,
+                self.tokenizer.pad_token_id or 0,
+                cache_dir,
+                self.run.teacher.cache_dtype,
+                self.run.teacher.batch_size,
+                progress,
+            )
+
+    def evaluate_now(self, stage: Stage | None) -> dict[str, float]:
         assert self.eval_loader is not None
-        return self.method.evaluate(self.unwrapped(), self.eval_loader, self.acc.gather_for_metrics)
+        runner = self.method.runner(self.unwrapped(), self.student_tokenizer, stage)
+        return eval_loop(
+            runner, self.eval_loader, self.acc.gather_for_metrics, **self.method.eval_options(stage)
+        )
 
-    def _save_best(self, metrics: dict[str, float], step: int) -> None:
-        if not self.acc.is_main_process:
-            return
-        model = self.method.export_model(self.unwrapped())
+    def _save_model(self, target: Path, stage: Stage | None, metrics: dict[str, Any] | None = None) -> None:
+        model = self.method.export_model(self.unwrapped(), stage)
 
         def write(tmp: Path) -> None:
-            save_hf_model(model, self.tokenizer, tmp)
-            (tmp / METRICS_FILE).write_text(json.dumps({"step": step, **metrics}, indent=1))
+            save_hf_model(model, self.student_tokenizer, tmp)
+            if metrics is not None:
+                (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
 
-        ckpt.atomic_dir(self.out / "best", write)
+        ckpt.atomic_dir(target, write)
 
     # ------------------------------------------------------------------ main
     def train(self, resume: bool = False) -> RunResult:
         run, acc = self.run, self.acc
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt_root = self.out / "checkpoints"
-        state: dict[str, Any] = {
-            "stage_index": 0,
-            "stage_step": 0,
-            "global_step": 0,
-            "epoch": 0,
-            "batch_in_epoch": 0,
-            "best_metric": None,
-            "best_step": None,
-            "bad_evals": 0,
-            "stage_done": False,
-        }
+        state = TrainerState()
         resume_from = ckpt.latest_checkpoint(ckpt_root) if resume else None
         if resume and resume_from is None:
             self.print(f"[yellow]--resume: no checkpoint under {ckpt_root}; starting from scratch")
         if resume_from is not None:
             self._warn_changed_config()
-            state.update(ckpt.load_trainer_state(resume_from))
+            state = TrainerState.from_dict(ckpt.load_trainer_state(resume_from))
             ckpt.load_bundle(resume_from, self.unwrapped())
-            self.print(
-                f"resuming from {resume_from} (step {state['global_step']}, stage {state['stage_index']})"
-            )
+            self.print(f"resuming from {resume_from} (step {state.global_step}, stage {state.stage_index})")
         elif acc.is_main_process:
             (self.out / LOG_FILE).unlink(missing_ok=True)
         if acc.is_main_process:
             run.dump(self.out / CONFIG_FILE)
-        info = getattr(self.method, "student_info", None)
-        if info:
-            self.print(f"student: {info}")
+        if self.student_info:
+            self.print(f"student: {self.student_info}")
 
-        final_metrics: dict[str, Any] = {}
         with _progress(self.show_progress and acc.is_main_process) as progress:
             for si, stage in enumerate(self.stages):
-                if si < state["stage_index"]:
+                if si < state.stage_index:
                     continue
-                if si > state["stage_index"]:
-                    # a new stage starts its own model selection: the final model comes from the last stage
-                    state.update(
-                        stage_index=si,
-                        stage_step=0,
-                        epoch=0,
-                        batch_in_epoch=0,
-                        bad_evals=0,
-                        stage_done=False,
-                        best_metric=None,
-                        best_step=None,
-                    )
+                if si > state.stage_index:
+                    state.start_stage(si)
                     if acc.is_main_process:
                         shutil.rmtree(self.out / "best", ignore_errors=True)
-                if state.get("stage_done"):
+                if state.stage_done:
                     continue
-                self._run_stage(stage, si, state, ckpt_root, progress, resume_from)
+                sr = self.setup_stage(stage, si, state, progress, resume_from)
                 resume_from = None
+                self.run_stage(sr, state, ckpt_root, progress)
                 if len(self.stages) > 1:
                     self._save_stage_output(stage)
-                state["stage_done"] = True
+                state.stage_done = True
+        return self._finish(state)
 
-        # final model: the best evaluated one, else the last
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            best_dir = self.out / "best"
-            if state["best_metric"] is not None and best_dir.is_dir():
-                ckpt.publish_files(best_dir, self.out)
-                final_metrics = json.loads((best_dir / METRICS_FILE).read_text())
-            else:
-                model = self.method.export_model(self.unwrapped())
-                final_metrics = {"step": state["global_step"]}
-                if self.eval_loader is not None and any(s.evaluate for s in self.stages):
-                    final_metrics.update(self._evaluate())
-
-                def write(tmp: Path) -> None:
-                    save_hf_model(model, self.tokenizer, tmp)
-
-                tmp_final = self.out / ".final"
-                ckpt.atomic_dir(tmp_final, write)
-                ckpt.publish_files(tmp_final, self.out)
-                shutil.rmtree(tmp_final, ignore_errors=True)
-            final_metrics = {"task": self.task.name, "method": self.method.name, **final_metrics}
-            (self.out / METRICS_FILE).write_text(json.dumps(final_metrics, indent=1))
-            run.dump(self.out / CONFIG_FILE)
-        return RunResult(self.out, final_metrics, self.logger.records, acc.is_main_process)
-
-    def _run_stage(
-        self,
-        stage: Stage,
-        si: int,
-        state: dict[str, Any],
-        ckpt_root: Path,
-        progress: Any,
-        resume_from: Path | None,
-    ) -> None:
-        run, acc, tr = self.run, self.acc, self.run.train
+    def setup_stage(
+        self, stage: Stage, si: int, state: TrainerState, progress: Any, resume_from: Path | None
+    ) -> StageRun:
+        """Trainable parameters, optimizer and schedule, loader and teacher source of one stage."""
+        acc, tr = self.acc, self.run.train
         data = self.datasets.get(stage.data)
         if data is None:
             raise ConfigError(
                 f"stage {stage.name!r} reads dataset {stage.data!r}, which the method did not build"
             )
         bundle = self.unwrapped()
-        # trainable parameters of this stage
-        if stage.param_groups is None:
-            groups = [{"params": list(bundle.named_parameters())}]
-        else:
-            groups = stage.param_groups(bundle)
+        groups = (
+            [{"params": list(bundle.named_parameters())}]
+            if stage.param_groups is None
+            else stage.param_groups(bundle)
+        )
         trainable = {id(p) for g in groups for _, p in g["params"]}
         for p in bundle.parameters():
             p.requires_grad_(id(p) in trainable)
-
-        sampler = BatchSampler(
-            _lengths(data),
-            tr.batch_size,
-            shuffle=True,
-            bucket=run.data.bucket_by_length,
-            seed=tr.seed + 1000 * si,
-        )
+        seed = tr.seed + 1000 * si
+        batch_size = stage.batch_size or tr.batch_size
+        sampler = self.method.batch_sampler(data, batch_size, shuffle=True, seed=seed, stage=stage)
         # the loader's own generator: creating its iterator (which draws a base seed) must not consume the
         # global RNG that dropout reads, or a resumed run's dropout masks drift from an uninterrupted run's
         loader = acc.prepare(
@@ -374,7 +398,7 @@ class Trainer:
                 data,
                 batch_sampler=sampler,
                 collate_fn=self.collate,
-                generator=torch.Generator().manual_seed(tr.seed + 1000 * si),
+                generator=torch.Generator().manual_seed(seed),
             )
         )
         updates_per_epoch = max(1, math.ceil(len(loader) / tr.grad_accum))
@@ -383,130 +407,169 @@ class Trainer:
         total = max_steps or max(1, math.ceil(epochs * updates_per_epoch))
         lr = stage.lr or tr.lr
         warmup = int((stage.warmup_ratio if stage.warmup_ratio is not None else tr.warmup_ratio) * total)
-        optimizer = build_optimizer(groups, tr, lr)
+        optimizer = build_optimizer(groups, tr, lr, stage.optimizer)
         scheduler = build_scheduler(optimizer, stage.scheduler or tr.scheduler, warmup, total)
         optimizer, scheduler = acc.prepare(optimizer, scheduler)
         if resume_from is not None:
             ckpt.load_optim(resume_from, optimizer, scheduler)
-
-        source = self._teacher_source(stage, data, progress)
-        needs = self.method.teacher_needs(stage)
-        evaluate = stage.evaluate and self.eval_loader is not None
-        n_params = sum(p.numel() for _, p in (pp for g in groups for pp in g["params"]))
+        needs = self.method.teacher_needs(stage, bundle)
+        source = self._teacher_source(stage, si, data, needs, progress)
+        n_params = sum(p.numel() for g in groups for _, p in g["params"])
+        kind = (
+            "cached"
+            if isinstance(source, CachedTeacher)
+            else "per group"
+            if isinstance(source, GroupedSource)
+            else "live"
+            if source
+            else "none"
+        )
         self.print(
             f"stage {si + 1}/{len(self.stages)} [bold]{stage.name}[/]: {total} steps "
-            f"({updates_per_epoch}/epoch, batch {tr.batch_size}×{tr.grad_accum}×{acc.num_processes}), lr {lr:g}, "
-            f"{n_params:,} trainable params, teacher: "
-            f"{'cached' if isinstance(source, CachedTeacher) else 'live' if source else 'none'}"
+            f"({updates_per_epoch}/epoch, batch {batch_size}×{tr.grad_accum}×{acc.num_processes}), lr {lr:g}, "
+            f"{n_params:,} trainable params, teacher: {kind}"
         )
         bar = (
-            progress.add_task(stage.name, total=total, completed=state["stage_step"], terms="")
+            progress.add_task(stage.name, total=total, completed=state.stage_step, terms="")
             if progress
             else None
         )
+        return StageRun(
+            stage,
+            si,
+            sampler,
+            loader,
+            optimizer,
+            scheduler,
+            source,
+            needs,
+            total,
+            evaluate=stage.evaluate and self.eval_loader is not None,
+            bar=bar,
+        )
 
-        sums: dict[str, float] = {}
-        n_sum = 0
-        t_last = time.perf_counter()
+    def run_stage(self, sr: StageRun, state: TrainerState, ckpt_root: Path, progress: Any) -> None:
+        """Epochs of one stage until its step budget is spent or early stopping says stop."""
+        self.bundle.train()
         stop = False
-        bundle_wrapped = self.bundle
-        bundle_wrapped.train()
-        while not stop and state["stage_step"] < total:
-            it = loader
-            if state["batch_in_epoch"]:
-                it = acc.skip_first_batches(loader, state["batch_in_epoch"])
+        while not stop and state.stage_step < sr.total:
+            it = sr.loader
+            if state.batch_in_epoch:
+                it = self.acc.skip_first_batches(sr.loader, state.batch_in_epoch)
             # the epoch seeds the shuffle; accelerate's loaders re-set it from their own counter at each
             # iteration, so set it through them (a resumed run's counter starts at 0)
-            for obj in (sampler, it):
+            for obj in (sr.sampler, it):
                 if hasattr(obj, "set_epoch"):
-                    obj.set_epoch(state["epoch"])
+                    obj.set_epoch(state.epoch)
             for batch in it:
-                with acc.accumulate(bundle_wrapped):
-                    t_out: Features | None = None
-                    if source is not None:
-                        with acc.autocast():
-                            t_out = source.features(batch, needs)
-                    s_out = self.method.student_forward(bundle_wrapped, batch, stage)
-                    terms = self.method.loss(stage, batch, s_out, t_out)
-                    loss = torch.stack([v.float() for v in terms.values()]).sum()
-                    if not torch.isfinite(loss):
-                        self._non_finite(terms, state, ckpt_root)
-                    acc.backward(loss)
-                    if acc.sync_gradients and tr.max_grad_norm:
-                        acc.clip_grad_norm_(bundle_wrapped.parameters(), tr.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state["batch_in_epoch"] += 1
+                terms = self.step(sr, batch, state, ckpt_root)
+                state.batch_in_epoch += 1
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                n_sum += 1
-                if not acc.sync_gradients:
+                    sr.sums[k] = sr.sums.get(k, 0.0) + v
+                sr.n_sum += 1
+                if not self.acc.sync_gradients:
                     continue
-                state["stage_step"] += 1
-                state["global_step"] += 1
-                step = state["global_step"]
-                if bar is not None:
-                    progress.update(
-                        bar, advance=1, terms=" ".join(f"{k}={v / n_sum:.4f}" for k, v in sums.items())
-                    )
-                if state["stage_step"] % tr.log_every == 0 or state["stage_step"] == total:
-                    now = time.perf_counter()
-                    rec = {
-                        "step": step,
-                        "stage": stage.name,
-                        "epoch": state["epoch"],
-                        "lr": scheduler.get_last_lr()[0],
-                        **{k: v / n_sum for k, v in sums.items()},
-                        "loss": sum(sums.values()) / n_sum,
-                        "sec_per_step": (now - t_last) / max(1, n_sum),
-                    }
-                    self.logger.write(rec)
-                    if progress is None and not self.quiet and acc.is_main_process:
-                        self.print(
-                            " ".join(
-                                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
-                            )
-                        )
-                    sums, n_sum, t_last = {}, 0, now
-                end_of_stage = state["stage_step"] >= total
-                end_of_epoch = state["batch_in_epoch"] >= len(loader)
-                do_eval = evaluate and (
-                    (tr.eval_every and state["stage_step"] % tr.eval_every == 0)
-                    or (not tr.eval_every and end_of_epoch)
-                    or end_of_stage
-                )
-                if do_eval:
-                    stop = self._eval_step(state, stage) or stop
-                do_save = (
-                    (tr.save_every and state["stage_step"] % tr.save_every == 0)
-                    or (not tr.save_every and (do_eval or end_of_epoch))
-                    or end_of_stage
-                )
-                if end_of_epoch:
-                    state["epoch"] += 1
-                    state["batch_in_epoch"] = 0
-                if do_save:
-                    self._checkpoint(optimizer, scheduler, state, ckpt_root)
-                if stop or end_of_stage:
-                    stop = True
+                stop = self.after_step(sr, state, ckpt_root, progress)
+                if stop:
                     break
             else:
                 # the loader ran out on a non-sync micro-batch tail: flush the epoch
-                if state["batch_in_epoch"]:
-                    state["epoch"] += 1
-                    state["batch_in_epoch"] = 0
-        if bar is not None:
-            progress.remove_task(bar)
+                if state.batch_in_epoch:
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+        if sr.bar is not None:
+            progress.remove_task(sr.bar)
 
-    def _eval_step(self, state: dict[str, Any], stage: Stage) -> bool:
+    def step(
+        self, sr: StageRun, batch: Mapping[str, Any], state: TrainerState, ckpt_root: Path
+    ) -> dict[str, float]:
+        """One micro-batch: teacher outputs, student forward (through the DDP wrapper), loss terms, backward,
+        and (on a synchronising micro-batch) the optimizer update. Returns the terms as floats."""
+        acc, tr = self.acc, self.run.train
+        with acc.accumulate(self.bundle):
+            t_out: Features | None = None
+            if sr.source is not None:
+                with acc.autocast():
+                    t_out = sr.source.features(batch, sr.needs)
+            s_out = self.bundle(**self.method.student_inputs(batch, sr.stage))
+            terms = self.method.loss(sr.stage, batch, s_out, t_out, self.unwrapped())
+            loss = torch.stack([v.float() for v in terms.values()]).sum()
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            if not math.isfinite(sum(values.values())):
+                self._non_finite(values, state, ckpt_root)
+            acc.backward(loss)
+            if acc.sync_gradients and tr.max_grad_norm:
+                acc.clip_grad_norm_(self.bundle.parameters(), tr.max_grad_norm)
+            sr.optimizer.step()
+            sr.scheduler.step()
+            sr.optimizer.zero_grad(set_to_none=True)
+        return values
+
+    def after_step(self, sr: StageRun, state: TrainerState, ckpt_root: Path, progress: Any) -> bool:
+        """Counters, logging, evaluation / model selection and checkpoints after an optimizer step; True
+        when the stage ends (its step budget, or early stopping)."""
+        tr = self.run.train
+        state.stage_step += 1
+        state.global_step += 1
+        if sr.bar is not None:
+            progress.update(
+                sr.bar, advance=1, terms=" ".join(f"{k}={v / sr.n_sum:.4f}" for k, v in sr.sums.items())
+            )
+        end_of_stage = state.stage_step >= sr.total
+        if state.stage_step % tr.log_every == 0 or end_of_stage:
+            self._log_terms(sr, state, progress)
+        end_of_epoch = state.batch_in_epoch >= len(sr.loader)
+        do_eval = sr.evaluate and (
+            (tr.eval_every and state.stage_step % tr.eval_every == 0)
+            or (not tr.eval_every and end_of_epoch)
+            or end_of_stage
+        )
+        stop = self._eval_and_select(state, sr.stage) if do_eval else False
+        do_save = (
+            (tr.save_every and state.stage_step % tr.save_every == 0)
+            or (not tr.save_every and (do_eval or end_of_epoch))
+            or end_of_stage
+        )
+        if end_of_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        if do_save:
+            self._checkpoint(sr, state, ckpt_root)
+        return stop or end_of_stage
+
+    def _checkpoint(self, sr: StageRun, state: TrainerState, root: Path) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            ckpt.save_checkpoint(
+                root, self.unwrapped(), sr.optimizer, sr.scheduler, state.to_dict(), self.run.train.keep_last
+            )
+
+    def _log_terms(self, sr: StageRun, state: TrainerState, progress: Any) -> None:
+        now = time.perf_counter()
+        rec = {
+            "step": state.global_step,
+            "stage": sr.stage.name,
+            "epoch": state.epoch,
+            "lr": sr.scheduler.get_last_lr()[0],
+            **{k: v / sr.n_sum for k, v in sr.sums.items()},
+            "loss": sum(sr.sums.values()) / sr.n_sum,
+            "sec_per_step": (now - sr.t_last) / max(1, sr.n_sum),
+        }
+        self.logger.write(rec)
+        if progress is None and not self.quiet and self.acc.is_main_process:
+            self.print(
+                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
+            )
+        sr.sums, sr.n_sum, sr.t_last = {}, 0, now
+
+    def _eval_and_select(self, state: TrainerState, stage: Stage) -> bool:
         """Evaluate, keep the best, count patience; True when early stopping says stop."""
-        metrics = self._evaluate()
-        step = state["global_step"]
+        metrics = self.evaluate_now(stage)
+        step = state.global_step
         if self.metric_name not in metrics:
             raise ConfigError(f"train.metric_for_best {self.metric_name!r} is not one of {sorted(metrics)}")
         value = metrics[self.metric_name]
-        improved = state["best_metric"] is None or value > state["best_metric"]
+        improved = state.best_metric is None or value > state.best_metric
         self.logger.write({"step": step, "stage": stage.name, "eval": metrics, "improved": improved})
         self.print(
             f"step {step} eval: "
@@ -514,15 +577,40 @@ class Trainer:
             + (" [green](best)[/]" if improved else "")
         )
         if improved:
-            state.update(best_metric=value, best_step=step, bad_evals=0)
-            self._save_best(metrics, step)
+            state.best_metric, state.best_step, state.bad_evals = value, step, 0
+            if self.acc.is_main_process:
+                self._save_model(self.out / "best", stage, {"step": step, **metrics})
             return False
-        state["bad_evals"] += 1
+        state.bad_evals += 1
         patience = self.run.train.early_stopping_patience
-        if patience is not None and state["bad_evals"] >= patience:
+        if patience is not None and state.bad_evals >= patience:
             self.print(f"early stopping: no improvement of {self.metric_name} in {patience} evaluations")
             return True
         return False
+
+    def _finish(self, state: TrainerState) -> RunResult:
+        """The final model: the best evaluated one of the last stage, else the last; metrics.json."""
+        acc = self.acc
+        acc.wait_for_everyone()
+        final_metrics: dict[str, Any] = {}
+        if acc.is_main_process:
+            best_dir = self.out / "best"
+            if state.best_metric is not None and best_dir.is_dir():
+                ckpt.publish_files(best_dir, self.out)
+                final_metrics = json.loads((best_dir / METRICS_FILE).read_text())
+            else:
+                last = self.stages[-1]
+                final_metrics = {"step": state.global_step}
+                if self.eval_loader is not None and any(s.evaluate for s in self.stages):
+                    final_metrics.update(self.evaluate_now(last))
+                tmp_final = self.out / ".final"
+                self._save_model(tmp_final, last)
+                ckpt.publish_files(tmp_final, self.out)
+                shutil.rmtree(tmp_final, ignore_errors=True)
+            final_metrics = {"task": self.task.name, "method": self.method.name, **final_metrics}
+            (self.out / METRICS_FILE).write_text(json.dumps(final_metrics, indent=1))
+            self.run.dump(self.out / CONFIG_FILE)
+        return RunResult(self.out, final_metrics, self.logger.records, acc.is_main_process)
 
     def _warn_changed_config(self) -> None:
         """A resumed run goes on with the config it is given; say which settings differ from the run it
@@ -530,7 +618,7 @@ class Trainer:
         prev_path = self.out / CONFIG_FILE
         if not prev_path.is_file():
             return
-        from ..config import load_config
+        from ..recipes import load_config
 
         try:
             prev = load_config(prev_path).to_dict()
@@ -549,11 +637,11 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         bundle = self.unwrapped()
-        model = self.method.export_model(bundle)
+        model = self.method.export_model(bundle, stage)
         extras = {k: v.detach().cpu().contiguous() for k, v in self.method.export_extras(bundle).items()}
 
         def write(tmp: Path) -> None:
-            save_hf_model(model, self.tokenizer, tmp)
+            save_hf_model(model, self.student_tokenizer, tmp)
             if extras:
                 from safetensors.torch import save_file
 
@@ -563,19 +651,12 @@ class Trainer:
         ckpt.atomic_dir(self.out / "stages" / stage.name, write)
         self.print(f"stage {stage.name!r} saved to {self.out / 'stages' / stage.name}")
 
-    def _checkpoint(self, optimizer: Any, scheduler: Any, state: dict[str, Any], root: Path) -> None:
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            ckpt.save_checkpoint(
-                root, self.unwrapped(), optimizer, scheduler, dict(state), self.run.train.keep_last
-            )
-
-    def _non_finite(self, terms: Mapping[str, Tensor], state: dict[str, Any], root: Path) -> None:
-        values = {k: float(v.detach()) for k, v in terms.items()}
+    def _non_finite(self, values: Mapping[str, float], state: TrainerState, root: Path) -> None:
         last = ckpt.latest_checkpoint(root)
+        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
         msg = (
-            f"non-finite loss at step {state['global_step'] + 1} of stage {state['stage_index']} "
-            f"(terms: {values}); training stopped without saving this state. "
+            f"non-finite loss term(s) {bad} at step {state.global_step + 1} of stage {state.stage_index} "
+            f"(terms: {dict(values)}); training stopped without saving this state. "
             + (
                 f"Last good checkpoint: {last} (resume with --resume after lowering train.lr or "
                 f"enabling train.max_grad_norm)."
@@ -583,7 +664,7 @@ class Trainer:
                 else "No checkpoint had been written yet."
             )
         )
-        self.logger.write({"step": state["global_step"] + 1, "error": msg})
+        self.logger.write({"step": state.global_step + 1, "error": msg})
         raise NonFiniteLossError(msg)
 
 
@@ -607,16 +688,6 @@ def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
-def _lengths(data: Any) -> list[int]:
-    if hasattr(data, "lengths"):
-        return list(data.lengths)
-    return [1] * len(data)
-
-
-def _has_frozen(stages: list[Stage]) -> bool:
-    return any(s.param_groups is not None for s in stages)
-
-
 def distill(
     config: RunConfig | str | os.PathLike[str] | dict[str, Any],
     overrides: list[str] | None = None,
@@ -629,10 +700,8 @@ def distill(
 
     ``config`` is a RunConfig, a recipe path or a dict; ``overrides`` are ``section.key=value`` strings.
     """
-    from ..config import load_config
+    from ..recipes import load_config
 
-    if not isinstance(config, RunConfig):
+    if not isinstance(config, RunConfig) or overrides:
         config = load_config(config, overrides)
-    elif overrides:
-        config = load_config(config.to_dict(), overrides)
     return Trainer(config, quiet=quiet, progress=progress).train(resume=resume)

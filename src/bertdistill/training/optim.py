@@ -12,9 +12,15 @@ from ..config import TrainConfig
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
-def build_optimizer(groups: list[dict], train: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW over ``groups`` (each with ``params`` and an optional ``lr_scale``), with weight decay on
-    weights only (not biases or norm parameters)."""
+OPTIMIZERS = ("adamw", "adadelta", "sgd")
+
+
+def build_optimizer(
+    groups: list[dict], train: TrainConfig, lr: float, kind: str | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer ``kind`` (default ``train.optimizer``: AdamW) over ``groups`` (each with ``params`` and an
+    optional ``lr_scale``), with weight decay on weights only (not biases or norm parameters). AdaDelta uses
+    ``train.adadelta_rho`` and ``train.adam_eps``; SGD ``train.momentum``."""
     param_groups = []
     for g in groups:
         named = g["params"]
@@ -26,6 +32,13 @@ def build_optimizer(groups: list[dict], train: TrainConfig, lr: float) -> torch.
                 param_groups.append({"params": ps, "weight_decay": wd, "lr": lr * scale})
     if not param_groups:
         raise ValueError("no trainable parameters in this stage")
+    kind = kind or train.optimizer
+    if kind == "adadelta":
+        return torch.optim.Adadelta(param_groups, lr=lr, rho=train.adadelta_rho, eps=train.adam_eps)
+    if kind == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=train.momentum)
+    if kind != "adamw":
+        raise ValueError(f"unknown optimizer {kind!r}; known: {list(OPTIMIZERS)}")
     b1, b2 = train.adam_betas
     kwargs = {"fused": True} if train.fused_adam and _fused_ok(param_groups) else {}
     return torch.optim.AdamW(param_groups, lr=lr, betas=(b1, b2), eps=train.adam_eps, **kwargs)

@@ -1,0 +1,425 @@
+"""The method protocol: what a distillation method tells the engine, for training and for inference.
+
+A method (one file in ``methods/``) builds the trainable *bundle* (the student plus anything else that
+trains: projections, branch heads, task heads), lists its *stages* (which data, which parameters train at
+which learning rate, for how long, with which teacher), says which teacher outputs each stage *needs*, and
+turns one batch's student and teacher outputs into a ``dict`` of weighted loss terms. For inference it says
+how a saved student is loaded and run (:class:`Runner`), with the options it accepts (``--speed``,
+``--head`` ...). The engine (``training/loop.py``, ``evaluation.py``, ``inference.py``, ``cli.py``) only
+calls these hooks; it never asks which method it runs.
+
+Data flow between hooks is explicit: each hook receives what it needs (the teacher, the datasets, the
+*unwrapped* bundle) and no hook depends on another having run before it. The call order the engine uses::
+
+    method = cls(run, task)
+    teacher = method.load_teacher_model(path)             # the run's teacher (when teacher.path is set)
+    datasets = method.datasets(tokenizer)                 # tokenizer: the teacher's (or student.path's)
+    built = method.build_student(teacher, datasets)       # BuiltStudent(bundle, info)
+    collate = method.collator(tokenizer, datasets)
+    for stage in method.stages():
+        needs = method.teacher_needs(stage, bundle)
+        ...  bundle(**method.student_inputs(batch, stage))  -> ModelOutput   (through the DDP wrapper)
+        ...  method.loss(stage, batch, student_out, teacher_out, bundle)  -> dict of weighted terms
+    method.export_model(bundle, last_stage).save_pretrained(...)
+
+Every hook but ``build_student`` and ``loss`` has a default that serves an HF sequence classifier.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Sampler
+
+from .config import ConfigError, MethodConfig, RunConfig
+from .data.loading import BatchSampler, Collator, Examples, load_examples, subsample, tokenize
+from .data.tasks import TaskSpec, metrics_from_logits
+from .hub import from_pretrained
+
+if TYPE_CHECKING:
+    from transformers.utils import ModelOutput
+
+ParamGroups = list[dict[str, Any]]
+"""``[{"params": [(name, param), ...], "lr_scale": 0.1}, ...]`` — ``lr_scale`` multiplies the stage's lr."""
+
+Batch = Mapping[str, Any]
+"""A collated batch: ``idx`` (row numbers, for the teacher cache), ``inputs`` (the student's model inputs),
+``labels`` (absent when unlabelled), optional ``teacher_inputs`` (when the teacher tokenises differently) and
+``group`` (the dataset group — e.g. the task — of a grouped dataset; every row of a batch has the same)."""
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Teacher outputs a loss reads. ``hidden_layers`` / ``attention_layers`` select which entries are kept
+    (hidden: 0..L with 0 = embeddings; attention: 0..L-1); ``None`` keeps all when the flag is on."""
+
+    logits: bool = True
+    hidden_states: bool = False
+    attentions: bool = False
+    hidden_layers: tuple[int, ...] | None = None
+    attention_layers: tuple[int, ...] | None = None
+    cls_only: bool = False
+    """Keep only the first position of each hidden state (``[B, 1, H]``): [CLS]-level losses (PKD) need no
+    more, and a teacher cache of full states is ~T times larger."""
+
+    def key(self) -> str:
+        return repr(self)
+
+
+@dataclass
+class Features:
+    """Selected outputs of one teacher forward pass, keyed explicitly by layer index: ``hidden_states[m]`` is
+    the HF ``hidden_states[m]`` (0 = embeddings, m = output of layer m), ``attentions[i]`` layer i (0-based)."""
+
+    logits: Tensor | None = None
+    hidden_states: dict[int, Tensor] = field(default_factory=dict)  # index in HF hidden_states -> [B, T, H]
+    attentions: dict[int, Tensor] = field(default_factory=dict)  # layer (0-based) -> [B, heads, T, T]
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+@dataclass
+class Stage:
+    """One phase of training. Unset fields fall back to the run's ``train`` section."""
+
+    name: str
+    data: str = "train"
+    """Key of the dataset (from ``Method.datasets``) this stage iterates."""
+    epochs: float | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    scheduler: str | None = None
+    warmup_ratio: float | None = None
+    optimizer: str | None = None
+    """``adamw`` | ``adadelta`` | ``sgd``; unset = ``train.optimizer``."""
+    batch_size: int | None = None
+    param_groups: Callable[[nn.Module], ParamGroups] | None = None
+    """Which parameters train (others are frozen for the stage), given the unwrapped bundle; ``None`` = all."""
+    uses_teacher: bool = True
+    """Whether the stage reads teacher outputs (then the run needs a teacher for it)."""
+    evaluate: bool = True
+    """Whether the task metric is meaningful after this stage (False for e.g. pre-training stages)."""
+    cacheable: bool = True
+    """Whether teacher outputs for this stage's data may be cached (False when data changes per epoch)."""
+    teacher: str | None = None
+    """Path / hub name of this stage's teacher (loaded with ``Method.load_teacher_model(path, stage)``);
+    ``None`` = the run's ``teacher.path``. E.g. a pre-trained teacher for a general stage, then the
+    fine-tuned one for the task stages."""
+    group_teachers: Mapping[str, Sequence[str]] | None = None
+    """For a grouped dataset (several tasks in one run): group name → teacher paths. Several paths are an
+    ensemble (:class:`~bertdistill.teachers.EnsembleTeacher`: the mean of their class probabilities, or of
+    their predictions for regression); an empty list = no teacher for that group (``teacher_out`` is None)."""
+
+
+@dataclass
+class BuiltStudent:
+    """What :meth:`Method.build_student` returns: the trainable bundle and a description for the run log."""
+
+    bundle: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- inference
+
+
+@dataclass(frozen=True)
+class InferenceOption:
+    """An option a method's students accept at inference (``evaluate`` / ``compare`` / ``predict``), shown in
+    ``--help`` as ``--<flag>``; e.g. FastBERT's ``speed``, a generator's ``beam``, a multi-task ``head``."""
+
+    name: str
+    type: type
+    help: str
+    default: Any = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass
+class Prediction:
+    """Outputs of one inference batch: ``logits`` ``[B, C]`` (or ``[B, 1]`` for regression; ``None`` for
+    runners that score otherwise, e.g. masked-LM perplexity) and per-row ``extras`` (e.g. FastBERT's exit
+    layer and FLOPs), each ``[B]``."""
+
+    logits: Tensor | None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Runner:
+    """A student as the engine runs it at inference: how inputs are encoded and batched, how a batch is
+    predicted (with the method's options), how the predictions are scored, and what is timed.
+
+    The default serves any HF sequence classifier (``AutoModelForSequenceClassification``) with its own
+    tokenizer. Methods whose students differ subclass it in their file and set ``Method.runner_cls``."""
+
+    options: ClassVar[tuple[InferenceOption, ...]] = ()
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        task: TaskSpec | None = None,
+        path: str | None = None,
+        recipe: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.path = path
+        self.recipe = dict(recipe or {})
+
+    # -------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], recipe: Mapping[str, Any], task: TaskSpec | None) -> Runner:
+        """A saved student dir (or hub name): the model in eval mode and its tokenizer."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        p = str(path)
+        model = from_pretrained(AutoModelForSequenceClassification, p).eval()
+        tok = from_pretrained(AutoTokenizer, p)
+        return cls(model, tok, task, p, recipe)
+
+    # -------------------------------------------------------------- options
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options this runner accepts with their defaults filled in; an unknown one is an error that says
+        which students take it."""
+        known = {o.name: o for o in self.options}
+        unknown = [k for k, v in options.items() if v is not None and k not in known]
+        if unknown:
+            raise ConfigError(
+                f"{self.path or type(self.model).__name__}: option(s) {unknown} do not apply to this student "
+                f"({type(self).__name__}); it takes {sorted(known) or 'no options'}"
+            )
+        return {k: options.get(k) if options.get(k) is not None else o.default for k, o in known.items()}
+
+    def label(self, options: Mapping[str, Any]) -> str:
+        """A row-name suffix for non-default options, e.g. ``@speed=0.5``."""
+        return "".join(f"@{k}={v:g}" if isinstance(v, float) else f"@{k}={v}" for k, v in options.items())
+
+    # -------------------------------------------------------------- data
+    def encode(self, examples: Examples, max_length: int) -> Dataset:
+        return tokenize(examples, self.tokenizer, max_length)
+
+    def collator(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        regression = bool(self.task and self.task.regression)
+        return Collator(self.tokenizer.pad_token_id or 0, regression=regression)
+
+    def lengths(self, data: Dataset) -> list[int]:
+        return list(getattr(data, "lengths", [1] * len(data)))  # type: ignore[arg-type]
+
+    # -------------------------------------------------------------- running
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def predict(self, batch: Batch, **options: Any) -> Prediction:
+        return Prediction(self.model(**batch["inputs"]).logits)
+
+    def timed(self, **options: Any) -> Callable[[Batch], Any]:
+        """What a latency/throughput measurement calls on a collated batch."""
+        return lambda batch: self.predict(batch, **options)
+
+    def reference(self, **options: Any) -> Callable[[Batch], Any] | None:
+        """A baseline timed next to :meth:`timed` in the same run when options change the computation (e.g.
+        FastBERT at full depth against early exit); ``None`` otherwise."""
+        return None
+
+    # -------------------------------------------------------------- scoring
+    def targets(self, batch: Batch) -> Tensor | None:
+        return batch["labels"]  # type: ignore[no-any-return]
+
+    def metrics(
+        self, logits: Tensor | None, targets: Tensor | None, extras: Mapping[str, Tensor]
+    ) -> dict[str, float]:
+        """Metrics of the whole eval set (``logits``, ``targets`` and ``extras`` concatenated over batches)."""
+        if self.task is None or logits is None or targets is None:
+            raise ConfigError("scoring needs the task, the logits and the labels")
+        return metrics_from_logits(self.task, logits, targets)
+
+    def rows(self, pred: Prediction) -> list[dict[str, Any]]:
+        """``predict`` output, one dict per example: ``label`` + ``probs``, or ``score`` (regression)."""
+        cfg: Any = getattr(self.model, "config", None)
+        regression = bool(self.task.regression) if self.task else getattr(cfg, "num_labels", 2) == 1
+        out: list[dict[str, Any]] = []
+        assert pred.logits is not None
+        logits = pred.logits.float().cpu()
+        if regression:
+            out = [{"score": v} for v in logits.reshape(-1).tolist()]
+        else:
+            id2label = {int(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()}
+            for p in logits.softmax(-1):
+                k = int(p.argmax())
+                out.append({"label": id2label.get(k, str(k)), "probs": [round(x, 6) for x in p.tolist()]})
+        for name, values in pred.extras.items():
+            for row, v in zip(out, values.tolist(), strict=True):
+                row[name] = v
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Size and shape for tables: parameters, layers × hidden (when the config says)."""
+        cfg: Any = getattr(self.model, "config", None)
+        return {
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "layers": getattr(cfg, "num_hidden_layers", None),
+            "hidden": getattr(cfg, "hidden_size", None),
+        }
+
+    def is_pair(self) -> bool:
+        return bool(self.task and self.task.is_pair)
+
+
+# ----------------------------------------------------------------------------------------------- the method
+
+
+class Method(ABC):
+    """Base class of every method; subclass directly (depth one) and decorate with ``@register``."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    runner_cls: ClassVar[type[Runner]] = Runner
+    """How this method's saved students are loaded and run at inference."""
+    test_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Recipe sections (``{"method": {...}, "train": {...}}``) that make the method run on the test suite's
+    tiny fixtures (a 4-layer random BERT, toy SST-2); the registry-parametrised tests apply them."""
+
+    def __init__(self, run: RunConfig, task: TaskSpec) -> None:
+        self.run = run
+        self.cfg = run.method
+        self.task = task
+
+    # ------------------------------------------------------------------ teacher / student
+    def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
+        """The teacher as a HF model (default: sequence classification, eager attention when a stage needs
+        attention maps). ``stage`` is set when a stage names its own teacher (``Stage.teacher``)."""
+        from transformers import AutoModelForSequenceClassification
+
+        kwargs: dict[str, Any] = {"trust_remote_code": self.run.teacher.trust_remote_code}
+        if self.needs_attentions():
+            kwargs["attn_implementation"] = "eager"
+        return from_pretrained(AutoModelForSequenceClassification, path, **kwargs)
+
+    def needs_attentions(self) -> bool:
+        """Whether any stage reads attention maps (the teacher is then loaded with eager attention)."""
+        return False
+
+    @abstractmethod
+    def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
+        """The trainable bundle. Everything that trains must be a submodule of it."""
+
+    def export_model(self, bundle: nn.Module, stage: Stage | None = None) -> Any:
+        """The part of the bundle saved as the HF model after ``stage`` (``None``: after the last stage)."""
+        return bundle
+
+    def export_extras(self, bundle: nn.Module) -> dict[str, Tensor]:
+        """Trainable tensors of the bundle that are not part of the exported HF model but that a later run
+        may want back (e.g. TinyBERT's projections). Saved as ``extras.safetensors`` next to each stage's
+        model; default: none."""
+        return {}
+
+    def student_tokenizer(self, tokenizer: Any, datasets: Mapping[str, Dataset]) -> Any:
+        """The tokenizer saved next to the student (default: the teacher's, which the student shares)."""
+        return tokenizer
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train")]
+
+    def teacher_needs(self, stage: Stage, bundle: nn.Module) -> Needs:
+        return Needs()
+
+    def runs_teacher(self) -> bool:
+        """Whether any stage reads the run's teacher (``teacher.path``); False = it only builds the student."""
+        return any(s.uses_teacher and s.teacher is None and s.group_teachers is None for s in self.stages())
+
+    # ------------------------------------------------------------------ data
+    def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
+        """Datasets keyed by name: ``train`` (and ``eval`` when the task has labelled dev data)."""
+        d = self.run.data
+        train = subsample(
+            load_examples(d, self.task, d.train_split), d.max_train_examples, self.run.train.seed
+        )
+        out: dict[str, Dataset] = {"train": tokenize(train, tokenizer, d.max_length)}
+        if d.eval_split:
+            ev = subsample(
+                load_examples(d, self.task, d.eval_split), d.max_eval_examples, self.run.train.seed
+            )
+            if ev.labels is not None:
+                out["eval"] = tokenize(ev, tokenizer, d.max_length)
+        return out
+
+    def collator(
+        self, tokenizer: Any, datasets: Mapping[str, Dataset]
+    ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        return Collator(tokenizer.pad_token_id or 0, regression=self.task.regression)
+
+    def batch_sampler(
+        self, data: Dataset, batch_size: int, *, shuffle: bool, seed: int, stage: Stage | None
+    ) -> Sampler[list[int]]:
+        """Batches of indices; reshuffled per epoch through ``set_epoch`` (so a resumed run sees the same
+        order). Default: length-bucketed random batches (``data.bucket_by_length``)."""
+        lengths = list(getattr(data, "lengths", [1] * len(data)))  # type: ignore[arg-type]
+        return BatchSampler(
+            lengths,
+            batch_size,
+            shuffle=shuffle,
+            bucket=self.run.data.bucket_by_length or not shuffle,
+            seed=seed,
+        )
+
+    # ------------------------------------------------------------------ training step
+    def student_inputs(self, batch: Batch, stage: Stage) -> dict[str, Any]:
+        """Keyword arguments of the bundle's forward for this batch (called through the DDP wrapper, so that
+        every computation that needs gradients happens inside one module call)."""
+        return dict(batch["inputs"])
+
+    @abstractmethod
+    def loss(
+        self,
+        stage: Stage,
+        batch: Batch,
+        student_out: ModelOutput,
+        teacher_out: Features | None,
+        bundle: nn.Module,
+    ) -> dict[str, Tensor]:
+        """Weighted loss terms; the loop sums them and logs each."""
+
+    # ------------------------------------------------------------------ evaluation
+    def runner(self, bundle: nn.Module, tokenizer: Any, stage: Stage | None) -> Runner:
+        """The in-training student as the inference runner that scores it on dev (the same code path as
+        ``bertdistill evaluate`` on the saved model)."""
+        return self.runner_cls(self.export_model(bundle, stage), tokenizer, self.task)
+
+    def eval_options(self, stage: Stage | None) -> dict[str, Any]:
+        """Inference options for evaluation during training (e.g. FastBERT's ``speed``)."""
+        return {}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP / accelerate wrapper (the model itself when unwrapped)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+__all__ = [
+    "Batch",
+    "BuiltStudent",
+    "Features",
+    "InferenceOption",
+    "Method",
+    "Needs",
+    "ParamGroups",
+    "Prediction",
+    "Runner",
+    "Stage",
+    "unwrap",
+]
