@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -119,6 +125,34 @@ def sst2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stsb_dir(tmp_path_factory) -> Path:
     return write_stsb(tmp_path_factory.mktemp("stsb"))
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(make_sentence(rng, i % 2) for i in range(160)) + "\n\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlm_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny random 4-layer BERT masked LM (stands in for a teacher with a trained MLM head)."""
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("mlm_teacher")
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(d)
+    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny BertModel without an MLM head (like the MiniLM-L6 sentence encoder)."""
+    torch.manual_seed(1)
+    d = tmp_path_factory.mktemp("encoder")
+    BertModel(tiny_bert_config(), add_pooling_layer=True).save_pretrained(d)
+    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
+    return d
 
 
 @pytest.fixture

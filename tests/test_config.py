@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from bertdistill.config import ConfigError
-from bertdistill.recipes import load_config
 from bertdistill.methods.kd import KDConfig
+from bertdistill.recipes import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

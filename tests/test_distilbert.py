@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,8 +18,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertForMaskedLM,
-    BertModel,
-    BertTokenizerFast,
     DistilBertForMaskedLM,
     DistilBertForSequenceClassification,
 )
@@ -45,37 +42,9 @@ from bertdistill.methods.distilbert import (
 )
 from bertdistill.students import copy_layers
 from bertdistill.training.loop import Trainer, distill
-from conftest import assert_same_run, kill_then_resume, make_sentence, tiny_bert_config
+from conftest import assert_same_run, kill_then_resume, tiny_bert_config
 
 # ----------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def corpus_file(tmp_path_factory) -> Path:
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(make_sentence(rng, i % 2) for i in range(160)) + "\n\n")
-    return path
-
-
-@pytest.fixture(scope="session")
-def mlm_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    """A tiny random 4-layer BERT masked LM (stands in for a teacher with a trained MLM head)."""
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("mlm_teacher")
-    BertForMaskedLM(tiny_bert_config()).save_pretrained(d)
-    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="session")
-def encoder_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    """A tiny BertModel without an MLM head (like the MiniLM-L6 sentence encoder)."""
-    torch.manual_seed(1)
-    d = tmp_path_factory.mktemp("encoder")
-    BertModel(tiny_bert_config(), add_pooling_layer=True).save_pretrained(d)
-    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
-    return d
 
 
 def _recipe(teacher: Path, corpus: Path, tmp_path: Path, out: str = "out", **sections) -> dict:

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from bertdistill import load_config
-from bertdistill.methods.fastbert import early_exit
 from bertdistill.methods.fastbert import (
     FastBertForSequenceClassification,
+    early_exit,
     from_classifier,
     normalized_entropy,
 )

@@ -195,8 +195,8 @@ def test_stage_teacher_and_stage_outputs(teacher_dir, sst2_dir, tmp_path):
 
     from transformers import AutoModelForSequenceClassification
 
-    from bertdistill.protocol import Stage
     from bertdistill.methods.kd import KD
+    from bertdistill.protocol import Stage
     from bertdistill.registry import METHODS
 
     other = tmp_path / "other-teacher"

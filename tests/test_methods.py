@@ -1,56 +1,60 @@
-"""Every registered method, parametrized from the registry: a new method is picked up automatically."""
+"""Every registered method, parametrized from the registry — no exclusion list: each method supplies its own
+tiny test config next to it (``Method.test_config``), so a new method is picked up automatically."""
 
 import copy
 import math
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
 
-from bertdistill import list_methods, load_config
-from bertdistill.data.loading import Collator
+from bertdistill import get_method, list_methods
+from bertdistill.inference import load_student
+from bertdistill.recipes import load_config
 from bertdistill.training.loop import Trainer, distill
 from conftest import method_terms, recipe
 
-# Extra recipe sections a method needs to run on the tiny fixtures.
-METHOD_SECTIONS: dict[str, dict] = {
-    "pkd": {"method": {"init_from": "teacher"}},
-    # the recipe's train.lr, not the paper's per-stage learning rates (too small for a few toy steps)
-    "tinybert": {"method": {"intermediate_lr": 1e-3, "prediction_lr": 1e-3}},
-}
-
-# For "overfits one batch": with a random teacher, gold labels and soft targets disagree, so a method's
-# teacher term alone must be driven down.
-OVERFIT_SECTIONS: dict[str, dict] = {
-    "kd": {"method": {"alpha": 1.0, "temperature": 1.0}},
-    # one stage, so that the 40 logged losses are one objective's
-    "tinybert": {"method": {"stages": ["task_intermediate"], "intermediate_lr": 3e-3}},
-}
-
-# Methods the generic checks (a classification teacher, SST-2 batches, a sequence-classification output) do not
-# apply to, with the reason; each has its own equivalent tests.
-EXCLUDED: dict[str, str] = {
-    "distilbert": "raw-text pre-training distillation (masked-LM teacher, corpus, DistilBertForMaskedLM "
-    "output): tests/test_distilbert.py",
-    "mlm": "masked-LM training on raw text, no teacher: tests/test_distilbert.py",
-}
-
-METHODS = sorted(set(list_methods()) - set(EXCLUDED))
+METHODS = sorted(list_methods())
 
 
-def _cfg(name, teacher_dir, data_dir, tmp_path, **sections):
-    extra = copy.deepcopy(METHOD_SECTIONS.get(name, {}))
-    for k, v in sections.items():
-        extra.setdefault(k, {}).update(v)
-    return load_config(recipe(name, teacher_dir, data_dir, tmp_path / "out", tmp_path / "cache", **extra))
+@pytest.fixture
+def fixtures(teacher_dir, mlm_teacher_dir, encoder_dir, corpus_file, sst2_dir, stsb_dir, tiny_tokenizer_dir):
+    """The names a method's test config may use in braces."""
+    return {
+        "teacher": teacher_dir,
+        "mlm_teacher": mlm_teacher_dir,
+        "encoder": encoder_dir,
+        "corpus": corpus_file,
+        "sst2": sst2_dir,
+        "stsb": stsb_dir,
+        "tokenizer": tiny_tokenizer_dir,
+    }
+
+
+def _resolve(value, fixtures):
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return str(fixtures[value[1:-1]])
+    if isinstance(value, list):
+        return [_resolve(v, fixtures) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, fixtures) for k, v in value.items()}
+    return value
+
+
+def _cfg(name, fixtures, tmp_path, overfit=False, **sections):
+    tc = get_method(name).test_config
+    r = recipe(name, fixtures["teacher"], fixtures["sst2"], tmp_path / "out", tmp_path / "cache")
+    for part in (tc.sections, sections, tc.overfit if overfit else {}):
+        for k, v in _resolve(copy.deepcopy(dict(part)), fixtures).items():
+            r.setdefault(k, {}).update(v)
+    return load_config(r)
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_one_step_finite_terms_and_frozen_teacher(name, teacher_dir, sst2_dir, tmp_path):
-    tr = Trainer(_cfg(name, teacher_dir, sst2_dir, tmp_path), quiet=True)
-    data = tr.datasets["train"]
-    batch = Collator(tr.tokenizer.pad_token_id)([data[i] for i in range(8)])
+def test_one_step_finite_terms_and_frozen_teacher(name, fixtures, tmp_path):
+    tr = Trainer(_cfg(name, fixtures, tmp_path), quiet=True)
     stage = tr.stages[0]
+    data = tr.datasets[stage.data]
+    batch = tr.collate([data[i] for i in range(8)])
     before = {k: v.clone() for k, v in tr.teacher.model.state_dict().items()} if tr.teacher else {}
     terms, _, _ = method_terms(tr, batch, stage)
     assert terms and all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
@@ -61,16 +65,16 @@ def test_one_step_finite_terms_and_frozen_teacher(name, teacher_dir, sst2_dir, t
         after = tr.teacher.model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
         assert not tr.teacher.model.training
+        assert not {id(p) for p in tr.teacher.model.parameters()} & {id(p) for p in tr.bundle.parameters()}
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_overfits_one_batch(name, teacher_dir, sst2_dir, tmp_path):
+def test_overfits_one_batch(name, fixtures, tmp_path):
     cfg = _cfg(
         name,
-        teacher_dir,
-        sst2_dir,
+        fixtures,
         tmp_path,
-        **OVERFIT_SECTIONS.get(name, {}),
+        overfit=True,
         data={"max_train_examples": 16},
         train={
             "batch_size": 16,
@@ -84,20 +88,33 @@ def test_overfits_one_batch(name, teacher_dir, sst2_dir, tmp_path):
     )
     result = distill(cfg, quiet=True)
     losses = [r["loss"] for r in result.history if "loss" in r]
-    assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:3]) / 3, losses
+    assert len(losses) == 40 * len({r["stage"] for r in result.history if "loss" in r})
+    assert all(math.isfinite(v) for v in losses)
+    ratio = get_method(name).test_config.overfit_ratio
+    assert sum(losses[-5:]) / 5 < ratio * sum(losses[:3]) / 3, [round(x, 3) for x in losses[-8:]]
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_every_stage_runs_and_round_trips(name, teacher_dir, sst2_dir, tmp_path):
-    cfg = _cfg(name, teacher_dir, sst2_dir, tmp_path, train={"max_steps": 4, "eval_every": 2})
+def test_every_stage_runs_saves_and_reloads_through_its_runner(name, fixtures, tmp_path):
+    cfg = _cfg(name, fixtures, tmp_path, train={"max_steps": 4, "eval_every": 2})
     result = distill(cfg, quiet=True)
     out = result.output_dir
     stages = {r["stage"] for r in result.history if "loss" in r}
     fresh = Trainer(cfg, quiet=True)
     assert stages == {s.name for s in fresh.stages}
-    model = AutoModelForSequenceClassification.from_pretrained(out)
-    built = fresh.method.export_model(fresh.unwrapped())
-    assert type(model) is type(built) and model.config.num_hidden_layers == built.config.num_hidden_layers
     assert load_config(out / "bertdistill.yaml") == cfg
-    assert (out / "metrics.json").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "metrics.json").is_file()
+    # the saved student, loaded by the one inference entry point, predicts what the trained model does
+    runner = load_student(out)
+    built = fresh.method.export_model(fresh.unwrapped())
+    assert type(runner.model) is type(built)
+    eval_set = fresh.datasets.get("eval", fresh.datasets["train"])
+    batch = fresh.collate([eval_set[i] for i in range(min(6, len(eval_set)))])
+    trained = fresh.method.runner(fresh.unwrapped(), fresh.student_tokenizer, None)
+    trained.model.load_state_dict(runner.model.state_dict())
+    trained.model.eval()
+    with torch.no_grad():
+        a, b = runner.predict(batch), trained.predict(batch)
+    for x, y in [(a.logits, b.logits), *((a.extras[k], b.extras[k]) for k in a.extras)]:
+        if x is not None:
+            torch.testing.assert_close(x, y)

@@ -29,8 +29,6 @@ from bertdistill.data.augment import (
     is_candidate_word,
 )
 from bertdistill.data.loading import Collator, Examples, tokenize
-from bertdistill.methods.tinybert import SCORES_ATTENTION, use_score_attention
-from bertdistill.protocol import Needs
 from bertdistill.layer_map import tinybert_layer_maps
 from bertdistill.losses import (
     attention_kl,
@@ -40,9 +38,11 @@ from bertdistill.losses import (
     soft_cross_entropy,
     zero_masked_scores,
 )
+from bertdistill.methods.tinybert import SCORES_ATTENTION, use_score_attention
+from bertdistill.protocol import Needs
 from bertdistill.training.loop import Trainer, distill
 from bertdistill.training.optim import build_optimizer
-from conftest import method_terms, SPECIAL, assert_same_run, kill_then_resume, recipe, tiny_bert_config
+from conftest import SPECIAL, assert_same_run, kill_then_resume, method_terms, recipe, tiny_bert_config
 
 NARROW = {"init": "random", "config_overrides": {"hidden_size": 16, "intermediate_size": 32}}
 

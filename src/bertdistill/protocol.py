@@ -121,6 +121,24 @@ class Stage:
     their predictions for regression); an empty list = no teacher for that group (``teacher_out`` is None)."""
 
 
+@dataclass(frozen=True)
+class MethodTestConfig:
+    """How the registry-parametrised tests (``tests/test_methods.py``) run a method on the suite's tiny
+    fixtures — the method's own tiny test config, next to it (as transformers' per-model testers).
+
+    ``sections`` update the base test recipe (a 4-layer random BERT classifier teacher ``{teacher}``, toy
+    SST-2 ``{sst2}``, a 2-layer student, ``max_length`` 32); ``overfit`` further updates it for the check that
+    the method's loss falls on one repeated batch (e.g. only the teacher term, when gold labels and a random
+    teacher disagree). String values may name the fixtures in braces: ``{teacher}``, ``{mlm_teacher}`` (a tiny
+    BERT masked LM), ``{encoder}`` (a BERT encoder without a head), ``{corpus}`` (a toy text file, one sentence
+    per line), ``{sst2}``, ``{stsb}``, ``{tokenizer}``, ``{glove}`` (a toy word-vector file)."""
+
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    overfit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    overfit_ratio: float = 0.5
+    """The mean of the last 5 logged losses must fall below this × the mean of the first 3."""
+
+
 @dataclass
 class BuiltStudent:
     """What :meth:`Method.build_student` returns: the trainable bundle and a description for the run log."""
@@ -289,9 +307,8 @@ class Method(ABC):
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     runner_cls: ClassVar[type[Runner]] = Runner
     """How this method's saved students are loaded and run at inference."""
-    test_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
-    """Recipe sections (``{"method": {...}, "train": {...}}``) that make the method run on the test suite's
-    tiny fixtures (a 4-layer random BERT, toy SST-2); the registry-parametrised tests apply them."""
+    test_config: ClassVar[MethodTestConfig] = MethodTestConfig()
+    """The method's tiny test config (:class:`MethodTestConfig`)."""
 
     def __init__(self, run: RunConfig, task: TaskSpec) -> None:
         self.run = run
@@ -416,6 +433,7 @@ __all__ = [
     "Features",
     "InferenceOption",
     "Method",
+    "MethodTestConfig",
     "Needs",
     "ParamGroups",
     "Prediction",

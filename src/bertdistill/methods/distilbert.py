@@ -53,7 +53,7 @@ from ..hub import from_pretrained
 from ..layer_map import select_layers
 from ..losses import hinton_terms, masked_cosine, masked_soft_target_kl, mlm_ce
 from ..mlm_head import MLMRunner
-from ..protocol import Batch, BuiltStudent, Features, Method, Needs, Runner, Stage
+from ..protocol import Batch, BuiltStudent, Features, Method, MethodTestConfig, Needs, Runner, Stage
 from ..registry import register
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,15 @@ class DistilBert(Method):
     config_cls = DistilBertMethodConfig
     runner_cls = DistilBertRunner
     cfg: DistilBertMethodConfig
+    test_config = MethodTestConfig(
+        sections={
+            "method": {"corpus": ["{corpus}"], "heldout_fraction": 0.1},
+            "teacher": {"path": "{mlm_teacher}"},
+            "data": {"task": "mlm", "path": None, "max_length": 24},
+        },
+        # the soft-target term alone (the MLM term's masks move with each batch order)
+        overfit={"method": {"alpha_mlm": 0.0, "alpha_cos": 0.0}},
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

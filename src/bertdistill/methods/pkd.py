@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 from ..config import ConfigError, MethodConfig
 from ..hub import from_pretrained
 from ..losses import hinton_terms
-from ..protocol import Batch, BuiltStudent, Features, Method, Needs, Stage
+from ..protocol import Batch, BuiltStudent, Features, Method, MethodTestConfig, Needs, Stage
 from ..registry import register
 from ..students import build_student, copy_layers, num_layers
 
@@ -117,7 +117,7 @@ class PKD(Method):
 
     config_cls = PKDConfig
     cfg: PKDConfig
-    test_overrides: ClassVar[dict[str, dict[str, Any]]] = {"method": {"init_from": "teacher"}}
+    test_config = MethodTestConfig(sections={"method": {"init_from": "teacher"}})
 
     def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         if teacher is None:

@@ -34,7 +34,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from ..losses import (
     regression_mse,
     soft_cross_entropy,
 )
-from ..protocol import Batch, BuiltStudent, Features, Method, Needs, ParamGroups, Stage
+from ..protocol import Batch, BuiltStudent, Features, Method, MethodTestConfig, Needs, ParamGroups, Stage
 from ..registry import register
 from ..students import build_student, num_layers
 
@@ -263,10 +263,12 @@ class TinyBERT(Method):
 
     config_cls = TinyBERTConfig
     cfg: TinyBERTConfig
-    # the recipe's train.lr, not the paper's per-stage learning rates (too small for a few toy steps)
-    test_overrides: ClassVar[dict[str, dict[str, Any]]] = {
-        "method": {"intermediate_lr": 1e-3, "prediction_lr": 1e-3}
-    }
+    test_config = MethodTestConfig(
+        # the paper's per-stage learning rates are too small for a few toy steps
+        sections={"method": {"intermediate_lr": 1e-3, "prediction_lr": 1e-3}},
+        # one stage, so that the logged losses are one objective's
+        overfit={"method": {"stages": ["task_intermediate"], "intermediate_lr": 3e-3}},
+    )
 
     def needs_attentions(self) -> bool:
         return True
