@@ -63,7 +63,7 @@ def test_map_printed_and_projection_trains(teacher_dir, sst2_dir, tmp_path):
     assert tr.bundle.proj is not None and tr.bundle.proj.in_features == 16
     batch = tr.collate([tr.datasets["train"][i] for i in range(8)])
     stage = tr.stages[0]
-    terms, out, _ = method_terms(tr, batch, stage)
+    terms, _, _ = method_terms(tr, batch, stage)
     assert set(terms) == {"kd", "ce", "patient"}
     terms["patient"].backward()
     assert tr.bundle.proj.weight.grad is not None and tr.bundle.proj.weight.grad.abs().sum() > 0

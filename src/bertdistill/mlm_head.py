@@ -111,6 +111,16 @@ class MLMRunner(Runner):
     the masked positions of batches with ``mlm_labels``. Per row, :meth:`predict` returns the summed
     cross-entropy and the number of predicted tokens, so gathering across processes stays exact."""
 
+    @classmethod
+    def load(cls, path: Any, recipe: Mapping[str, Any], task: Any) -> Runner:
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        from .hub import from_pretrained
+
+        p = str(path)
+        model = from_pretrained(AutoModelForMaskedLM, p).eval()
+        return cls(model, from_pretrained(AutoTokenizer, p), task, p, recipe)
+
     def predict(self, batch: Mapping[str, Any], **options: Any) -> Prediction:
         labels = batch["mlm_labels"]
         inputs = {k: v for k, v in batch["inputs"].items() if k in self.input_names()}

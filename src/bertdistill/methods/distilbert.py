@@ -265,11 +265,7 @@ class DistilBertRunner(Runner):
     @classmethod
     def load(cls, path: Any, recipe: Mapping[str, Any], task: Any) -> Runner:
         if task is not None and task.name == "mlm":
-            from transformers import AutoTokenizer
-
-            p = str(path)
-            model = from_pretrained(DistilBertForMaskedLM, p).eval()
-            return MLMRunner(model, from_pretrained(AutoTokenizer, p), task, p, recipe)
+            return MLMRunner.load(path, recipe, task)
         return super().load(path, recipe, task)
 
     def predict(self, batch: Batch, **options: Any) -> Any:
