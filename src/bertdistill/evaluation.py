@@ -135,7 +135,7 @@ def compare(
                 "options": shown,
                 **runner.describe(),
                 "size_mb": size_on_disk_mb(path),
-                "examples": len(data),
+                "examples": len(data),  # type: ignore[arg-type]
             }
         )
         datas.append(data)

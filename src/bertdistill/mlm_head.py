@@ -27,20 +27,21 @@ def split_mlm(model: nn.Module) -> tuple[nn.Module, Head] | None:
     """``(encoder, head)`` of an HF masked LM whose head maps final hidden states position-wise to vocabulary
     logits (BERT, DistilBERT, RoBERTa-style ``lm_head``), or ``None`` when the layout is unknown."""
     prefix = getattr(model, "base_model_prefix", "")
+    m: Any = model
     body = getattr(model, prefix, None) if prefix else None
     if not isinstance(body, nn.Module):
         return None
     if isinstance(getattr(model, "cls", None), nn.Module):  # BertForMaskedLM: BertOnlyMLMHead
-        return body, model.cls
+        return body, m.cls
     names = ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")
     if all(isinstance(getattr(model, n, None), nn.Module) for n in names):  # DistilBertForMaskedLM
 
         def distilbert_head(h: Tensor) -> Tensor:
-            return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+            return m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(h))))  # type: ignore[no-any-return]
 
         return body, distilbert_head
     if isinstance(getattr(model, "lm_head", None), nn.Module):  # RoBERTa / XLM-R / Electra-style heads
-        return body, model.lm_head
+        return body, m.lm_head
     return None
 
 

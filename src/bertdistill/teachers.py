@@ -122,9 +122,8 @@ class EnsembleTeacher:
     def features(self, batch: Mapping[str, Any], needs: Needs) -> Features:
         if needs.hidden_states or needs.attentions:
             raise ValueError("an ensemble of teachers gives logits only (no hidden states or attention maps)")
-        return Features(
-            logits=ensemble_logits([m.features(batch, needs).logits for m in self.members], self.regression)
-        )  # type: ignore[misc]
+        logits = [m.features(batch, needs).logits for m in self.members]
+        return Features(logits=ensemble_logits([z for z in logits if z is not None], self.regression))
 
 
 def ensemble_logits(member_logits: list[Tensor], regression: bool = False) -> Tensor:

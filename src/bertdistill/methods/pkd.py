@@ -170,6 +170,7 @@ class PKD(Method):
             self.task.regression,
         )
         if self.cfg.beta > 0:
-            t_cls = torch.stack([teacher_out.hidden_states[t][:, 0] for t in bundle.teacher_layers], dim=1)
+            layers: list[int] = bundle.teacher_layers  # type: ignore[assignment]
+            t_cls = torch.stack([teacher_out.hidden_states[t][:, 0] for t in layers], dim=1)
             terms["patient"] = self.cfg.beta * patient_loss(student_out.cls, t_cls)
         return terms
