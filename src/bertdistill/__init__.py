@@ -2,7 +2,7 @@
 
 Public API::
 
-    from bertdistill import distill, load_config, get_method, list_methods, evaluate
+    from bertdistill import distill, load_config, load_student, get_method, list_methods, evaluate
     result = distill("recipes/kd/sst2.yaml", ["teacher.path=runs/teacher-sst2"])
 """
 
@@ -20,6 +20,14 @@ def distill(*args, **kwargs):  # type: ignore[no-untyped-def]
     return _distill(*args, **kwargs)
 
 
+def load_student(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Any saved student, ready to run through its method's runner; see
+    :func:`bertdistill.inference.load_student`."""
+    from .inference import load_student as _load
+
+    return _load(*args, **kwargs)
+
+
 def evaluate(*args, **kwargs):  # type: ignore[no-untyped-def]
     """Score a model dir on a task; see :func:`bertdistill.evaluation.evaluate`."""
     from .evaluation import evaluate as _evaluate
@@ -35,5 +43,6 @@ __all__ = [
     "get_method",
     "list_methods",
     "load_config",
+    "load_student",
     "register",
 ]
