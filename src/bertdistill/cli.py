@@ -132,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, print_table
 
     res = evaluate(
-        args.model,
+        "+".join(args.model),  # several dirs: one ensemble row (the mean of their probabilities)
         task=args.task,
         data_path=args.data,
         split=args.split,
@@ -188,6 +188,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     texts = [tuple(ln.split("\t")) if pred.is_pair else (ln,) for ln in lines]
     for text, out in zip(lines, pred.predict(texts, batch_size=args.batch_size), strict=True):
         print(json.dumps({"text": text, **out}))
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Fine-tune one teacher per seed (an ensemble for MT-DNN KD): ``<output>/seed-<N>/`` each."""
+    out = Path(args.output)
+    dirs = []
+    for seed in args.seeds:
+        sub_args = argparse.Namespace(**vars(args))
+        sub_args.seed = seed
+        sub_args.output = str(out / f"seed-{seed}")
+        sub_args.corpus, sub_args.train_body = None, False
+        cmd_finetune(sub_args)
+        dirs.append(sub_args.output)
+    print(json.dumps({"ensemble": dirs, "evaluate": "bertdistill evaluate " + " ".join(dirs)}, indent=1))
+    return 0
+
+
+def cmd_export_task(args: argparse.Namespace) -> int:
+    from .inference import load_student
+
+    runner = load_student(args.model)
+    runner.export_head(args.task, args.output)
+    print(json.dumps({"output": args.output, "head": args.task}))
     return 0
 
 
@@ -321,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--threads", type=int, default=None, help="CPU threads for timing (default: all)")
 
     s = sub.add_parser("evaluate", help="score a model on a task (+ size, latency, throughput)")
-    s.add_argument("model")
+    s.add_argument(
+        "model",
+        nargs="+",
+        help="a model dir; several dirs are scored as one ensemble (mean of probabilities)",
+    )
     eval_flags(s)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--max-examples", type=int)
@@ -352,6 +380,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     _add_inference_options(s)
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser(
+        "ensemble",
+        help="fine-tune N teachers (one per seed) for an ensemble",
+        epilog=EPILOG,
+        description="Fine-tune an encoder once per --seeds value (same recipe or flags as `finetune`); writes "
+        "OUTPUT/seed-N/ for each. Evaluate them as one model with `bertdistill evaluate DIR1 DIR2 ...`; list "
+        "them as a task's `teachers` in an mtdnn_kd recipe.",
+    )
+    s.add_argument("recipe", nargs="?", help="optional finetune recipe; flags below override it")
+    s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s.add_argument("--model", help="hub name, local dir, or alias minilm-l6")
+    s.add_argument("--task", help="GLUE task name (sst2, mrpc, stsb, ...) or custom")
+    s.add_argument("--data", help="data dir / file (default: the HF hub)")
+    s.add_argument("--epochs", type=float)
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--max-train-examples", type=int)
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--output", "-o", required=True, help="parent dir of the teachers")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(fn=cmd_ensemble)
+
+    s = sub.add_parser(
+        "export-task",
+        help="write one head of a multi-task student as a standard single-task HF dir",
+        description="Loads with AutoModelForSequenceClassification, like any fine-tuned model.",
+    )
+    s.add_argument("model", help="a multi-task student dir (mtdnn_kd)")
+    s.add_argument("task", help="the head (task name) to export")
+    s.add_argument("--output", "-o", required=True)
+    s.set_defaults(fn=cmd_export_task)
 
     s = sub.add_parser(
         "augment",

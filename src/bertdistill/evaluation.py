@@ -16,7 +16,7 @@ from typing import Any
 from .config import ConfigError, DataConfig
 from .data.loading import load_examples, resolve_task, subsample
 from .data.tasks import TaskSpec
-from .inference import batches_of, eval_loop, load_student
+from .inference import EnsembleRunner, batches_of, eval_loop, load_student
 from .protocol import Runner
 from .timing import make_batches, measure_speed
 
@@ -67,6 +67,15 @@ def eval_examples(
     return spec, ex
 
 
+def _load(path: str | os.PathLike[str], task: str | None) -> Runner:
+    """A saved student, or an ensemble written ``dir1+dir2+...`` (read as one model: the mean of the members'
+    class probabilities, or of their predictions for regression)."""
+    text = str(path)
+    if "+" in text and not Path(text).exists():
+        return EnsembleRunner([load_student(p, task) for p in text.split("+")], text)
+    return load_student(path, task)
+
+
 def _options_for(runner: Runner, options: Mapping[str, Any]) -> dict[str, Any]:
     known = {o.name for o in runner.options}
     return runner.check_options({k: v for k, v in options.items() if k in known})
@@ -101,7 +110,7 @@ def compare(
     names = list(labels) if labels else [Path(str(p)).name for p in paths]
     if len(names) != len(paths):
         raise ConfigError(f"--labels gives {len(names)} names for {len(paths)} models")
-    runners = [load_student(p, task) for p in paths]
+    runners = [_load(p, task) for p in paths]
     if options:
         taken = {o.name for r in runners for o in r.options}
         unused = sorted(set(options) - taken)
@@ -117,10 +126,11 @@ def compare(
     datas = []
     opts = []
     for name, path, runner in zip(names, paths, runners, strict=True):
-        spec, ex = eval_examples(runner.recipe, task, data_path, split, max_length, max_examples)
-        runner.task = runner.task or spec
-        data = runner.encode(ex, max_length)
         o = _options_for(runner, options)
+        section = {"data": runner.eval_data(o)}
+        spec, ex = eval_examples(section, task, data_path, split, max_length, max_examples)
+        runner.task = spec
+        data = runner.encode(ex, max_length)
         metrics = eval_loop(runner, batches_of(runner, data, batch_size), **o)
         shown = {k: v for k, v in o.items() if k in options}
         rows.append(

@@ -152,6 +152,43 @@ def batches_of(runner: Runner, data: Any, batch_size: int) -> Iterator[dict[str,
         yield collate([data[i] for i in order[s : s + batch_size]])
 
 
+# ----------------------------------------------------------------------------------------------- ensembles
+
+
+class EnsembleRunner(Runner):
+    """Several saved models read as one (``evaluate dir1 dir2 dir3``, ``compare t1+t2+t3 student``): the mean of
+    their class probabilities (returned as log-probabilities, so that ``softmax`` gives the mean), or of their
+    predictions for regression. The members must share a tokenizer."""
+
+    def __init__(self, members: list[Runner], path: str) -> None:
+        first = members[0]
+        super().__init__(
+            torch.nn.ModuleList([m.model for m in members]), first.tokenizer, first.task, path, first.recipe
+        )
+        self.members = members
+        vocab = [getattr(m.tokenizer, "vocab_size", None) for m in members]
+        if len(set(vocab)) > 1:
+            raise ConfigError(
+                f"an ensemble's members must share a tokenizer; vocabulary sizes differ: {vocab}"
+            )
+
+    def predict(self, batch: Mapping[str, Any], **options: Any) -> Any:
+        from .protocol import Prediction
+        from .teachers import ensemble_logits
+
+        logits = [m.predict(batch).logits for m in self.members]
+        regression = bool(self.task and self.task.regression)
+        return Prediction(ensemble_logits([z for z in logits if z is not None], regression))
+
+    def describe(self) -> dict[str, Any]:
+        d = self.members[0].describe()
+        return {
+            **d,
+            "params": sum(m.describe()["params"] for m in self.members),
+            "members": len(self.members),
+        }
+
+
 # ----------------------------------------------------------------------------------------------- predict
 
 

@@ -227,6 +227,11 @@ class Runner:
         return "".join(f"@{k}={v:g}" if isinstance(v, float) else f"@{k}={v}" for k, v in options.items())
 
     # -------------------------------------------------------------- data
+    def eval_data(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The ``data`` section (task, path, fields ...) to evaluate on, from the student's recipe; a
+        multi-task student picks its ``head``'s."""
+        return dict(self.recipe.get("data") or {})
+
     def encode(self, examples: Examples, max_length: int) -> Dataset:
         return tokenize(examples, self.tokenizer, max_length)
 
@@ -295,6 +300,12 @@ class Runner:
 
     def is_pair(self) -> bool:
         return bool(self.task and self.task.is_pair)
+
+    def export_head(self, head: str, out_dir: str | os.PathLike[str]) -> None:
+        """Write one head of a multi-head student as a standard single-task HF dir."""
+        raise ConfigError(
+            f"{self.path or type(self.model).__name__} has a single head: it is already a standard model dir"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- the method

@@ -250,6 +250,9 @@ HF_LABEL_NAMES: dict[str, tuple[str, ...]] = {
 # drives model selection.
 RAW_TEXT_TASKS: dict[str, TaskSpec] = {
     "mlm": TaskSpec(name="mlm", text_fields=("text",), metrics=(), main_metric="neg_perplexity"),
+    # several tasks in one run (MT-DNN KD): the method names the tasks; model selection on the mean of their
+    # main metrics
+    "multitask": TaskSpec(name="multitask", text_fields=("text",), metrics=(), main_metric="average"),
 }
 
 

@@ -259,7 +259,7 @@ class FastBertRunner(Runner):
         InferenceOption(
             "speed",
             float,
-            "fastbert: early-exit threshold in [0, 1] (0 = full depth): a row leaves at the first branch whose "
+            "early-exit threshold in [0, 1] (0 = full depth): a row leaves at the first branch whose "
             "normalised entropy is below it; adds the exit layer, mean exit layer, FLOPs speed-up and (timed) "
             "the measured speed-up against the same model at full depth",
         ),
