@@ -155,6 +155,19 @@ def encoder_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def second_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A second tiny classifier teacher (other seed, sharper logits): ensembles of two."""
+    torch.manual_seed(7)
+    d = tmp_path_factory.mktemp("teacher_b")
+    model = BertForSequenceClassification(tiny_bert_config())
+    with torch.no_grad():
+        model.classifier.weight.mul_(30.0)
+    model.save_pretrained(d)
+    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
+    return d
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, BertForSequenceClassification, BertModel, BertTokenizerFast
+from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertdistill.data.loading import (
@@ -294,20 +294,8 @@ def resolve_task_cfg(name: str, path: Path) -> Any:
 
 
 @pytest.fixture
-def second_teacher(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    torch.manual_seed(7)
-    d = tmp_path_factory.mktemp("teacher_b")
-    model = BertForSequenceClassification(tiny_bert_config())
-    with torch.no_grad():
-        model.classifier.weight.mul_(30.0)
-    model.save_pretrained(d)
-    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
-    return d
-
-
-@pytest.fixture
-def toy_multitask(teacher_dir, second_teacher, sst2_dir, stsb_dir):
-    ToyMultiTask.ensemble = [str(teacher_dir), str(second_teacher)]
+def toy_multitask(teacher_dir, second_teacher_dir, sst2_dir, stsb_dir):
+    ToyMultiTask.ensemble = [str(teacher_dir), str(second_teacher_dir)]
     ToyMultiTask.paths = {"sst2": sst2_dir, "stsb": stsb_dir}  # type: ignore[attr-defined]
     ToyMultiTask.seen = []  # type: ignore[attr-defined]
     register("toy_multitask")(ToyMultiTask)
@@ -316,7 +304,7 @@ def toy_multitask(teacher_dir, second_teacher, sst2_dir, stsb_dir):
 
 
 def test_several_tasks_and_an_ensemble_of_teachers_in_one_run(
-    toy_multitask, teacher_dir, second_teacher, sst2_dir, tmp_path
+    toy_multitask, teacher_dir, second_teacher_dir, sst2_dir, tmp_path
 ):
     r = recipe("toy_multitask", teacher_dir, sst2_dir, tmp_path / "out", tmp_path / "cache")
     r["teacher"] = {"cache_dir": str(tmp_path / "cache")}  # no run teacher: the stage names its own per task
@@ -332,7 +320,9 @@ def test_several_tasks_and_an_ensemble_of_teachers_in_one_run(
     ex = load_examples(resolve_task_cfg("sst2", sst2_dir), get_task("sst2"), "train")
     data = tokenize(ex, tok, 32)
     batch = Collator(tok.pad_token_id)([data[i] for i in range(6)])
-    a, b = (BertForSequenceClassification.from_pretrained(p).eval() for p in (teacher_dir, second_teacher))
+    a, b = (
+        BertForSequenceClassification.from_pretrained(p).eval() for p in (teacher_dir, second_teacher_dir)
+    )
     with torch.no_grad():
         za, zb = a(**batch["inputs"]).logits, b(**batch["inputs"]).logits
     mean_p = (za.softmax(-1) + zb.softmax(-1)) / 2

@@ -119,15 +119,14 @@ def compare(
                 f"option(s) {unused} apply to none of these models: "
                 + ", ".join(f"{n} ({type(r).__name__})" for n, r in zip(names, runners, strict=True))
             )
-    task = task or next(
-        ((r.recipe.get("data") or {}).get("task") for r in runners if r.recipe.get("data")), None
-    )
+    opts = [_options_for(r, options) for r in runners]
+    sections = [dict(r.eval_data(o)) for r, o in zip(runners, opts, strict=True)]
+    # a model saved without a recipe (a plain HF dir) is scored on the data of the first one that has it
+    shared = next((s for s in sections if s.get("task")), {})
     rows: list[dict[str, Any]] = []
     datas = []
-    opts = []
-    for name, path, runner in zip(names, paths, runners, strict=True):
-        o = _options_for(runner, options)
-        section = {"data": runner.eval_data(o)}
+    for name, path, runner, o, own in zip(names, paths, runners, opts, sections, strict=True):
+        section = {"data": own if own.get("task") else shared}
         spec, ex = eval_examples(section, task, data_path, split, max_length, max_examples)
         runner.task = spec
         data = runner.encode(ex, max_length)
@@ -149,7 +148,6 @@ def compare(
             }
         )
         datas.append(data)
-        opts.append(o)
     if timing:
         fns, singles, bulks, owner = [], [], [], []
         for k, (runner, data, o) in enumerate(zip(runners, datas, opts, strict=True)):
