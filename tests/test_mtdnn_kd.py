@@ -12,6 +12,7 @@ from bertdistill.config import ConfigError
 from bertdistill.data.multitask import TaskEntry, TaskSampler, task_datasets
 from bertdistill.inference import load_student
 from bertdistill.methods.mtdnn_kd import MultiTaskModel, ensemble_soft_ce
+from bertdistill.protocol import Features
 from bertdistill.recipes import load_config
 from bertdistill.teachers import ensemble_logits
 from bertdistill.training.loop import Trainer, distill
@@ -69,8 +70,6 @@ def test_losses_per_task_and_batches_never_mix(teacher_dir, second_teacher_dir, 
     sts = tr.collate([train[i] for i in train.group_indices("stsb")[:4]])
     bundle = tr.unwrapped()
     z_t = torch.randn(4, 2)
-    from bertdistill.protocol import Features
-
     out = tr.bundle(**tr.method.student_inputs(sst, tr.stages[0]))
     terms = tr.method.loss(tr.stages[0], sst, out, Features(logits=z_t), bundle)
     assert set(terms) == {"soft", "ce"}  # the average of soft and hard cross-entropy

@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -119,7 +119,7 @@ class MultiTaskModel(nn.Module):
         flat files, so that the run's atomic publish of the best model copies them as they are."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        heads = {name: head.config.to_dict() for name, head in self.heads.items()}  # type: ignore[operator]
+        heads = {name: cast(Any, head).config.to_dict() for name, head in self.heads.items()}
         save_model(self, str(out / "model.safetensors"))
         (out / MULTITASK_FILE).write_text(json.dumps({"base": self.base_prefix, "heads": heads}, indent=1))
 
@@ -162,7 +162,7 @@ def label_fields(spec: TaskSpec) -> dict[str, Any]:
 def multitask_student(template: nn.Module, specs: Mapping[str, TaskSpec]) -> MultiTaskModel:
     """Heads for every task on ``template``'s encoder (copied from it: its own classifier is dropped)."""
     heads: dict[str, nn.Module] = {}
-    base = getattr(template, template.base_model_prefix)  # type: ignore[arg-type]
+    base = getattr(template, str(template.base_model_prefix))
     for name, spec in specs.items():
         cfg = copy.deepcopy(template.config)  # type: ignore[arg-type]
         for k, v in label_fields(spec).items():
@@ -190,7 +190,8 @@ class MultiTaskRunner(Runner):
         entries = [TaskEntry(**e) for e in (self.recipe.get("method") or {}).get("tasks", [])]
         self.entries = {e.name: e for e in entries}
         self.specs = {e.name: e.spec() for e in entries}
-        self.names = list(self.model.heads) if hasattr(self.model, "heads") else list(self.specs)
+        model: Any = self.model
+        self.names = list(model.heads) if hasattr(model, "heads") else list(self.specs)
         self.width = max((s.num_labels for s in self.specs.values()), default=1)
 
     @classmethod
@@ -256,13 +257,10 @@ class MultiTaskRunner(Runner):
         out["average"] = sum(mains) / max(1, len(mains))
         return out
 
-    def rows(self, pred: Prediction) -> list[dict[str, Any]]:
-        return super().rows(pred)
-
     def export_head(self, head: str, out_dir: str | os.PathLike[str]) -> None:
         if head not in self.names:
             raise ConfigError(f"no head {head!r}; this student's heads are {self.names}")
-        model: Any = self.model.heads[head]
+        model: Any = cast(Any, self.model).heads[head]
         model.save_pretrained(out_dir, safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out_dir)
