@@ -17,6 +17,7 @@ from transformers import (
     BertForSequenceClassification,
     BertModel,
     BertTokenizerFast,
+    PreTrainedModel,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -88,17 +89,31 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     return d
 
 
+DROPOUT = 0.3
+"""Hidden and attention dropout of the ``dropout_*`` teachers: left in train mode, they answer differently on
+every forward pass."""
+
+
+def save_teacher(model: PreTrainedModel, d: Path, tokenizer_dir: Path) -> Path:
+    """``model`` and the tiny tokenizer saved as a HF dir ``d``."""
+    model.save_pretrained(d)
+    BertTokenizerFast.from_pretrained(tokenizer_dir).save_pretrained(d)
+    return d
+
+
+def classifier_teacher(**config) -> BertForSequenceClassification:
+    """A tiny random 4-layer BERT classifier with confident, varied predictions, like a trained teacher's."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(**config))
+    with torch.no_grad():
+        model.classifier.weight.mul_(30.0)
+    return model
+
+
 @pytest.fixture(scope="session")
 def _teacher_session(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A tiny random 4-layer teacher saved as a HF dir with its tokenizer (built once)."""
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("teacher")
-    model = BertForSequenceClassification(tiny_bert_config())
-    with torch.no_grad():  # confident, varied predictions, like a trained teacher's
-        model.classifier.weight.mul_(30.0)
-    model.save_pretrained(d)
-    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
-    return d
+    return save_teacher(classifier_teacher(), tmp_path_factory.mktemp("teacher"), tiny_tokenizer_dir)
 
 
 @pytest.fixture
@@ -139,20 +154,33 @@ def corpus_file(tmp_path_factory) -> Path:
 def mlm_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A tiny random 4-layer BERT masked LM (stands in for a teacher with a trained MLM head)."""
     torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("mlm_teacher")
-    BertForMaskedLM(tiny_bert_config()).save_pretrained(d)
-    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
-    return d
+    model = BertForMaskedLM(tiny_bert_config())
+    return save_teacher(model, tmp_path_factory.mktemp("mlm_teacher"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def dropout_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """``teacher_dir`` with hidden and attention dropout ``DROPOUT``: a teacher run in train mode is visible."""
+    model = classifier_teacher(hidden_dropout_prob=DROPOUT, attention_probs_dropout_prob=DROPOUT)
+    return save_teacher(model, tmp_path_factory.mktemp("dropout_teacher"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def dropout_mlm_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """``mlm_teacher_dir`` with hidden and attention dropout ``DROPOUT``."""
+    torch.manual_seed(0)
+    model = BertForMaskedLM(
+        tiny_bert_config(hidden_dropout_prob=DROPOUT, attention_probs_dropout_prob=DROPOUT)
+    )
+    return save_teacher(model, tmp_path_factory.mktemp("dropout_mlm_teacher"), tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A tiny BertModel without an MLM head (like the MiniLM-L6 sentence encoder)."""
     torch.manual_seed(1)
-    d = tmp_path_factory.mktemp("encoder")
-    BertModel(tiny_bert_config(), add_pooling_layer=True).save_pretrained(d)
-    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
-    return d
+    model = BertModel(tiny_bert_config(), add_pooling_layer=True)
+    return save_teacher(model, tmp_path_factory.mktemp("encoder"), tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

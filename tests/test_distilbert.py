@@ -277,6 +277,30 @@ def test_pretrain_stage_runs_and_saves_a_loadable_distilbert_dir(mlm_teacher_dir
     assert load_config(out / "bertdistill.yaml") == cfg
 
 
+@pytest.mark.parametrize("freeze", [None, False])
+def test_position_embeddings_stay_frozen_in_pretraining_by_default(
+    freeze, mlm_teacher_dir, corpus_file, tmp_path
+):
+    """``freeze_position_embeddings`` (default true, as the official config's ``sinusoidal_pos_embds: true``):
+    after real ``pretrain`` steps the position embeddings are still those copied from the teacher; ``false``
+    trains them. The rest of the student trains either way."""
+    method = {} if freeze is None else {"freeze_position_embeddings": freeze}
+    tr = Trainer(load_config(_recipe(mlm_teacher_dir, corpus_file, tmp_path, method=method)), quiet=True)
+    before = {k: v.clone() for k, v in tr.unwrapped().state_dict().items()}
+    tr.train()
+    after = tr.unwrapped().state_dict()
+    positions = "distilbert.embeddings.position_embeddings.weight"
+    assert torch.equal(before[positions], after[positions]) == (freeze is None)
+    assert not torch.equal(
+        before["distilbert.embeddings.word_embeddings.weight"],
+        after["distilbert.embeddings.word_embeddings.weight"],
+    )
+    assert not torch.equal(
+        before["distilbert.transformer.layer.0.ffn.lin1.weight"],
+        after["distilbert.transformer.layer.0.ffn.lin1.weight"],
+    )
+
+
 def test_teacher_without_mlm_head_is_refused(encoder_dir, corpus_file, tmp_path):
     with pytest.raises(ConfigError, match="finetune --task mlm"):
         load_mlm_teacher(str(encoder_dir))

@@ -12,12 +12,13 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 from bertdistill import load_config
 from bertdistill.methods.fastbert import (
     FastBertForSequenceClassification,
+    FastBertRunner,
     early_exit,
     from_classifier,
     normalized_entropy,
 )
 from bertdistill.training.loop import Trainer, distill
-from conftest import method_terms, recipe, tiny_bert_config
+from conftest import DROPOUT, method_terms, recipe, tiny_bert_config
 
 
 @pytest.fixture
@@ -121,6 +122,57 @@ def test_self_distillation_kl_direction_and_frozen_backbone(teacher_dir, sst2_di
     assert any(k.startswith("branches.0.") for k in changed) and any(
         k.startswith("branches.2.") for k in changed
     )
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+@pytest.mark.parametrize("frozen_backbone", [True, False])
+def test_training_branch_logits_are_the_early_exit_logits(fast_model, layer, frozen_backbone):
+    """Branch i (after layer i) sees the same hidden state in training (``hidden_states[i]``, 1-based layer)
+    as at inference, where the runner's early exit leaves at that layer with that branch's logits."""
+    _, model = fast_model
+    with torch.no_grad():
+        for i, branch in enumerate(model.branches, start=1):
+            if i < layer:  # uniform predictions, u = 1: nobody leaves before `layer`
+                branch.out.weight.zero_()
+                branch.out.bias.zero_()
+            elif i == layer:  # confident: (nearly) every row leaves here
+                branch.out.weight.mul_(100.0)
+    batch = {"inputs": _batch(n=8)}
+    with torch.no_grad():
+        pred = FastBertRunner(model.eval(), tokenizer=None).predict(batch, speed=0.9)
+        training = model.train()(**batch["inputs"], frozen_backbone=frozen_backbone)
+    left = pred.extras["exit_layer"] == layer
+    assert left.sum() >= 6, pred.extras["exit_layer"]
+    torch.testing.assert_close(
+        pred.logits[left], training.branch_logits[layer - 1][left], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_frozen_backbone_is_deterministic_inside_training_steps(
+    dropout_teacher_dir, sst2_dir, tmp_path, monkeypatch
+):
+    """A backbone with dropout 0.3: inside each real self-distillation step (bundle in train mode), repeating the
+    step's forward gives the same teacher-classifier logits — the frozen backbone and its classifier run in eval
+    mode, so the soft targets carry no dropout noise."""
+    cfg = load_config(
+        recipe(
+            "fastbert", dropout_teacher_dir, sst2_dir, tmp_path / "o", tmp_path / "c", train={"max_steps": 3}
+        )
+    )
+    tr = Trainer(cfg, quiet=True)
+    assert tr.unwrapped().bert.config.hidden_dropout_prob == DROPOUT
+    loss = tr.method.loss
+    repeats: list[bool] = []
+
+    def repeat_then_loss(stage, batch, student_out, teacher_out, bundle):
+        assert tr.bundle.training
+        again = tr.bundle(**tr.method.student_inputs(batch, stage))
+        repeats.append(torch.equal(student_out.logits, again.logits))
+        return loss(stage, batch, student_out, teacher_out, bundle)
+
+    monkeypatch.setattr(tr.method, "loss", repeat_then_loss)
+    tr.train()
+    assert repeats == [True] * 3
 
 
 def test_auto_class_round_trip(fast_model, tmp_path):

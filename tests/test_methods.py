@@ -6,11 +6,14 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from bertdistill import get_method, list_methods
 from bertdistill.inference import load_student
+from bertdistill.protocol import Features
 from bertdistill.recipes import load_config
-from bertdistill.training.loop import Trainer, distill
+from bertdistill.teachers import Teacher
+from bertdistill.training.loop import StageRun, Trainer, distill
 from conftest import method_terms, recipe
 
 METHODS = sorted(list_methods())
@@ -28,6 +31,12 @@ def fixtures(teacher_dir, mlm_teacher_dir, encoder_dir, corpus_file, sst2_dir, s
         "stsb": stsb_dir,
         "tokenizer": tiny_tokenizer_dir,
     }
+
+
+@pytest.fixture
+def dropout_fixtures(fixtures, dropout_teacher_dir, dropout_mlm_teacher_dir):
+    """The same names, with teachers that have dropout 0.3."""
+    return {**fixtures, "teacher": dropout_teacher_dir, "mlm_teacher": dropout_mlm_teacher_dir}
 
 
 def _resolve(value, fixtures):
@@ -118,3 +127,86 @@ def test_every_stage_runs_saves_and_reloads_through_its_runner(name, fixtures, t
     for x, y in [(a.logits, b.logits), *((a.extras[k], b.extras[k]) for k in a.extras)]:
         if x is not None:
             torch.testing.assert_close(x, y)
+
+
+# ----------------------------------------------------------------------------------------------- the frozen teacher
+
+SHORT = {"max_steps": 3, "log_every": 1, "save_every": 1000, "warmup_ratio": 0.0, "scheduler": "constant"}
+
+
+def _hand_teachers_over_in_train_mode(
+    monkeypatch, name: str
+) -> list[tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """Make the method's ``load_teacher_model`` return its model in *train* mode (what a method that builds
+    its teacher by hand could do); record every teacher model it loads with a copy of its weights as loaded."""
+    cls = get_method(name)
+    original = cls.load_teacher_model
+    loaded: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
+
+    def load(self, path, stage=None):
+        model = original(self, path, stage).train()
+        loaded.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        return model
+
+    monkeypatch.setattr(cls, "load_teacher_model", load)
+    return loaded
+
+
+def _same_features(a: Features, b: Features) -> bool:
+    pairs = [(a.logits, b.logits)] if a.logits is not None else []
+    pairs += [(a.hidden_states[k], b.hidden_states[k]) for k in a.hidden_states]
+    pairs += [(a.attentions[k], b.attentions[k]) for k in a.attentions]
+    return bool(pairs) and all(torch.equal(x, y) for x, y in pairs)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_live_teacher_runs_in_eval_mode_during_training(name, dropout_fixtures, tmp_path, monkeypatch):
+    """Teachers with dropout 0.3, handed over in train mode: every teacher forward of real training steps gives
+    the same outputs when repeated on the same batch — the engine runs the teacher in eval mode."""
+    _hand_teachers_over_in_train_mode(monkeypatch, name)
+    features = Teacher.features
+    repeats: list[bool] = []
+
+    def twice(self, batch, needs):
+        out = features(self, batch, needs)
+        repeats.append(_same_features(out, features(self, batch, needs)))
+        return out
+
+    monkeypatch.setattr(Teacher, "features", twice)
+    cfg = _cfg(name, dropout_fixtures, tmp_path, teacher={"cache": False}, train=SHORT)
+    tr = Trainer(cfg, quiet=True)
+    if not any(s.uses_teacher for s in tr.stages):
+        pytest.skip(f"{name} runs no teacher in any stage")
+    tr.train()
+    assert repeats and all(repeats), repeats
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_teacher_unchanged_after_optimizer_steps(name, fixtures, tmp_path, monkeypatch):
+    """After real optimizer steps of every stage, each teacher the method loaded is bit-identical to what was
+    loaded, and none of its parameters was in any stage's optimizer."""
+    loaded = _hand_teachers_over_in_train_mode(monkeypatch, name)
+    runs: list[StageRun] = []
+    setup_stage = Trainer.setup_stage
+
+    def keep(self, *args, **kwargs):
+        runs.append(setup_stage(self, *args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(Trainer, "setup_stage", keep)
+    tr = Trainer(_cfg(name, fixtures, tmp_path, train=SHORT), quiet=True)
+    if not any(s.uses_teacher for s in tr.stages):
+        pytest.skip(f"{name} runs no teacher in any stage")
+    student_before = {k: v.clone() for k, v in tr.unwrapped().state_dict().items()}
+    result = tr.train()
+    assert len([r for r in result.history if "loss" in r]) == 3 * len(tr.stages)
+    after = tr.unwrapped().state_dict()
+    assert any(not torch.equal(v, after[k]) for k, v in student_before.items())  # the steps did update
+    teacher_params = {id(p) for model, _ in loaded for p in model.parameters()}
+    for sr in runs:
+        in_optimizer = {id(p) for g in sr.optimizer.param_groups for p in g["params"]}
+        assert not in_optimizer & teacher_params, sr.stage.name
+    for model, as_loaded in loaded:
+        assert not any(p.requires_grad for p in model.parameters())
+        now = model.state_dict()
+        assert all(torch.equal(v, now[k]) for k, v in as_loaded.items())

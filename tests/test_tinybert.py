@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 
 import pytest
@@ -150,14 +151,108 @@ def test_per_head_averaging_and_fewer_student_heads(teacher_dir, sst2_dir, tmp_p
     assert average_heads(att, 4) is att
     with pytest.raises(ValueError):
         average_heads(att, 3)
-    student = {"num_layers": 2, "init": "random", "config_overrides": {"num_attention_heads": 2}}
-    tr = Trainer(_cfg(teacher_dir, sst2_dir, tmp_path, student=student), quiet=True)  # teacher: 4 heads
-    batch, stage = _batch(tr), tr.stages[0]
-    terms, _, _ = method_terms(tr, batch, stage)
-    assert torch.isfinite(terms["att"])
-    student["config_overrides"] = {"num_attention_heads": 8, "hidden_size": 32}
+    student = {
+        "num_layers": 2,
+        "init": "random",
+        "config_overrides": {"num_attention_heads": 8, "hidden_size": 32},
+    }
     with pytest.raises(ConfigError, match="heads"):
         Trainer(_cfg(teacher_dir, sst2_dir, tmp_path, student=student), quiet=True)
+
+
+# scores [B = 2, heads = 2, T = 3, T]; example 0 has a padded last token
+MASK = [[1, 1, 0], [1, 1, 1]]
+S_SCORES = [
+    [
+        [[0.0, 1.0, 5.0], [2.0, 0.0, 5.0], [9.0, 9.0, 9.0]],
+        [[1.0, 1.0, 5.0], [0.0, 3.0, 5.0], [9.0, 9.0, 9.0]],
+    ],
+    [
+        [[0.0, 1.0, 2.0], [1.0, 0.0, 0.5], [0.0, 0.0, 3.0]],
+        [[2.0, 0.0, 0.0], [0.5, 0.5, 1.0], [1.0, 2.0, 0.0]],
+    ],
+]
+T_SCORES = [  # more peaked than the student's: KL(T ‖ S) and KL(S ‖ T) differ clearly
+    [
+        [[6.0, 0.0, -4.0], [0.0, 5.0, -4.0], [-9.0, 0.0, 9.0]],
+        [[0.0, 4.0, -4.0], [5.0, 0.0, -4.0], [0.0, 0.0, 0.0]],
+    ],
+    [
+        [[6.0, 0.0, 1.0], [0.0, 6.0, 0.0], [4.0, 1.0, 1.0]],
+        [[0.0, 0.0, 5.0], [5.0, 0.0, 0.0], [0.0, 6.0, 0.0]],
+    ],
+]
+
+
+def _row_probs(scores, real):
+    """softmax over the real keys of one query row."""
+    e = [math.exp(x) if keep else 0.0 for x, keep in zip(scores, real, strict=True)]
+    return [x / sum(e) for x in e]
+
+
+def _per_real_row(fn):
+    """``fn(p_S, p_T, real_keys)`` for every head and real query row of S_SCORES / T_SCORES."""
+    out = []
+    for b, real in enumerate(MASK):
+        for h in range(2):
+            for q in range(3):
+                if real[q]:
+                    p_s = _row_probs(S_SCORES[b][h][q], real)
+                    p_t = _row_probs(T_SCORES[b][h][q], real)
+                    out.append(fn(p_s, p_t, real))
+    return out
+
+
+def _attention_args():
+    return torch.tensor(S_SCORES), torch.tensor(T_SCORES), torch.tensor(MASK)
+
+
+def test_attention_kl_direction_and_normalisation_by_hand():
+    """``KL(softmax(A_T) ‖ softmax(A_S))`` over the real keys of each query row, averaged over heads × real query
+    rows (here 2 heads × (2 + 3) rows = 10): not KL(S ‖ T), and padded rows neither count nor dilute."""
+
+    def kl(p, q, real):
+        return sum(a * math.log(a / b) for a, b, keep in zip(p, q, real, strict=True) if keep)
+
+    forward = _per_real_row(lambda p_s, p_t, real: kl(p_t, p_s, real))
+    reverse = _per_real_row(lambda p_s, p_t, real: kl(p_s, p_t, real))
+    assert len(forward) == 10
+    expected = sum(forward) / 10
+    assert expected != pytest.approx(sum(reverse) / 10, rel=0.05)  # the direction shows in the value
+    assert attention_kl(*_attention_args()).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_attention_prob_mse_by_hand():
+    """MSE of the post-softmax maps (padded keys excluded from the softmax), averaged over heads × real
+    (query, key) pairs: 2 heads × (2·2 + 3·3) = 26."""
+    rows = _per_real_row(
+        lambda p_s, p_t, real: [(a - b) ** 2 for a, b, keep in zip(p_s, p_t, real, strict=True) if keep]
+    )
+    squares = [x for row in rows for x in row]
+    assert len(squares) == 26
+    assert attention_prob_mse(*_attention_args()).item() == pytest.approx(sum(squares) / 26, rel=1e-5)
+
+
+@pytest.mark.parametrize("attention_loss", ["mse_scores", "mse_probs", "kl_probs"])
+def test_fewer_student_heads_learn_averages_of_consecutive_teacher_heads(
+    attention_loss, teacher_dir, sst2_dir, tmp_path
+):
+    """A 2-head student of the 4-head teacher: student head 0 learns the mean of teacher heads 0, 1 and head 1
+    of heads 2, 3 — the *pre-softmax scores* are averaged, also under the post-softmax loss options."""
+    student = {"num_layers": 2, "init": "random", "config_overrides": {"num_attention_heads": 2}}
+    method = {"attention_loss": attention_loss, "embedding_weight": 0.0, "hidden_weight": 0.0}
+    tr = Trainer(_cfg(teacher_dir, sst2_dir, tmp_path, student=student, method=method), quiet=True)
+    batch, stage = _batch(tr), tr.stages[0]
+    terms, s_out, t_out = method_terms(tr, batch, stage)
+    assert set(terms) == {"att"}
+    loss = {"mse_scores": attention_score_mse, "mse_probs": attention_prob_mse, "kl_probs": attention_kl}
+    mask = batch["inputs"]["attention_mask"]
+    expected = 0.0
+    for s, t in tr.unwrapped().attention_map:
+        heads = t_out.attentions[t]
+        averaged = torch.stack([(heads[:, 0] + heads[:, 1]) / 2, (heads[:, 2] + heads[:, 3]) / 2], dim=1)
+        expected += loss[attention_loss](s_out.attentions[s], averaged, mask).item()
+    assert terms["att"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_soft_cross_entropy_official_reduction():

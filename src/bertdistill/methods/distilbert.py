@@ -53,7 +53,17 @@ from ..hub import from_pretrained
 from ..layer_map import select_layers
 from ..losses import hinton_terms, masked_cosine, masked_soft_target_kl, mlm_ce
 from ..mlm_head import MLMRunner
-from ..protocol import Batch, BuiltStudent, Features, Method, MethodTestConfig, Needs, Runner, Stage
+from ..protocol import (
+    Batch,
+    BuiltStudent,
+    Features,
+    Method,
+    MethodTestConfig,
+    Needs,
+    ParamGroups,
+    Runner,
+    Stage,
+)
 from ..registry import register
 
 log = logging.getLogger(__name__)
@@ -81,6 +91,10 @@ class DistilBertMethodConfig(CorpusConfig, MethodConfig):
     fold_token_type: bool = True
     """Add the teacher's token-type-0 embedding to the student's position embeddings, so the initial student
     embeds a single-segment input exactly as the teacher does (the official extraction script drops it)."""
+    freeze_position_embeddings: bool = True
+    """Keep the student's position embeddings (the teacher's, copied at initialisation) frozen in the
+    ``pretrain`` stage, as the official training config does (``sinusoidal_pos_embds: true`` makes them
+    ``requires_grad = False`` before BERT's are loaded over them); ``false`` trains them."""
     pretrain_steps: int | None = None
     """Steps of the ``pretrain`` stage (default: ``train.max_steps``, else ``train.epochs`` over the corpus)."""
     task_teacher: str | None = None
@@ -362,7 +376,8 @@ class DistilBert(Method):
     def stages(self) -> list[Stage]:
         c = self.cfg
         # masks change every time a batch is formed: teacher outputs cannot be cached
-        pretrain = Stage("pretrain", max_steps=c.pretrain_steps, cacheable=False)
+        frozen = _without_position_embeddings if c.freeze_position_embeddings else None
+        pretrain = Stage("pretrain", max_steps=c.pretrain_steps, cacheable=False, param_groups=frozen)
         if c.task_teacher is None:
             return [pretrain]
         pretrain.data, pretrain.evaluate = "pretrain", False  # the run's eval set is the task's dev set
@@ -446,6 +461,19 @@ class DistilBert(Method):
                 student_out.hidden_states[-1], teacher_out.hidden_states[-1], mask
             )
         return terms
+
+
+def _without_position_embeddings(bundle: nn.Module) -> ParamGroups:
+    """Every parameter of the bundle but the student's position embeddings (frozen for the stage)."""
+    return [
+        {
+            "params": [
+                (n, p)
+                for n, p in bundle.named_parameters()
+                if not n.endswith("embeddings.position_embeddings.weight")
+            ]
+        }
+    ]
 
 
 def drop_token_type_ids(tokenizer: Any) -> None:
