@@ -30,7 +30,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/report.py
+	$(BIN)/python -m benchmarks.report
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

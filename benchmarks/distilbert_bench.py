@@ -1,7 +1,7 @@
 """DistilBERT on our scale: MiniLM-L6 (6 layers) → a 3-layer DistilBERT, pre-training distillation on the unlabeled
 sentences of the shared TRAIN splits, then SST-2. Writes benchmarks/results/<name>.json.
 
-    python benchmarks/distilbert_bench.py --mlm-steps 1000 --distil-steps 3000 --steps 2000 --seeds 1 2 --threads 2
+    python -m benchmarks.distilbert_bench --mlm-steps 1000 --distil-steps 3000 --steps 2000 --seeds 1 2 --threads 2
 
 1. corpus: benchmarks/make_corpus.py (train splits only), if missing;
 2. MLM teacher: ``finetune --task mlm`` of minilm-l6 on the corpus (the sentence encoder has no MLM head);
@@ -11,7 +11,8 @@ sentences of the shared TRAIN splits, then SST-2. Writes benchmarks/results/<nam
    (``student_score``), the same DistilBERT architecture initialised by layer copy only (``no_kd_score``: no
    pre-training distillation), and the distilled student with the ``task`` step (kd from the fine-tuned SST-2
    teacher, recipes/distilbert/sst2.yaml; ``task_kd_score``).
-Every artefact is cached under $BERTDISTILL_BENCH_DIR (default ~/.cache/bertdistill/bench)/<name>/ and reused.
+Every artefact is kept under $BERTDISTILL_BENCH_DIR (default ~/.cache/bertdistill/bench)/<name>/ and reused only
+when its full config and inputs match (``benchmarks.harness.run_or_reuse``).
 ``--max-steps N`` is a smoke run: every stage capped at N steps, result written to the work dir, not results/.
 """
 
@@ -19,52 +20,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, WORK, command, machine, speed_fields, today, train_examples, write_result
+from benchmarks import harness as H
+from benchmarks.harness import ROOT, SHARED, WORK
 
 SST2_TEACHER = Path("~/.cache/bertdistill/teachers/minilm-l6-sst2").expanduser()
-
-
-def _done(d: Path) -> bool:
-    return (d / "metrics.json").is_file() and (d / "config.json").is_file()
-
-
-def _run(recipe: Any, overrides: list[str], out: Path, reuse: bool = True) -> dict[str, Any]:
-    from bertdistill import distill
-
-    if reuse and _done(out):
-        print(f"reusing {out}", flush=True)
-        return json.loads((out / "metrics.json").read_text())
-    res = distill(recipe, [*overrides, f"output_dir={out}"], quiet=True)
-    print(f"{out.name}: {res.metrics}", flush=True)
-    return res.metrics
-
-
-def _steps_of(run_dir: Path) -> int:
-    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
-    return max(r["step"] for r in log if "loss" in r)
 
 
 def layer_copy_student(mlm_teacher: Path, layers: list[int], out: Path) -> Path:
     """The same DistilBERT architecture initialised from the teacher by layer copy only (no distillation)."""
     from transformers import AutoTokenizer
 
-    from bertdistill.methods.base import save_hf_model
+    from bertdistill.hub import save_hf_model
     from bertdistill.methods.distilbert import distilbert_from_teacher, drop_token_type_ids, load_mlm_teacher
 
-    if (out / "config.json").is_file():
-        return out
+    source = {"mlm_teacher": str(mlm_teacher), "fingerprint": H.fingerprint(mlm_teacher), "layers": layers}
+    stamp = out / "source.json"
+    if (out / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == source:
+        return out  # built from this very teacher: reuse (rebuilding would restamp it and retrain its rows)
     student = distilbert_from_teacher(load_mlm_teacher(str(mlm_teacher)), layers)
     tok = AutoTokenizer.from_pretrained(mlm_teacher)
     drop_token_type_ids(tok)
     save_hf_model(student, tok, out)
+    stamp.write_text(json.dumps(source, indent=1) + "\n")
     return out
 
 
@@ -79,14 +62,14 @@ def heldout_perplexities(
     from bertdistill import load_config
     from bertdistill.data.corpus import MLMCollator, corpus_datasets
     from bertdistill.data.loading import BatchSampler
-    from bertdistill.methods.base import mlm_metrics
+    from bertdistill.mlm_head import mlm_metrics
 
     rc = load_config(distilled / "bertdistill.yaml")
     if eval_examples:
         rc.data.max_eval_examples = eval_examples
     tok = AutoTokenizer.from_pretrained(distilled)
-    data, probs = corpus_datasets(rc.method, rc, tok)  # type: ignore[arg-type]
-    held = data["eval"]
+    data = corpus_datasets(rc.method, rc, tok)  # type: ignore[arg-type]
+    held, probs = data["eval"], data["train"].mask_weights  # type: ignore[attr-defined]
     loader = DataLoader(
         held,
         batch_sampler=BatchSampler(held.lengths, 64, shuffle=False),  # type: ignore[attr-defined]
@@ -100,11 +83,9 @@ def heldout_perplexities(
     return out
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--steps", type=int, default=2000, help="SST-2 fine-tuning steps (every variant, every seed)"
-    )
+    p.add_argument("--steps", type=int, default=2000, help="SST-2 fine-tuning steps (every row, every seed)")
     p.add_argument("--distil-steps", type=int, default=3000, help="pre-training distillation steps")
     p.add_argument("--mlm-steps", type=int, default=1000, help="MLM-head training steps of the teacher")
     p.add_argument("--mlm-lr", type=float, default=1e-3)
@@ -117,6 +98,8 @@ def main() -> int:
     p.add_argument("--max-train-examples", type=int, default=None, help="subsample SST-2 train (seeded)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for training and timing")
     p.add_argument("--sst2-teacher", default=str(SST2_TEACHER), help="fine-tuned MiniLM-L6 SST-2 teacher dir")
+    p.add_argument("--sst2-data", help="SST-2 dir (default: the recipes' data.path)")
+    p.add_argument("--mlm-base", default="minilm-l6", help="the encoder given an MLM head (the MLM teacher)")
     p.add_argument("--corpus", default=str(Path("~/.cache/bertdistill/corpus/glue-train-sentences.txt")))
     p.add_argument(
         "--eval-examples", type=int, default=None, help="cap the held-out sequences / dev examples"
@@ -124,21 +107,34 @@ def main() -> int:
     p.add_argument("--latency-sentences", type=int, default=300)
     p.add_argument("--max-steps", type=int, default=None, help="smoke run: cap every stage at N steps")
     p.add_argument("--name", default="distilbert_sst2")
-    args = p.parse_args()
+    p.add_argument(
+        "--work", help="work dir (default: $BERTDISTILL_BENCH_DIR/NAME, + _smoke with --max-steps)"
+    )
+    H.add_run_flags(p)
+    return p.parse_args(argv)
 
-    from bertdistill.cli import _quiet_hf
-    from bertdistill.evaluation import compare
 
-    _quiet_hf()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    H.quiet()
     smoke = args.max_steps is not None
     cap = (lambda n: min(n, args.max_steps)) if smoke else (lambda n: n)
-    work = WORK / (args.name + ("_smoke" if smoke else ""))
+    work = Path(args.work) if args.work else WORK / (args.name + ("_smoke" if smoke else ""))
     threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
+    eval_cap = [f"data.max_eval_examples={args.eval_examples}"] if args.eval_examples else []
+    sst2_data = [f"data.path={args.sst2_data}"] if args.sst2_data else []
+
+    def run(recipe: Any, overrides: list[str], out: Path) -> H.RunRecord:
+        from bertdistill import load_config
+
+        rec = H.run_or_reuse(load_config(recipe, overrides), out, on_mismatch=args.on_mismatch)
+        print(f"{out.name}: {rec.metrics}", flush=True)
+        return rec
 
     # 1. corpus (train splits only)
     corpus = Path(args.corpus).expanduser()
     if not corpus.is_file():
-        from make_corpus import build
+        from benchmarks.make_corpus import build
 
         print(json.dumps(build(SHARED, corpus)), flush=True)
 
@@ -147,12 +143,11 @@ def main() -> int:
     mlm_dir = work / f"mlm-teacher-{cap(args.mlm_steps)}{'-body' if body else ''}"
     mlm_recipe = {
         "method": {"name": "mlm", "corpus": [str(corpus)], "train_body": body, "body_lr_scale": 0.1},
-        "student": {"init": "pretrained", "path": "minilm-l6"},
+        "student": {"init": "pretrained", "path": args.mlm_base},
         "data": {"task": "mlm", "max_length": 128},
         "train": {"lr": args.mlm_lr, "batch_size": 32, "warmup_ratio": 0.05, "weight_decay": 0.0, "seed": 42},
     }
-    eval_cap = [f"data.max_eval_examples={args.eval_examples}"] if args.eval_examples else []
-    _run(mlm_recipe, [f"train.max_steps={cap(args.mlm_steps)}", *threads, *eval_cap], mlm_dir)
+    mlm = run(mlm_recipe, [f"train.max_steps={cap(args.mlm_steps)}", *threads, *eval_cap], mlm_dir)
 
     # 3. pre-training distillation, once (first seed)
     seed0 = args.seeds[0]
@@ -166,7 +161,7 @@ def main() -> int:
         *threads,
         *eval_cap,
     ]
-    _run(pre, pre_over, distilled)
+    dist = run(pre, pre_over, distilled)
     layers = json.loads((distilled / "config.json").read_text())["bertdistill_copied_layers"]
     copy_dir = layer_copy_student(mlm_dir, layers, work / "layer-copy")
 
@@ -175,104 +170,75 @@ def main() -> int:
         distilled, {"teacher": mlm_dir, "distilled": distilled, "layer_copy": copy_dir}, args.eval_examples
     )
 
-    # 5. SST-2
+    # 5. SST-2: the teacher is an input — used as it is when finished, trained here only when missing
     sst2_teacher = Path(args.sst2_teacher).expanduser()
-    if not _done(sst2_teacher):
-        _run(
+    if not H.is_finished(sst2_teacher):
+        if sst2_teacher.exists() and any(sst2_teacher.iterdir()):
+            raise SystemExit(
+                f"{sst2_teacher} holds no finished model; finish or remove it, or pass --sst2-teacher"
+            )
+        run(
             ROOT / "recipes" / "finetune" / "sst2.yaml",
-            [*threads, *([f"train.max_steps={args.max_steps}"] if smoke else ["train.epochs=1"])],
+            [*threads, *sst2_data, *([f"train.max_steps={args.max_steps}"] if smoke else ["train.epochs=1"])],
             sst2_teacher,
         )
     ft_base = yaml.safe_load((ROOT / "recipes" / "finetune" / "sst2.yaml").read_text())
-    common = [f"train.max_steps={cap(args.steps)}", "train.eval_every=null", *threads]
+    common = [f"train.max_steps={cap(args.steps)}", "train.eval_every=null", *threads, *sst2_data]
     if args.max_train_examples:
         common.append(f"data.max_train_examples={args.max_train_examples}")
     if args.eval_examples:
         common.append(f"data.max_eval_examples={args.eval_examples}")
-    variants = {
-        "distilled": (ft_base, [f"student.path={distilled}"]),
-        "layer_copy": (ft_base, [f"student.path={copy_dir}"]),
-        "distilled_task_kd": (
-            ROOT / "recipes" / "distilbert" / "sst2.yaml",
-            [f"student.path={distilled}", f"teacher.path={sst2_teacher}"],
-        ),
-    }
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
-    for seed in args.seeds:
-        for kind, (recipe, over) in variants.items():
-            out = work / f"sst2-{kind}-seed{seed}"
-            metrics = _run(recipe, [*over, *common, f"train.seed={seed}"], out)
-            runs[kind].append({"seed": seed, "dir": str(out), "metrics": metrics, "steps": _steps_of(out)})
-
-    first = Path(runs["distilled"][0]["dir"])
-    rows = compare(
-        sst2_teacher,
-        [first],
-        labels=["teacher", "student"],
-        threads=args.threads,
-        n_latency=cap(args.latency_sentences),
-        max_examples=args.eval_examples,
+    ft_label = "recipes/finetune/sst2.yaml"
+    table = H.Table(
+        name=args.name,
+        teacher=sst2_teacher,
+        rows=[
+            H.Row("distilled", ft_base, (f"student.path={distilled}",), label=ft_label),
+            H.Row("layer_copy", ft_base, (f"student.path={copy_dir}",), label=ft_label),
+            H.Row(
+                "distilled_task_kd",
+                "recipes/distilbert/sst2.yaml",
+                (f"student.path={distilled}", f"teacher.path={sst2_teacher}"),
+            ),
+        ],
+        seeds=args.seeds,
+        common=common,
+        primary="distilled",
+        baseline="layer_copy",
+        method="distilbert",
     )
-    t, s = rows
-    metric = t["metric"]
-    scores = {k: [r["metrics"][metric] for r in v] for k, v in runs.items()}
-
-    def mean(xs: list[float]) -> float:
-        return statistics.mean(xs)
-
-    def std(xs: list[float]) -> float:
-        return statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-    cfg = json.loads((first / "config.json").read_text())
-    result = {
-        "method": "distilbert",
-        "task": t["task"],
-        "teacher": str(sst2_teacher),
-        "student": f"{cfg['n_layers']}-layer DistilBERT (dim {cfg['dim']}) from MLM-teacher layers {layers}, "
-        f"pre-training-distilled {_steps_of(distilled)} steps, then fine-tuned",
-        "metric": metric,
-        "teacher_score": t["score"],
-        "student_score": mean(scores["distilled"]),
-        "no_kd_score": mean(scores["layer_copy"]),
-        "no_kd": "the same DistilBERT initialised by layer copy from the MLM teacher only (no pre-training "
+    result = H.run_table(
+        table,
+        work=work,
+        timing=H.TimingOptions(
+            threads=args.threads, n_latency=cap(args.latency_sentences), max_examples=args.eval_examples
+        ),
+        on_mismatch=args.on_mismatch,
+    )
+    assert result is not None
+    cfg = json.loads((Path(result["rows"][0]["runs"][0]) / "config.json").read_text())
+    task_kd = next(r for r in result["rows"] if r["row"] == "distilled_task_kd")
+    result.update(
+        student=f"{cfg['n_layers']}-layer DistilBERT (dim {cfg['dim']}) from MLM-teacher layers {layers}, "
+        f"pre-training-distilled {dist.steps} steps, then fine-tuned",
+        no_kd="the same DistilBERT initialised by layer copy from the MLM teacher only (no pre-training "
         "distillation), fine-tuned with the same steps and seeds",
-        "task_kd_score": mean(scores["distilled_task_kd"]),
-        "student_scores": scores["distilled"],
-        "no_kd_scores": scores["layer_copy"],
-        "task_kd_scores": scores["distilled_task_kd"],
-        "student_score_std": std(scores["distilled"]),
-        "no_kd_score_std": std(scores["layer_copy"]),
-        "task_kd_score_std": std(scores["distilled_task_kd"]),
-        "retention": mean(scores["distilled"]) / t["score"],
-        "task_kd_retention": mean(scores["distilled_task_kd"]) / t["score"],
-        **speed_fields(t, s),
-        "heldout_mlm": ppl,
-        "mlm_teacher": str(mlm_dir),
-        "mlm_teacher_steps": _steps_of(mlm_dir),
-        "mlm_teacher_train_body": body,
-        "distil_steps": _steps_of(distilled),
-        "distil_seed": seed0,
-        "corpus": str(corpus),
-        "corpus_lines": len(corpus.read_text(encoding="utf-8").splitlines()),
-        "train_examples": train_examples(first),
-        "steps": runs["distilled"][0]["steps"],
-        "seeds": args.seeds,
-        "student_layers": cfg["n_layers"],
-        "student_hidden": cfg["dim"],
-        "eval_examples": t["examples"],
-        "model_selection": "score of the final model (eval_every=null: evaluated once, at the end)",
-        "all_metrics": {k: [r["metrics"] for r in v] for k, v in runs.items()} | {"teacher": t["metrics"]},
-        "command": command(),
-        "date": today(),
-        "machine": machine(),
-    }
-    if smoke:
-        path = work / f"{args.name}.json"
-        path.write_text(json.dumps(result, indent=1) + "\n")
-    else:
-        path = write_result(args.name, result)
+        **H.score_fields("task_kd_score", task_kd["student_scores"]),
+        task_kd_retention=task_kd["retention"],
+        heldout_mlm=ppl,
+        mlm_teacher=str(mlm_dir),
+        mlm_teacher_steps=mlm.steps,
+        mlm_teacher_train_body=body,
+        distil_steps=dist.steps,
+        distil_seed=seed0,
+        corpus=str(corpus),
+        corpus_lines=len(corpus.read_text(encoding="utf-8").splitlines()),
+        model_selection="score of the final model (eval_every=null: evaluated once, at the end)",
+    )
+    path = H.write_result(args.name, result, work if smoke else args.results_dir)
     keys = ("teacher_score", "student_score", "no_kd_score", "task_kd_score", "retention", "latency_speedup")
     print(json.dumps({k: result[k] for k in keys} | {"heldout_mlm": ppl}, indent=1))
+    print(H.summary(result))
     print(f"wrote {path}")
     return 0
 

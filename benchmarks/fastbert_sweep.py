@@ -1,11 +1,14 @@
 """FastBERT speed sweep: accuracy, mean exit layer, FLOPs speed-up and *measured* CPU speed-up (batch 1 and
 batch 32) for speed = 0, 0.1, …, 0.9, against the same model at full depth without branches — which is
-exactly the fine-tuned teacher's computation — timed interleaved in one run.
+exactly the fine-tuned teacher's computation — timed interleaved in one run per speed
+(``bertdistill.evaluate(path, speed=s, timing=True)``).
 
-    python benchmarks/fastbert_sweep.py --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 --name fastbert_sst2
+    python -m benchmarks.fastbert_sweep --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 --name fastbert_sst2
 
-Trains the branches with recipes/fastbert/<task>.yaml unless --model gives a trained FastBERT dir;
-``--ablation`` also trains branches on gold labels instead of self-distillation (the "no KD" row).
+Trains the branches with recipes/fastbert/<task>.yaml for each of ``--seeds`` (reusing a finished run of the
+same config) unless --model gives a trained FastBERT dir; the sweep runs on the first seed's model, the chosen
+speed is then scored for every seed (``student_score`` = mean ± std). ``--ablation`` also trains branches on gold
+labels instead of self-distillation (the "no KD" row, scored at the same speed).
 Writes benchmarks/results/<name>.json and <name>.png (accuracy vs measured speed-up).
 """
 
@@ -15,28 +18,63 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, WORK, command, machine, today, train_examples, write_result
+from benchmarks import harness as H
+from benchmarks.harness import RESULTS, ROOT
+
+SWEEP_KEYS = ("speed", "score", "mean_exit_layer", "flops_speedup", "latency_speedup", "throughput_speedup")
 
 
-def train(recipe: Path, teacher: str, out: Path, seed: int, extra: list[str]) -> tuple[Path, int]:
-    from bertdistill import distill
+def sweep_point(
+    model_dir: Path, speed: float, args: argparse.Namespace, timing: bool = True
+) -> dict[str, Any]:
+    """One speed of the sweep through ``evaluate``: the measured speed-ups are against the same model at full
+    depth (the runner's reference), timed interleaved with it."""
+    from bertdistill.evaluation import evaluate
 
-    res = distill(
-        recipe, [f"teacher.path={teacher}", f"output_dir={out}", f"train.seed={seed}", *extra], quiet=True
+    r = evaluate(
+        model_dir,
+        speed=speed,
+        timing=timing,
+        threads=args.threads,
+        n_latency=args.latency_sentences,
+        max_examples=args.eval_examples,
     )
-    steps = max(r["step"] for r in res.history if "loss" in r)
-    return res.output_dir, steps
+    point = {
+        "speed": speed,
+        "score": r["score"],
+        "mean_exit_layer": r["metrics"]["mean_exit_layer"],
+        "flops_speedup": r["metrics"]["flops_speedup"],
+        "task": r["task"],
+        "metric": r["metric"],
+        "examples": r["examples"],
+        "params": r["params"],
+        "layers": r.get("layers"),
+        "hidden": r.get("hidden"),
+        "metrics": r["metrics"],
+    }
+    if timing:
+        point.update(
+            latency_speedup=r["reference_latency_speedup"],
+            throughput_speedup=r["reference_throughput_speedup"],
+            latency_ms_median=r["latency_ms_median"],
+            throughput_per_s=r["throughput_per_s"],
+            full_depth_latency_ms=r["reference_latency_ms_median"],
+            full_depth_throughput_per_s=r["reference_throughput_per_s"],
+            latency_sentences=r["latency_sentences"],
+            threads=r["threads"],
+        )
+    return point
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True)
     p.add_argument("--recipe", default="recipes/fastbert/sst2.yaml")
     p.add_argument("--model", help="an already trained FastBERT dir (skips training)")
     p.add_argument("--speeds", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(10)])
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[1])
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument(
         "--ablation", action="store_true", help="also train branches on labels (no self-distillation)"
@@ -47,117 +85,128 @@ def main() -> int:
         help="a kd result file to compare against (static student)",
     )
     p.add_argument("--latency-sentences", type=int, default=200)
+    p.add_argument("--eval-examples", type=int, help="dev subsample (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", required=True)
-    args = p.parse_args()
+    H.add_run_flags(p)
+    return p.parse_args(argv)
 
-    from bertdistill.cli import _quiet_hf
-    from bertdistill.evaluation import early_exit_row, load_model
 
-    _quiet_hf()
-    work = WORK / args.name
-    steps = None
-    if args.model:
-        model_dir = Path(args.model)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    H.quiet()
+    if args.speeds[0] != 0:
+        raise SystemExit("the sweep must start at speed 0 (the teacher's computation)")
+    fast = H.Row("fastbert", args.recipe, tuple(args.overrides))
+    rows = [fast]
+    if args.ablation:
+        rows.append(H.Row("fastbert_labels", args.recipe, (*args.overrides, "method.use_labels=true")))
+    table = H.Table(
+        name=args.name,
+        teacher=args.teacher,
+        rows=rows,
+        seeds=args.seeds,
+        common=[f"teacher.path={args.teacher}"],
+        primary="fastbert",
+        baseline="fastbert_labels" if args.ablation else None,
+        method="fastbert",
+    )
+    if args.model:  # a trained FastBERT dir: its own run record, no training
+        runs = {"fastbert": [H.read_run(args.model)]}
+        if args.ablation:
+            raise SystemExit("--ablation trains; leave out --model")
     else:
-        model_dir, steps = train(
-            ROOT / args.recipe, args.teacher, work / "fastbert", args.seed, args.overrides
-        )
-    lm = load_model(model_dir)
-    rows = []
+        runs = H.run_rows(rows, args.seeds, H.WORK / args.name, table.common, on_mismatch=args.on_mismatch)
+    model_dir = runs["fastbert"][0].dir
+
+    sweep = []
     for s in args.speeds:
-        r = early_exit_row(lm, s, threads=args.threads, n_latency=args.latency_sentences)
-        rows.append(r)
+        r = sweep_point(model_dir, s, args)
+        sweep.append(r)
         print(
             f"speed {s:.1f}: acc {r['score']:.4f}, exit {r['mean_exit_layer']:.2f}, FLOPs x{r['flops_speedup']:.2f}, "
             f"measured b1 x{r['latency_speedup']:.2f}, b32 x{r['throughput_speedup']:.2f}",
             flush=True,
         )
-    teacher_score = rows[0]["score"] if args.speeds[0] == 0 else None
-    if teacher_score is None:
-        raise SystemExit("the sweep must start at speed 0 (the teacher's computation)")
-    ok = [r for r in rows if r["score"] >= teacher_score - 0.005]
+    teacher_score = sweep[0]["score"]
+    ok = [r for r in sweep if r["score"] >= teacher_score - 0.005]
     chosen = max(ok, key=lambda r: r["latency_speedup"])
 
-    no_kd = None
+    # every seed (and the label-trained ablation) scored at the chosen speed
+    scores: dict[str, list[float]] = {}
+    for name, recs in runs.items():
+        scores[name] = [
+            chosen["score"]
+            if rec.dir == model_dir
+            else sweep_point(rec.dir, chosen["speed"], args, False)["score"]
+            for rec in recs
+        ]
+        print(f"{name} at speed {chosen['speed']}: {scores[name]}", flush=True)
+
+    from bertdistill.inference import load_student
+
+    backbone = load_student(model_dir).model
+    teacher_params = sum(v.numel() for k, v in backbone.state_dict().items() if not k.startswith("branches."))
+    teacher_row = {
+        "task": chosen["task"],
+        "metric": chosen["metric"],
+        "score": teacher_score,
+        "metrics": sweep[0]["metrics"],
+        "examples": chosen["examples"],
+        "params": teacher_params,
+        "latency_ms_median": chosen["full_depth_latency_ms"],
+        "throughput_per_s": chosen["full_depth_throughput_per_s"],
+    }
+    students = {"fastbert": chosen | {"threads": chosen["threads"]}}
     if args.ablation:
-        abl_dir, _ = train(
-            ROOT / args.recipe,
-            args.teacher,
-            work / "fastbert-labels",
-            args.seed,
-            [*args.overrides, "method.use_labels=true"],
-        )
-        abl = early_exit_row(load_model(abl_dir), chosen["speed"], threads=args.threads, timing=False)
-        no_kd = abl["score"]
-        print(
-            f"label-trained branches at speed {chosen['speed']}: {no_kd:.4f} (exit {abl['mean_exit_layer']:.2f})"
-        )
+        students["fastbert_labels"] = {k: chosen[k] for k in ("params", "layers", "hidden")}
+    result = H.table_result(table, runs, teacher_row, students, scores)
 
     kd = json.loads(Path(args.kd_result).read_text()) if Path(args.kd_result).is_file() else None
-    plot = RESULTS / f"{args.name}.png"
-    _plot(rows, kd, plot)
-    n_train = train_examples(model_dir)
+    results_dir = Path(args.results_dir)
+    plot = results_dir / f"{args.name}.png"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    _plot(sweep, kd, plot)
     cfg = json.loads((model_dir / "config.json").read_text())
-    teacher_params = sum(v.numel() for k, v in lm.model.state_dict().items() if not k.startswith("branches."))
-    result = {
-        "method": "fastbert",
-        "task": rows[0]["task"],
-        "teacher": args.teacher,
-        "student": f"teacher + {len(lm.model.branches)} branch classifiers (width {cfg['branch_hidden']}, "
-        f"{cfg['branch_heads']} heads), early exit at speed {chosen['speed']}",
-        "metric": rows[0]["metric"],
-        "teacher_score": teacher_score,
-        "student_score": chosen["score"],
-        "no_kd_score": no_kd,
-        "no_kd_definition": "branches trained on gold labels (method.use_labels) instead of "
-        "self-distillation, same steps and seed, at the same speed"
-        if no_kd is not None
+    result.update(
+        teacher=str(args.teacher),
+        teacher_definition="the same model at full depth without branches (the fine-tuned teacher's computation)",
+        student=f"teacher + {cfg['backbone']['num_hidden_layers'] - 1} branch classifiers (width "
+        f"{cfg['branch_hidden']}, {cfg['branch_heads']} heads), early exit at speed {chosen['speed']}",
+        student_layers=cfg["backbone"]["num_hidden_layers"],
+        student_hidden=cfg["backbone"]["hidden_size"],
+        no_kd_definition="branches trained on gold labels (method.use_labels) instead of self-distillation, same "
+        "steps and seeds, at the same speed"
+        if args.ablation
         else "not run",
-        "retention": chosen["score"] / teacher_score,
-        "chosen_speed": chosen["speed"],
-        "chosen_rule": "the speed with the largest measured batch-1 speed-up among those within 0.5 point of speed 0",
-        "teacher_params": teacher_params,
-        "student_params": rows[0]["params"],
-        "latency_speedup": chosen["latency_speedup"],
-        "throughput_speedup": chosen["throughput_speedup"],
-        "flops_speedup": chosen["flops_speedup"],
-        "mean_exit_layer": chosen["mean_exit_layer"],
-        "train_examples": n_train,
-        "steps": steps,
-        "seeds": [args.seed],
-        "student_layers": cfg["backbone"]["num_hidden_layers"],
-        "student_hidden": cfg["backbone"]["hidden_size"],
-        "sweep": [
+        chosen_speed=chosen["speed"],
+        chosen_rule="the speed with the largest measured batch-1 speed-up among those within 0.5 point of speed 0",
+        flops_speedup=chosen["flops_speedup"],
+        mean_exit_layer=chosen["mean_exit_layer"],
+        sweep=[
             {
                 k: r[k]
                 for k in (
-                    "speed",
-                    "score",
-                    "mean_exit_layer",
-                    "flops_speedup",
-                    "latency_speedup",
-                    "throughput_speedup",
+                    *SWEEP_KEYS,
                     "latency_ms_median",
                     "throughput_per_s",
                     "full_depth_latency_ms",
                     "full_depth_throughput_per_s",
                 )
             }
-            for r in rows
+            for r in sweep
         ],
-        "static_kd_student": {
+        static_kd_student={
             k: kd[k] for k in ("student_score", "latency_speedup", "throughput_speedup", "student_layers")
         }
         if kd
         else None,
-        "plot": str(plot.relative_to(ROOT)),
-        "latency_sentences": args.latency_sentences,
-        "command": command(),
-        "date": today(),
-        "machine": machine(),
-    }
-    path = write_result(args.name, result)
+        plot=str(plot.relative_to(ROOT)) if plot.is_relative_to(ROOT) else str(plot),
+        latency_sentences=args.latency_sentences,
+        model_selection="each run's final model, scored at the chosen speed",
+    )
+    path = H.write_result(args.name, result, results_dir)
+    print(H.summary(result))
     print(f"wrote {path} and {plot}")
     return 0
 

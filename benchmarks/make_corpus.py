@@ -1,6 +1,6 @@
 """Build the raw-text corpus of the DistilBERT recipe from the TRAIN splits of the shared data, outside the repo.
 
-    python benchmarks/make_corpus.py            # -> ~/.cache/bertdistill/corpus/glue-train-sentences.txt
+    python -m benchmarks.make_corpus            # -> ~/.cache/bertdistill/corpus/glue-train-sentences.txt
 
 Sources (train splits only; one sentence per line, de-duplicated, order kept): SST-2 train (GLUE, phrase-level),
 SST-2-sentence train (stsa.binary.train — its dev/test files are GLUE SST-2's dev/test and are never read),
@@ -16,8 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED
+from benchmarks.harness import SHARED
 
 DEFAULT_OUT = Path("~/.cache/bertdistill/corpus/glue-train-sentences.txt")
 

@@ -2,7 +2,7 @@
 teacher and (where the method allows it) a cached one, interleaved over ``--rounds``, medians reported,
 ratios against the ``--reference`` variant (default: the first one, live).
 
-    python benchmarks/method_throughput.py --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 \\
+    python -m benchmarks.method_throughput --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 \\
         --variant kd=recipes/kd/sst2.yaml --variant pkd=recipes/pkd/sst2.yaml:method.init_from=teacher \\
         --steps 40 --rounds 3 --name throughput_pkd
 
@@ -20,9 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command, machine, today, write_result
-from run_variants import parse_variant, recipe_source
+from benchmarks import harness as H
 
 
 def overrides(
@@ -44,87 +42,101 @@ def overrides(
     ]
 
 
-def run_once(src: Any, ovr: list[str], warmup: int, batch: int) -> float:
+def run_once(cfg: Any, warmup: int, batch: int) -> float:
+    """Samples/s of one fresh training run (never reused: this is a timing)."""
     from bertdistill import distill
 
-    res = distill(src, ovr, quiet=True)
-    per_step = [r["sec_per_step"] for r in res.history if "loss" in r][warmup:]
-    return batch * len(per_step) / sum(per_step)
+    res = distill(cfg, quiet=True)
+    return H.samples_per_s(res.history, batch, warmup)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True)
-    p.add_argument("--variant", action="append", required=True, help="NAME=RECIPE[:KEY=VALUE,...]")
-    p.add_argument("--reference", help="variant the ratios are relative to (default: the first, live)")
-    p.add_argument("--no-cache", nargs="*", default=[], help="variants that cannot use the teacher cache")
+    p.add_argument(
+        "--variant", "--row", dest="rows", action="append", required=True, help="NAME=RECIPE[:KEY=VALUE,...]"
+    )
+    p.add_argument("--reference", help="row the ratios are relative to (default: the first, live)")
+    p.add_argument("--no-cache", nargs="*", default=[], help="rows that cannot use the teacher cache")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42, help="train.seed of every run")
+    p.add_argument("--set", dest="common", action="append", default=[], help="KEY=VALUE for every row")
     p.add_argument("--name", default="throughput_methods")
-    args = p.parse_args()
+    p.add_argument("--results-dir", default=str(H.RESULTS))
+    args = p.parse_args(argv)
 
     import torch
 
-    from bertdistill.cli import _quiet_hf
-
-    _quiet_hf()
+    H.quiet()
     torch.set_num_threads(args.threads)
-    variants = [parse_variant(v) for v in args.variant]
+    rows = [H.parse_row(v) for v in args.rows]
     work = Path(tempfile.mkdtemp(prefix="bd-mthroughput-"))
     cache = work / "cache"
-    plans: list[tuple[str, Any, list[str], bool]] = []
-    for name, recipe, vo in variants:
-        plans.append((f"{name}_live", recipe_source(recipe), vo, False))
-        if name not in args.no_cache:
-            plans.append((f"{name}_cached", recipe_source(recipe), vo, True))
+    # (key, row, cached)
+    plans: list[tuple[str, H.Row, bool]] = []
+    for row in rows:
+        plans.append((f"{row.name}_live", row, False))
+        if row.name not in args.no_cache:
+            plans.append((f"{row.name}_cached", row, True))
+
+    def config(row: H.Row, cached: bool, out: Path, steps: int) -> Any:
+        common = [*overrides(args.teacher, steps, args.batch, out, cache, cached, args.threads), *args.common]
+        return row.config(args.seed, common, out)
+
     # build each cache once, untimed (a real run reuses it across epochs and runs)
-    for _key, src, vo, cached in plans:
+    for _key, row, cached in plans:
         if cached:
-            run_once(
-                src,
-                [
-                    *overrides(
-                        args.teacher, args.steps, args.batch, work / "warm", cache, True, args.threads
-                    ),
-                    *vo,
-                ],
-                0,
-                args.batch,
-            )
+            run_once(config(row, True, work / "warm", args.steps), 0, args.batch)
     results: dict[str, list[float]] = {key: [] for key, *_ in plans}
     for r in range(args.rounds):
-        for key, src, vo, cached in plans:
-            ovr = [
-                *overrides(
-                    args.teacher, args.steps, args.batch, work / f"{key}{r}", cache, cached, args.threads
-                ),
-                *vo,
-            ]
-            results[key].append(run_once(src, ovr, args.warmup, args.batch))
+        for key, row, cached in plans:
+            results[key].append(
+                run_once(config(row, cached, work / f"{key}{r}", args.steps), args.warmup, args.batch)
+            )
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()), flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
-    ref = f"{args.reference or variants[0][0]}_live"
+    ref = f"{args.reference or rows[0].name}_live"
+    cfgs = {key: config(row, cached, work / key, args.steps) for key, row, cached in plans}
+    first = cfgs[ref]
     out = {
+        **H.provenance(
+            "throughput",
+            seeds=[args.seed],
+            steps=args.steps,
+            train_examples=args.steps * args.batch,
+            precision=H.precision_of(first),
+            optimizer=H.optimizer_of(first),
+            train_threads=args.threads,
+            timing_threads=None,
+        ),
         "what": "training samples/s per method recipe, live vs cached teacher, medians of interleaved rounds",
         "teacher": args.teacher,
-        "variants": {n: {"recipe": rc, "overrides": vo} for n, rc, vo in variants},
-        "samples_per_s": med,
-        "samples_per_s_rounds": results,
+        "rows": [
+            {
+                "row": key,
+                "recipe": row.recipe_label(),
+                "overrides": list(row.overrides),
+                "teacher_cache": cached,
+                "samples_per_s": med[key],
+                "samples_per_s_rounds": results[key],
+                "precision": H.precision_of(cfgs[key]),
+                "optimizer": H.optimizer_of(cfgs[key]),
+                "threads": args.threads,
+            }
+            for key, row, cached in plans
+        ],
         "reference": ref,
         "ratio_vs_reference": {k: v / med[ref] for k, v in med.items()},
-        "steps": args.steps,
         "warmup": args.warmup,
         "batch": args.batch,
         "rounds": args.rounds,
-        "threads": args.threads,
-        "command": command(),
-        "date": today(),
-        "machine": machine(),
+        "overrides": args.common,
     }
-    path = write_result(args.name, out)
+    path = H.write_result(args.name, out, args.results_dir)
     for k, v in med.items():
         print(f"{k:>20}: {v:7.1f} samples/s  ({v / med[ref]:.2f}× {ref})")
     print(f"wrote {path}")

@@ -11,7 +11,7 @@ between optimizer steps after ``--warmup`` steps (TextBrewer: an optimizer step 
 per-step times of its JSONL log), excluding model loading, cache building and the final save. The tools
 run interleaved, ``--rounds`` times; medians are reported.
 
-    python benchmarks/throughput.py --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 --steps 60 --rounds 3
+    python -m benchmarks.throughput --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 --steps 60 --rounds 3
 
 Needs the `bench` extra (textbrewer, tensorboard).
 """
@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, command, machine, today, write_result
+from benchmarks import harness as H
 
 MAP = [(1, 2), (2, 4), (3, 6)]
 
@@ -75,11 +74,11 @@ def recipe(
 
 
 def time_bertdistill(raw: dict, warmup: int) -> float:
+    """Samples/s of one fresh bertdistill run (never reused: this is a timing)."""
     from bertdistill import distill
 
     res = distill(raw, quiet=True)
-    per_step = [r["sec_per_step"] for r in res.history if "loss" in r][warmup:]
-    return 32 * len(per_step) / sum(per_step)
+    return H.samples_per_s(res.history, 32, warmup)
 
 
 def textbrewer_batches(teacher_dir: str, data: str, steps: int, seed: int) -> tuple[list[dict], object]:
@@ -111,7 +110,12 @@ def textbrewer_batches(teacher_dir: str, data: str, steps: int, seed: int) -> tu
     return batches, tok
 
 
-def time_textbrewer(teacher_dir: str, batches: list[dict], steps: int, warmup: int, out: Path) -> float:
+TEXTBREWER_OPTIMIZERS = {"plain": "AdamW (per-tensor loop)", "fused": "AdamW fused"}
+
+
+def time_textbrewer(
+    teacher_dir: str, batches: list[dict], steps: int, warmup: int, out: Path, fused: bool = False
+) -> float:
     import torch
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
     from transformers import AutoModelForSequenceClassification
@@ -139,7 +143,7 @@ def time_textbrewer(teacher_dir: str, batches: list[dict], steps: int, warmup: i
         ],
     )
     distiller = GeneralDistiller(tcfg, dcfg, teacher, student, adaptor, adaptor)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=0.0, fused=fused or None)
     stamps: list[float] = []
     optimizer.register_step_post_hook(lambda *a, **k: stamps.append(time.perf_counter()))
     data = [
@@ -151,53 +155,98 @@ def time_textbrewer(teacher_dir: str, batches: list[dict], steps: int, warmup: i
     return 32 * (steps - warmup) / (stamps[-1] - stamps[warmup - 1])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="minilm-l6")
-    p.add_argument("--data", default=str(SHARED / "SST-2"))
+    p.add_argument("--data", default=str(H.SHARED / "SST-2"))
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    p.add_argument(
+        "--textbrewer-optimizer",
+        choices=sorted(TEXTBREWER_OPTIMIZERS),
+        default="plain",
+        help="TextBrewer's AdamW kernel: plain (torch's default, the per-tensor loop) or fused (bertdistill's)",
+    )
+    p.add_argument("--name", default="throughput")
+    p.add_argument("--results-dir", default=str(H.RESULTS))
+    args = p.parse_args(argv)
 
     import torch
 
-    from bertdistill.cli import _quiet_hf
     from bertdistill.hub import resolve_model_path
+    from bertdistill.recipes import load_config
 
-    _quiet_hf()
+    H.quiet()
     logging.getLogger("Distillation").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     teacher = resolve_model_path(args.teacher)
     work = Path(tempfile.mkdtemp(prefix="bd-throughput-"))
     cache = work / "cache"
     batches, _ = textbrewer_batches(teacher, args.data, args.steps, args.seed)
+    tb_fused = args.textbrewer_optimizer == "fused"
     # build the teacher cache once (not timed), as a real run would reuse it across epochs and runs
     from bertdistill import distill
 
     distill(recipe(teacher, args.data, 1, work / "warm", cache, "kd", True, args.seed), quiet=True)
-    results: dict[str, list[float]] = {
-        "textbrewer": [],
-        "bertdistill": [],
-        "bertdistill_cached": [],
-        "finetune": [],
-    }
+    # the bertdistill rows: (key, method, cached)
+    ours = (("bertdistill", "kd", False), ("bertdistill_cached", "kd", True), ("finetune", "finetune", False))
+    results: dict[str, list[float]] = {"textbrewer": [], **{k: [] for k, *_ in ours}}
     for r in range(args.rounds):
         results["textbrewer"].append(
-            time_textbrewer(teacher, batches, args.steps, args.warmup, work / f"tb{r}")
+            time_textbrewer(teacher, batches, args.steps, args.warmup, work / f"tb{r}", tb_fused)
         )
-        for key, method, cached in (
-            ("bertdistill", "kd", False),
-            ("bertdistill_cached", "kd", True),
-            ("finetune", "finetune", False),
-        ):
+        for key, method, cached in ours:
             raw = recipe(teacher, args.data, args.steps, work / f"{key}{r}", cache, method, cached, args.seed)
             results[key].append(time_bertdistill(raw, args.warmup))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()), flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
+    cfg = {
+        key: load_config(recipe(teacher, args.data, args.steps, work, cache, method, cached, args.seed))
+        for key, method, cached in ours
+    }
+    rows = [
+        {
+            "row": "textbrewer",
+            "samples_per_s": med["textbrewer"],
+            "samples_per_s_rounds": results["textbrewer"],
+            "precision": "fp32",
+            "optimizer": TEXTBREWER_OPTIMIZERS[args.textbrewer_optimizer],
+            "threads": torch.get_num_threads(),
+        },
+        *(
+            {
+                "row": key,
+                "samples_per_s": med[key],
+                "samples_per_s_rounds": results[key],
+                "precision": H.precision_of(cfg[key]),
+                "optimizer": H.optimizer_of(cfg[key]),
+                "threads": torch.get_num_threads(),
+                "teacher_cache": cached,
+            }
+            for key, _, cached in ours
+        ),
+    ]
     out = {
+        **H.provenance(
+            "throughput",
+            seeds=[args.seed],
+            steps=args.steps,
+            train_examples=args.steps * 32,
+            precision=H.precision_of(cfg["bertdistill"]),
+            optimizer=H.optimizer_of(cfg["bertdistill"]),
+            train_threads=torch.get_num_threads(),
+            timing_threads=None,
+        ),
+        "what": "distillation samples/s, bertdistill vs TextBrewer on the same batches and losses, medians of "
+        "interleaved rounds",
+        "rows": rows,
+        "reference": "textbrewer",
+        "ratio_vs_reference": {k: v / med["textbrewer"] for k, v in med.items()},
+        "textbrewer_optimizer": TEXTBREWER_OPTIMIZERS[args.textbrewer_optimizer],
+        "bertdistill_optimizer": H.optimizer_of(cfg["bertdistill"]),
         "textbrewer_samples_per_s": med["textbrewer"],
         "bertdistill_samples_per_s": med["bertdistill"],
         "bertdistill_cached_samples_per_s": med["bertdistill_cached"],
@@ -205,8 +254,6 @@ def main() -> int:
         "ratio_uncached": med["bertdistill"] / med["textbrewer"],
         "ratio_cached": med["bertdistill_cached"] / med["textbrewer"],
         "cached_step_vs_finetune_step": med["finetune"] / med["bertdistill_cached"],
-        "per_round": results,
-        "steps": args.steps,
         "timed_steps_per_run": args.steps - args.warmup,
         "rounds": args.rounds,
         "batch_size": 32,
@@ -217,13 +264,9 @@ def main() -> int:
         "batching": "the same length-bucketed batches for both tools (bertdistill's BatchSampler, seed "
         f"{args.seed}); teacher cache for bertdistill_cached holds logits + the 3 teacher hidden layers",
         "textbrewer_version": __import__("textbrewer").__version__,
-        "threads": torch.get_num_threads(),
-        "command": command(),
-        "date": today(),
-        "machine": machine(),
     }
-    path = write_result("throughput", out)
-    print(json.dumps({k: v for k, v in out.items() if k != "per_round"}, indent=1))
+    path = H.write_result(args.name, out, args.results_dir)
+    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
     print(f"wrote {path}")
     return 0
 

@@ -14,7 +14,7 @@ seeds. Per row: dev accuracy (mean over seeds), parameters, and batch-1 latency 
 speed-ups against the teacher, all students timed in one interleaved run (evaluation.compare). Writes
 benchmarks/results/<name>.json: the headline row's REQUIRED fields at the top level, every row in ``rows``.
 
-    python benchmarks/tinybert_bench.py --seeds 1 --steps 2000 --max-train-examples 20000 --threads 2 \
+    python -m benchmarks.tinybert_bench --seeds 1 --steps 2000 --max-train-examples 20000 --threads 2 \
         --corpus ../shared/data/Multi30k-de-en/train.en --general-steps 2000 --aug-examples 2000
 
 Tiny smoke (a few minutes on 1 core): --steps 8 --general-steps 4 --max-train-examples 256 --aug-examples 16
@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, WORK, command, machine, today, write_result
+from benchmarks import harness as H
+from benchmarks.harness import ROOT, SHARED, WORK
 
 SHAPES = {"4x192": "minilm-4x192", "2x192": "minilm-2x192"}
 KINDS = ["nokd", "kd", "tinybert", "tinybert_aug", "tinybert_general"]
@@ -46,8 +44,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Path, aug: Path | None) -> dict:
-    """The run's config as a dict, from the repo's recipes with the benchmark's shared settings."""
+def _recipe(kind: str, preset: str, args: argparse.Namespace) -> dict:
+    """A row's recipe as a dict, from the repo's recipes with the benchmark's shared settings (the harness adds
+    ``train.seed`` and ``output_dir``; the ``tinybert_aug`` rows get their seed's file in ``overrides``)."""
     base = "kd" if kind in ("kd", "nokd") else "tinybert"
     raw: dict[str, Any] = yaml.safe_load((ROOT / f"recipes/{base}/{args.task}.yaml").read_text())
     raw["teacher"] = {"path": str(args.teacher), "cache": True}
@@ -61,7 +60,6 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Pa
         max_eval_examples=args.eval_examples,
     )
     raw["train"].update(
-        seed=seed,
         batch_size=args.batch_size,
         lr=args.lr,
         max_steps=None,
@@ -70,7 +68,6 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Pa
         cpu_threads=args.threads,
         log_every=max(1, args.steps // 20),
     )
-    raw["output_dir"] = str(out)
     if kind == "nokd":
         raw["method"] = {"name": "finetune"}
     if kind in ("kd", "nokd"):
@@ -85,8 +82,7 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Pa
         prediction_lr=args.lr,
     )
     if kind == "tinybert_aug":
-        assert aug is not None
-        m["train_data"] = str(aug)
+        m["train_data"] = str(_aug_path(args, "{seed}"))
         raw["data"]["max_train_examples"] = None  # the file is the same subsample plus its augmented variants
     if kind == "tinybert_general":
         if not args.corpus:
@@ -101,18 +97,30 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace, seed: int, out: Pa
     return raw
 
 
-def _augment(args: argparse.Namespace, seed: int) -> Path:
-    """The training file of the ``tinybert_aug`` rows: the run's own train subsample (``--max-train-examples``,
-    drawn with the run's seed exactly as the other rows draw it) plus the augmented variants of a seeded
-    ``--aug-examples`` part of it. Train text only; no labels (the teacher labels it). Reused when present."""
-    out = (
+def _aug_path(args: argparse.Namespace, seed: int | str) -> Path:
+    return (
         WORK
         / args.name
         / f"aug-{args.max_train_examples}-{args.aug_examples}-n{args.aug_n}-seed{seed}"
         / "train.tsv"
     )
-    if out.is_file() and Path(str(out) + ".provenance.json").is_file():
-        return out
+
+
+def _augment(args: argparse.Namespace, seed: int) -> Path:
+    """The training file of the ``tinybert_aug`` rows: the run's own train subsample (``--max-train-examples``,
+    drawn with the run's seed exactly as the other rows draw it) plus the augmented variants of a seeded
+    ``--aug-examples`` part of it. Train text only; no labels (the teacher labels it). Reused when present."""
+    out = _aug_path(args, seed)
+    prov_file = Path(str(out) + ".provenance.json")
+    if out.is_file() and prov_file.is_file():
+        prev = json.loads(prov_file.read_text())
+        if (prev.get("mlm"), prev.get("glove"), prev.get("source", {}).get("data")) == (
+            args.mlm,
+            args.glove,
+            str(args.data),
+        ):
+            return out
+        print(f"{out} was augmented from other sources ({prev.get('mlm')}, {prev.get('glove')}); rebuilding")
     from bertdistill import __version__
     from bertdistill.config import DataConfig
     from bertdistill.data.augment import (
@@ -167,28 +175,7 @@ def _augment(args: argparse.Namespace, seed: int) -> Path:
     return out
 
 
-def _train_size(run_dir: str) -> int | None:
-    """Examples of the task stages' training data of a finished run (None for a general-only run)."""
-    from bertdistill import load_config
-    from bertdistill.data.loading import load_examples, resolve_task, subsample
-
-    rc = load_config(Path(run_dir) / "bertdistill.yaml")
-    train_data = getattr(rc.method, "train_data", None)
-    data = (
-        rc.data
-        if not train_data
-        else type(rc.data)(**{**vars(rc.data), "path": train_data, "format": "auto"})
-    )
-    return len(
-        subsample(
-            load_examples(data, resolve_task(rc.data), rc.data.train_split),
-            rc.data.max_train_examples,
-            rc.train.seed,
-        )
-    )
-
-
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="sst2")
     p.add_argument(
@@ -221,8 +208,8 @@ def main() -> int:
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--cache-dir", help="teacher cache dir (default: bertdistill's)")
     p.add_argument("--name", help="result name (default: tinybert_TASK)")
-    p.add_argument("--reuse", action="store_true", help="reuse finished runs in the work dir")
-    args = p.parse_args()
+    H.add_run_flags(p)
+    args = p.parse_args(argv)
     defaults = TASK_DEFAULTS[args.task]
     args.teacher = args.teacher or str(
         Path(f"~/.cache/bertdistill/teachers/minilm-l6-{args.task}").expanduser()
@@ -231,137 +218,74 @@ def main() -> int:
     args.aug_n = args.aug_n or defaults["aug_n"]
     args.max_length = args.max_length or defaults["max_length"]
     args.name = args.name or f"tinybert_{args.task}"
+    return args
 
-    from bertdistill import distill, load_config
-    from bertdistill.cli import _quiet_hf
-    from bertdistill.evaluation import compare
 
-    _quiet_hf()
-    work = WORK / args.name
-    runs: dict[str, list[dict[str, Any]]] = {}
-    aug_info: dict[int, dict[str, Any]] = {}
-    for row in args.rows:
-        kind, shape = row.split("-")
-        for seed in args.seeds:
-            aug = None
-            if kind == "tinybert_aug":
-                aug = _augment(args, seed)
-                aug_info[seed] = json.loads(Path(str(aug) + ".provenance.json").read_text())
-            out = work / f"{row}-seed{seed}"
-            raw = _recipe(kind, SHAPES[shape], args, seed, out, aug)
-            t0 = time.perf_counter()
-            if args.reuse and (out / "metrics.json").is_file():
-                if load_config(out / "bertdistill.yaml") != load_config(raw):
-                    raise SystemExit(f"{out} was made with other settings; remove it or drop --reuse")
-                metrics = json.loads((out / "metrics.json").read_text())
-                history = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-            else:
-                res = distill(raw, quiet=True)
-                metrics, history = res.metrics, res.history
-            by_stage: dict[str, int] = {}
-            for r in history:
-                if "loss" in r:
-                    by_stage[r["stage"]] = max(by_stage.get(r["stage"], 0), r["step"])
-            steps = {s: v - max([0, *[w for t, w in by_stage.items() if w < v]]) for s, v in by_stage.items()}
-            runs.setdefault(row, []).append(
-                {
-                    "seed": seed,
-                    "dir": str(out),
-                    "metrics": metrics,
-                    "stage_steps": steps,
-                    "train_seconds": round(time.perf_counter() - t0, 1),
-                }
-            )
-            print(f"{row} seed {seed}: {metrics} steps {steps}", flush=True)
-
-    names = list(runs)
-    table = compare(
-        args.teacher,
-        [runs[r][0]["dir"] for r in names],
-        labels=["teacher", *names],
-        threads=args.threads,
-        n_latency=args.latency_sentences,
-        max_examples=args.eval_examples,
-        max_length=args.max_length,
-    )
-    teacher, students = table[0], dict(zip(names, table[1:], strict=True))
-    metric = teacher["metric"]
+def build_table(args: argparse.Namespace) -> H.Table:
+    """The rows ``kind-shape`` of ``--rows``, each against the no-KD row of its shape (when that row runs)."""
     rows = []
-    for r in names:
-        scores = [x["metrics"][metric] for x in runs[r]]
-        nokd = runs.get(f"nokd-{r.split('-')[1]}")
-        nokd_scores = [x["metrics"][metric] for x in nokd] if nokd else []
-        s = students[r]
-        stage_steps = runs[r][0]["stage_steps"]
+    for name in args.rows:
+        kind, shape = name.split("-")
+        recipe = _recipe(kind, SHAPES[shape], args)
+        if kind == "tinybert_aug":  # the seed's own augmented file (its own train subsample)
+            overrides: tuple[str, ...] = (f"method.train_data={recipe['method'].pop('train_data')}",)
+        else:
+            overrides = ()
+        nokd = f"nokd-{shape}"
+        label = (
+            f"recipes/{'kd' if kind in ('kd', 'nokd') else 'tinybert'}/{args.task}.yaml + benchmark settings"
+        )
         rows.append(
-            {
-                "row": r,
-                "method": json.loads((Path(runs[r][0]["dir"]) / "metrics.json").read_text())["method"],
-                "student_score": statistics.mean(scores),
-                "student_scores": scores,
-                "student_score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "no_kd_score": statistics.mean(nokd_scores) if nokd_scores else None,
-                "retention": statistics.mean(scores) / teacher["score"],
-                "student_params": s["params"],
-                "latency_speedup": s["latency_speedup"],
-                "throughput_speedup": s["throughput_speedup"],
-                "student_latency_ms": s["latency_ms_median"],
-                "student_throughput": s["throughput_per_s"],
-                "student_layers": s["layers"],
-                "student_hidden": s["hidden"],
-                "train_examples": _train_size(runs[r][0]["dir"]),
-                "task_steps": sum(v for k, v in stage_steps.items() if k != "general"),
-                "general_steps": stage_steps.get("general", 0),
-                "stage_steps": stage_steps,
-                "train_seconds": [x["train_seconds"] for x in runs[r]],
-            }
+            H.Row(
+                name,
+                recipe,
+                overrides,
+                baseline=nokd if nokd in args.rows else None,
+                label=label + (" (method: finetune)" if kind == "nokd" else ""),
+            )
         )
     # headline: TinyBERT + augmentation 4×192 if run, else the first row of the most complete TinyBERT kind
     prefs = [HEADLINE, "tinybert_aug-", "tinybert_general-", "tinybert-"]
-    head = next((x for p in prefs for x in rows if x["row"].startswith(p)), rows[0])
-    result = {
-        "method": head["method"],
-        "task": args.task,
-        "teacher": str(args.teacher),
-        "student": f"{head['row']}: random-init {head['student_layers']}×{head['student_hidden']} (12 heads, FFN 768)",
-        "metric": metric,
-        "teacher_score": teacher["score"],
-        "student_score": head["student_score"],
-        "student_scores": head["student_scores"],
-        "student_score_std": head["student_score_std"],
-        "no_kd_score": head["no_kd_score"],
-        "no_kd_definition": "the same student shape fine-tuned without a teacher, same steps, data, lr and seeds",
-        "retention": head["retention"],
-        "teacher_params": teacher["params"],
-        "student_params": head["student_params"],
-        "latency_speedup": head["latency_speedup"],
-        "throughput_speedup": head["throughput_speedup"],
-        "teacher_latency_ms": teacher["latency_ms_median"],
-        "teacher_throughput": teacher["throughput_per_s"],
-        "latency_sentences": teacher["latency_sentences"],
-        "timing_threads": teacher["threads"],
-        "train_examples": head["train_examples"],
-        "steps": head["task_steps"],
-        "seeds": args.seeds,
-        "student_layers": head["student_layers"],
-        "student_hidden": head["student_hidden"],
-        "eval_examples": teacher["examples"],
-        "rows": rows,
-        "augmentation": aug_info.get(args.seeds[0]),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("rows",)} | {"rows": args.rows},
-        "model_selection": "the final model of every row (dev evaluated once, at the end; no selection on dev)",
-        "command": command(),
-        "date": today(),
-        "machine": machine(),
-    }
-    path = write_result(args.name, result)
-    print(f"teacher {metric} {teacher['score']:.4f}")
-    for x in rows:
-        print(
-            f"{x['row']:<24} {x['student_score']:.4f}  params {x['student_params'] / 1e6:.2f}M  "
-            f"latency ×{x['latency_speedup']:.2f}  throughput ×{x['throughput_speedup']:.2f}  "
-            f"steps {x['stage_steps']}"
-        )
+    head = next((x for p in prefs for x in args.rows if x.startswith(p)), args.rows[0])
+    return H.Table(name=args.name, teacher=args.teacher, rows=rows, seeds=args.seeds, primary=head)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    H.quiet()
+    aug_info: dict[int, dict[str, Any]] = {}
+    if any(r.startswith("tinybert_aug-") for r in args.rows):
+        for seed in args.seeds:
+            aug = _augment(args, seed)
+            aug_info[seed] = json.loads(Path(str(aug) + ".provenance.json").read_text())
+    table = build_table(args)
+    head = table.primary_name()
+    result = H.run_table(
+        table,
+        timing=H.TimingOptions(
+            threads=args.threads,
+            n_latency=args.latency_sentences,
+            max_examples=args.eval_examples,
+            max_length=args.max_length,
+        ),
+        on_mismatch=args.on_mismatch,
+    )
+    assert result is not None
+    for x in result["rows"]:
+        x["task_steps"] = sum(v for k, v in x["stage_steps"].items() if k != "general")
+        x["general_steps"] = x["stage_steps"].get("general", 0)
+    h = next(x for x in result["rows"] if x["row"] == head)
+    result.update(
+        student=f"{head}: random-init {h['student_layers']}×{h['student_hidden']} (12 heads, FFN 768)",
+        # equal task steps for every row; general steps are extra (rows[].general_steps)
+        steps=h["task_steps"],
+        no_kd_definition="the same student shape fine-tuned without a teacher, same steps, data, lr and seeds",
+        augmentation=aug_info.get(args.seeds[0]),
+        settings={k: v for k, v in vars(args).items() if k not in ("rows",)} | {"rows": args.rows},
+        model_selection="the final model of every row (dev evaluated once, at the end; no selection on dev)",
+    )
+    path = H.write_result(args.name, result, args.results_dir)
+    print(H.summary(result))
     print(f"wrote {path}")
     return 0
 

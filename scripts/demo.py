@@ -26,9 +26,9 @@ def main() -> int:
 
     import yaml
 
-    from bertdistill.cli import _quiet_hf
+    from bertdistill.logs import quiet_hf
 
-    _quiet_hf()
+    quiet_hf()
     from bertdistill import distill
     from bertdistill.evaluation import compare, plot_score_vs_latency, print_table
 

@@ -12,12 +12,6 @@ from typing import Any
 EPILOG = "Docs: README.md and docs/methods/<method>.md. Recipes: recipes/<method>/<task>.yaml."
 
 
-def _quiet_hf() -> None:
-    from .logs import quiet_hf
-
-    quiet_hf()
-
-
 def _common_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -455,8 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    _quiet_hf()
     from .config import ConfigError
+    from .logs import quiet_hf
+
+    quiet_hf()
 
     try:
         return int(args.fn(args) or 0)

@@ -1,0 +1,321 @@
+"""The one schema of ``benchmarks/results/*.json``: the fields every result file must have, checked by every
+writer (:func:`benchmarks.harness.write_result`) and by ``make bench`` (:mod:`benchmarks.report`).
+
+Two kinds of result, one provenance block:
+
+* :class:`DistillResult` (``kind: "distill"``): a teacher, a table of student ``rows`` (each trained over the
+  same seeds), the headline (``primary``) row's scores at the top level;
+* :class:`ThroughputResult` (``kind: "throughput"``): training samples/s of several ``rows`` timed in one run.
+
+Every score with per-seed values is written three ways: ``K`` (the mean), ``K_std`` (the *sample* standard
+deviation, n − 1; ``None`` with fewer than two seeds) and ``Ks`` (the per-seed list, in seed order);
+:func:`validate` checks that the mean and the std agree with the list.
+
+Files written before this schema (no ``schema_version``) are validated against the fields required then
+(:class:`LegacyDistillResult`, :class:`LegacyOtherResult`); they do not record threads, precision or optimizer,
+and ``K_std`` is required there only where the file holds two or more per-seed values of ``K`` (it can then be
+computed from the file; single-seed legacy files have no std to give).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict, Union
+
+SCHEMA_VERSION = 2
+
+KINDS = ("distill", "throughput")
+
+
+class Threads(TypedDict):
+    train: int | None
+    """``train.cpu_threads`` of the runs (``None``: torch's default, all physical cores)."""
+    timing: int | None
+    """Threads of the inference timing (``None``: nothing was timed)."""
+
+
+class Provenance(TypedDict):
+    """What made the file: recorded by every writer (:func:`benchmarks.harness.provenance`)."""
+
+    schema_version: int
+    kind: str
+    command: str
+    """The command line that wrote the file (``python -m benchmarks.<script> ...``)."""
+    date: str
+    machine: str
+    threads: Threads
+    precision: str
+    """Training precision of the headline row: ``fp32`` | ``bf16`` | ``fp16`` (rows record their own)."""
+    optimizer: str
+    """Optimizer of the headline row, e.g. ``AdamW fused`` (rows record their own)."""
+    seeds: list[int]
+    steps: int | None
+    """Optimizer steps of the headline row (all stages; ``None`` when nothing was trained here)."""
+    train_examples: int | None
+    """Training examples the headline row saw (after subsampling; ``None`` for raw-text corpora)."""
+
+
+class DistillRow(TypedDict):
+    """One row of a distillation table: a recipe (+ overrides) trained over the seeds."""
+
+    row: str
+    method: str
+    recipe: str
+    overrides: list[str]
+    seeds: list[int]
+    student_score: float
+    student_score_std: float | None
+    student_scores: list[float]
+    no_kd_score: float | None
+    no_kd_score_std: float | None
+    no_kd_scores: list[float] | None
+    retention: float | None
+    steps: int
+    stage_steps: dict[str, int]
+    train_examples: int | None
+    precision: str
+    optimizer: str
+    train_threads: int | None
+    student_params: int
+    student_layers: int | None
+    student_hidden: int | None
+    latency_speedup: float | None
+    throughput_speedup: float | None
+    runs: list[str]
+
+
+class DistillResult(Provenance):
+    method: str
+    task: str
+    teacher: str
+    student: str
+    metric: str
+    teacher_score: float
+    student_score: float
+    student_score_std: float | None
+    student_scores: list[float]
+    no_kd_score: float | None
+    no_kd_score_std: float | None
+    no_kd_scores: list[float] | None
+    retention: float
+    teacher_params: int
+    student_params: int
+    latency_speedup: float | None
+    throughput_speedup: float | None
+    student_layers: int | None
+    student_hidden: int | None
+    primary_row: str
+    rows: list[DistillRow]
+
+
+class ThroughputRow(TypedDict):
+    row: str
+    samples_per_s: float
+    """Median over the rounds."""
+    samples_per_s_rounds: list[float]
+    precision: str
+    optimizer: str
+    threads: int
+
+
+class ThroughputResult(Provenance):
+    what: str
+    rows: list[ThroughputRow]
+    reference: str
+    ratio_vs_reference: dict[str, float]
+
+
+class LegacyDistillResult(TypedDict):
+    """The distillation fields required before ``schema_version`` 2."""
+
+    method: str
+    task: str
+    teacher: str
+    student: str
+    metric: str
+    teacher_score: float
+    student_score: float
+    no_kd_score: float | None
+    retention: float
+    teacher_params: int
+    student_params: int
+    latency_speedup: float
+    throughput_speedup: float
+    train_examples: int | None
+    steps: int | None
+    seeds: list[int]
+    command: str
+    date: str
+    machine: str
+    student_layers: int
+    student_hidden: int
+
+
+class LegacyOtherResult(TypedDict):
+    """Any other result file written before ``schema_version`` 2 (throughput measurements)."""
+
+    command: str
+    date: str
+    machine: str
+
+
+SCHEMAS: dict[str, type] = {"distill": DistillResult, "throughput": ThroughputResult}
+
+
+def schema_of(result: Mapping[str, Any]) -> type:
+    """The TypedDict a result file is checked against."""
+    if "schema_version" not in result:
+        return LegacyDistillResult if "teacher_score" in result else LegacyOtherResult
+    return SCHEMAS.get(str(result.get("kind")), DistillResult)
+
+
+def is_legacy(result: Mapping[str, Any]) -> bool:
+    return "schema_version" not in result
+
+
+# ----------------------------------------------------------------------------------------------- checking
+
+
+def _type_ok(value: Any, tp: Any, where: str, problems: list[str]) -> bool:
+    """Whether ``value`` has the runtime shape of the annotation ``tp`` (nested TypedDicts are checked field
+    by field, their problems appended)."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            return type(None) in args
+        return any(_type_ok(value, a, where, problems) for a in args if a is not type(None))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp in (str, bool):
+        return isinstance(value, tp)
+    if origin is list:
+        if not isinstance(value, list):
+            return False
+        (item,) = typing.get_args(tp) or (Any,)
+        return all(_type_ok(v, item, f"{where}[{i}]", problems) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        _, item = typing.get_args(tp) or (Any, Any)
+        return all(_type_ok(v, item, f"{where}.{k}", problems) for k, v in value.items())
+    if typing.is_typeddict(tp):
+        if not isinstance(value, dict):
+            return False
+        problems += _check_fields(value, tp, where)
+        return True
+    return isinstance(value, tp)
+
+
+def _check_fields(result: Mapping[str, Any], schema: type, where: str = "") -> list[str]:
+    problems: list[str] = []
+    hints = typing.get_type_hints(schema)
+    missing = [k for k in hints if k not in result]
+    if missing:
+        problems.append(f"{where or 'result'}: missing {missing}")
+    for k, tp in hints.items():
+        if k in result and not _type_ok(result[k], tp, f"{where}{'.' if where else ''}{k}", problems):
+            problems.append(f"{where}{'.' if where else ''}{k}: {result[k]!r} is not {_name(tp)}")
+    return problems
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def sample_std(values: Sequence[float]) -> float | None:
+    """The sample standard deviation (n − 1) of per-seed values; ``None`` with fewer than two."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def _check_stats(obj: Mapping[str, Any], where: str, legacy: bool) -> list[str]:
+    """For every per-seed list ``Ks`` next to a mean ``K``: the mean matches, and ``K_std`` is present and
+    matches the sample std (legacy files: only where two or more values make it computable)."""
+    problems = []
+    pairs = [(k[:-1], k) for k in obj if k.endswith("_scores") and k[:-1] in obj]
+    if "scores" in obj and "mean" in obj:  # legacy ``variants`` entries
+        pairs.append(("mean", "scores"))
+    for key, many in pairs:
+        values, mean = obj[many], obj[key]
+        if values is None or mean is None:
+            continue
+        if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) for v in values):
+            problems.append(f"{where}{many}: expected a non-empty list of numbers, got {values!r}")
+            continue
+        if not isinstance(mean, (int, float)):
+            continue  # the type check reports it
+        if not _close(mean, statistics.fmean(values)):
+            problems.append(f"{where}{key} = {mean} is not the mean of {many} {values}")
+        std_key = "std" if key == "mean" else f"{key}_std"
+        if std_key not in obj:
+            if not legacy or len(values) > 1:
+                problems.append(f"{where}{std_key}: missing (the std of {many})")
+            continue
+        std, want = obj[std_key], sample_std(values)
+        if want is None:
+            if std is not None and not (legacy and std == 0):
+                problems.append(f"{where}{std_key} = {std}: one seed has no std (write null)")
+        elif not isinstance(std, (int, float)) or not _close(std, want):
+            problems.append(f"{where}{std_key} = {std} is not the sample std of {many} ({want})")
+    return problems
+
+
+def validate(result: Mapping[str, Any]) -> list[str]:
+    """Everything wrong with a result: missing fields, wrong types, means / stds that disagree with the
+    per-seed lists. An empty list = valid."""
+    legacy = is_legacy(result)
+    if not legacy:
+        if result.get("schema_version") != SCHEMA_VERSION:
+            return [f"schema_version {result.get('schema_version')!r}: this code reads {SCHEMA_VERSION}"]
+        if result.get("kind") not in KINDS:
+            return [f"kind {result.get('kind')!r}: expected one of {list(KINDS)}"]
+    problems = _check_fields(result, schema_of(result))
+    problems += _check_stats(result, "", legacy)
+    for table in ("rows", "variants"):
+        entries = result.get(table)
+        items = entries.items() if isinstance(entries, dict) else enumerate(entries or [])
+        for i, entry in items:
+            if isinstance(entry, dict):
+                problems += _check_stats(entry, f"{table}[{i}].", legacy)
+    return problems
+
+
+def check(result: Mapping[str, Any], name: str = "result") -> None:
+    """Raise ``ValueError`` listing every problem of an invalid result."""
+    problems = validate(result)
+    if problems:
+        raise ValueError(f"{name} does not match benchmarks/schema.py:\n  " + "\n  ".join(problems))
+
+
+__all__ = [
+    "KINDS",
+    "SCHEMAS",
+    "SCHEMA_VERSION",
+    "DistillResult",
+    "DistillRow",
+    "LegacyDistillResult",
+    "LegacyOtherResult",
+    "Provenance",
+    "Threads",
+    "ThroughputResult",
+    "ThroughputRow",
+    "check",
+    "is_legacy",
+    "sample_std",
+    "schema_of",
+    "validate",
+]
