@@ -6,6 +6,7 @@ No network, no downloads. Learnable toy data: sentences made of "good" or "bad" 
 from __future__ import annotations
 
 import copy
+import os
 import random
 from pathlib import Path
 
@@ -20,7 +21,19 @@ from transformers import (
     PreTrainedModel,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+def _shared_data() -> Path:
+    """``$BERTDISTILL_SHARED_DATA``, else ``shared/data`` beside the checkout (or beside its parent, for a
+    worktree one level deeper)."""
+    env = os.environ.get("BERTDISTILL_SHARED_DATA")
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve().parents[1]
+    candidates = [here.parent / "shared" / "data", here.parents[1] / "shared" / "data"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
 
 POS = ["good", "great", "fine", "nice", "superb", "lovely"]
 NEG = ["bad", "awful", "poor", "dull", "boring", "ugly"]
@@ -194,6 +207,16 @@ def second_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     model.save_pretrained(d)
     BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def glove_file(tmp_path_factory) -> Path:
+    """A toy GloVe text file (8-d) with most of the toy words (some left out: OOV for the file)."""
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path_factory.mktemp("glove") / "toy.glove.txt"
+    rows = [f"{w} " + " ".join(f"{v:.5f}" for v in torch.randn(8, generator=g).tolist()) for w in WORDS[:-4]]
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 @pytest.fixture

@@ -20,7 +20,9 @@ METHODS = sorted(list_methods())
 
 
 @pytest.fixture
-def fixtures(teacher_dir, mlm_teacher_dir, encoder_dir, corpus_file, sst2_dir, stsb_dir, tiny_tokenizer_dir):
+def fixtures(
+    teacher_dir, mlm_teacher_dir, encoder_dir, corpus_file, sst2_dir, stsb_dir, tiny_tokenizer_dir, glove_file
+):
     """The names a method's test config may use in braces."""
     return {
         "teacher": teacher_dir,
@@ -30,6 +32,7 @@ def fixtures(teacher_dir, mlm_teacher_dir, encoder_dir, corpus_file, sst2_dir, s
         "sst2": sst2_dir,
         "stsb": stsb_dir,
         "tokenizer": tiny_tokenizer_dir,
+        "glove": glove_file,
     }
 
 

@@ -209,10 +209,39 @@ def cmd_export_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_augment(args: argparse.Namespace) -> int:
-    """TinyBERT data augmentation of a task's training split: an unlabelled TSV/JSONL + provenance."""
-    from . import __version__
+def _augment_source(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The task and the (seeded, subsampled) training examples to augment; never dev or test."""
     from .config import ConfigError, DataConfig
+    from .data.loading import load_examples, resolve_task, subsample
+
+    if args.split.startswith(("dev", "test", "validation")):
+        raise ConfigError(
+            f"augment reads training text only (got --split {args.split}); never augment evaluation data"
+        )
+    dcfg = DataConfig(task=args.task, path=args.data)
+    task = resolve_task(dcfg)
+    return task, subsample(load_examples(dcfg, task, args.split), args.max_examples, args.seed)
+
+
+def _augment_summary(result: Any, n_source: int, out: Path, prov_path: Path) -> int:
+    summary = {
+        "output": str(out),
+        "provenance": str(prov_path),
+        "source_examples": n_source,
+        "augmented_examples": len(result.examples),
+        "seconds": round(result.seconds, 2),
+        "source_sentences_per_s": round(result.sentences_per_s, 2),
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    """Data augmentation of a task's training split (TinyBERT or Tang et al. style): an unlabelled TSV/JSONL
+    + provenance."""
+    if args.style == "tang":
+        return _augment_tang(args)
+    from . import __version__
     from .data.augment import (
         DEFAULT_TRIES,
         AugmentConfig,
@@ -222,19 +251,12 @@ def cmd_augment(args: argparse.Namespace) -> int:
         provenance_record,
         write_augmented,
     )
-    from .data.loading import load_examples, resolve_task, subsample
 
-    if args.split.startswith(("dev", "test", "validation")):
-        raise ConfigError(
-            f"augment reads training text only (got --split {args.split}); never augment evaluation data"
-        )
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    dcfg = DataConfig(task=args.task, path=args.data)
-    task = resolve_task(dcfg)
-    source = subsample(load_examples(dcfg, task, args.split), args.max_examples, args.seed)
+    task, source = _augment_source(args)
     cfg = AugmentConfig(
         p=args.p,
         k=args.k,
@@ -269,16 +291,36 @@ def cmd_augment(args: argparse.Namespace) -> int:
         bertdistill_version=__version__,
     )
     out, prov_path = write_augmented(result, task, Path(args.output), prov)
-    summary = {
-        "output": str(out),
-        "provenance": str(prov_path),
-        "source_examples": len(source),
-        "augmented_examples": len(result.examples),
-        "seconds": round(result.seconds, 2),
-        "source_sentences_per_s": round(result.sentences_per_s, 2),
-    }
-    print(json.dumps(summary, indent=1))
-    return 0
+    return _augment_summary(result, len(source), out, prov_path)
+
+
+def _augment_tang(args: argparse.Namespace) -> int:
+    """Tang et al. 2019: masking, POS-guided replacement and n-gram sampling, n_iter tries per example."""
+    from . import __version__
+    from .data.augment import write_augmented
+    from .data.augment_tang import TangAugmentConfig, augment_tang, load_tagger, provenance_record
+
+    task, source = _augment_source(args)
+    cfg = TangAugmentConfig(
+        n_iter=args.n if args.n is not None else 20,
+        p_mask=args.p_mask,
+        p_pos=args.p_pos,
+        p_ng=args.p_ng,
+        ngram_max=args.ngram_max,
+        seed=args.seed,
+    )
+    tagger = load_tagger(args.tagger, args.nltk_data, args.spacy_model)
+    result = augment_tang(source, tagger, cfg, progress=not args.quiet)
+    prov = provenance_record(
+        cfg,
+        result,
+        len(source),
+        tagger.name,
+        source={"task": task.name, "data": args.data, "split": args.split, "max_examples": args.max_examples},
+        bertdistill_version=__version__,
+    )
+    out, prov_path = write_augmented(result, task, Path(args.output), prov)
+    return _augment_summary(result, len(source), out, prov_path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,10 +453,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "augment",
-        help="TinyBERT data augmentation of a training split (unlabelled; the teacher labels it)",
+        help="data augmentation of a training split, TinyBERT or Tang et al. style (unlabelled; the teacher "
+        "labels it)",
         epilog=EPILOG,
-        description="Replace words with masked-LM (single-piece) or GloVe (multi-piece) candidates, N tries "
-        "per example; write an unlabelled TSV/JSONL for method.train_data, plus <output>.provenance.json.",
+        description="--style tinybert (default): replace words with masked-LM (single-piece) or GloVe "
+        "(multi-piece) candidates, N tries per example. --style tang: per word [MASK] (p-mask) or a word of the "
+        "same POS tag (p-pos), then keep a random n-gram (p-ng), N tries per example. Writes an unlabelled "
+        "TSV/JSONL (method.train_data / method.augmented_data), plus <output>.provenance.json.",
+    )
+    s.add_argument(
+        "--style",
+        choices=["tinybert", "tang"],
+        default="tinybert",
+        help="tinybert (Jiao et al. 2020) or tang (Tang et al. 2019; needs nltk: pip install 'bertdistill[bilstm]')",
     )
     s.add_argument("--task", required=True, help="GLUE task name (sst2, mrpc, ...)")
     s.add_argument("--data", help="task data dir / file (default: the HF hub)")
@@ -429,9 +480,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--glove",
         help="GloVe text file (.txt or .txt.gz), e.g. ../shared/data/glove-6B-50d-subset/glove.6B.50d.subset.txt.gz",
     )
-    s.add_argument("--p", type=float, default=0.4, help="replacement probability per word (default 0.4)")
-    s.add_argument("--k", type=int, default=15, help="candidates per word (default 15)")
-    s.add_argument("--n", type=int, help="tries per example (default: official per task, SST-2 20, MRPC 30)")
+    s.add_argument(
+        "--p", type=float, default=0.4, help="[tinybert] replacement probability per word (default 0.4)"
+    )
+    s.add_argument("--k", type=int, default=15, help="[tinybert] candidates per word (default 15)")
+    s.add_argument(
+        "--n",
+        type=int,
+        help="tries per example (tinybert default: official per task, SST-2 20, MRPC 30; tang: n_iter 20)",
+    )
+    s.add_argument("--p-mask", type=float, default=0.1, help="[tang] [MASK] probability per word (0.1)")
+    s.add_argument("--p-pos", type=float, default=0.1, help="[tang] same-POS replacement per word (0.1)")
+    s.add_argument("--p-ng", type=float, default=0.25, help="[tang] n-gram sampling per sample (0.25)")
+    s.add_argument("--ngram-max", type=int, default=5, help="[tang] n of the n-gram is in [1, this] (5)")
+    s.add_argument("--tagger", choices=["nltk", "spacy"], default="nltk", help="[tang] POS tagger (nltk)")
+    s.add_argument(
+        "--nltk-data",
+        help="[tang] NLTK data dir with taggers/averaged_perceptron_tagger_eng(.zip), e.g. "
+        "../shared/data/nltk_data (default: $BERTDISTILL_NLTK_DATA, then NLTK's search path)",
+    )
+    s.add_argument("--spacy-model", default="en_core_web_sm", help="[tang] spaCy model with --tagger spacy")
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--max-examples", type=int, help="augment a seeded subsample of the split")
     s.add_argument("--batch-size", type=int, default=64, help="masked sequences per MLM forward")
