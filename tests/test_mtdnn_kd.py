@@ -168,3 +168,20 @@ def test_recipe_loads():
     cfg = load_config("recipes/mtdnn_kd/glue3.yaml")
     assert [t.name for t in cfg.method.tasks] == ["sst2", "mrpc", "stsb"]
     assert json.dumps(cfg.to_dict())
+
+
+def test_student_init_teacher_copies_layers_from_student_path(
+    teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path
+):
+    """The shipped recipe's init: a multi-task run has no single teacher, so `init: teacher` copies the first
+    layers of `student.path` (a fine-tuned model) into the shared encoder."""
+    cfg = _cfg(teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path)
+    cfg.student.init, cfg.student.path, cfg.student.num_layers = "teacher", str(teacher_dir), 1
+    tr = Trainer(cfg, quiet=True)
+    src = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    enc = tr.unwrapped().encoder
+    assert len(enc.encoder.layer) == 1
+    torch.testing.assert_close(
+        enc.encoder.layer[0].attention.self.query.weight, src.bert.encoder.layer[0].attention.self.query.weight
+    )
+    torch.testing.assert_close(enc.embeddings.word_embeddings.weight, src.bert.embeddings.word_embeddings.weight)

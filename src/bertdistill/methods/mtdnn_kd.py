@@ -328,6 +328,24 @@ class MTDNNKD(Method):
 
     def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         first = next(iter(self.specs.values()))
+        if self.run.student.init == "teacher" and teacher is None:
+            # a multi-task run has no single teacher: the layers come from `student.path` (a fine-tuned
+            # model); its own classifier is dropped by multitask_student
+            source = self.run.student.path
+            if not source:
+                raise ConfigError(
+                    "mtdnn_kd: student.init: teacher copies layers from a model; set student.path to a "
+                    "model fine-tuned on one of the tasks, or use init: pretrained / random"
+                )
+            teacher = self.load_teacher_model(source)
+            n = teacher.config.num_labels
+            match = next((s for s in self.specs.values() if s.num_labels == n), None)
+            if match is None:
+                raise ConfigError(
+                    f"mtdnn_kd: student.path {source!r} has {n} outputs and no task of this run has as many; "
+                    "point it at a model fine-tuned on one of the tasks"
+                )
+            first = match
         template, info = build_student(self.run.student, teacher, first)  # type: ignore[arg-type]
         model = multitask_student(template, self.specs)
         teachers = {t.name: len(t.teachers) for t in self.cfg.tasks}

@@ -1,0 +1,188 @@
+"""MT-DNN KD (Liu et al. 2019) on SST-2, MRPC and STS-B: per-task teacher ensembles, one multi-task student.
+
+Rows per task (``benchmarks/results/<name>_<task>.json``, one file per task, the harness's ``distill`` schema):
+
+* ``single_teacher`` / ``ensemble``: the first teacher and the ensemble (mean of probabilities; STS-B: mean
+  prediction) on dev, in ``single_teacher_score`` / ``ensemble_score``;
+* ``mt_kd`` (headline): ``recipes/mtdnn_kd/glue3.yaml``, soft + hard loss per task;
+* ``mt_nokd`` (the no-KD control): the same recipe with ``method.soft_weight=0`` (labels only; same init,
+  task order, steps and seeds);
+* ``kd_single``: a single-task Hinton ``kd`` student per task (``recipes/kd/mrpc.yaml`` with the task swapped)
+  taught by the first teacher, with the same student shape, init rule, optimizer, batch size, learning rate and
+  epochs, i.e. the same number of batches of that task as the multi-task run gives it.
+
+    python -m benchmarks.mtdnn_bench --teachers ~/.cache/bertdistill/teachers/ens \\
+        --seeds 1 2 3 --epochs 2 --sst2-examples 8000 --threads 1
+
+``--teachers DIR`` holds ``<task>/seed-{1,2,3}`` ensembles (``bertdistill ensemble``); SST-2's is
+``sst2-8k`` when ``--sst2-examples 8000`` (the teachers were fine-tuned on an 8k subsample of SST-2 train,
+seeded; the students get a subsample of the same size, seeded by their own seed). The teacher and the
+single-task student are timed interleaved in one run; the multi-task student's per-task model has the same
+shape (``bertdistill export-task`` writes it), so its speed is that of ``kd_single``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks import harness as H
+
+TASKS = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B"}
+
+
+def teacher_dirs(root: Path, task: str, sst2_examples: int | None, n: int) -> list[str]:
+    folder = f"sst2-{sst2_examples // 1000}k" if task == "sst2" and sst2_examples else task
+    dirs = [root / folder / f"seed-{i}" for i in range(1, n + 1)]
+    missing = [str(d) for d in dirs if not (d / "config.json").is_file()]
+    if missing:
+        raise SystemExit(
+            f"teacher dirs missing: {missing}; make them with "
+            f"`bertdistill ensemble recipes/finetune/{task}.yaml --seeds 1 2 3 --output {root / folder}`"
+        )
+    return [str(d) for d in dirs]
+
+
+def mt_recipe(teachers: dict[str, list[str]], sst2_examples: int | None) -> dict[str, Any]:
+    from bertdistill.config import read_recipe_file
+
+    raw = read_recipe_file(H.ROOT / "recipes" / "mtdnn_kd" / "glue3.yaml")
+    for entry in raw["method"]["tasks"]:
+        entry["path"] = str(H.SHARED / TASKS[entry["task"]])
+        entry["teachers"] = teachers[entry["task"]]
+        if entry["task"] == "sst2" and sst2_examples:
+            entry["max_train_examples"] = sst2_examples
+    raw["student"]["path"] = teachers["sst2"][0]
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teachers", required=True, help="dir of <task>/seed-N teacher ensembles")
+    p.add_argument("--n-teachers", type=int, default=3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--epochs", type=float, default=3.0, help="every row, every task")
+    p.add_argument("--sst2-examples", type=int, help="subsample SST-2 train (teachers in sst2-<N/1000>k)")
+    p.add_argument("--threads", type=int, help="training and timing threads")
+    p.add_argument("--latency-sentences", type=int, default=200)
+    p.add_argument("--rows", nargs="+", default=["mt_kd", "mt_nokd", "kd_single"])
+    p.add_argument("--name", default="mtdnn_kd")
+    p.add_argument("--train-only", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="overrides, every row")
+    H.add_run_flags(p)
+    args = p.parse_args(argv)
+    H.quiet()
+
+    root = Path(args.teachers).expanduser()
+    teachers = {t: teacher_dirs(root, t, args.sst2_examples, args.n_teachers) for t in TASKS}
+    common = [
+        f"train.epochs={args.epochs}",
+        *([f"train.cpu_threads={args.threads}"] if args.threads else []),
+        *args.overrides,
+    ]
+    mt = mt_recipe(teachers, args.sst2_examples)
+    rows: list[H.Row] = []
+    if "mt_kd" in args.rows:
+        rows.append(H.Row("mt_kd", mt, label="recipes/mtdnn_kd/glue3.yaml"))
+    if "mt_nokd" in args.rows:
+        rows.append(H.Row("mt_nokd", mt, ("method.soft_weight=0.0",), label="recipes/mtdnn_kd/glue3.yaml"))
+    kd_rows: dict[str, H.Row] = {}
+    if "kd_single" in args.rows:
+        for task, folder in TASKS.items():
+            kd_rows[task] = H.Row(
+                f"kd_single_{task}",
+                "recipes/kd/mrpc.yaml",
+                (
+                    f"data.task={task}",
+                    f"data.path={H.SHARED / folder}",
+                    f"teacher.path={teachers[task][0]}",
+                    "train.weight_decay=0.01",  # as the multi-task recipe
+                    "train.eval_every=null",
+                    *(
+                        [f"data.max_train_examples={args.sst2_examples}"]
+                        if task == "sst2" and args.sst2_examples
+                        else []
+                    ),
+                ),
+            )
+        rows.extend(kd_rows.values())
+    work = H.WORK / args.name
+    runs = H.run_rows(rows, args.seeds, work, common, on_mismatch=args.on_mismatch)
+    if args.train_only:
+        return 0
+
+    from bertdistill.evaluation import evaluate
+
+    for task, folder in TASKS.items():
+        data = str(H.SHARED / folder)
+        single = evaluate(teachers[task][0], task=task, data_path=data)
+        ens = evaluate("+".join(teachers[task]), task=task, data_path=data)
+        metric = single["metric"]
+        kd_name = kd_rows[task].name if task in kd_rows else None
+        timed = {kd_name: runs[kd_name][0].dir} if kd_name else {}
+        teacher_row, students = H.time_models(
+            teachers[task][0],
+            timed,
+            threads=args.threads,
+            n_latency=args.latency_sentences,
+            task=task,
+            data_path=data,
+        )
+        shape = students.get(kd_name, {}) if kd_name else {}
+        # every student row of this task: the multi-task runs scored by their `<task>/<metric>` entry
+        task_scores = {
+            name: [float(r.metrics[f"{task}/{metric}"]) for r in recs]
+            for name, recs in runs.items()
+            if name.startswith("mt_")
+        }
+        names = [n for n in ("mt_kd", "mt_nokd") if n in runs] + ([kd_name] if kd_name else [])
+        table = H.Table(
+            f"{args.name}_{task}",
+            teachers[task][0],
+            [next(r for r in rows if r.name == n) for n in names],
+            args.seeds,
+            common,
+            primary=names[0],
+            baseline="mt_nokd" if "mt_nokd" in runs else None,
+            method="mtdnn_kd",
+            student=f"{shape.get('layers', 3)} layers × {shape.get('hidden', 384)} shared encoder + a head per task",
+        )
+        students_by_row = {n: shape for n in names}
+        result = H.table_result(table, {n: runs[n] for n in names}, teacher_row, students_by_row, task_scores)
+        result.update(
+            {
+                "task": task,
+                "single_teacher_score": single["score"],
+                "ensemble_score": ens["score"],
+                "ensemble_teachers": teachers[task],
+                "ensemble_metrics": ens["metrics"],
+                "teacher_metrics": single["metrics"],
+                "goals": goals(result, single["score"], ens["score"], kd_name),
+                "score_source": "each run's metrics.json; multi-task runs: its `<task>/<metric>` entry",
+            }
+        )
+        path = H.write_result(f"{args.name}_{task}", result, args.results_dir)
+        print(H.summary(result))
+        print(json.dumps(result["goals"], indent=1))
+        print(f"written {path}")
+    return 0
+
+
+def goals(result: dict[str, Any], single: float, ens: float, kd_name: str | None) -> dict[str, Any]:
+    """The issue's goals for one task, each with the numbers it was judged on."""
+    by = {r["row"]: r for r in result["rows"]}
+    out: dict[str, Any] = {"ensemble_gt_single": ens > single, "ensemble_minus_single": ens - single}
+    if "mt_kd" in by and "mt_nokd" in by:
+        out["mt_kd_minus_nokd"] = by["mt_kd"]["student_score"] - by["mt_nokd"]["student_score"]
+        out["mt_kd_gt_nokd"] = out["mt_kd_minus_nokd"] > 0
+    if "mt_kd" in by and kd_name in by:
+        out["mt_kd_minus_kd_single"] = by["mt_kd"]["student_score"] - by[kd_name]["student_score"]
+        out["mt_kd_ge_kd_single"] = out["mt_kd_minus_kd_single"] >= 0
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
