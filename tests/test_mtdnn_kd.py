@@ -182,6 +182,9 @@ def test_student_init_teacher_copies_layers_from_student_path(
     enc = tr.unwrapped().encoder
     assert len(enc.encoder.layer) == 1
     torch.testing.assert_close(
-        enc.encoder.layer[0].attention.self.query.weight, src.bert.encoder.layer[0].attention.self.query.weight
+        enc.encoder.layer[0].attention.self.query.weight,
+        src.bert.encoder.layer[0].attention.self.query.weight,
     )
-    torch.testing.assert_close(enc.embeddings.word_embeddings.weight, src.bert.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(
+        enc.embeddings.word_embeddings.weight, src.bert.embeddings.word_embeddings.weight
+    )
