@@ -131,3 +131,49 @@ def test_fastbert_speed_flags(tmp_path, teacher_dir, sst2_dir, capsys):
     assert main(["predict", str(tmp_path / "fb"), str(sst2_dir / "test.tsv"), "--speed", "0"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 9 and all(x["exit_layer"] == 4 for x in lines)
+
+
+def test_collapse_fields_and_warning_golden():
+    import numpy as np
+
+    from bertdistill.data.tasks import collapse_fields, collapse_warning, get_task
+
+    sst2, mrpc = get_task("sst2"), get_task("mrpc")
+    y = np.array([1, 1, 1, 0])
+    f = collapse_fields(sst2, np.array([1, 1, 1, 1]), y)
+    assert f == {"majority_baseline": 0.75, "top_class_share": 1.0}
+    w = collapse_warning("s", {"accuracy": 0.75, **f}, "accuracy")
+    assert w and "100.0% of its predictions are one class" in w and "majority-class baseline 0.7500" in w
+    # a model that is right and mixes its classes is not flagged
+    ok = collapse_fields(sst2, y, y)
+    assert (
+        ok["top_class_share"] == 0.75 and collapse_warning("s", {"accuracy": 1.0, **ok}, "accuracy") is None
+    )
+    # MRPC's F1 of the majority (positive) class: the baseline a collapsed model reaches exactly
+    m = collapse_fields(mrpc, np.array([1, 1, 1, 1]), y)
+    assert m["majority_baseline"] == pytest.approx(2 * 0.75 / 1.75)
+    assert collapse_fields(get_task("stsb"), np.array([0.5]), np.array([0.4])) == {}
+
+
+def test_evaluate_and_compare_flag_a_model_that_predicts_one_class(
+    trained, teacher_dir, sst2_dir, tmp_path, capsys
+):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    m = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        m.classifier.bias.copy_(torch.tensor([-100.0, 100.0]))  # always class 1
+    m.save_pretrained(tmp_path / "one-class")
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(tmp_path / "one-class")
+    args = ["--task", "sst2", "--data", str(sst2_dir)]
+    assert (
+        main(["compare", str(teacher_dir), str(tmp_path / "one-class"), *args, "--latency-sentences", "4"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "majority-class baseline accuracy" in out
+    assert "one-class looks degenerate: 100.0% of its predictions are one class" in out
+    assert main(["evaluate", str(tmp_path / "one-class"), *args, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["metrics"]["top_class_share"] == 1.0 and "degenerate" in row["warning"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import ConfigError, DataConfig
 from .data.loading import load_examples, resolve_task, subsample
-from .data.tasks import TaskSpec
+from .data.tasks import TaskSpec, collapse_warning
 from .inference import EnsembleRunner, batches_of, eval_loop, load_student
 from .protocol import Runner
 from .timing import make_batches, measure_speed
@@ -175,6 +175,10 @@ def compare(
             if "reference_latency_ms_median" in r:
                 r["reference_latency_speedup"] = r["reference_latency_ms_median"] / r["latency_ms_median"]
                 r["reference_throughput_speedup"] = r["throughput_per_s"] / r["reference_throughput_per_s"]
+    for r in rows:
+        warning = collapse_warning(r["name"], r["metrics"], r["metric"])
+        if warning:
+            r["warning"] = warning
     t = rows[0]
     for r in rows[1:]:
         r["retention"] = r["score"] / t["score"] if t["score"] else None

@@ -15,7 +15,11 @@ def print_table(rows: list[dict[str, Any]], teacher: dict[str, Any] | None) -> N
     from rich.table import Table
 
     timing = "latency_ms_median" in rows[0]
-    table = Table(title=f"{rows[0]['task']} ({rows[0]['split']}, {rows[0]['examples']} examples)")
+    base = rows[0]["metrics"].get("majority_baseline")
+    title = f"{rows[0]['task']} ({rows[0]['split']}, {rows[0]['examples']} examples)"
+    if base is not None:
+        title += f" — majority-class baseline {rows[0]['metric']} {base:.4f}"
+    table = Table(title=title)
     cols = ["model", rows[0]["metric"], "params", "size MB", "layers×hidden"]
     extra = [m for m in SUMMARY_METRICS if any(m in r["metrics"] for r in rows)]
     cols += extra
@@ -59,7 +63,11 @@ def print_table(rows: list[dict[str, Any]], teacher: dict[str, Any] | None) -> N
                     f"{r['throughput_speedup']:.2f}×" if timing else "-",
                 ]
         table.add_row(*cells)
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    for r in rows:
+        if r.get("warning"):
+            console.print(f"[yellow]warning:[/yellow] {r['warning']}", highlight=False)
 
 
 def plot_score_vs_latency(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:

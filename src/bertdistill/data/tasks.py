@@ -117,7 +117,45 @@ def metrics_from_logits(task: TaskSpec, logits: Any, labels: Any) -> dict[str, f
     lg = np.asarray(logits.float().cpu() if hasattr(logits, "float") else logits)
     y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
     pred = lg.reshape(-1) if task.regression else np.argmax(lg, axis=-1)
-    return task.compute_metrics(pred, y)
+    return {**task.compute_metrics(pred, y), **collapse_fields(task, pred, y)}
+
+
+def collapse_fields(task: TaskSpec, pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """For classification: ``majority_baseline`` (the main metric of always predicting the most frequent gold
+    class of these examples) and ``top_class_share`` (the share of predictions that fall on the model's most
+    predicted class) — what :func:`collapse_warning` reads. Empty for regression or no examples."""
+    if task.regression or len(labels) == 0:
+        return {}
+    y = labels.astype(np.int64)
+    majority = np.full_like(y, np.bincount(y, minlength=task.num_labels).argmax())
+    share = np.bincount(pred.astype(np.int64), minlength=task.num_labels).max() / len(pred)
+    return {
+        "majority_baseline": float(task.compute_metrics(majority, y)[task.main_metric]),
+        "top_class_share": float(share),
+    }
+
+
+COLLAPSE_SHARE = 0.95
+
+
+def collapse_warning(name: str, metrics: dict[str, Any], main_metric: str) -> str | None:
+    """A one-line warning when a model looks degenerate on its eval set: ≥ 95 % of its predictions are one
+    class, or its main metric is no better than always predicting the majority class; else ``None``."""
+    share, base = metrics.get("top_class_share"), metrics.get("majority_baseline")
+    score = metrics.get(main_metric)
+    if share is None or base is None or score is None:
+        return None
+    why = []
+    if share >= COLLAPSE_SHARE:
+        why.append(f"{100 * share:.1f}% of its predictions are one class")
+    if score <= base + 1e-9:
+        why.append(f"its {main_metric} {score:.4f} is no better than the majority-class baseline {base:.4f}")
+    if not why:
+        return None
+    return (
+        f"{name} looks degenerate: {' and '.join(why)}; check its training (learning rate, steps, the teacher's "
+        "own score) before trusting this number"
+    )
 
 
 _GLUE_SPLITS = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError, RunConfig
 from ..data.loading import TokenizedDataset, resolve_task, teacher_view
+from ..data.tasks import collapse_warning
 from ..hub import from_pretrained, save_hf_model
 from ..inference import eval_loop
 from ..protocol import Features, Method, Needs, Stage, unwrap
@@ -608,6 +609,10 @@ class Trainer:
                 ckpt.publish_files(tmp_final, self.out)
                 shutil.rmtree(tmp_final, ignore_errors=True)
             final_metrics = {"task": self.task.name, "method": self.method.name, **final_metrics}
+            warning = collapse_warning("the student", final_metrics, self.task.main_metric)
+            if warning:
+                log.warning(warning)
+                final_metrics["warnings"] = [warning]
             (self.out / METRICS_FILE).write_text(json.dumps(final_metrics, indent=1))
             self.run.dump(self.out / CONFIG_FILE)
         return RunResult(self.out, final_metrics, self.logger.records, acc.is_main_process)
