@@ -177,3 +177,38 @@ def test_evaluate_and_compare_flag_a_model_that_predicts_one_class(
     assert main(["evaluate", str(tmp_path / "one-class"), *args, "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["metrics"]["top_class_share"] == 1.0 and "degenerate" in row["warning"]
+
+
+def test_distill_control_reports_the_gain_over_the_same_student_without_kd(
+    _teacher_session, sst2_dir, tmp_path, capsys
+):
+    r = recipe("kd", _teacher_session, sst2_dir, tmp_path / "kd", tmp_path / "cache")
+    (tmp_path / "kd.yaml").write_text(yaml.safe_dump(r))
+    assert (
+        main(["distill", str(tmp_path / "kd.yaml"), "--quiet", "--control", "--set", "train.max_steps=3"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    main_m = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    ctrl_m = json.loads((tmp_path / "kd" / "control" / "metrics.json").read_text())
+    ctrl_cfg = yaml.safe_load((tmp_path / "kd" / "control" / "bertdistill.yaml").read_text())
+    main_cfg = yaml.safe_load((tmp_path / "kd" / "bertdistill.yaml").read_text())
+    assert ctrl_cfg["method"] == {"name": "finetune"} and ctrl_cfg["train"]["max_steps"] == 3
+    assert (
+        ctrl_cfg["student"] == main_cfg["student"] and ctrl_cfg["train"]["seed"] == main_cfg["train"]["seed"]
+    )
+    c = main_m["control"]
+    assert c == out["control"] and c["metrics"]["accuracy"] == ctrl_m["accuracy"]
+    assert c["gain"] == pytest.approx(main_m["accuracy"] - ctrl_m["accuracy"])
+    assert ("distillation gained" in c["verdict"]) == (c["gain"] > 0)
+    assert "did not help here" in c["verdict"] or c["gain"] > 0
+
+
+def test_distill_control_on_a_method_without_one_fails_before_training(
+    _teacher_session, sst2_dir, tmp_path, capsys
+):
+    r = recipe("finetune", _teacher_session, sst2_dir, tmp_path / "ft", tmp_path / "cache")
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(r))
+    assert main(["distill", str(tmp_path / "ft.yaml"), "--quiet", "--control"]) == 2
+    assert "it is the control" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()

@@ -213,3 +213,28 @@ def test_teacher_unchanged_after_optimizer_steps(name, fixtures, tmp_path, monke
         assert not any(p.requires_grad for p in model.parameters())
         now = model.state_dict()
         assert all(torch.equal(v, now[k]) for k, v in as_loaded.items())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_control_recipe_is_the_same_student_without_distillation(name, fixtures, tmp_path):
+    """`distill --control`: every method either gives a control that loads (same student, data and seed, no
+    teacher term) or says why it has none."""
+    from bertdistill.config import ConfigError
+    from bertdistill.training.control import control_config
+
+    cfg = _cfg(name, fixtures, tmp_path)
+    method = get_method(name)
+    if method.control_recipe(copy.deepcopy(cfg.to_dict()), 7) is None:
+        assert len(method.control_unavailable()) > 20
+        with pytest.raises(ConfigError, match="--control"):
+            control_config(cfg, 7)
+        return
+    ctrl = control_config(cfg, 7)
+    assert ctrl.resolved_output_dir() == cfg.resolved_output_dir() / "control"
+    assert ctrl.train.seed == cfg.train.seed and ctrl.data == cfg.data and ctrl.student == cfg.student
+    assert not ctrl.train.control
+    tr = Trainer(ctrl, quiet=True)
+    assert tr.method.name in (name, "finetune")
+    if tr.method.name == name:  # the same method with its distillation terms off
+        assert ctrl.method != cfg.method
+    assert not tr.method.runs_teacher() or tr.method.name == name

@@ -55,7 +55,7 @@ def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    return _run(args.recipe, args.overrides, args)
+    return _run(args.recipe, [*args.overrides, *(["train.control=true"] if args.control else [])], args)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -339,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("recipe", help="a YAML recipe, e.g. recipes/kd/sst2.yaml")
     _common_train_flags(s)
+    s.add_argument(
+        "--control",
+        action="store_true",
+        help="also train the same student without distillation (same init, data, seed, steps) into "
+        "OUTPUT/control and say whether distillation paid (train.control)",
+    )
     s.set_defaults(fn=cmd_distill)
 
     s = sub.add_parser(

@@ -142,6 +142,9 @@ class TrainConfig:
     """Defaults to the task's main metric."""
     log_every: int = 10
     cpu_threads: int | None = None
+    control: bool = False
+    """Also train the same student without distillation (same init, data, seed and steps) into
+    ``<output_dir>/control`` and report both (``distill --control``)."""
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("linear", "constant", "cosine"):

@@ -326,6 +326,23 @@ class Method(ABC):
         self.cfg = run.method
         self.task = task
 
+    # ------------------------------------------------------------------ the no-distillation control
+    @classmethod
+    def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
+        """The recipe of this run's control (``distill --control``): the same student (init and shape), data,
+        seed and number of optimizer steps (``steps``, all stages of the distilled run), without distillation.
+        ``recipe`` is the distilled run's resolved config as a dict (a copy; change it freely). Default: plain
+        fine-tuning of the same student for ``steps`` steps. ``None``: the method has no such control (say why
+        in :meth:`control_unavailable`)."""
+        recipe["method"] = {"name": "finetune"}
+        recipe["train"]["max_steps"] = steps
+        return recipe
+
+    @classmethod
+    def control_unavailable(cls) -> str:
+        """Why :meth:`control_recipe` returns ``None`` (shown to the user)."""
+        return f"{cls.name} has no no-distillation control"
+
     # ------------------------------------------------------------------ teacher / student
     def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
         """The teacher as a HF model (default: sequence classification, eager attention when a stage needs

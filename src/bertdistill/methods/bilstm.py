@@ -295,6 +295,15 @@ class BiLSTM(Method):
     """Tang et al. 2019: a word-level BiLSTM learns the teacher's logits (MSE) and the labels, with augmentation."""
 
     config_cls = BiLSTMConfig
+
+    @classmethod
+    def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
+        # the same BiLSTM on the gold labels only (alpha 1: no logit MSE), without the teacher-labelled
+        # augmented rows (they have no gold label), for the same number of steps
+        recipe["method"].update(alpha=1.0, augmented_data=None)
+        recipe["train"]["max_steps"] = steps
+        return recipe
+
     runner_cls = BiLSTMRunner
     cfg: BiLSTMConfig
     test_config = MethodTestConfig(

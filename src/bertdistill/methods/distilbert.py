@@ -295,6 +295,18 @@ class DistilBert(Method):
     """DistilBERT: pre-training distillation on raw text into a half-depth DistilBERT (L_ce + L_mlm + L_cos)."""
 
     config_cls = DistilBertMethodConfig
+
+    @classmethod
+    def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
+        return None
+
+    @classmethod
+    def control_unavailable(cls) -> str:
+        return (
+            "distilbert distils during pre-training: its control is the layer-copy student fine-tuned on a task "
+            "with the same steps (benchmarks/distilbert_bench.py, row layer_copy), not one run"
+        )
+
     runner_cls = DistilBertRunner
     cfg: DistilBertMethodConfig
     test_config = MethodTestConfig(

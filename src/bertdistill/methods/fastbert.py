@@ -298,6 +298,14 @@ class FastBert(Method):
     """FastBERT: self-distilled branch classifiers at every layer, per-sample early exit by entropy."""
 
     config_cls = FastBertMethodConfig
+
+    @classmethod
+    def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
+        # the same backbone fine-tuning, then branches trained on the gold labels instead of self-distillation
+        # (the same stages and schedule, hence the same steps)
+        recipe["method"]["use_labels"] = True
+        return recipe
+
     runner_cls = FastBertRunner
     cfg: FastBertMethodConfig
 

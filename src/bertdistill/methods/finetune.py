@@ -27,6 +27,16 @@ class Finetune(Method):
 
     config_cls = FinetuneConfig
 
+    @classmethod
+    def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
+        return None
+
+    @classmethod
+    def control_unavailable(cls) -> str:
+        return (
+            "finetune trains without a teacher: it is the control (use --control with a distillation method)"
+        )
+
     def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         model, info = build_student(self.run.student, teacher, self.task)  # type: ignore[arg-type]
         return BuiltStudent(model, info)

@@ -47,6 +47,15 @@ class MaskedLM(Method):
     """Masked-LM training of an encoder's MLM head (tied to the word embeddings), optionally its body too."""
 
     config_cls = MLMConfig
+
+    @classmethod
+    def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
+        return None
+
+    @classmethod
+    def control_unavailable(cls) -> str:
+        return "mlm trains a masked-LM head without a teacher: there is nothing to compare it against"
+
     runner_cls = MLMRunner
     cfg: MLMConfig
     test_config = MethodTestConfig(

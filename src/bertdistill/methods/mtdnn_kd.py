@@ -274,6 +274,14 @@ class MTDNNKD(Method):
     """MT-DNN KD: per-task ensembles of teachers (mean probabilities) teach one multi-task student."""
 
     config_cls = MTDNNConfig
+
+    @classmethod
+    def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
+        # the same multi-task student, tasks, sampling and steps on the labels only (no ensemble soft targets)
+        recipe["method"]["soft_weight"] = 0.0
+        recipe["train"]["max_steps"] = steps
+        return recipe
+
     runner_cls = MultiTaskRunner
     cfg: MTDNNConfig
     test_config = MethodTestConfig(
@@ -338,7 +346,7 @@ class MTDNNKD(Method):
                     "model fine-tuned on one of the tasks, or use init: pretrained / random"
                 )
             teacher = self.load_teacher_model(source)
-            n = teacher.config.num_labels
+            n = cast(Any, teacher).config.num_labels
             match = next((s for s in self.specs.values() if s.num_labels == n), None)
             if match is None:
                 raise ConfigError(

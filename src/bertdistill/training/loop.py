@@ -709,4 +709,17 @@ def distill(
 
     if not isinstance(config, RunConfig) or overrides:
         config = load_config(config, overrides)
-    return Trainer(config, quiet=quiet, progress=progress).train(resume=resume)
+    if not config.train.control:
+        return Trainer(config, quiet=quiet, progress=progress).train(resume=resume)
+    from . import control as ctl
+
+    ctl.control_config(config, 1)  # a method without a control fails here, before any training
+    trainer = Trainer(config, quiet=quiet, progress=progress)
+    result = trainer.train(resume=resume)
+    ctrl_cfg = ctl.control_config(config, ctl.total_steps(result.history, result.metrics))
+    trainer.print(f"control run (the same student without distillation) -> {ctrl_cfg.resolved_output_dir()}")
+    ctrl = Trainer(ctrl_cfg, quiet=quiet, progress=progress).train(resume=resume)
+    if result.main_process:
+        result.metrics = ctl.attach(result.output_dir, trainer.task.main_metric, result.metrics, ctrl.metrics)
+        trainer.print(result.metrics["control"]["verdict"])
+    return result
