@@ -212,3 +212,55 @@ def test_distill_control_on_a_method_without_one_fails_before_training(
     assert main(["distill", str(tmp_path / "ft.yaml"), "--quiet", "--control"]) == 2
     assert "it is the control" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists()
+
+
+def test_precision_rows_int8_and_bf16(trained, teacher_dir, sst2_dir, capsys):
+    import torch
+
+    from bertdistill.inference import load_student
+    from bertdistill.precision import with_precision
+
+    student = trained / "student"
+    r = load_student(student)
+    q = with_precision(r, "int8")
+    assert type(r.model.classifier) is torch.nn.Linear  # the given runner is left as it was
+    assert "quantized" in type(q.model.classifier).__module__
+    b = with_precision(r, "bf16")
+    batch = r.collator()([r.encode(_examples(), 32)[i] for i in range(2)])
+    assert b.predict(batch).logits.dtype == torch.bfloat16 and r.predict(batch).logits.dtype == torch.float32
+    with pytest.raises(Exception, match="precision must be one of"):
+        with_precision(r, "fp8")
+
+    args = ["--task", "sst2", "--data", str(sst2_dir), "--json"]
+    assert main(["evaluate", str(student), *args, "--precision", "fp32", "int8"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [x["precision"] for x in rows] == ["fp32", "int8"] and rows[1]["name"].endswith("[int8]")
+    assert rows[1]["retention"] == pytest.approx(rows[1]["score"] / rows[0]["score"])
+    js = trained / "cmp.json"
+    assert (
+        main(
+            [
+                "compare",
+                str(teacher_dir),
+                str(student),
+                *args[:4],
+                "--json",
+                str(js),
+                "--latency-sentences",
+                "3",
+                "--precision",
+                "fp32",
+                "bf16",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(js.read_text())
+    assert [x["precision"] for x in rows] == ["fp32", "fp32", "bf16"]
+    assert rows[2]["latency_speedup"] > 0 and rows[2]["name"].endswith("[bf16]")
+
+
+def _examples():
+    from bertdistill.data.loading import Examples
+
+    return Examples([("a fine film",), ("dull and long",)], [1, 0], "test")

@@ -123,10 +123,10 @@ def _add_inference_options(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, print_table
+    from .evaluation import compare, evaluate, print_table
 
-    res = evaluate(
-        "+".join(args.model),  # several dirs: one ensemble row (the mean of their probabilities)
+    model = "+".join(args.model)  # several dirs: one ensemble row (the mean of their probabilities)
+    common = dict(
         task=args.task,
         data_path=args.data,
         split=args.split,
@@ -135,8 +135,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         timing=args.timing,
         threads=args.threads,
         max_examples=args.max_examples,
-        **_inference_options(args),
     )
+    if len(args.precision) > 1:  # one row per precision, the first the reference of the others
+        rows = compare(model, [], options=_inference_options(args), precisions=args.precision, **common)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            print_table(rows, teacher=rows[0])
+        return 0
+    res = evaluate(model, precision=args.precision[0], **common, **_inference_options(args))
     if args.json:
         print(json.dumps(res, indent=1))
     else:
@@ -158,6 +165,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         n_latency=args.latency_sentences,
         labels=args.labels,
         options=_inference_options(args),
+        precisions=args.precision,
     )
     print_table(rows, teacher=rows[0])
     if args.plot:
@@ -399,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--timing", action="store_true", help="also measure CPU latency (batch 1) and throughput (32)"
     )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "bf16", "int8"],
+        default=["fp32"],
+        help="inference precision(s): fp32, bf16 autocast (fast only on CPUs with native bf16), dynamic int8; "
+        "several give one row each",
+    )
     _add_inference_options(s)
     s.set_defaults(fn=cmd_evaluate)
 
@@ -410,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-sentences", type=int, default=200)
     s.add_argument("--plot", help="write a PNG of score vs latency here")
     s.add_argument("--json", help="also write the rows to this JSON file")
+    s.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "bf16", "int8"],
+        default=["fp32"],
+        help="inference precision(s): fp32, bf16 autocast (fast only on CPUs with native bf16), dynamic int8; "
+        "several give one row per student each; the teacher stays fp32",
+    )
     _add_inference_options(s)
     s.set_defaults(fn=cmd_compare)
 

@@ -17,6 +17,7 @@ from .config import ConfigError, DataConfig
 from .data.loading import load_examples, resolve_task, subsample
 from .data.tasks import TaskSpec, collapse_warning
 from .inference import EnsembleRunner, batches_of, eval_loop, load_student
+from .precision import PRECISIONS, with_precision
 from .protocol import Runner
 from .timing import make_batches, measure_speed
 
@@ -97,6 +98,7 @@ def compare(
     throughput_batch: int = 32,
     n_throughput: int = 512,
     options: Mapping[str, Any] | None = None,
+    precisions: Sequence[str] = ("fp32",),
 ) -> list[dict[str, Any]]:
     """One row per model (teacher first): metrics, params, size, latency, throughput; students also get
     ``retention`` (score / teacher score) and speed-ups against the teacher, measured in the same run.
@@ -104,6 +106,10 @@ def compare(
     ``options`` (e.g. ``{"speed": 0.5}``) go to every model whose runner declares them; an option no model
     takes is an error. A runner whose options change the computation also times its ``reference`` (e.g.
     FastBERT at full depth) interleaved, giving ``reference_latency_speedup`` / ``reference_throughput_speedup``.
+
+    ``precisions`` (``fp32``, ``bf16``, ``int8``; see :mod:`bertdistill.precision`): one row per student and
+    precision (the teacher stays fp32); with no students, one row of the model per precision, the first being
+    the reference the others' retention and speed-ups are measured against.
     """
     options = {k: v for k, v in dict(options or {}).items() if v is not None}
     paths = [teacher, *students]
@@ -119,6 +125,22 @@ def compare(
                 f"option(s) {unused} apply to none of these models: "
                 + ", ".join(f"{n} ({type(r).__name__})" for n, r in zip(names, runners, strict=True))
             )
+    precs = list(dict.fromkeys(precisions or ("fp32",)))
+    for p in precs:
+        if p not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {p!r}")
+    tagged = [(names[0], paths[0], runners[0], precs[0] if not students else "fp32")]
+    for name, path, runner in (
+        zip(names, paths, runners, strict=True)
+        if not students
+        else zip(names[1:], paths[1:], runners[1:], strict=True)
+    ):
+        for p in precs if students else precs[1:]:
+            tagged.append((name if p == "fp32" else f"{name} [{p}]", path, runner, p))
+    names = [t[0] for t in tagged]
+    paths = [t[1] for t in tagged]
+    runners = [with_precision(t[2], t[3]) for t in tagged]
+    precision_of = [t[3] for t in tagged]
     opts = [_options_for(r, options) for r in runners]
     sections = [dict(r.eval_data(o)) for r, o in zip(runners, opts, strict=True)]
     # a model saved without a recipe (a plain HF dir) is scored on the data of the first one that has it
@@ -142,6 +164,7 @@ def compare(
                 "score": metrics[spec.main_metric],
                 "metrics": metrics,
                 "options": shown,
+                "precision": precision_of[len(rows)],
                 **runner.describe(),
                 "size_mb": size_on_disk_mb(path),
                 "examples": len(data),  # type: ignore[arg-type]
@@ -200,9 +223,11 @@ def evaluate(
     threads: int | None = None,
     max_examples: int | None = None,
     n_latency: int = 200,
+    precision: str = "fp32",
     **options: Any,
 ) -> dict[str, Any]:
-    """Metrics of a saved model on a task split, its size, and (``timing``) its CPU latency / throughput.
+    """Metrics of a saved model on a task split, its size, and (``timing``) its CPU latency / throughput, at
+    ``precision`` (``fp32``, ``bf16`` autocast or dynamic ``int8``; :mod:`bertdistill.precision`).
     ``options`` are the inference options its method declares (e.g. FastBERT's ``speed``: early exit; the
     row then also has the mean exit layer, the FLOPs speed-up and, with ``timing``, the measured speed-up
     against the same model at full depth)."""
@@ -219,6 +244,7 @@ def evaluate(
         max_examples=max_examples,
         n_latency=n_latency,
         options=options,
+        precisions=(precision,),
     )[0]
 
 

@@ -222,6 +222,11 @@ class Trainer:
             gradient_accumulation_steps=run.train.grad_accum,
             kwargs_handlers=[ddp],
         )
+        if run.train.mixed_precision == "bf16" and self.acc.device.type == "cpu":
+            from ..precision import cpu_bf16
+
+            native, why = cpu_bf16()
+            (log.info if native else log.warning)("train.mixed_precision=bf16: %s", why)
         if self.teacher is not None:
             self.teacher.to(self.acc.device)
         self._stage_teachers: dict[str, Teacher] = {}

@@ -1,0 +1,94 @@
+"""Inference precision for ``evaluate`` / ``compare``: fp32, bf16 autocast, dynamic int8.
+
+* ``bf16``: the model's forward under ``torch.autocast`` (CPU: bfloat16). Fast only where the CPU computes bf16
+  natively (AVX-512 BF16 / AMX, see :func:`cpu_bf16`); elsewhere it is emulated and usually *slower* than fp32,
+  which :func:`cpu_bf16` says so that the caller can log it.
+* ``int8``: ``torch.ao.quantization.quantize_dynamic`` of a copy of the model's ``nn.Linear`` (and ``nn.LSTM``)
+  layers: int8 weights, activations quantised on the fly; CPU only.
+
+A precision applies to a loaded :class:`~bertdistill.protocol.Runner` through :func:`with_precision`, which
+returns a new runner and leaves the given one as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, and a sentence saying what was found."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    native = False
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - older or oneDNN-less builds
+        native = False
+    if native:
+        return True, f"this CPU computes bf16 natively (oneDNN bf16 support; torch capability {capability})"
+    return False, (
+        f"this CPU has no native bf16 (torch capability {capability}, no AVX-512 BF16 / AMX): bf16 is emulated "
+        "and usually slower than fp32 here"
+    )
+
+
+def _autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A dynamically int8-quantised copy of ``model`` (its Linear and LSTM layers)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices: the API still works in this torch
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {nn.Linear, nn.LSTM}, dtype=torch.qint8
+        )
+
+
+def with_precision(runner: Any, precision: str) -> Any:
+    """``runner`` at ``precision`` (a shallow copy; ``fp32`` returns ``runner`` itself)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return runner
+    if runner.device().type != "cpu":
+        raise ConfigError(
+            f"precision {precision} is a CPU inference setting; this model is on {runner.device()}"
+        )
+    out = copy.copy(runner)
+    if precision == "int8":
+        out.model = quantize_int8(runner.model)
+        return out
+    native, why = cpu_bf16()
+    if not native:
+        log.warning("bf16: %s", why)
+    predict, timed = out.predict, out.timed
+    out.predict = _autocast(predict)
+
+    def timed_bf16(**options: Any) -> Callable[..., Any]:
+        return _autocast(timed(**options))
+
+    out.timed = timed_bf16
+    return out
+
+
+__all__ = ["PRECISIONS", "cpu_bf16", "quantize_int8", "with_precision"]
