@@ -8,7 +8,9 @@ index m = the output of layer m (1-based); ``attentions`` has L entries, index i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .protocol import Features, Needs
@@ -49,4 +51,66 @@ def forward_features(model: nn.Module, inputs: Mapping[str, Tensor], needs: Need
     return out, select_features(out, needs)
 
 
-__all__ = ["Features", "MissingAttentionsError", "Needs", "forward_features", "select_features"]
+# ----------------------------------------------------------------------------------------------- pre-softmax scores
+
+SCORES_ATTENTION = "bertdistill_scores"
+"""Name of the attention implementation whose ``attentions`` output is the **pre-softmax** scores.
+
+``softmax(QKᵀ·scale + mask)`` is computed exactly as transformers' eager attention does (same dropout on the
+probabilities, same output), but the per-layer ``attentions`` a model returns with ``output_attentions=True``
+are the scaled scores *with the additive mask already added* (masked keys hold the dtype's minimum,
+≈ −3.4e38 in float32) — what TinyBERT and MobileBERT distil. No fork of the model: the function is
+registered in transformers' ``AttentionInterface``, with the eager mask registered for the same name in
+``AttentionMaskInterface`` (without it the mask never arrives)."""
+
+
+def _scores_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, scores
+
+
+def register_score_attention() -> str:
+    """Register :data:`SCORES_ATTENTION` with transformers (idempotent) and return its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(SCORES_ATTENTION, _scores_attention)
+    AttentionMaskInterface.register(SCORES_ATTENTION, eager_mask)
+    return SCORES_ATTENTION
+
+
+def use_score_attention(model: nn.Module) -> nn.Module:
+    """Switch a loaded HF model to :data:`SCORES_ATTENTION` in place (its outputs are unchanged; only the
+    returned ``attentions`` become pre-softmax scores). Not saved in ``config.json``: a saved model loads
+    with transformers' default attention."""
+    register_score_attention()
+    model.set_attn_implementation(SCORES_ATTENTION)  # type: ignore[operator]
+    return model
+
+
+__all__ = [
+    "SCORES_ATTENTION",
+    "Features",
+    "MissingAttentionsError",
+    "Needs",
+    "forward_features",
+    "register_score_attention",
+    "select_features",
+    "use_score_attention",
+]

@@ -175,3 +175,71 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperatu
     log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
     p_t = F.softmax(teacher_logits.float() / t, dim=-1)
     return (-p_t * log_p_s).mean()
+
+
+# ----------------------------------------------------------------------------------------------- MobileBERT
+
+LAYER_NORM_EPS = 1e-12
+"""Epsilon of the parameter-free layer normalisation of the feature-map loss (TF ``layer_norm``'s default,
+as in the official MobileBERT code)."""
+
+
+def layer_norm_mse(student: Tensor, teacher: Tensor, mask: Tensor, eps: float = LAYER_NORM_EPS) -> Tensor:
+    """MobileBERT feature-map transfer (Sun et al. 2020, eq. 1 with the official code's normalisation):
+    ``mean over real tokens × units of (LN(h_S) − LN(h_T))²`` where ``LN`` is layer normalisation over the
+    units *without* parameters (zero mean, unit variance per token). ``[B, T, H]`` states of equal width;
+    padded positions neither contribute nor dilute (the official code averages over the padded batch)."""
+    width = (student.shape[-1],)
+    s = F.layer_norm(student.float(), width, eps=eps)
+    t = F.layer_norm(teacher.float(), width, eps=eps)
+    return masked_mse(s, t, mask)
+
+
+def mean_variance_transfer(student: Tensor, teacher: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The official MobileBERT code's statistics terms (``beta`` / ``gamma`` distill losses) for one layer:
+
+    * mean term ``mean over real tokens of (μ_T − μ_S)²``,
+    * variance term ``mean over real tokens of |σ²_T − σ²_S|``,
+
+    with μ, σ² the mean and (population) variance of a token's state over its units. The teacher statistics
+    are those of the *same* layer's teacher state — the official code reads them from the stack of all
+    teacher layers (``teacher_hiddens`` instead of ``teacher_hidden``), a bug not reproduced here."""
+    s, t = student.float(), teacher.float()
+    mu_s, mu_t = s.mean(-1), t.mean(-1)
+    var_s = (s - mu_s.unsqueeze(-1)).pow(2).mean(-1)
+    var_t = (t - mu_t.unsqueeze(-1)).pow(2).mean(-1)
+    m = mask.to(s.dtype)
+    n = m.sum().clamp_min(1.0)
+    return ((mu_t - mu_s).pow(2) * m).sum() / n, ((var_t - var_s).abs() * m).sum() / n
+
+
+def attention_cross_entropy(student_scores: Tensor, teacher_scores: Tensor, mask: Tensor) -> Tensor:
+    """MobileBERT attention transfer: per head and real query, ``−Σ_k p_T(k) · log p_S(k)`` over the real
+    keys (= KL(p_T ‖ p_S) + H(p_T), the official ``kl_divergence``), averaged over batch × heads × real queries.
+
+    Inputs are **pre-softmax** scores ``[B, heads, T, T]``; ``p = softmax`` over the keys with padded keys
+    excluded (the official code gives them the score −6 instead, a small leftover mass). When the teacher has
+    ``r`` times the student's heads, its *distributions* are averaged in groups of ``r`` consecutive heads
+    (:func:`average_heads` on probabilities) so that each student head learns a proper distribution."""
+    keep = mask.bool()[:, None, None, :]
+    log_s = _masked_log_probs(student_scores, mask)
+    p_t = average_heads(_masked_log_probs(teacher_scores, mask).exp(), student_scores.shape[1])
+    ce = -(p_t * log_s.masked_fill(~keep, 0.0)).sum(-1)  # [B, H, T]
+    rows = mask.to(ce.dtype)[:, None, :].expand_as(ce)
+    return (ce * rows).sum() / rows.sum().clamp_min(1.0)
+
+
+def soft_label_mlm_ce(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, ground_truth_ratio: float = 0.5
+) -> Tensor:
+    """MobileBERT pre-training distillation (official ``distill_ground_truth_ratio``): cross-entropy of the
+    student's masked-token distribution against the target ``(1 − r)·softmax(z_T) + r·one_hot(x)``, mean over
+    the ``M`` predicted positions. ``student_logits`` / ``teacher_logits`` are ``[M, V]`` rows of those
+    positions, ``labels`` ``[M]`` their original ids; r = 0.5 in the paper's command."""
+    if labels.numel() == 0:
+        return student_logits.sum() * 0.0
+    log_p_s = F.log_softmax(student_logits.float(), dim=-1)
+    p_t = F.softmax(teacher_logits.float(), dim=-1)
+    soft = -(p_t * log_p_s).sum(-1)
+    hard = -log_p_s.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return ((1.0 - ground_truth_ratio) * soft + ground_truth_ratio * hard).mean()

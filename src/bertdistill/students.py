@@ -151,13 +151,13 @@ def build_student(
             )
         extra = {k: v for k, v in overrides.items() if k != "num_hidden_layers"}
         student = copy_layers(teacher, layers, attn_implementation, **extra)
-        for k, v in _label_kwargs(task).items():
+        for k, v in label_kwargs(task).items():
             setattr(student.config, k, v)
         return student, {"init": "teacher", "teacher_layers": layers}
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    label_kw = _label_kwargs(task)
+    label_kw = label_kwargs(task)
     if cfg.init == "pretrained":
         if not cfg.path:
             raise ConfigError("student.init: pretrained needs student.path (a hub name or a model dir)")
@@ -179,7 +179,7 @@ def build_student(
     return model, {"init": "random", "config_from": cfg.path or "teacher"}
 
 
-def _label_kwargs(task: TaskSpec) -> dict[str, Any]:
+def label_kwargs(task: TaskSpec) -> dict[str, Any]:
     if task.regression:
         return {"num_labels": 1, "problem_type": "regression"}
     return {
