@@ -163,6 +163,30 @@ def corpus_file(tmp_path_factory) -> Path:
     return path
 
 
+def toy_translation(words: list[str]) -> list[str]:
+    """A fixed word-for-word "translation" of toy sentences: each vocabulary word maps to another one."""
+    table = dict(zip(WORDS, reversed(WORDS), strict=True))
+    return [table.get(w, w) for w in words]
+
+
+def write_parallel(root: Path, n_train: int = 64, n_dev: int = 16, n_test: int = 8, seed: int = 0) -> Path:
+    """``train.tsv`` / ``dev.tsv`` / ``test.tsv``: ``source<TAB>target`` toy pairs (learnable: a word map)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        lines = []
+        for i in range(n):
+            src = make_sentence(rng, i % 2).split()
+            lines.append(f"{' '.join(src)}\t{' '.join(toy_translation(src))}")
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def parallel_dir(tmp_path_factory) -> Path:
+    return write_parallel(tmp_path_factory.mktemp("parallel"))
+
+
 @pytest.fixture(scope="session")
 def mlm_teacher_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A tiny random 4-layer BERT masked LM (stands in for a teacher with a trained MLM head)."""

@@ -41,6 +41,7 @@ from bertdistill.losses import (
 )
 from bertdistill.methods.tinybert import SCORES_ATTENTION, use_score_attention
 from bertdistill.protocol import Needs
+from bertdistill.teachers import CachedTeacher
 from bertdistill.training.loop import Trainer, distill
 from bertdistill.training.optim import build_optimizer
 from conftest import SPECIAL, assert_same_run, kill_then_resume, method_terms, recipe, tiny_bert_config
@@ -644,7 +645,7 @@ def test_cli_augment_then_teacher_labels_it(augmenter_parts, teacher_dir, sst2_d
     result = tr.train()
     assert "accuracy" in result.metrics
     cache = list((tmp_path / "cache" / "teacher").iterdir())  # relabelled through the teacher cache
-    assert len(cache) == 1 and load_file(str(cache[0] / "outputs.safetensors"))["logits"].shape == (
+    assert len(cache) == 1 and CachedTeacher.open(cache[0], Needs()).tensors["logits"].shape == (
         len(train),
         2,
     )

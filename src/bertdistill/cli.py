@@ -193,6 +193,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Text in, text out: one output line per input line (a seq2seq student translates)."""
+    from .inference import load_student
+
+    runner = load_student(args.model, device=args.device or "cpu")
+    options = runner.check_options(_inference_options(args))
+    if args.input and args.input != "-":
+        with open(args.input, encoding="utf-8") as f:
+            lines = [ln.rstrip("\r\n") for ln in f]
+    else:
+        lines = [ln.rstrip("\r\n") for ln in sys.stdin]
+    outputs = runner.generate(lines, batch_size=args.batch_size, max_length=args.max_length, **options)
+    text = "".join(o + "\n" for o in outputs)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Fine-tune one teacher per seed (an ensemble for MT-DNN KD): ``<output>/seed-<N>/`` each."""
     out = Path(args.output)
@@ -446,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     _add_inference_options(s)
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser(
+        "generate",
+        help="generate text for lines of a file or stdin (a seq2seq student translates)",
+        description="One output line per input line, in order (an empty line gives an empty line). Decoding "
+        "options are the student's (--beam for beam search; greedy by default).",
+    )
+    s.add_argument("model", help="a saved student dir that generates text (a seq2seq student)")
+    s.add_argument(
+        "input", nargs="?", default="-", help="text file, one source sentence per line (default stdin)"
+    )
+    s.add_argument("--output", "-o", help="write here instead of stdout")
+    s.add_argument("--max-length", type=int, default=128, help="source tokens kept per line")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--device", help="cpu (default), cuda, cuda:1 ...")
+    _add_inference_options(s)
+    s.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser(
         "ensemble",

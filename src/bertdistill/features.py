@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .protocol import Features, Needs
+from .protocol import Features, Needs, TokenTopK
 
 
 class MissingAttentionsError(RuntimeError):
@@ -42,7 +42,30 @@ def select_features(output: object, needs: Needs) -> Features:
         keep = range(len(att)) if needs.attention_layers is None else needs.attention_layers
         for i in keep:
             feats.attentions[i] = att[i]
+    if needs.token_topk:
+        feats.topk = token_topk(output, needs.token_topk)
     return feats
+
+
+def token_topk(output: object, k: int) -> TokenTopK:
+    """The top-k of every row of the output's token-level ``logits``: ragged rows ``[M, V]`` with ``row_counts``
+    ``[B]``, or ``[B, T, V]`` (then every position is a row)."""
+    logits = getattr(output, "logits", None)
+    if logits is None:
+        raise RuntimeError("Needs.token_topk: the model returned no logits")
+    counts = getattr(output, "row_counts", None)
+    if counts is None:
+        if logits.dim() != 3:
+            raise RuntimeError(
+                f"Needs.token_topk: logits [B, T, V] or ragged rows with row_counts, got {tuple(logits.shape)}"
+            )
+        b, t = logits.shape[:2]
+        counts = torch.full((b,), t, dtype=torch.long, device=logits.device)
+        logits = logits.reshape(b * t, -1)
+    if k > logits.shape[-1]:
+        raise ValueError(f"Needs.token_topk = {k} is larger than the vocabulary ({logits.shape[-1]})")
+    values, indices = logits.float().topk(k, dim=-1)
+    return TokenTopK(values, indices, counts)
 
 
 def forward_features(model: nn.Module, inputs: Mapping[str, Tensor], needs: Needs) -> tuple[object, Features]:
@@ -112,5 +135,6 @@ __all__ = [
     "forward_features",
     "register_score_attention",
     "select_features",
+    "token_topk",
     "use_score_attention",
 ]

@@ -243,3 +243,32 @@ def soft_label_mlm_ce(
     soft = -(p_t * log_p_s).sum(-1)
     hard = -log_p_s.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
     return ((1.0 - ground_truth_ratio) * soft + ground_truth_ratio * hard).mean()
+
+
+# ----------------------------------------------------------------------------------------------- C-MLM
+
+
+def label_smoothed_ce(logits: Tensor, targets: Tensor, epsilon: float) -> Tensor:
+    """Cross-entropy with label smoothing (Szegedy et al. 2016), mean over rows:
+    ``(1 − ε)·(−log q_y) + ε·mean_v(−log q_v)`` — the target's share of the smoothed distribution is
+    ``1 − ε + ε/V`` and every other class gets ``ε/V`` (torch's ``label_smoothing``). ``logits`` ``[N, V]``,
+    ``targets`` ``[N]`` (select the real tokens first)."""
+    if targets.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), targets.long(), label_smoothing=float(epsilon))
+
+
+def topk_soft_ce(
+    student_logits: Tensor, teacher_topk_logits: Tensor, teacher_topk_ids: Tensor, temperature: float
+) -> Tensor:
+    """C-MLM's knowledge-distillation term (Chen et al. 2020, official ``kd_loss``), mean over rows:
+    ``−Σ_j p_j · log softmax(z_S)[id_j]`` with ``p = softmax(z_T^top-k / t)``.
+
+    The teacher's distribution is renormalised over its top-k logits only (the other V − k classes get 0), with
+    temperature t on the teacher alone; the student keeps its plain log-softmax over the whole vocabulary, and
+    there is no t² factor. ``student_logits`` ``[N, V]``, ``teacher_topk_*`` ``[N, k]`` (rows aligned)."""
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    p = F.softmax(teacher_topk_logits.float() / float(temperature), dim=-1)
+    log_q = F.log_softmax(student_logits.float(), dim=-1).gather(-1, teacher_topk_ids.long())
+    return -(p * log_q).sum(-1).mean()

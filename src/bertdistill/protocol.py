@@ -16,8 +16,8 @@ Data flow between hooks is explicit: each hook receives what it needs (the teach
     datasets = method.datasets(tokenizer)                 # tokenizer: the teacher's (or student.path's)
     built = method.build_student(teacher, datasets)       # BuiltStudent(bundle, info)
     collate = method.collator(tokenizer, datasets)
-    for stage in method.stages():
-        needs = method.teacher_needs(stage, bundle)
+    for stage in method.stages():                          # a stage with trains=False only builds its
+        needs = method.teacher_needs(stage, bundle)        # teacher outputs in the cache (no steps)
         ...  bundle(**method.student_inputs(batch, stage))  -> ModelOutput   (through the DDP wrapper)
         ...  method.loss(stage, batch, student_out, teacher_out, bundle)  -> dict of weighted terms
     method.export_model(bundle, last_stage).save_pretrained(...)
@@ -70,9 +70,27 @@ class Needs:
     cls_only: bool = False
     """Keep only the first position of each hidden state (``[B, 1, H]``): [CLS]-level losses (PKD) need no
     more, and a teacher cache of full states is ~T times larger."""
+    token_topk: int | None = None
+    """Keep only the top-k of each row of token-level logits (:class:`TokenTopK`): per-token soft labels over a
+    vocabulary (C-MLM), whose full ``[T, V]`` rows no cache could hold. The model's ``logits`` are ragged rows
+    ``[M, V]`` with ``row_counts`` ``[B]`` (the rows of each example, in order), or ``[B, T, V]`` (every
+    position)."""
 
     def key(self) -> str:
         return repr(self)
+
+
+@dataclass
+class TokenTopK:
+    """The top-k logits of token-level rows, ragged over a batch: the rows of example 0, then of example 1 …
+    (``counts[b]`` rows each), each with its ``k`` largest logits (descending) and their vocabulary ids."""
+
+    values: Tensor
+    """``[M, k]`` logits, M = ``counts.sum()``."""
+    indices: Tensor
+    """``[M, k]`` vocabulary ids (long)."""
+    counts: Tensor
+    """``[B]`` rows per example."""
 
 
 @dataclass
@@ -83,6 +101,8 @@ class Features:
     logits: Tensor | None = None
     hidden_states: dict[int, Tensor] = field(default_factory=dict)  # index in HF hidden_states -> [B, T, H]
     attentions: dict[int, Tensor] = field(default_factory=dict)  # layer (0-based) -> [B, heads, T, T]
+    topk: TokenTopK | None = None
+    """Per-token top-k logits (``Needs.token_topk``)."""
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -111,6 +131,10 @@ class Stage:
     """Whether the task metric is meaningful after this stage (False for e.g. pre-training stages)."""
     cacheable: bool = True
     """Whether teacher outputs for this stage's data may be cached (False when data changes per epoch)."""
+    trains: bool = True
+    """False: a *preparation* stage — nothing trains; the engine builds the stage's teacher outputs for its data
+    in the teacher cache (timed, with a progress bar, resumable), for the stages after it that read them (e.g.
+    C-MLM's soft labels). It logs no loss terms."""
     teacher: str | None = None
     """Path / hub name of this stage's teacher (loaded with ``Method.load_teacher_model(path, stage)``);
     ``None`` = the run's ``teacher.path``. E.g. a pre-trained teacher for a general stage, then the
@@ -131,7 +155,8 @@ class MethodTestConfig:
     the method's loss falls on one repeated batch (e.g. only the teacher term, when gold labels and a random
     teacher disagree). String values may name the fixtures in braces: ``{teacher}``, ``{mlm_teacher}`` (a tiny
     BERT masked LM), ``{encoder}`` (a BERT encoder without a head), ``{corpus}`` (a toy text file, one sentence
-    per line), ``{sst2}``, ``{stsb}``, ``{tokenizer}``, ``{glove}`` (a toy word-vector file)."""
+    per line), ``{sst2}``, ``{stsb}``, ``{tokenizer}``, ``{glove}`` (a toy word-vector file), ``{parallel}`` (a
+    dir of toy ``source<TAB>target`` pairs: ``train.tsv``, ``dev.tsv``, ``test.tsv``)."""
 
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     overfit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -288,6 +313,23 @@ class Runner:
             for row, v in zip(out, values.tolist(), strict=True):
                 row[name] = v
         return out
+
+    def main_metric(self) -> str:
+        """The metric that ranks this runner's scores (model selection, ``compare``'s ``score``); default: the
+        task's main metric."""
+        if self.task is None:
+            raise ConfigError("no task: the main metric is unknown")
+        return self.task.main_metric
+
+    def generate(
+        self, texts: Sequence[str], batch_size: int = 32, max_length: int = 128, **options: Any
+    ) -> list[str]:
+        """Text out for text in, one output per input (``bertdistill generate``): students that generate text
+        (a seq2seq student) override it."""
+        raise ConfigError(
+            f"{self.path or type(self.model).__name__} ({type(self).__name__}) does not generate text; "
+            "`bertdistill predict` gives its labels"
+        )
 
     def describe(self) -> dict[str, Any]:
         """Size and shape for tables: parameters, layers × hidden (when the config says)."""
@@ -467,5 +509,6 @@ __all__ = [
     "Prediction",
     "Runner",
     "Stage",
+    "TokenTopK",
     "unwrap",
 ]

@@ -4,8 +4,8 @@ A :class:`Teacher` is ``eval()``, ``requires_grad_(False)`` and only ever run un
 is never part of the trainable bundle and never wrapped for DDP. An :class:`EnsembleTeacher` is several of
 them read as one: the mean of their class probabilities (MT-DNN KD). A :class:`CachedTeacher` computes the
 outputs a method needs once per (teacher weights, the *teacher's* tokens of the dataset, needs, dtype)
-fingerprint, stores them with safetensors, and serves them by example index afterwards — across epochs and
-across runs. :class:`GroupedSource` routes the batches of a grouped (multi-task) dataset to each group's
+fingerprint, stores them with safetensors in shards (an interrupted build resumes at the first missing shard),
+and serves them by example index afterwards — across epochs and across runs. :class:`GroupedSource` routes the batches of a grouped (multi-task) dataset to each group's
 teacher source.
 """
 
@@ -16,23 +16,26 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .data.loading import BatchSampler, Collator, TokenizedDataset, teacher_inputs, teacher_view
 from .features import forward_features
-from .protocol import Features, Needs
+from .protocol import Features, Needs, TokenTopK
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+SHARD_EXAMPLES = 4096
+"""Examples per shard of a cache build: what one build holds in memory and what a resumed build may redo."""
 
 
 def default_cache_dir() -> Path:
@@ -152,18 +155,42 @@ class CachedTeacher:
     """Teacher outputs for one dataset, computed once and served by example index.
 
     Logits are stored ``[N, C]``; hidden states and attention maps, which vary in length, are stored flat
-    with per-example offsets (no padding on disk) and re-padded to each batch's width when served.
+    with per-example offsets (no padding on disk) and re-padded to each batch's width when served; per-token
+    top-k logits (``Needs.token_topk``) are stored as ragged rows ``[R, k]`` (values and int32 ids) with
+    per-example row offsets.
+
+    The build is sharded and resumable: examples are processed ``shard_examples`` at a time (in index order),
+    each shard written atomically to ``<root>.partial/part-NNNNN.safetensors`` (with its compute time in the
+    file's metadata) as soon as it is done, so memory holds one shard and an interrupted build — a killed run
+    — resumes at the first missing shard. ``meta.json`` (written last, then the dir renamed to ``<root>``)
+    marks a complete cache; it records the total build time over every session (``build_seconds``).
     """
 
-    def __init__(self, root: Path, needs: Needs, tensors: dict[str, Tensor], lengths: Tensor) -> None:
+    def __init__(
+        self,
+        root: Path,
+        needs: Needs,
+        tensors: dict[str, Tensor],
+        lengths: Tensor,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.root = root
         self.needs = needs
         self.tensors = tensors
         self.lengths = lengths
+        self.meta = dict(meta or {})
+        self.built_now = False
+        """True when this object's ``load_or_build`` computed (some of) the outputs, False on a cache hit."""
         self.offsets: dict[str, Tensor] = {}
         for key, t in tensors.items():
             if key.startswith("offsets."):
                 self.offsets[key[len("offsets.") :]] = t
+
+    @property
+    def build_seconds(self) -> float | None:
+        """Teacher compute time of the whole build (summed over interrupted and resumed sessions)."""
+        v = self.meta.get("build_seconds")
+        return None if v is None else float(v)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -191,6 +218,8 @@ class CachedTeacher:
         dtype: str = "float32",
         batch_size: int = 128,
         progress: Any = None,
+        label: str = "teacher cache",
+        shard_examples: int | None = None,
     ) -> CachedTeacher:
         data = teacher_view(data)  # type: ignore[assignment]
         if not isinstance(data, TokenizedDataset):
@@ -198,67 +227,100 @@ class CachedTeacher:
         root = (cache_dir or default_cache_dir()) / "teacher" / cls.fingerprint(teacher, data, needs, dtype)
         if (root / "meta.json").is_file():
             log.info("teacher cache hit: %s", root)
-            return cls._load(root, needs)
-        log.info("building teacher cache for %d examples at %s", len(data), root)
+            return cls.open(root, needs)
+        shard_examples = shard_examples or SHARD_EXAMPLES
+        partial = root.with_name(root.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        shards = [range(s, min(s + shard_examples, len(data))) for s in range(0, len(data), shard_examples)]
+        done = sum(1 for k in range(len(shards)) if _shard_path(partial, k).is_file())
+        log.info(
+            "building teacher cache for %d examples at %s (%d/%d shards already done)",
+            len(data),
+            root,
+            done,
+            len(shards),
+        )
         collator = Collator(pad_token_id)
-        tensors = cls._compute(teacher, data, needs, collator, getattr(torch, dtype), batch_size, progress)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
+        batches = [_shard_batches(data, rows, batch_size) for rows in shards]
+        task = (
+            progress.add_task(label, total=sum(len(b) for b in batches), terms="")
+            if progress is not None
+            else None
+        )
+        seconds = 0.0
+        for k, rows in enumerate(shards):
+            path = _shard_path(partial, k)
+            if path.is_file():
+                seconds += _shard_seconds(path)
+                if task is not None:
+                    progress.advance(task, len(batches[k]))
+                continue
+            t0 = time.perf_counter()
+            tensors = cls._compute(
+                teacher, data, rows, batches[k], needs, collator, getattr(torch, dtype), progress, task
+            )
+            spent = time.perf_counter() - t0
+            seconds += spent
+            _atomic_save(tensors, path, {"seconds": repr(spent), "examples": str(len(rows))})
+        if task is not None:
+            progress.remove_task(task)
+        meta = {
+            "format": CACHE_FORMAT,
+            "teacher": teacher.fingerprint(),
+            "data": data.fingerprint(),
+            "needs": needs.key(),
+            "dtype": dtype,
+            "examples": len(data),
+            "shards": len(shards),
+            "shard_examples": shard_examples,
+            "build_seconds": seconds,
+        }
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
-            save_file(tensors, str(tmp / "outputs.safetensors"))
-            meta = {
-                "format": CACHE_FORMAT,
-                "teacher": teacher.fingerprint(),
-                "data": data.fingerprint(),
-                "needs": needs.key(),
-                "dtype": dtype,
-                "examples": len(data),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            try:
-                os.replace(tmp, root)
-            except OSError:  # another process built it first
-                shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return cls._load(root, needs)
+            os.replace(partial, root)
+        except OSError:  # another process built it first
+            shutil.rmtree(partial, ignore_errors=True)
+        cache = cls.open(root, needs)
+        cache.built_now = True
+        return cache
 
     @classmethod
-    def _load(cls, root: Path, needs: Needs) -> CachedTeacher:
-        tensors = load_file(str(root / "outputs.safetensors"))
-        return cls(root, needs, tensors, tensors["lengths"])
+    def open(cls, root: Path, needs: Needs) -> CachedTeacher:
+        """A complete cache dir (``meta.json`` present): its shards merged in memory."""
+        meta = json.loads((root / "meta.json").read_text())
+        parts = [load_file(str(_shard_path(root, k))) for k in range(int(meta["shards"]))]
+        tensors = _merge_shards(parts)
+        return cls(root, needs, tensors, tensors["lengths"], meta)
 
     @staticmethod
     @torch.no_grad()
     def _compute(
         teacher: Any,
         data: TokenizedDataset,
+        rows: range,
+        batches: list[list[int]],
         needs: Needs,
         collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
         dtype: torch.dtype,
-        batch_size: int,
         progress: Any,
+        task: Any,
     ) -> dict[str, Tensor]:
-        n = len(data)
-        lengths = torch.tensor(data.lengths, dtype=torch.long)
+        """The outputs of examples ``rows`` (one shard), indexed from the shard's first example."""
+        n, start = len(rows), rows.start
+        lengths = torch.tensor([data.lengths[i] for i in rows], dtype=torch.long)
         loader = DataLoader(  # its own generator: building a cache must not move the global RNG (dropout)
-            data,
-            batch_sampler=BatchSampler(data.lengths, batch_size, shuffle=False),
-            collate_fn=collator,
-            generator=torch.Generator().manual_seed(0),
+            data, batch_sampler=batches, collate_fn=collator, generator=torch.Generator().manual_seed(0)
         )
         logits: Tensor | None = None
         chunks: dict[str, list[tuple[int, Tensor]]] = {}
-        task = progress.add_task("teacher cache", total=len(loader)) if progress is not None else None
         for batch in loader:
             f = teacher.features(batch, needs)
-            idx = batch["idx"]
+            local = batch["idx"] - start
             if f.logits is not None:
                 if logits is None:
                     logits = torch.zeros((n, *f.logits.shape[1:]), dtype=dtype)
-                logits[idx] = f.logits.to("cpu", dtype)
-            for i, row in enumerate(idx.tolist()):
+                logits[local] = f.logits.to("cpu", dtype)
+            for i, row in enumerate(local.tolist()):
                 k = int(lengths[row])
                 for layer, h in f.hidden_states.items():
                     chunks.setdefault(f"hidden.{layer}", []).append(
@@ -268,15 +330,21 @@ class CachedTeacher:
                     chunks.setdefault(f"attention.{layer}", []).append(
                         (row, a[i, :, :k, :k].to("cpu", dtype).reshape(-1))
                     )
+            if f.topk is not None:
+                _collect_topk(f.topk, local, dtype, chunks)
             if task is not None:
                 progress.advance(task)
-        if task is not None:
-            progress.remove_task(task)
         out: dict[str, Tensor] = {"lengths": lengths}
         if logits is not None:
             out["logits"] = logits
         for key, items in chunks.items():
             items.sort(key=lambda x: x[0])
+            if key.startswith("topk."):
+                out[key] = torch.cat([t for _, t in items])
+                if key == "topk.values":
+                    sizes = torch.tensor([t.shape[0] for _, t in items], dtype=torch.long)
+                    out["offsets.topk"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+                continue
             sizes = torch.tensor([t.numel() for _, t in items], dtype=torch.long)
             out[key] = torch.cat([t for _, t in items]) if items else torch.zeros(0, dtype=dtype)
             out[f"offsets.{key}"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
@@ -295,7 +363,19 @@ class CachedTeacher:
                 kind, layer = key.split(".")
                 feats_dict = feats.hidden_states if kind == "hidden" else feats.attentions
                 feats_dict[int(layer)] = self._gather(kind, flat, self.offsets[key], idx, width).to(device)
+        if "topk.values" in self.tensors:
+            feats.topk = self._gather_topk(idx, device)
         return feats
+
+    def _gather_topk(self, idx: Tensor, device: torch.device) -> TokenTopK:
+        off = self.offsets["topk"]
+        starts, counts = off[idx], off[idx + 1] - off[idx]
+        rows = ragged_rows(starts, counts)
+        return TokenTopK(
+            self.tensors["topk.values"][rows].float().to(device),
+            self.tensors["topk.indices"][rows].long().to(device),
+            counts.to(device),
+        )
 
     def _gather(self, kind: str, flat: Tensor, offsets: Tensor, idx: Tensor, width: int) -> Tensor:
         rows = []
@@ -313,3 +393,66 @@ class CachedTeacher:
                 a = piece.reshape(heads, k, k)
                 rows.append(torch.nn.functional.pad(a, (0, width - k, 0, width - k)))
         return torch.stack(rows)
+
+
+def ragged_rows(starts: Tensor, counts: Tensor) -> Tensor:
+    """Row numbers ``starts[0] … starts[0]+counts[0]-1, starts[1] …`` of a ragged selection, as one tensor."""
+    total = int(counts.sum())
+    if total == 0:
+        return torch.zeros(0, dtype=torch.long)
+    first = torch.repeat_interleave(starts, counts)
+    within = torch.arange(total) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    return first + within
+
+
+def _collect_topk(
+    topk: TokenTopK, local: Tensor, dtype: torch.dtype, chunks: dict[str, list[tuple[int, Tensor]]]
+) -> None:
+    counts = topk.counts.cpu()
+    if len(counts) != len(local):
+        raise RuntimeError(f"token top-k: {len(counts)} row counts for a batch of {len(local)} examples")
+    values = topk.values.to("cpu", dtype).split(counts.tolist())
+    indices = topk.indices.to("cpu", torch.int32).split(counts.tolist())
+    for row, v, i in zip(local.tolist(), values, indices, strict=True):
+        chunks.setdefault("topk.values", []).append((row, v))
+        chunks.setdefault("topk.indices", []).append((row, i))
+
+
+def _shard_path(root: Path, k: int) -> Path:
+    return root / f"part-{k:05d}.safetensors"
+
+
+def _shard_batches(data: TokenizedDataset, rows: range, batch_size: int) -> list[list[int]]:
+    """Length-sorted batches of the examples ``rows`` (global indices)."""
+    lengths = [data.lengths[i] for i in rows]
+    return [[rows.start + i for i in b] for b in BatchSampler(lengths, batch_size, shuffle=False)]
+
+
+def _shard_seconds(path: Path) -> float:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return float(meta.get("seconds", 0.0))
+
+
+def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _merge_shards(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """One dict of tensors from per-shard dicts: rows concatenated, flat tensors concatenated with their
+    per-example offsets shifted."""
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, Tensor] = {}
+    for key in parts[0]:
+        if key.startswith("offsets."):
+            pieces, base = [torch.zeros(1, dtype=torch.long)], 0
+            for p in parts:
+                pieces.append(p[key][1:] + base)
+                base += int(p[key][-1])
+            out[key] = torch.cat(pieces)
+        else:
+            out[key] = torch.cat([p[key] for p in parts])
+    return out

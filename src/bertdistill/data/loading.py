@@ -166,7 +166,12 @@ def read_hf(task: TaskSpec, split: str) -> Examples:  # pragma: no cover - needs
 
 
 def load_examples(cfg: DataConfig, task: TaskSpec, split: str) -> Examples:
-    """Examples of ``split`` (train / dev / test / dev_mismatched ...) from wherever ``cfg`` points."""
+    """Examples of ``split`` (train / dev / test / dev_mismatched ...) from wherever ``cfg`` points; for the
+    ``translation`` task, (source, target) pairs (:func:`bertdistill.data.parallel.load_parallel`)."""
+    if task.name == "translation":
+        from .parallel import load_parallel
+
+        return load_parallel(cfg, split)
     fmt = cfg.format
     if cfg.path is None:
         if fmt not in ("auto", "hf"):

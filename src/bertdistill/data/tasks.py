@@ -283,7 +283,7 @@ HF_LABEL_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-# Pseudo-tasks for raw-text methods (``distilbert``, ``mlm``): no labels, no GLUE files; the method's own
+# Pseudo-tasks for raw-text methods (``distilbert``, ``mlm``) and parallel text: no labels, no GLUE files; the method's own
 # ``evaluate`` returns the metrics (held-out MLM loss and perplexity), and ``main_metric`` (higher is better)
 # drives model selection.
 RAW_TEXT_TASKS: dict[str, TaskSpec] = {
@@ -291,6 +291,11 @@ RAW_TEXT_TASKS: dict[str, TaskSpec] = {
     # several tasks in one run (MT-DNN KD): the method names the tasks; model selection on the mean of their
     # main metrics
     "multitask": TaskSpec(name="multitask", text_fields=("text",), metrics=(), main_metric="average"),
+    # parallel text (seq2seq students, C-MLM): pairs read by data/parallel.py (``data.text_fields`` = the source
+    # and target languages); scored by the runner with sacreBLEU on detokenised text
+    "translation": TaskSpec(
+        name="translation", text_fields=("source", "target"), metrics=(), main_metric="bleu"
+    ),
 }
 
 

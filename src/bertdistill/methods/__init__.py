@@ -1,3 +1,3 @@
 """Built-in methods; importing this package registers each of them."""
 
-from . import bilstm, distilbert, fastbert, finetune, kd, mlm, mobilebert, mtdnn_kd, pkd, tinybert  # noqa: F401
+from . import bilstm, cmlm, distilbert, fastbert, finetune, kd, mlm, mobilebert, mtdnn_kd, pkd, tinybert  # noqa: F401

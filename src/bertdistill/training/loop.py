@@ -268,7 +268,9 @@ class Trainer:
             self._stage_teachers[path] = Teacher(model).to(self.acc.device)
         return self._stage_teachers[path]
 
-    def _teacher_source(self, stage: Stage, si: int, data: Any, needs: Needs, progress: Any) -> Any:
+    def _teacher_source(
+        self, stage: Stage, si: int, data: Any, needs: Needs, progress: Any, label: str = "teacher cache"
+    ) -> Any:
         """Where the stage's teacher outputs come from: live, cached on disk, or per group."""
         if not stage.uses_teacher:
             return None
@@ -294,14 +296,16 @@ class Trainer:
                 members = [self._teacher_at(p, stage, keep) for p in paths]
                 regression = bool(getattr(parts[group], "regression", False))
                 teacher: Any = members[0] if len(members) == 1 else EnsembleTeacher(members, regression)
-                sources[group] = self._maybe_cached(teacher, stage, parts[group], needs, progress)
+                sources[group] = self._maybe_cached(teacher, stage, parts[group], needs, progress, label)
             return GroupedSource(sources)
         teacher = self.teacher if stage.teacher is None else self._teacher_at(stage.teacher, stage, keep)
         if teacher is None:
             raise ConfigError(f"stage {stage.name!r} uses a teacher, but none is set (teacher.path)")
-        return self._maybe_cached(teacher, stage, data, needs, progress)
+        return self._maybe_cached(teacher, stage, data, needs, progress, label)
 
-    def _maybe_cached(self, teacher: Any, stage: Stage, data: Any, needs: Needs, progress: Any) -> Any:
+    def _maybe_cached(
+        self, teacher: Any, stage: Stage, data: Any, needs: Needs, progress: Any, label: str = "teacher cache"
+    ) -> Any:
         if not (
             self.run.teacher.cache and stage.cacheable and isinstance(teacher_view(data), TokenizedDataset)
         ):
@@ -317,14 +321,22 @@ class Trainer:
                 self.run.teacher.cache_dtype,
                 self.run.teacher.batch_size,
                 progress,
+                label,
             )
 
     def evaluate_now(self, stage: Stage | None) -> dict[str, float]:
+        return self._evaluate(stage)[0]
+
+    def _evaluate(self, stage: Stage | None) -> tuple[dict[str, float], str]:
+        """The stage's metrics on the eval set and the name of the one that selects models (``train.
+        metric_for_best``, else the runner's main metric: a stage may score differently from the task, e.g. a
+        teacher stage by masked-token accuracy)."""
         assert self.eval_loader is not None
         runner = self.method.runner(self.unwrapped(), self.student_tokenizer, stage)
-        return eval_loop(
+        metrics = eval_loop(
             runner, self.eval_loader, self.acc.gather_for_metrics, **self.method.eval_options(stage)
         )
+        return metrics, self.run.train.metric_for_best or runner.main_metric()
 
     def _save_model(self, target: Path, stage: Stage | None, metrics: dict[str, Any] | None = None) -> None:
         model = self.method.export_model(self.unwrapped(), stage)
@@ -367,6 +379,10 @@ class Trainer:
                         shutil.rmtree(self.out / "best", ignore_errors=True)
                 if state.stage_done:
                     continue
+                if not stage.trains:
+                    self.prepare_stage(stage, si, state, progress)
+                    state.stage_done = True
+                    continue
                 sr = self.setup_stage(stage, si, state, progress, resume_from)
                 resume_from = None
                 self.run_stage(sr, state, ckpt_root, progress)
@@ -374,6 +390,46 @@ class Trainer:
                     self._save_stage_output(stage)
                 state.stage_done = True
         return self._finish(state)
+
+    def prepare_stage(self, stage: Stage, si: int, state: TrainerState, progress: Any) -> None:
+        """A stage that trains nothing (``Stage.trains`` False): build its teacher outputs for its data in the
+        teacher cache — resumable, with a progress bar — for the stages after it, and report the time."""
+        data = self.datasets.get(stage.data)
+        if data is None:
+            raise ConfigError(
+                f"stage {stage.name!r} reads dataset {stage.data!r}, which the method did not build"
+            )
+        n = len(data)  # type: ignore[arg-type]
+        needs = self.method.teacher_needs(stage, self.unwrapped())
+        t0 = time.perf_counter()
+        source = self._teacher_source(stage, si, data, needs, progress, label=stage.name)
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "step": state.global_step,
+            "stage": stage.name,
+            "prepared": "teacher cache" if isinstance(source, CachedTeacher) else "nothing",
+            "examples": n,
+            "seconds": seconds,
+        }
+        if isinstance(source, CachedTeacher):
+            record.update(
+                cache=str(source.root),
+                cache_hit=not source.built_now,
+                build_seconds=source.build_seconds,
+                examples_per_s=n / source.build_seconds if source.build_seconds else None,
+            )
+            how = "built" if source.built_now else "found (cache hit)"
+            self.print(
+                f"stage {si + 1}/{len(self.stages)} [bold]{stage.name}[/]: teacher outputs of {n:,} "
+                f"examples {how} in {seconds:.1f} s (extraction time {source.build_seconds or 0.0:.1f} s) at "
+                f"{source.root}"
+            )
+        else:
+            self.print(
+                f"stage {si + 1}/{len(self.stages)} [bold]{stage.name}[/]: nothing to prepare (teacher.cache is "
+                "off: the stages that read the teacher run it live)"
+            )
+        self.logger.write(record)
 
     def setup_stage(
         self, stage: Stage, si: int, state: TrainerState, progress: Any, resume_from: Path | None
@@ -570,11 +626,14 @@ class Trainer:
 
     def _eval_and_select(self, state: TrainerState, stage: Stage) -> bool:
         """Evaluate, keep the best, count patience; True when early stopping says stop."""
-        metrics = self.evaluate_now(stage)
+        metrics, metric_name = self._evaluate(stage)
         step = state.global_step
-        if self.metric_name not in metrics:
-            raise ConfigError(f"train.metric_for_best {self.metric_name!r} is not one of {sorted(metrics)}")
-        value = metrics[self.metric_name]
+        if metric_name not in metrics:
+            raise ConfigError(
+                f"stage {stage.name!r}: the model-selection metric {metric_name!r} (train.metric_for_best, else "
+                f"the runner's main metric) is not one of {sorted(metrics)}"
+            )
+        value = metrics[metric_name]
         improved = state.best_metric is None or value > state.best_metric
         self.logger.write({"step": step, "stage": stage.name, "eval": metrics, "improved": improved})
         self.print(
@@ -590,7 +649,7 @@ class Trainer:
         state.bad_evals += 1
         patience = self.run.train.early_stopping_patience
         if patience is not None and state.bad_evals >= patience:
-            self.print(f"early stopping: no improvement of {self.metric_name} in {patience} evaluations")
+            self.print(f"early stopping: no improvement of {metric_name} in {patience} evaluations")
             return True
         return False
 
