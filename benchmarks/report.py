@@ -54,7 +54,8 @@ def fmt_threads(r: Mapping[str, Any]) -> str:
 
 
 def render(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    distill = [(n, r) for n, r in results if "teacher_score" in r]
+    generation = [(n, r) for n, r in results if r.get("kind") == "generation"]
+    distill = [(n, r) for n, r in results if "teacher_score" in r and r.get("kind") != "generation"]
     other = [(n, r) for n, r in results if "teacher_score" not in r]
     lines = [
         "# Results",
@@ -155,6 +156,24 @@ def render(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
                     f"{num(x['throughput_speedup'])} | {fmt_steps(x)} | {x['precision']} | {x['optimizer']} | "
                     f"{len(x['seeds'])} |"
                 )
+    for name, r in generation:
+        lines += [
+            "",
+            f"## {name}: {r['method']}, {r['task']}",
+            "",
+            f"Teacher {r['teacher_metric']}: {pct(r['teacher_score'])}. Students: {r['student']}; {r['metric']}; "
+            f"decoding {r['decoding']}.",
+            "",
+            "| row | method | overrides | score | params | steps | precision | optimizer | seeds |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for x in r["rows"]:
+            scores = ", ".join(f"{v:.2f}" for v in x["student_scores"])
+            lines.append(
+                f"| {x['row']} | {x['method']} | {' '.join(x['overrides']) or '-'} | {num(x['student_score'])} "
+                f"({scores}) | {x['student_params'] / 1e6:.2f}M | {fmt_steps(x)} | {x['precision']} | "
+                f"{x['optimizer']} | {len(x['seeds'])} |"
+            )
     for name, r in other:
         if not is_legacy(r) and r["kind"] == "throughput":
             lines += [

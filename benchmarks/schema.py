@@ -5,7 +5,9 @@ Two kinds of result, one provenance block:
 
 * :class:`DistillResult` (``kind: "distill"``): a teacher, a table of student ``rows`` (each trained over the
   same seeds), the headline (``primary``) row's scores at the top level;
-* :class:`ThroughputResult` (``kind: "throughput"``): training samples/s of several ``rows`` timed in one run.
+* :class:`ThroughputResult` (``kind: "throughput"``): training samples/s of several ``rows`` timed in one run;
+* :class:`GenerationResult` (``kind: "generation"``): seq2seq students scored by decoding (BLEU), with and
+  without the KD term, against a teacher measured by its own metric (no retention, no timing).
 
 Every score with per-seed values is written three ways: ``K`` (the mean), ``K_std`` (the *sample* standard
 deviation, n − 1; ``None`` with fewer than two seeds) and ``Ks`` (the per-seed list, in seed order);
@@ -28,7 +30,7 @@ from typing import Any, TypedDict, Union
 
 SCHEMA_VERSION = 2
 
-KINDS = ("distill", "throughput")
+KINDS = ("distill", "throughput", "generation")
 
 
 class Threads(TypedDict):
@@ -59,8 +61,8 @@ class Provenance(TypedDict):
     """Training examples the headline row saw (after subsampling; ``None`` for raw-text corpora)."""
 
 
-class DistillRow(TypedDict):
-    """One row of a distillation table: a recipe (+ overrides) trained over the seeds."""
+class TrainedRow(TypedDict):
+    """What every table row records: a recipe (+ overrides) trained over the seeds, and its score."""
 
     row: str
     method: str
@@ -70,10 +72,6 @@ class DistillRow(TypedDict):
     student_score: float
     student_score_std: float | None
     student_scores: list[float]
-    no_kd_score: float | None
-    no_kd_score_std: float | None
-    no_kd_scores: list[float] | None
-    retention: float | None
     steps: int
     stage_steps: dict[str, int]
     train_examples: int | None
@@ -81,14 +79,25 @@ class DistillRow(TypedDict):
     optimizer: str
     train_threads: int | None
     student_params: int
+    runs: list[str]
+
+
+class DistillRow(TrainedRow):
+    """One row of a distillation table."""
+
+    no_kd_score: float | None
+    no_kd_score_std: float | None
+    no_kd_scores: list[float] | None
+    retention: float | None
     student_layers: int | None
     student_hidden: int | None
     latency_speedup: float | None
     throughput_speedup: float | None
-    runs: list[str]
 
 
-class DistillResult(Provenance):
+class ScoredResult(Provenance):
+    """The fields of every result that scores students against a teacher, headline (``primary_row``) first."""
+
     method: str
     task: str
     teacher: str
@@ -101,14 +110,17 @@ class DistillResult(Provenance):
     no_kd_score: float | None
     no_kd_score_std: float | None
     no_kd_scores: list[float] | None
-    retention: float
     teacher_params: int
     student_params: int
+    primary_row: str
+
+
+class DistillResult(ScoredResult):
+    retention: float
     latency_speedup: float | None
     throughput_speedup: float | None
     student_layers: int | None
     student_hidden: int | None
-    primary_row: str
     rows: list[DistillRow]
 
 
@@ -127,6 +139,15 @@ class ThroughputResult(Provenance):
     rows: list[ThroughputRow]
     reference: str
     ratio_vs_reference: dict[str, float]
+
+
+class GenerationResult(ScoredResult):
+    """Students that generate text (C-MLM): ``metric`` is theirs (BLEU, 0–100); the teacher is not a generator,
+    so ``teacher_score`` is in its own ``teacher_metric`` and there is no retention (and no timing)."""
+
+    teacher_metric: str
+    decoding: dict[str, Any]
+    rows: list[TrainedRow]
 
 
 class LegacyDistillResult(TypedDict):
@@ -163,7 +184,11 @@ class LegacyOtherResult(TypedDict):
     machine: str
 
 
-SCHEMAS: dict[str, type] = {"distill": DistillResult, "throughput": ThroughputResult}
+SCHEMAS: dict[str, type] = {
+    "distill": DistillResult,
+    "throughput": ThroughputResult,
+    "generation": GenerationResult,
+}
 
 
 def schema_of(result: Mapping[str, Any]) -> type:
@@ -307,12 +332,15 @@ __all__ = [
     "SCHEMA_VERSION",
     "DistillResult",
     "DistillRow",
+    "GenerationResult",
     "LegacyDistillResult",
     "LegacyOtherResult",
     "Provenance",
+    "ScoredResult",
     "Threads",
     "ThroughputResult",
     "ThroughputRow",
+    "TrainedRow",
     "check",
     "is_legacy",
     "sample_std",

@@ -264,6 +264,66 @@ def test_report_renders_and_fails_on_missing_field(table_result, tmp_path):
     assert not out.exists()
 
 
+def _generation_result() -> dict:
+    """A minimal C-MLM result (kind ``generation``), as benchmarks/cmlm_bench.py writes it."""
+    row = {
+        "row": "kd",
+        "method": "cmlm",
+        "recipe": "recipes/cmlm/multi30k-de-en.yaml",
+        "overrides": ["method.teacher_path=/t"],
+        "seeds": [1, 2],
+        **H.score_fields("student_score", [20.0, 22.0]),
+        "steps": 4,
+        "stage_steps": {"student": 4},
+        "train_examples": 64,
+        "precision": "fp32",
+        "optimizer": "AdamW fused",
+        "train_threads": 1,
+        "student_params": 1000,
+        "runs": ["/a", "/b"],
+    }
+    prov = H.provenance(
+        "generation",
+        seeds=[1, 2],
+        steps=4,
+        train_examples=64,
+        precision="fp32",
+        optimizer="AdamW fused",
+        train_threads=1,
+        timing_threads=None,
+    )
+    return {
+        **prov,
+        "method": "cmlm",
+        "task": "translation",
+        "teacher": "/t",
+        "student": "M2M100",
+        "metric": "bleu",
+        "teacher_metric": "masked-token accuracy",
+        "teacher_score": 0.6,
+        "teacher_params": 22_000_000,
+        **H.score_fields("student_score", [20.0, 22.0]),
+        **H.score_fields("no_kd_score", [19.0, 20.0]),
+        "student_params": 1000,
+        "decoding": {"beam": 5},
+        "primary_row": "kd",
+        "rows": [row, {**row, "row": "no_kd", **H.score_fields("student_score", [19.0, 20.0])}],
+    }
+
+
+def test_generation_result_validates_and_renders(tmp_path):
+    result = _generation_result()
+    assert validate(result) == []
+    for field in ("teacher_metric", "decoding", "no_kd_score_std"):
+        assert any(field in p for p in validate({k: v for k, v in result.items() if k != field})), field
+    H.write_result("tiny_cmlm", result, tmp_path)
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## tiny_cmlm: cmlm, translation" in text and "| no_kd | cmlm |" in text
+    assert "| tiny_cmlm | cmlm |" not in text  # not a row of the distillation table (no retention, no timing)
+
+
 def test_committed_results_pass_validation():
     """Every file in benchmarks/results (legacy ones included) passes the schema, so `make bench` renders."""
     results, problems = report.load_results(H.RESULTS)
