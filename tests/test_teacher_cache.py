@@ -1,7 +1,8 @@
+import pytest
 import torch
 from transformers import AutoTokenizer
 
-from bertdistill.data.loading import BatchSampler, Collator, Examples, tokenize
+from bertdistill.data.loading import BatchSampler, Collator, Examples, teacher_view, tokenize
 from bertdistill.protocol import Needs
 from bertdistill.teachers import CachedTeacher, Teacher
 
@@ -94,3 +95,23 @@ def test_cache_invalidated_by_data_teacher_and_needs(tiny_model, teacher_dir, tm
     with torch.no_grad():
         changed.model.classifier.bias.add_(0.1)
     assert CachedTeacher.fingerprint(changed, data, needs, "float32") != fp
+
+
+def test_bf16_cache_is_keyed_apart_and_computed_under_autocast(tiny_model, teacher_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    data = _data(tok)
+    teacher = Teacher(tiny_model)
+    needs = Needs(logits=True)
+    fp32 = CachedTeacher.load_or_build(teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=7)
+    bf16 = CachedTeacher.load_or_build(
+        teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=7, compute="bf16"
+    )
+    assert bf16.root != fp32.root and bf16.meta["compute"] == "bf16" and fp32.meta["compute"] == "fp32"
+    a, b = fp32.tensors["logits"], bf16.tensors["logits"]
+    assert a.dtype == b.dtype == torch.float32  # stored in the cache dtype either way
+    assert not torch.equal(a, b)  # other numbers: computed in bf16
+    torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
+    # the fp32 key is the one earlier caches were written under (no "compute" field in it)
+    assert fp32.root.name == CachedTeacher.fingerprint(teacher, teacher_view(data), needs, "float32")
+    with pytest.raises(ValueError, match="compute must be"):
+        CachedTeacher.load_or_build(teacher, data, needs, tok.pad_token_id, tmp_path, compute="int4")

@@ -11,6 +11,7 @@ teacher source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -129,6 +130,15 @@ class EnsembleTeacher:
         return Features(logits=ensemble_logits([z for z in logits if z is not None], self.regression))
 
 
+def _autocast(teacher: Any, compute: str) -> Any:
+    """An autocast context for the teacher's device at ``compute`` precision (a no-op for fp32)."""
+    if compute == "fp32":
+        return contextlib.nullcontext()
+    model = getattr(teacher, "model", teacher)
+    device = next(model.parameters()).device.type if isinstance(model, nn.Module) else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16 if compute == "bf16" else torch.float16)
+
+
 def ensemble_logits(member_logits: list[Tensor], regression: bool = False) -> Tensor:
     """``log(mean_i softmax(z_i))`` per row (classification) or ``mean_i z_i`` (regression)."""
     z = torch.stack([t.float() for t in member_logits])
@@ -194,17 +204,19 @@ class CachedTeacher:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def fingerprint(cls, teacher: Any, data: TokenizedDataset, needs: Needs, dtype: str) -> str:
-        key = json.dumps(
-            {
-                "format": CACHE_FORMAT,
-                "teacher": teacher.fingerprint(),
-                "data": data.fingerprint(),
-                "needs": needs.key(),
-                "dtype": dtype,
-            },
-            sort_keys=True,
-        )
+    def fingerprint(
+        cls, teacher: Any, data: TokenizedDataset, needs: Needs, dtype: str, compute: str = "fp32"
+    ) -> str:
+        fields = {
+            "format": CACHE_FORMAT,
+            "teacher": teacher.fingerprint(),
+            "data": data.fingerprint(),
+            "needs": needs.key(),
+            "dtype": dtype,
+        }
+        if compute != "fp32":  # features computed under bf16 autocast are other numbers (fp32 keys unchanged)
+            fields["compute"] = compute
+        key = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:24]
 
     @classmethod
@@ -220,11 +232,21 @@ class CachedTeacher:
         progress: Any = None,
         label: str = "teacher cache",
         shard_examples: int | None = None,
+        compute: str = "fp32",
     ) -> CachedTeacher:
+        """The teacher's features on ``data``: read from the cache, or computed once and stored (in ``dtype``).
+        ``compute`` = ``bf16`` runs the teacher under bf16 autocast (what a ``mixed_precision: bf16`` run's live
+        teacher does); the precision is part of the cache key, so fp32 and bf16 features never mix."""
+        if compute not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"compute must be fp32, bf16 or fp16, got {compute!r}")
         data = teacher_view(data)  # type: ignore[assignment]
         if not isinstance(data, TokenizedDataset):
             raise TypeError(f"the teacher cache needs a TokenizedDataset, got {type(data).__name__}")
-        root = (cache_dir or default_cache_dir()) / "teacher" / cls.fingerprint(teacher, data, needs, dtype)
+        root = (
+            (cache_dir or default_cache_dir())
+            / "teacher"
+            / cls.fingerprint(teacher, data, needs, dtype, compute)
+        )
         if (root / "meta.json").is_file():
             log.info("teacher cache hit: %s", root)
             return cls.open(root, needs)
@@ -256,9 +278,10 @@ class CachedTeacher:
                     progress.advance(task, len(batches[k]))
                 continue
             t0 = time.perf_counter()
-            tensors = cls._compute(
-                teacher, data, rows, batches[k], needs, collator, getattr(torch, dtype), progress, task
-            )
+            with _autocast(teacher, compute):
+                tensors = cls._compute(
+                    teacher, data, rows, batches[k], needs, collator, getattr(torch, dtype), progress, task
+                )
             spent = time.perf_counter() - t0
             seconds += spent
             _atomic_save(tensors, path, {"seconds": repr(spent), "examples": str(len(rows))})
@@ -270,6 +293,7 @@ class CachedTeacher:
             "data": data.fingerprint(),
             "needs": needs.key(),
             "dtype": dtype,
+            "compute": compute,
             "examples": len(data),
             "shards": len(shards),
             "shard_examples": shard_examples,

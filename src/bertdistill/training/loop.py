@@ -322,6 +322,7 @@ class Trainer:
                 self.run.teacher.batch_size,
                 progress,
                 label,
+                compute={"no": "fp32"}.get(self.run.train.mixed_precision, self.run.train.mixed_precision),
             )
 
     def evaluate_now(self, stage: Stage | None) -> dict[str, float]:
