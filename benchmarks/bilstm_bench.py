@@ -19,7 +19,6 @@ full-config match) by ``benchmarks.harness``; the result is its ``distill`` sche
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import sys
@@ -69,26 +68,19 @@ def augment(task: str, data: Path, out: Path, nltk_data: str | None, n_iter: int
     return json.loads(prov.read_text())
 
 
-def int8_runner(runner: Any) -> Any:
-    import torch
-
-    q = copy.copy(runner)
-    q.model = torch.ao.quantization.quantize_dynamic(
-        copy.deepcopy(runner.model), {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8
-    )
-    return q
-
-
 def score_and_time(
     teacher: str, student: Path, data: Path, threads: int | None, n_latency: int
 ) -> dict[str, Any]:
     """Dev scores of the teacher, the student (fp32) and the student (int8); all three timed interleaved."""
     from bertdistill.evaluation import eval_examples
     from bertdistill.inference import batches_of, eval_loop, load_student
+    from bertdistill.precision import with_precision
     from bertdistill.timing import make_batches, measure_speed
 
     t, s = load_student(teacher), load_student(student)
-    q = int8_runner(s)
+    q = with_precision(
+        s, "int8"
+    )  # dynamic int8 of the LSTM and Linear layers, as `evaluate --precision int8`
     out: dict[str, Any] = {}
     fns, singles, bulks = [], [], []
     for name, runner in (("teacher", t), ("fp32", s), ("int8", q)):

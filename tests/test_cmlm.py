@@ -4,6 +4,7 @@ tiny end-to-end run that translates and is scored by sacreBLEU."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -35,6 +36,7 @@ from bertdistill.evaluation import evaluate
 from bertdistill.inference import load_student
 from bertdistill.losses import label_smoothed_ce, topk_soft_ce
 from bertdistill.methods.cmlm import (
+    CMLM,
     CMLMCollator,
     CMLMSoftLabeler,
     Seq2SeqRunner,
@@ -47,24 +49,12 @@ from bertdistill.teachers import CachedTeacher, Teacher
 from bertdistill.training.loop import Trainer, distill
 from conftest import SHARED_DATA, SPECIAL, WORDS, make_sentence, recipe, tiny_bert_config, toy_translation
 
-TINY_STUDENT = {
-    "init": "random",
-    "num_layers": 1,
-    "config_overrides": {
-        "d_model": 32,
-        "encoder_ffn_dim": 64,
-        "decoder_ffn_dim": 64,
-        "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2,
-        "dropout": 0.0,
-        "attention_dropout": 0.0,
-    },
-}
+TINY_STUDENT = CMLM.test_config.sections["student"]  # the method's own tiny seq2seq student
 
 
 def cmlm_recipe(teacher_dir: Path, data_dir: Path, tmp: Path, **sections):
     r = recipe("cmlm", teacher_dir, data_dir, tmp / "out", tmp / "cache", task="translation")
-    r["student"] = dict(TINY_STUDENT)
+    r["student"] = copy.deepcopy(dict(TINY_STUDENT))
     r["data"]["max_length"] = 16
     r["train"].update(max_steps=3, log_every=1, batch_size=8)
     for k, v in sections.items():

@@ -17,7 +17,7 @@ from .config import ConfigError, DataConfig
 from .data.loading import load_examples, resolve_task, subsample
 from .data.tasks import TaskSpec, collapse_warning
 from .inference import EnsembleRunner, batches_of, eval_loop, load_student
-from .precision import PRECISIONS, with_precision
+from .precision import with_precision
 from .protocol import Runner
 from .timing import make_batches, measure_speed
 
@@ -126,17 +126,12 @@ def compare(
                 + ", ".join(f"{n} ({type(r).__name__})" for n, r in zip(names, runners, strict=True))
             )
     precs = list(dict.fromkeys(precisions or ("fp32",)))
-    for p in precs:
-        if p not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {p!r}")
-    tagged = [(names[0], paths[0], runners[0], precs[0] if not students else "fp32")]
-    for name, path, runner in (
-        zip(names, paths, runners, strict=True)
-        if not students
-        else zip(names[1:], paths[1:], runners[1:], strict=True)
-    ):
-        for p in precs if students else precs[1:]:
-            tagged.append((name if p == "fp32" else f"{name} [{p}]", path, runner, p))
+    # the teacher stays fp32 and each student gets a row per precision; with no students, the one model gets a
+    # row per precision, the first being the reference of the others (with_precision checks each name)
+    models = list(zip(names, paths, runners, strict=True))
+    expanded, extra = (models[1:], precs) if students else (models[:1], precs[1:])
+    tagged = [(*models[0], "fp32" if students else precs[0])]
+    tagged += [(n if q == "fp32" else f"{n} [{q}]", p, r, q) for n, p, r in expanded for q in extra]
     names = [t[0] for t in tagged]
     paths = [t[1] for t in tagged]
     runners = [with_precision(t[2], t[3]) for t in tagged]
