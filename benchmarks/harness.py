@@ -8,7 +8,7 @@ Every script under ``benchmarks/`` is a short table of :class:`Row` s run throug
   (:func:`bertdistill.training.loop.distill`, what ``bertdistill distill`` calls) unless ``out_dir`` already
   holds a *finished* run (``metrics.json``, the model and ``bertdistill.yaml``) whose **full** resolved config,
   output paths aside, equals the requested one — and whose local inputs (teacher / student dirs, data files,
-  stamped by size and mtime when the harness trained it) were not rewritten since. A finished run of another
+  stamped by content hash when the harness trained it) were not rewritten since. A finished run of another
   config is retrained (``on_mismatch="retrain"``, the diff is printed) or refused (``"error"``) — never reused;
   an unfinished run of the same config resumes from its last checkpoint.
 * :func:`run_rows` is the seed loop over a table of rows; :func:`stats` / :func:`score_fields` give every score
@@ -197,15 +197,34 @@ def config_diff(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     return walk(comparable(a), comparable(b), "")
 
 
+_CONTENT_MEMO: dict[tuple[str, int, int, int], str] = {}
+FINGERPRINT_FORMAT = 2
+"""Stamps of format 2 hash file contents; format 1 (size + mtime) changed whenever an identical file was
+re-materialised (e.g. the read-only shared data, copied afresh on every machine), retraining every run."""
+
+
+def _content_hash(f: Path) -> str:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _CONTENT_MEMO:
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _CONTENT_MEMO[key] = h.hexdigest()
+    return _CONTENT_MEMO[key]
+
+
 def fingerprint(path: str | Path) -> str:
-    """Size and modification time of a file, or of the files directly in a dir (a model dir, a data dir): a
-    cheap stamp that changes when the input is rewritten (e.g. a teacher retrained in place)."""
+    """The content of a file, or of the files directly in a dir (a model dir, a data dir), as a short hash:
+    it changes when the input is rewritten with other bytes (e.g. a teacher retrained in place) and not when
+    the same bytes are copied afresh (a new checkout, the shared data on a new machine). Hashes are memoised
+    per (path, size, mtime, inode) within the process."""
     p = Path(path).expanduser()
     files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
     h = hashlib.sha256()
     for f in files:
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.name}:{f.stat().st_size}:{_content_hash(f)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -239,6 +258,8 @@ def inputs_diff(out_dir: str | Path, config: Any) -> list[tuple[str, Any, Any]]:
     if not path.is_file():
         return []
     saved, now = json.loads(path.read_text()), input_fingerprints(config)
+    if saved.pop("_format", 1) != FINGERPRINT_FORMAT:
+        return [("input stamps", "size+mtime (old format, not comparable)", "content hashes")]
     return [
         (f"input {k}", saved.get(k), now.get(k))
         for k in sorted(set(saved) | set(now))
@@ -377,7 +398,7 @@ def run_or_reuse(
     (out / METRICS_FILE).unlink(missing_ok=True)
     inputs = input_fingerprints(cfg)
     distill(cfg, resume=resuming, quiet=quiet)
-    (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=1) + "\n")
+    (out / INPUTS_FILE).write_text(json.dumps({"_format": FINGERPRINT_FORMAT, **inputs}, indent=1) + "\n")
     rec = read_run(out, cfg, reused=False)
     rec.train_seconds = round(time.perf_counter() - t0, 1)
     return rec

@@ -80,9 +80,23 @@ def test_changed_input_retrains(tmp_path, teacher_dir, sst2_dir, count_trainings
     # the teacher rewritten in place (same path, same config): not the same run any more
     weights = teacher / "model.safetensors"
     st = weights.stat()
+    # the same bytes copied afresh (a new machine, a re-materialised data dir): still the same run
+    shutil.copyfile(weights, tmp_path / "w")
+    os.replace(tmp_path / "w", weights)
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert H.inputs_diff(out, cfg) == [] and H.run_or_reuse(cfg, out).reused
+    # other bytes of the same size, at the same path
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
     assert H.inputs_diff(out, cfg) and H.inputs_diff(out, cfg)[0][0] == "input teacher.path"
     assert not H.run_or_reuse(cfg, out).reused and count_trainings["n"] == 2
+    # a run stamped by the old size+mtime format is not comparable: retrained, never silently reused
+    stamps = json.loads((out / H.INPUTS_FILE).read_text())
+    stamps.pop("_format")
+    (out / H.INPUTS_FILE).write_text(json.dumps(stamps))
+    assert H.inputs_diff(out, cfg)[0][0] == "input stamps"
+    assert not H.run_or_reuse(cfg, out).reused and count_trainings["n"] == 3
 
 
 def test_unfinished_run_is_not_reused(tmp_path, kd_config, count_trainings):
