@@ -51,6 +51,13 @@ def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int
     result = distill(cfg, resume=args.resume, quiet=args.quiet)
     if result.main_process:
         print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=1))
+        skipped = result.metrics.get("data", {}).get("skipped_rows")
+        if skipped:  # printed even with --quiet: the run saw less data than its files hold
+            print(
+                f"bertdistill: skipped {skipped} malformed data row(s) (data.bad_rows: skip); see "
+                f"{result.output_dir / 'metrics.json'} (data.skipped_rows_by_file)",
+                file=sys.stderr,
+            )
     return 0
 
 
