@@ -71,7 +71,7 @@ def check_shared_vocab(run: RunConfig, tokenizer: Any, student_tokenizer: Any, s
         return  # a model dir without a tokenizer: the embedding size above is all there is to compare
     ours = tokenizer.get_vocab()
     if theirs.get_vocab() != ours:
-        diff = sorted(set(ours.items()) ^ set(theirs.get_vocab().items()), key=lambda kv: kv[1])[:3]
+        diff = sorted(set(ours.items()) ^ set(theirs.get_vocab().items()), key=lambda kv: (kv[1], kv[0]))[:3]
         raise ConfigError(
             f"student.path {st.path!r} has its own vocabulary ({len(theirs)} tokens, the teacher's tokenizer "
             f"{len(tokenizer)}; e.g. differing (token, id) pairs {diff}): {method} feeds the student the teacher's "
