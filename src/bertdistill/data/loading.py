@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,8 +25,6 @@ from torch.utils.data import Dataset, Sampler
 from ..config import ConfigError, DataConfig
 from .rows import RowPolicy, text_lines
 from .tasks import HF_LABEL_NAMES, TaskSpec, custom_task, get_task
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
