@@ -22,6 +22,7 @@ FORBIDDEN = [
             f"{PKG}.timing",
             f"{PKG}.protocol",
             f"{PKG}.features",
+            f"{PKG}.checks",
         )
     ),
     *(

@@ -47,6 +47,8 @@ def test_finetune_with_flags(tmp_path, teacher_dir, sst2_dir, capsys):
             "--quiet",
             "--set",
             f"teacher.cache_dir={tmp_path / 'c'}",
+            "--set",
+            "data.max_length=32",  # the tiny model has 64 positions
         ]
     )
     assert rc == 0

@@ -313,7 +313,7 @@ def test_finetune_task_mlm_trains_a_tied_head_and_feeds_distilbert(encoder_dir, 
     rc = cli.main(
         ["finetune", "--task", "mlm", "--model", str(encoder_dir), "--corpus", str(corpus_file),
          "--max-steps", "6", "--lr", "1e-2", "--batch-size", "16", "--set", "train.log_every=1",
-         "--set", f"method.store_dir={tmp_path / 'store'}", "-o", str(out), "-q"]
+         "--set", f"method.store_dir={tmp_path / 'store'}", "--set", "data.max_length=32", "-o", str(out), "-q"]
     )  # fmt: skip
     assert rc == 0
     model = load_mlm_teacher(str(out))  # no missing head weights any more
@@ -379,7 +379,7 @@ def test_task_stage_kd_and_finetune_from_the_distilled_dir(
     # plain fine-tuning of the distilled dir (the no-KD task step) works as well
     rc = cli.main(
         ["finetune", "--model", str(distilled.output_dir), "--task", "sst2", "--data", str(sst2_dir),
-         "--max-steps", "2", "--batch-size", "16", "-o", str(tmp_path / "ft"), "-q"]
+         "--max-steps", "2", "--batch-size", "16", "--set", "data.max_length=32", "-o", str(tmp_path / "ft"), "-q"]
     )  # fmt: skip
     assert rc == 0 and json.loads((tmp_path / "ft" / "metrics.json").read_text())["accuracy"] >= 0
 

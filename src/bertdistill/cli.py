@@ -51,6 +51,13 @@ def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int
     result = distill(cfg, resume=args.resume, quiet=args.quiet)
     if result.main_process:
         print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=1))
+        skipped = result.metrics.get("data", {}).get("skipped_rows")
+        if skipped:  # printed even with --quiet: the run saw less data than its files hold
+            print(
+                f"bertdistill: skipped {skipped} malformed data row(s) (data.bad_rows: skip); see "
+                f"{result.output_dir / 'metrics.json'} (data.skipped_rows_by_file)",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -60,6 +67,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune any HF encoder on a task: a recipe, or flags that build one."""
+    from .config import ConfigError
+
     mlm = (args.task or "").lower() == "mlm"
     if args.recipe:
         raw: Any = args.recipe
@@ -67,7 +76,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     elif mlm:
         # masked-LM training on raw text (e.g. to give a sentence encoder the MLM head DistilBERT needs)
         if not (args.model and args.corpus):
-            raise SystemExit("finetune --task mlm: give --model and --corpus FILE [FILE ...] (see --help)")
+            raise ConfigError("finetune --task mlm: give --model and --corpus FILE [FILE ...] (see --help)")
         raw = {
             "method": {"name": "mlm", "corpus": list(args.corpus), "train_body": bool(args.train_body)},
             "student": {"init": "pretrained", "path": args.model},
@@ -76,7 +85,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
     else:
         if not (args.model and args.task):
-            raise SystemExit("finetune: give a RECIPE, or --model and --task (see --help)")
+            raise ConfigError("finetune: give a RECIPE, or --model and --task (see --help)")
         raw = {
             "method": {"name": "finetune"},
             "student": {"init": "pretrained", "path": args.model},
@@ -84,7 +93,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         }
         overrides = list(args.overrides)
     if args.recipe and (args.corpus or args.train_body):
-        raise SystemExit(
+        raise ConfigError(
             "finetune: --corpus / --train-body go with --task mlm and no recipe (use --set in a recipe)"
         )
     flag_map = {

@@ -9,10 +9,11 @@ section is dispatched by its ``name`` to the method's own config class (declared
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -22,6 +23,12 @@ import yaml
 
 class ConfigError(ValueError):
     """A recipe or override that cannot be used; the message says what and how to fix it."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'lr'?)"`` when ``word`` is close to one of ``choices``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -95,8 +102,13 @@ class DataConfig:
     max_eval_examples: int | None = None
     bucket_by_length: bool = True
     """Group examples of similar length into batches (shuffled chunks, then sorted): less padding."""
+    bad_rows: str = "error"
+    """A data row that cannot be read (too few fields, a label outside the task's set, bad JSON): ``error``
+    stops with its file and line; ``skip`` drops it and counts it in ``metrics.json`` (``data.skipped_rows``)."""
 
     def __post_init__(self) -> None:
+        if self.bad_rows not in ("error", "skip"):
+            raise ConfigError(f"data.bad_rows must be error or skip, got {self.bad_rows!r}")
         if self.format not in ("auto", "glue_tsv", "csv", "jsonl", "hf"):
             raise ConfigError(f"data.format must be auto, glue_tsv, csv, jsonl or hf, got {self.format!r}")
         if self.max_length < 8:
@@ -279,7 +291,10 @@ def build_dataclass(cls: type, data: Any, where: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {names}")
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or cls.__name__}{did_you_mean(unknown[0], names)}; "
+            f"valid keys: {names}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -317,7 +332,9 @@ def config_from_dict(raw: dict[str, Any], method_config: Callable[[str], type[Me
     top = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(raw) - set(top))
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {list(top)}")
+        raise ConfigError(
+            f"unknown top-level key(s) {unknown}{did_you_mean(unknown[0], top)}; valid keys: {list(top)}"
+        )
     hints = typing.get_type_hints(RunConfig)
     kwargs = {k: _coerce(v, hints[k], k) for k, v in raw.items()}
     return RunConfig(method=method_cfg, **kwargs)
@@ -332,8 +349,11 @@ def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except yaml.YAMLError as e:  # one line: the position and the problem, not PyYAML's multi-line report
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
     return raw

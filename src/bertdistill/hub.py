@@ -25,10 +25,24 @@ def resolve_model_path(path: str) -> str:
     return os.path.expandvars(os.path.expanduser(path))
 
 
-def from_pretrained(cls: Any, path: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(resolve_model_path(path))`` with a clear error when the model can't be found."""
+UNTRAINED_ATTR = "bertdistill_untrained"
+"""Set by ``from_pretrained(..., mark_untrained=True)``: the weights the checkpoint did not provide, which
+``from_pretrained`` initialised at random (e.g. the classifier of a bare encoder loaded as a classifier)."""
+
+_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def from_pretrained(cls: Any, path: str, *, mark_untrained: bool = False, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(resolve_model_path(path))`` with a clear error when the model can't be found.
+    ``mark_untrained``: record on the model (``UNTRAINED_ATTR``) which weights were missing from the
+    checkpoint, so that a caller about to read its outputs can refuse a randomly initialised head."""
     resolved = resolve_model_path(path)
     try:
+        if mark_untrained:
+            model, info = cls.from_pretrained(resolved, output_loading_info=True, **kwargs)
+            missing = sorted(k for k in info.get("missing_keys", ()) if not k.endswith(_BUFFERS))
+            setattr(model, UNTRAINED_ATTR, missing)
+            return model
         return cls.from_pretrained(resolved, **kwargs)
     except OSError as e:
         local = os.path.isdir(resolved)

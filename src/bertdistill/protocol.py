@@ -394,7 +394,7 @@ class Method(ABC):
         kwargs: dict[str, Any] = {"trust_remote_code": self.run.teacher.trust_remote_code}
         if self.needs_attentions():
             kwargs["attn_implementation"] = "eager"
-        return from_pretrained(AutoModelForSequenceClassification, path, **kwargs)
+        return from_pretrained(AutoModelForSequenceClassification, path, mark_untrained=True, **kwargs)
 
     def needs_attentions(self) -> bool:
         """Whether any stage reads attention maps (the teacher is then loaded with eager attention)."""

@@ -36,7 +36,11 @@ def get_method(name: str) -> type[Method]:
     try:
         return METHODS[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r}; known methods: {sorted(METHODS)}") from None
+        from .config import did_you_mean
+
+        raise KeyError(
+            f"unknown method {name!r}{did_you_mean(name, METHODS)}; known methods: {sorted(METHODS)}"
+        ) from None
 
 
 def list_methods() -> dict[str, str]:

@@ -141,16 +141,19 @@ def build_student(
                 "from the teacher's; use init: random (or a method with projections, e.g. tinybert)"
             )
         n_t = num_layers(teacher)
-        layers = cfg.layers or select_layers(
-            n_t, overrides.get("num_hidden_layers", n_t), cfg.layer_selection
-        )
         if teacher.config.num_labels != task.num_labels:
             raise ConfigError(
                 f"the teacher has {teacher.config.num_labels} outputs but task {task.name!r} needs {task.num_labels}; "
                 "is teacher.path a model fine-tuned on this task?"
             )
         extra = {k: v for k, v in overrides.items() if k != "num_hidden_layers"}
-        student = copy_layers(teacher, layers, attn_implementation, **extra)
+        try:
+            layers = cfg.layers or select_layers(
+                n_t, overrides.get("num_hidden_layers", n_t), cfg.layer_selection
+            )
+            student = copy_layers(teacher, layers, attn_implementation, **extra)
+        except ValueError as e:  # layer numbers or counts the teacher does not have
+            raise ConfigError(f"student.layers / student.num_layers: {e}") from None
         for k, v in label_kwargs(task).items():
             setattr(student.config, k, v)
         return student, {"init": "teacher", "teacher_layers": layers}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,9 +23,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ..config import ConfigError, DataConfig
+from .rows import RowPolicy, text_lines
 from .tasks import HF_LABEL_NAMES, TaskSpec, custom_task, get_task
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,11 +47,19 @@ class Examples:
 
 
 def resolve_task(cfg: DataConfig) -> TaskSpec:
-    if cfg.task == "custom":
-        if not cfg.text_fields:
-            raise ConfigError("data.task: custom needs data.text_fields (one or two column names)")
-        return custom_task("custom", cfg.text_fields, cfg.label_field, cfg.labels, cfg.regression)
-    return get_task(cfg.task)
+    """The task ``cfg`` names; an unknown name or an incomplete custom task is a ConfigError."""
+    try:
+        if cfg.task == "custom":
+            if not cfg.text_fields:
+                raise ConfigError("data.task: custom needs data.text_fields (one or two column names)")
+            return custom_task("custom", cfg.text_fields, cfg.label_field, cfg.labels, cfg.regression)
+        return get_task(cfg.task)
+    except ConfigError:
+        raise
+    except KeyError as e:
+        raise ConfigError(f"data.task: {e.args[0]}") from None
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -61,42 +67,43 @@ def resolve_task(cfg: DataConfig) -> TaskSpec:
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-def read_tsv(path: Path, task: TaskSpec, labelled: bool = True) -> Examples:
+def read_tsv(path: Path, task: TaskSpec, labelled: bool = True, bad_rows: str = "error") -> Examples:
     """Read a GLUE-style TSV: header row (unless the task's layout is headerless), no quoting, BOM tolerated.
-    Rows with too few fields are skipped with a warning (QQP's train file has a few)."""
+    A row with too few fields or a label outside the task's set is an error naming its line, or skipped and
+    counted with ``bad_rows="skip"`` (QQP's train file has a few short rows)."""
     layout = task.tsv
     if layout is None:
         raise ConfigError(f"task {task.name!r} has no TSV layout")
     texts: list[tuple[str, ...]] = []
     labels: list[int | float] = []
-    skipped = 0
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if layout.header:
-            header = next(reader, None)
-            if header is None:
-                raise ConfigError(f"{path} is empty")
-            header = [h.strip() for h in header]
-            cols = [_col(header, c, path) for c in layout.text_columns]
-            lab = None
-            if labelled and layout.label_column is not None and layout.label_column in header:
-                lab = _col(header, layout.label_column, path)
-        else:
-            cols = [int(c) for c in layout.text_columns]
-            lab = int(layout.label_column) if (labelled and layout.label_column is not None) else None
-        need = max([*cols, lab if lab is not None else -1]) + 1
-        for lineno, row in enumerate(reader, start=2 if layout.header else 1):
-            if len(row) < need:
-                skipped += 1
+    policy = RowPolicy(path, bad_rows)
+    reader = csv.reader(text_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
+    if layout.header:
+        header = next(reader, None)
+        if header is None:
+            raise ConfigError(f"{path} is empty")
+        header = [h.strip() for h in header]
+        cols = [_col(header, c, path) for c in layout.text_columns]
+        lab = None
+        if labelled and layout.label_column is not None and layout.label_column in header:
+            lab = _col(header, layout.label_column, path)
+    else:
+        cols = [int(c) for c in layout.text_columns]
+        lab = int(layout.label_column) if (labelled and layout.label_column is not None) else None
+    need = max([*cols, lab if lab is not None else -1]) + 1
+    for row in reader:
+        if len(row) < need:
+            policy.bad(reader.line_num, f"{len(row)} tab-separated field(s), expected at least {need}")
+            continue
+        if lab is not None:
+            try:
+                label = task.label_index(row[lab])
+            except ValueError as e:
+                policy.bad(reader.line_num, str(e))
                 continue
-            texts.append(tuple(row[c].strip() for c in cols))
-            if lab is not None:
-                try:
-                    labels.append(task.label_index(row[lab]))
-                except ValueError as e:
-                    raise ConfigError(f"{path}:{lineno}: {e}") from None
-    if skipped:
-        log.warning("%s: skipped %d malformed row(s) with fewer than %d fields", path, skipped, need)
+            labels.append(label)
+        texts.append(tuple(row[c].strip() for c in cols))
+    policy.done()
     if not texts:
         raise ConfigError(f"{path}: no examples read; is it a {task.name} TSV file?")
     return Examples(texts, labels if lab is not None else None, str(path))
@@ -110,38 +117,70 @@ def _col(header: list[str], name: str | int, path: Path) -> int:
     return header.index(name)
 
 
-def read_table(
-    path: Path, task: TaskSpec, fmt: str, text_fields: Sequence[str], label_field: str
-) -> Examples:
-    """CSV (with header) or JSONL (one object per line) with the given column names."""
-    rows: list[dict[str, Any]]
+def _table_rows(path: Path, fmt: str, policy: RowPolicy) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` of a CSV file (with header) or a JSONL file (one object per line)."""
     if fmt == "jsonl":
-        rows = []
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ConfigError(f"{path}:{lineno}: not valid JSON: {e}") from None
-    else:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
-    if not rows:
+        for lineno, line in enumerate(text_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                policy.bad(lineno, f"not valid JSON ({e.msg}, column {e.colno})")
+                continue
+            if not isinstance(obj, dict):
+                policy.bad(lineno, f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            yield lineno, obj
+        return
+    reader = csv.reader(text_lines(path))
+    header = next(reader, None)
+    if header is None:
+        raise ConfigError(f"{path} is empty; expected a header row naming the columns")
+    for row in reader:
+        if len(row) != len(header):
+            if row:  # a blank line is no row
+                policy.bad(reader.line_num, f"{len(row)} field(s), the header has {len(header)} {header}")
+            continue
+        yield reader.line_num, dict(zip(header, row, strict=True))
+
+
+def read_table(
+    path: Path,
+    task: TaskSpec,
+    fmt: str,
+    text_fields: Sequence[str],
+    label_field: str,
+    bad_rows: str = "error",
+) -> Examples:
+    """CSV (with header) or JSONL (one object per line) with the given column names. Whether the file is
+    labelled is decided by its first row; a later row without a text field or the label, or with a label
+    outside the task's set, is an error naming its line (or skipped and counted with ``bad_rows="skip"``)."""
+    policy = RowPolicy(path, bad_rows)
+    texts: list[tuple[str, ...]] = []
+    labels: list[int | float] = []
+    labelled: bool | None = None
+    for lineno, row in _table_rows(path, fmt, policy):
+        if labelled is None:
+            missing = [c for c in text_fields if c not in row]
+            if missing:
+                raise ConfigError(f"{path}: column(s) {missing} not found; columns are {list(row)}")
+            labelled = label_field in row
+        absent = [c for c in (*text_fields, *([label_field] if labelled else [])) if row.get(c) is None]
+        if absent:
+            policy.bad(lineno, f"no value for {absent}")
+            continue
+        if labelled:
+            try:
+                labels.append(task.label_index(str(row[label_field])))
+            except ValueError as e:
+                policy.bad(lineno, str(e))
+                continue
+        texts.append(tuple(str(row[c]) for c in text_fields))
+    policy.done()
+    if not texts:
         raise ConfigError(f"{path}: no rows")
-    missing = [c for c in text_fields if c not in rows[0]]
-    if missing:
-        raise ConfigError(f"{path}: column(s) {missing} not found; columns are {list(rows[0])}")
-    texts = [tuple(str(r[c]) for c in text_fields) for r in rows]
-    if label_field not in rows[0]:
-        return Examples(texts, None, str(path))
-    labels = []
-    for i, r in enumerate(rows):
-        try:
-            labels.append(task.label_index(str(r[label_field])))
-        except ValueError as e:
-            raise ConfigError(f"{path}: row {i + 1}: {e}") from None
-    return Examples(texts, labels, str(path))
+    return Examples(texts, labels if labelled else None, str(path))
 
 
 def read_hf(task: TaskSpec, split: str) -> Examples:  # pragma: no cover - needs the network
@@ -185,13 +224,15 @@ def load_examples(cfg: DataConfig, task: TaskSpec, split: str) -> Examples:
             name = task.tsv_files.get(split, f"{split}.tsv")
             file = path / name
             if file.is_file():
-                return read_tsv(file, task, labelled=split != "test")
+                return read_tsv(file, task, labelled=split != "test", bad_rows=cfg.bad_rows)
             if fmt == "glue_tsv":
                 raise ConfigError(f"{file} not found (task {task.name}, split {split})")
         for ext, f in (("jsonl", "jsonl"), ("csv", "csv")):
             file = path / f"{split}.{ext}"
             if file.is_file() and fmt in ("auto", f):
-                return read_table(file, task, f, cfg.text_fields or task.text_fields, cfg.label_field)
+                return read_table(
+                    file, task, f, cfg.text_fields or task.text_fields, cfg.label_field, cfg.bad_rows
+                )
         raise ConfigError(
             f"no {split} file in {path}: expected {task.tsv_files.get(split, split + '.tsv')}, "
             f"{split}.jsonl or {split}.csv"
@@ -202,8 +243,8 @@ def load_examples(cfg: DataConfig, task: TaskSpec, split: str) -> Examples:
         else ("jsonl" if path.suffix == ".jsonl" else "glue_tsv" if path.suffix == ".tsv" else "csv")
     )
     if f == "glue_tsv":
-        return read_tsv(path, task)
-    return read_table(path, task, f, cfg.text_fields or task.text_fields, cfg.label_field)
+        return read_tsv(path, task, bad_rows=cfg.bad_rows)
+    return read_table(path, task, f, cfg.text_fields or task.text_fields, cfg.label_field, cfg.bad_rows)
 
 
 def subsample(ex: Examples, n: int | None, seed: int) -> Examples:

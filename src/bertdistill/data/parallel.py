@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..config import ConfigError, DataConfig
 from .loading import Collator, Examples, TokenizedDataset
+from .rows import text_lines
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ def _langs(cfg: DataConfig) -> tuple[str, str] | None:
 
 
 def read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8-sig") as f:
-        return [line.rstrip("\r\n") for line in f]
+    """The file's lines without line endings (UTF-8; a bad byte is an error naming its line)."""
+    return [line.rstrip("\r\n") for line in text_lines(path)]
 
 
 def _pairs(sources: Sequence[str], targets: Sequence[str], where: str) -> Examples:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import did_you_mean
+
 # ----------------------------------------------------------------------------------------------- metrics
 
 
@@ -98,7 +100,12 @@ class TaskSpec:
         """Map a raw label string from a file to the model's target (index, or float for regression)."""
         raw = raw.strip()
         if self.regression:
-            return float(raw)
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError(
+                    f"task {self.name!r}: label {raw!r} is not a number (a regression target)"
+                ) from None
         if raw in self.labels:
             return self.labels.index(raw)
         raise ValueError(
@@ -306,7 +313,7 @@ def get_task(name: str) -> TaskSpec:
     if key in RAW_TEXT_TASKS:
         return RAW_TEXT_TASKS[key]
     raise KeyError(
-        f"unknown task {name!r}; known GLUE tasks: {sorted(GLUE_TASKS)} (raw text: {sorted(RAW_TEXT_TASKS)}). "
+        f"unknown task {name!r}{did_you_mean(key, [*GLUE_TASKS, *RAW_TEXT_TASKS])}; known GLUE tasks: {sorted(GLUE_TASKS)} (raw text: {sorted(RAW_TEXT_TASKS)}). "
         "For your own data set `data.task: custom` with `data.text_fields`, `data.label_field` and "
         "`data.labels` (or `data.regression: true`)."
     )

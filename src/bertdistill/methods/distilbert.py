@@ -192,6 +192,24 @@ def distilbert_config(teacher_config: Any, n_layers: int) -> DistilBertConfig:
     )
 
 
+def _check_same_shape(student: DistilBertConfig, teacher: Any, path: str) -> None:
+    """The cosine loss compares student and teacher hidden states and the soft-target loss their vocabulary
+    logits, position by position, with no projection in between: a pre-trained student must match the
+    teacher's width and vocabulary."""
+    pairs = {
+        "width": (student.dim, teacher.hidden_size),
+        "vocabulary": (student.vocab_size, teacher.vocab_size),
+    }
+    diffs = {k: v for k, v in pairs.items() if v[0] != v[1]}
+    if diffs:
+        said = ", ".join(f"{k} {s} vs the teacher's {t}" for k, (s, t) in diffs.items())
+        raise ConfigError(
+            f"student {path!r} does not fit the teacher ({said}): distilbert's cosine and soft-target losses compare "
+            "hidden states and vocabulary logits without a projection; use student.init: teacher or random (the "
+            "teacher's widths)"
+        )
+
+
 def _copy(dst: Any, src: Any) -> None:
     dst.weight.copy_(src.weight)
     dst.bias.copy_(src.bias)
@@ -374,6 +392,8 @@ class DistilBert(Method):
             if not st.path:
                 raise ConfigError("student.init: pretrained needs student.path (a DistilBERT masked-LM dir)")
             model = from_pretrained(DistilBertForMaskedLM, st.path)
+            if teacher is not None:
+                _check_same_shape(model.config, getattr(teacher, "config"), st.path)  # noqa: B009
             return model, {"init": "pretrained", "path": st.path}
         if teacher is None:
             raise ConfigError("distilbert needs a teacher (teacher.path: a masked-LM dir)")

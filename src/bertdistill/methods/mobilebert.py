@@ -581,7 +581,9 @@ class MobileBert(Method):
             "attn_implementation": register_score_attention(),
         }
         if stage is None or stage.name != PRETRAIN:
-            return from_pretrained(AutoModelForSequenceClassification, path, **kwargs)  # type: ignore[no-any-return]
+            return from_pretrained(  # type: ignore[no-any-return]
+                AutoModelForSequenceClassification, path, mark_untrained=True, **kwargs
+            )
         model, info = from_pretrained(AutoModelForMaskedLM, path, output_loading_info=True, **kwargs)
         missing = sorted(
             k for k in info.get("missing_keys", ()) if not k.endswith(("position_ids", "token_type_ids"))

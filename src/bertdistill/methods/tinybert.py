@@ -234,6 +234,7 @@ class TinyBERT(Method):
         model = from_pretrained(
             cls,
             path,
+            mark_untrained=True,
             trust_remote_code=self.run.teacher.trust_remote_code,
             attn_implementation=register_score_attention(),
         )

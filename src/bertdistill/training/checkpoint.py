@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ..config import ConfigError
+
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -123,11 +125,23 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def load_bundle(path: Path, bundle: nn.Module) -> None:
-    missing, unexpected = load_model(bundle, str(path / "bundle.safetensors"), strict=False)
+    """Load a checkpoint's weights into ``bundle``; a checkpoint of another model (other layers, widths or
+    modules: a recipe changed between the run and its ``--resume``) is a ConfigError."""
+    try:
+        missing, unexpected = load_model(bundle, str(path / "bundle.safetensors"), strict=False)
+    except RuntimeError as e:  # shapes differ: name the first, on one line
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("size mismatch")]
+        detail = lines[0] if lines else str(e).splitlines()[0]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise ConfigError(
+            f"checkpoint {path} does not fit the model built from the recipe: {detail}{more}; resume with the "
+            "recipe that wrote it, or write this run to another --output"
+        ) from None
     if missing or unexpected:
-        raise RuntimeError(
+        raise ConfigError(
             f"checkpoint {path} does not match the model built from the recipe "
-            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}); resume with the recipe that wrote it"
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); resume with the recipe that wrote it, "
+            "or write this run to another --output"
         )
 
 

@@ -32,8 +32,10 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import checks
 from ..config import ConfigError, RunConfig
 from ..data.loading import TokenizedDataset, resolve_task, teacher_view
+from ..data.rows import skipped_rows
 from ..data.tasks import collapse_warning
 from ..hub import from_pretrained, save_hf_model
 from ..inference import eval_loop
@@ -203,12 +205,16 @@ class Trainer:
                 "name (make one with `bertdistill finetune`)"
             )
         self.tokenizer = _load_tokenizer(run)
-        self.datasets = self.method.datasets(self.tokenizer)
+        with skipped_rows() as self.skipped_rows:  # data.bad_rows: skip -> counted in metrics.json
+            self.datasets = self.method.datasets(self.tokenizer)
         self.collate = self.method.collator(self.tokenizer, self.datasets)
         self.student_tokenizer = self.method.student_tokenizer(self.tokenizer, self.datasets)
         seed_everything(run.train.seed)
         built = self.method.build_student(teacher_model, self.datasets)
         self.student_info = built.info
+        checks.check_positions(run.data.max_length, {"teacher": teacher_model, "student": built.bundle})
+        student_model = self.method.export_model(built.bundle, None)
+        checks.check_shared_vocab(run, self.tokenizer, self.student_tokenizer, student_model)
         # the run's teacher serves every stage that names no teacher of its own; else it only built the student
         self.teacher = Teacher(teacher_model) if (teacher_model is not None and runs_teacher) else None
 
@@ -296,11 +302,13 @@ class Trainer:
                 members = [self._teacher_at(p, stage, keep) for p in paths]
                 regression = bool(getattr(parts[group], "regression", False))
                 teacher: Any = members[0] if len(members) == 1 else EnsembleTeacher(members, regression)
+                checks.check_teacher_outputs(teacher, needs)
                 sources[group] = self._maybe_cached(teacher, stage, parts[group], needs, progress, label)
             return GroupedSource(sources)
         teacher = self.teacher if stage.teacher is None else self._teacher_at(stage.teacher, stage, keep)
         if teacher is None:
             raise ConfigError(f"stage {stage.name!r} uses a teacher, but none is set (teacher.path)")
+        checks.check_teacher_outputs(teacher, needs)
         return self._maybe_cached(teacher, stage, data, needs, progress, label)
 
     def _maybe_cached(
@@ -359,6 +367,7 @@ class Trainer:
         if resume and resume_from is None:
             self.print(f"[yellow]--resume: no checkpoint under {ckpt_root}; starting from scratch")
         if resume_from is not None:
+            checks.check_resume(self.out, run, CONFIG_FILE)
             self._warn_changed_config()
             state = TrainerState.from_dict(ckpt.load_trainer_state(resume_from))
             ckpt.load_bundle(resume_from, self.unwrapped())
@@ -674,6 +683,11 @@ class Trainer:
                 ckpt.publish_files(tmp_final, self.out)
                 shutil.rmtree(tmp_final, ignore_errors=True)
             final_metrics = {"task": self.task.name, "method": self.method.name, **final_metrics}
+            if self.skipped_rows:
+                final_metrics["data"] = {
+                    "skipped_rows": sum(self.skipped_rows.values()),
+                    "skipped_rows_by_file": dict(self.skipped_rows),
+                }
             warning = collapse_warning("the student", final_metrics, self.task.main_metric)
             if warning:
                 log.warning(warning)

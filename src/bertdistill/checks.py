@@ -1,0 +1,122 @@
+"""Checks the engine runs before training, so that a run that cannot work stops with one clear line instead of
+a traceback mid-step or, worse, a run that trains on garbage.
+
+Each check is method-agnostic: it reads what every method exposes through the protocol (the tokenizer the
+student is saved with, the bundle, the teacher's needs). Checks that depend on one method's losses (TinyBERT's
+head counts, kd's hidden MSE widths, DistilBERT's pre-trained student) live in that method's file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from .config import ConfigError, RunConfig
+from .hub import UNTRAINED_ATTR, from_pretrained
+from .protocol import Needs
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """How many token positions ``model`` can embed: its first learned ``position_embeddings`` table, less the
+    offset of models that number positions after the padding id (RoBERTa); ``None`` when it has no such table
+    (sinusoidal positions, a BiLSTM)."""
+    for name, mod in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "position_embeddings" and isinstance(mod, nn.Embedding):
+            offset = mod.padding_idx + 1 if mod.padding_idx is not None else 0
+            return int(mod.num_embeddings) - offset
+    return None
+
+
+def check_positions(max_length: int, models: dict[str, nn.Module | None]) -> None:
+    """``data.max_length`` must fit every model's position table: a longer example would index past it (an
+    ``IndexError`` at the first long batch, possibly hours into a run)."""
+    for who, model in models.items():
+        limit = None if model is None else max_positions(model)
+        if limit is not None and max_length > limit:
+            where = getattr(model, "name_or_path", "") or ""
+            raise ConfigError(
+                f"data.max_length {max_length} is longer than the {who}'s {limit} positions"
+                + (f" ({where})" if where else "")
+                + f"; set data.max_length to at most {limit}"
+            )
+
+
+def check_shared_vocab(run: RunConfig, tokenizer: Any, student_tokenizer: Any, student: nn.Module) -> None:
+    """A student that reads the teacher's token ids (every method whose student keeps the run's tokenizer:
+    all but a student with its own vocabulary, such as the BiLSTM's words) must embed every one of them, and a
+    pre-trained student must have been trained on the same vocabulary, or its embeddings mean other tokens."""
+    if student_tokenizer is not tokenizer:
+        return  # the student tokenises the text itself
+    method = run.method.name
+    get_emb = getattr(student, "get_input_embeddings", None)
+    try:
+        emb = get_emb() if callable(get_emb) else None
+    except NotImplementedError:
+        emb = None
+    if isinstance(emb, nn.Embedding) and emb.num_embeddings < len(tokenizer):
+        raise ConfigError(
+            f"the student embeds {emb.num_embeddings} token ids, the teacher's tokenizer has {len(tokenizer)}: "
+            f"{method} feeds the student the teacher's token ids, so both must share one vocabulary; build the "
+            "student from the teacher (student.init: teacher or random)"
+        )
+    st = run.student
+    if st.init != "pretrained" or not st.path or st.path in (run.teacher.path, None):
+        return
+    try:
+        theirs = from_pretrained(_auto_tokenizer(), st.path)
+    except ConfigError:
+        return  # a model dir without a tokenizer: the embedding size above is all there is to compare
+    ours = tokenizer.get_vocab()
+    if theirs.get_vocab() != ours:
+        diff = sorted(set(ours.items()) ^ set(theirs.get_vocab().items()), key=lambda kv: (kv[1], kv[0]))[:3]
+        raise ConfigError(
+            f"student.path {st.path!r} has its own vocabulary ({len(theirs)} tokens, the teacher's tokenizer "
+            f"{len(tokenizer)}; e.g. differing (token, id) pairs {diff}): {method} feeds the student the teacher's "
+            "token ids, so both must share one vocabulary; use a student pre-trained with the teacher's "
+            "tokenizer, or student.init: teacher / random"
+        )
+
+
+def _auto_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
+
+
+def check_teacher_outputs(teacher: Any, needs: Needs) -> None:
+    """Refuse to read logits from a teacher whose head ``from_pretrained`` initialised at random (a bare
+    encoder or a masked LM given where a fine-tuned classifier is needed): its soft targets would be noise."""
+    if not needs.logits:
+        return
+    for member in getattr(teacher, "members", None) or [teacher]:
+        model = getattr(member, "model", member)
+        missing = getattr(model, UNTRAINED_ATTR, None)
+        if missing:
+            path = getattr(model, "name_or_path", "") or "teacher.path"
+            raise ConfigError(
+                f"teacher {path!r} has no trained head for the logits this method reads (the checkpoint lacks "
+                f"{missing[:3]}{' …' if len(missing) > 3 else ''}, so they would be random); fine-tune it on the "
+                f"task first (`bertdistill finetune --model {path} --task TASK -o DIR`) and set teacher.path to DIR"
+            )
+
+
+def check_resume(out: Path, run: RunConfig, config_file: str) -> None:
+    """``--resume`` into an output dir made by a run of another method or task would load a checkpoint of
+    another model; name the difference instead (other settings may change on purpose: more epochs, ...)."""
+    prev_path = out / config_file
+    if not prev_path.is_file():
+        return
+    try:
+        prev = yaml.safe_load(prev_path.read_text()) or {}
+    except yaml.YAMLError:
+        return  # a hand-edited file: the checkpoint itself is compared when it is loaded
+    for section, key, now in (("method", "name", run.method.name), ("data", "task", run.data.task)):
+        was = (prev.get(section) or {}).get(key) if isinstance(prev, dict) else None
+        if was is not None and was != now:
+            raise ConfigError(
+                f"--resume: {out} holds a run with {section}.{key} {was!r}, this recipe has {now!r}; resume with "
+                f"the recipe that made it ({prev_path}) or write this run to another --output"
+            )
