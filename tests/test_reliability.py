@@ -157,10 +157,19 @@ KD_SLOW_POINTS = [
 ]
 
 
-def _kd_killed(kill_at, last, leftover, reference, teacher_dir, sst2_dir, tmp_path, cli_resume=False):
+def _last_is(name: str | None) -> Callable[[Path], None]:
+    """A check of a killed run's dir: its newest complete checkpoint is ``name``."""
+
     def check(root: Path) -> None:
         found = ckpt.latest_checkpoint(root / "out" / "checkpoints")
-        assert (found.name if found else None) == last
+        assert (found.name if found else None) == name
+
+    return check
+
+
+def _kd_killed(kill_at, last, leftover, reference, teacher_dir, sst2_dir, tmp_path, cli_resume=False):
+    def check(root: Path) -> None:
+        _last_is(last)(root)
         assert leftover is None or list(root.glob(leftover)), f"{kill_at}: no {leftover}"
 
     out = _killed_then_resumed(
@@ -192,14 +201,18 @@ def test_tinybert_killed_at_the_stage_boundary_and_mid_checkpoint(teacher_dir, s
     r = _tinybert(teacher_dir, sst2_dir, tmp_path / "killed")
     assert _cli(r, kill_at="stage_end:1").returncode == -signal.SIGKILL
     assert (tmp_path / "killed" / "out" / "stages" / "task_intermediate").is_dir()
-    out = _killed_then_resumed(r, "checkpoint_write:1", "--resume")  # the resumed process's first one
+    assert not (tmp_path / "killed" / "out" / "stages" / "task_prediction").exists()
+    # the resumed process's first checkpoint: step 6, the 2nd step of task_prediction
+    out = _killed_then_resumed(r, "checkpoint_write:1", "--resume", check=_last_is("step-0000004"))
     _assert_bit_identical(full, out)
 
 
 def test_bilstm_killed_mid_checkpoint_is_bit_identical(teacher_dir, sst2_dir, glove_file, tmp_path):
     full = _uninterrupted(_bilstm(teacher_dir, sst2_dir, tmp_path / "full", glove_file))
     out = _killed_then_resumed(
-        _bilstm(teacher_dir, sst2_dir, tmp_path / "killed", glove_file), "checkpoint_write:2"
+        _bilstm(teacher_dir, sst2_dir, tmp_path / "killed", glove_file),
+        "checkpoint_write:2",
+        check=_last_is("step-0000003"),
     )
     _assert_bit_identical(full, out)
 
