@@ -606,6 +606,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"bertdistill: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        # a run that stopped on purpose (non-finite loss, a checkpoint it could not write) says why in one
+        # line; anything else is a bug and keeps its traceback
+        from .training.checkpoint import CheckpointError
+        from .training.loop import NonFiniteLossError
+
+        if not isinstance(e, NonFiniteLossError | CheckpointError):
+            raise
+        print(f"bertdistill: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .data.loading import BatchSampler, Collator, TokenizedDataset, teacher_inputs, teacher_view
 from .features import forward_features
+from .killpoints import kill_point
 from .protocol import Features, Needs, TokenTopK
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 SHARD_EXAMPLES = 4096
 """Examples per shard of a cache build: what one build holds in memory and what a resumed build may redo."""
+
+
+class DamagedCacheError(RuntimeError):
+    """A complete teacher cache that cannot be read back as written; ``load_or_build`` rebuilds it."""
 
 
 def default_cache_dir() -> Path:
@@ -173,7 +179,9 @@ class CachedTeacher:
     each shard written atomically to ``<root>.partial/part-NNNNN.safetensors`` (with its compute time in the
     file's metadata) as soon as it is done, so memory holds one shard and an interrupted build — a killed run
     — resumes at the first missing shard. ``meta.json`` (written last, then the dir renamed to ``<root>``)
-    marks a complete cache; it records the total build time over every session (``build_seconds``).
+    marks a complete cache; it records the total build time over every session (``build_seconds``) and each
+    shard's SHA-256. A cache that fails to load or to match them (a truncated or corrupted file) is named
+    in a warning, removed and built again; so is an unreadable shard of an interrupted build.
     """
 
     def __init__(
@@ -248,8 +256,13 @@ class CachedTeacher:
             / cls.fingerprint(teacher, data, needs, dtype, compute)
         )
         if (root / "meta.json").is_file():
-            log.info("teacher cache hit: %s", root)
-            return cls.open(root, needs)
+            try:
+                cache = cls.open(root, needs)
+                log.info("teacher cache hit: %s", root)
+                return cache
+            except DamagedCacheError as e:
+                log.warning("%s; removing it and building the cache again", e)
+                shutil.rmtree(root, ignore_errors=True)
         shard_examples = shard_examples or SHARD_EXAMPLES
         partial = root.with_name(root.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
@@ -272,8 +285,9 @@ class CachedTeacher:
         seconds = 0.0
         for k, rows in enumerate(shards):
             path = _shard_path(partial, k)
-            if path.is_file():
-                seconds += _shard_seconds(path)
+            done_seconds = _shard_seconds(path) if path.is_file() else None
+            if done_seconds is not None:
+                seconds += done_seconds
                 if task is not None:
                     progress.advance(task, len(batches[k]))
                 continue
@@ -285,6 +299,7 @@ class CachedTeacher:
             spent = time.perf_counter() - t0
             seconds += spent
             _atomic_save(tensors, path, {"seconds": repr(spent), "examples": str(len(rows))})
+            kill_point("cache_shard")
         if task is not None:
             progress.remove_task(task)
         meta = {
@@ -298,6 +313,7 @@ class CachedTeacher:
             "shards": len(shards),
             "shard_examples": shard_examples,
             "build_seconds": seconds,
+            "sha256": [_sha256(_read(_shard_path(partial, k))) for k in range(len(shards))],
         }
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
@@ -310,9 +326,27 @@ class CachedTeacher:
 
     @classmethod
     def open(cls, root: Path, needs: Needs) -> CachedTeacher:
-        """A complete cache dir (``meta.json`` present): its shards merged in memory."""
-        meta = json.loads((root / "meta.json").read_text())
-        parts = [load_file(str(_shard_path(root, k))) for k in range(int(meta["shards"]))]
+        """A complete cache dir (``meta.json`` present): its shards, checked against the SHA-256 in
+        ``meta.json`` (caches written before it recorded them: only that they load), merged in memory.
+        Raises :class:`DamagedCacheError` naming the file when a shard is missing, truncated or changed."""
+        try:
+            meta = json.loads((root / "meta.json").read_text())
+            n = int(meta["shards"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DamagedCacheError(f"teacher cache {root} is damaged: meta.json is unreadable ({e})") from e
+        digests = meta.get("sha256") or [None] * n
+        parts = []
+        for k in range(n):
+            path = _shard_path(root, k)
+            try:
+                raw = _read(path)
+                if digests[k] is not None and _sha256(raw) != digests[k]:
+                    raise ValueError(
+                        "its SHA-256 differs from the one recorded when it was written (corrupted)"
+                    )
+                parts.append(load_bytes(raw))
+            except (OSError, ValueError, SafetensorError) as e:
+                raise DamagedCacheError(f"teacher cache {root} is damaged: {path.name}: {e}") from e
         tensors = _merge_shards(parts)
         return cls(root, needs, tensors, tensors["lengths"], meta)
 
@@ -344,6 +378,7 @@ class CachedTeacher:
                 if logits is None:
                     logits = torch.zeros((n, *f.logits.shape[1:]), dtype=dtype)
                 logits[local] = f.logits.to("cpu", dtype)
+            kill_point("cache_batch")
             for i, row in enumerate(local.tolist()):
                 k = int(lengths[row])
                 for layer, h in f.hidden_states.items():
@@ -452,16 +487,35 @@ def _shard_batches(data: TokenizedDataset, rows: range, batch_size: int) -> list
     return [[rows.start + i for i in b] for b in BatchSampler(lengths, batch_size, shuffle=False)]
 
 
-def _shard_seconds(path: Path) -> float:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return float(meta.get("seconds", 0.0))
+def _shard_seconds(path: Path) -> float | None:
+    """Compute time of a finished shard of an interrupted build; None (and the shard removed, to be computed
+    again) when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return float(meta.get("seconds", 0.0))
+    except (OSError, ValueError, SafetensorError) as e:
+        log.warning("teacher cache shard %s is damaged (%s); computing it again", path, e)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _merge_shards(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -3,13 +3,20 @@
 Layout of ``<output_dir>/checkpoints/step-0000123/``: ``bundle.safetensors`` (every trainable module: the
 student plus projections / heads), ``optimizer.pt`` and ``scheduler.pt`` (tensors and numbers only,
 loaded with ``weights_only=True``), ``rng.pt`` and ``trainer_state.json`` (written last: a directory
-without it is incomplete and ignored). Each is written into a temporary directory that is renamed into
-place, so a killed run never leaves a half-written checkpoint.
+without it is incomplete and ignored; it records each other file's size and SHA-256). Each is written into a
+temporary directory, fsync'd and renamed into place, so a killed run never leaves a half-written checkpoint;
+a checkpoint damaged afterwards (truncated, bytes changed) fails :func:`verify_checkpoint` and
+:func:`latest_good_checkpoint` moves it aside and falls back to the one before. A failed write (a full disk)
+removes its temporary directory and leaves the earlier checkpoints as they were. ``docs/reliability.md``
+lists what was tested.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -25,28 +32,97 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..config import ConfigError
+from ..killpoints import kill_point
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFTOVER = re.compile(r"^\.(.+)\.(?:old|tmp)-[^.]+$")
+"""What a killed :func:`atomic_dir` of ``<name>`` leaves: ``.<name>.old-<pid>`` or ``.<name>.tmp-<random>``."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the message names the earlier one that is still intact."""
 
 
 def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_dir)`` then move ``tmp_dir`` to ``target`` (replacing it) in one rename."""
+    """Call ``write(tmp_dir)`` then move ``tmp_dir`` to ``target`` (replacing it) in one rename.
+
+    The files are fsync'd before the rename and the parent dir after it, so that the rename never lands
+    before the data. Replacing an existing ``target`` takes two renames (old aside, new in): a run killed
+    between them leaves ``.<name>.old-<pid>``, which :func:`recover_dir` puts back."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
+        _fsync_tree(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
+            kill_point("dir_swap")
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def recover_dir(target: Path) -> None:
+    """Undo what a killed :func:`atomic_dir` of ``target`` left: put a moved-aside ``target`` back when the
+    new one never arrived, and remove leftover temporary and old copies."""
+    if not target.parent.is_dir():
+        return
+    for d in sorted(target.parent.glob(f".{target.name}.old-*")):
+        if not target.exists():
+            os.replace(d, target)
+            log.warning("%s: restored the copy an interrupted replacement had moved aside", target)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    for d in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def recover_run_dir(out: Path) -> None:
+    """Tidy an output dir after a kill, before a resume: the model dirs (``best/``, ``stages/*``) as
+    :func:`recover_dir` does, and half-written checkpoints' temporary dirs."""
+    for parent in (out, out / "stages", out / "checkpoints"):
+        if not parent.is_dir():
+            continue
+        leftovers = (_LEFTOVER.match(d.name) for d in parent.iterdir())
+        for name in sorted({m.group(1) for m in leftovers if m}):
+            recover_dir(parent / name)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the data files were synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for f in root.rglob("*"):
+        if f.is_file():
+            _fsync(f)
+    _fsync(root)
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file: what :func:`verify_checkpoint` checks it against."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def publish_files(src: Path, dst: Path) -> None:
@@ -89,15 +165,31 @@ def save_checkpoint(
     keep_last: int,
 ) -> Path:
     step = int(trainer_state["global_step"])
+    target = root / f"step-{step:07d}"
 
     def write(tmp: Path) -> None:
         save_model(bundle, str(tmp / "bundle.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        kill_point("checkpoint_write")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+        files = {f.name: file_digest(f) for f in sorted(tmp.iterdir())}
+        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "files": files}, indent=1))
 
-    path = atomic_dir(root / f"step-{step:07d}", write)
+    try:
+        path = atomic_dir(target, write)
+    except OSError as e:
+        prev = latest_checkpoint(root)
+        why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
+        raise CheckpointError(
+            f"could not write checkpoint {target} ({why}); "
+            + (
+                f"the previous checkpoint {prev} is intact: make room and run again with --resume"
+                if prev
+                else "no earlier checkpoint exists"
+            )
+        ) from e
+    kill_point("checkpoint_saved")
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -118,6 +210,46 @@ def list_checkpoints(root: Path) -> list[Path]:
 def latest_checkpoint(root: Path) -> Path | None:
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be used (unreadable state, a file missing, truncated or
+    changed since it was written), or None when it is whole. Checkpoints written before the state file
+    recorded digests are checked for their files only."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} is unreadable ({e})"
+    files = state.get("files")
+    if not isinstance(files, dict):
+        files = {name: None for name in ("bundle.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")}
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if want is None:
+            continue
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            return f"{name} has {size} bytes, {want['bytes']} were written (truncated?)"
+        if file_digest(f)["sha256"] != want["sha256"]:
+            return f"{name} does not match the SHA-256 recorded when it was written (corrupted)"
+    return None
+
+
+def latest_good_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint under ``root`` that :func:`verify_checkpoint` accepts. Each damaged newer one
+    is named in a warning and renamed ``<name>.damaged`` (kept for inspection, out of the way of
+    :func:`list_checkpoints` and of the resumed run's own saves)."""
+    for path in reversed(list_checkpoints(root)):
+        why = verify_checkpoint(path)
+        if why is None:
+            return path
+        aside = path.with_name(f"{path.name}.damaged")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        log.warning("checkpoint %s is damaged: %s; moved to %s, trying the one before", path, why, aside.name)
+    return None
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from ..data.rows import skipped_rows
 from ..data.tasks import collapse_warning
 from ..hub import from_pretrained, save_hf_model
 from ..inference import eval_loop
+from ..killpoints import kill_point
 from ..protocol import Features, Method, Needs, Stage, unwrap
 from ..registry import get_method
 from ..teachers import CachedTeacher, EnsembleTeacher, GroupedSource, Teacher
@@ -363,6 +364,12 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt_root = self.out / "checkpoints"
         state = TrainerState()
+        if resume:
+            # what a kill left half done is tidied, and damaged checkpoints are set aside, before reading any
+            if acc.is_main_process:
+                ckpt.recover_run_dir(self.out)
+                ckpt.latest_good_checkpoint(ckpt_root)
+            acc.wait_for_everyone()
         resume_from = ckpt.latest_checkpoint(ckpt_root) if resume else None
         if resume and resume_from is None:
             self.print(f"[yellow]--resume: no checkpoint under {ckpt_root}; starting from scratch")
@@ -398,6 +405,7 @@ class Trainer:
                 self.run_stage(sr, state, ckpt_root, progress)
                 if len(self.stages) > 1:
                     self._save_stage_output(stage)
+                kill_point("stage_end")
                 state.stage_done = True
         return self._finish(state)
 
@@ -568,7 +576,7 @@ class Trainer:
             loss = torch.stack([v.float() for v in terms.values()]).sum()
             values = {k: float(v.detach()) for k, v in terms.items()}
             if not math.isfinite(sum(values.values())):
-                self._non_finite(values, state, ckpt_root)
+                self._non_finite(values, state, ckpt_root, sr.stage.name)
             acc.backward(loss)
             if acc.sync_gradients and tr.max_grad_norm:
                 acc.clip_grad_norm_(self.bundle.parameters(), tr.max_grad_norm)
@@ -581,6 +589,7 @@ class Trainer:
         """Counters, logging, evaluation / model selection and checkpoints after an optimizer step; True
         when the stage ends (its step budget, or early stopping)."""
         tr = self.run.train
+        kill_point("step")
         state.stage_step += 1
         state.global_step += 1
         if sr.bar is not None:
@@ -597,6 +606,8 @@ class Trainer:
             or end_of_stage
         )
         stop = self._eval_and_select(state, sr.stage) if do_eval else False
+        if do_eval:
+            kill_point("eval")
         do_save = (
             (tr.save_every and state.stage_step % tr.save_every == 0)
             or (not tr.save_every and (do_eval or end_of_epoch))
@@ -610,6 +621,10 @@ class Trainer:
         return stop or end_of_stage
 
     def _checkpoint(self, sr: StageRun, state: TrainerState, root: Path) -> None:
+        # finite loss terms can still give a diverged update (an inf gradient): never save it as "good"
+        bad = [n for n, p in self.unwrapped().named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            self._non_finite({}, state, root, sr.stage.name, bad_params=bad)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             ckpt.save_checkpoint(
@@ -735,12 +750,26 @@ class Trainer:
         ckpt.atomic_dir(self.out / "stages" / stage.name, write)
         self.print(f"stage {stage.name!r} saved to {self.out / 'stages' / stage.name}")
 
-    def _non_finite(self, values: Mapping[str, float], state: TrainerState, root: Path) -> None:
+    def _non_finite(
+        self,
+        values: Mapping[str, float],
+        state: TrainerState,
+        root: Path,
+        stage: str,
+        bad_params: list[str] | None = None,
+    ) -> None:
+        """Stop the run: name what went non-finite (loss terms, else the weights after an update), the step
+        and the stage, and the last good checkpoint to resume from."""
         last = ckpt.latest_checkpoint(root)
-        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+        if bad_params:
+            step, what = state.global_step, f"non-finite weights {bad_params[:5]} after"
+        else:
+            bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+            step, what = state.global_step + 1, f"non-finite loss term(s) {bad} at"
         msg = (
-            f"non-finite loss term(s) {bad} at step {state.global_step + 1} of stage {state.stage_index} "
-            f"(terms: {dict(values)}); training stopped without saving this state. "
+            f"{what} step {step} (stage {state.stage_index} {stage!r}"
+            + (f", terms: {dict(values)}" if values else "")
+            + "); training stopped without saving this state. "
             + (
                 f"Last good checkpoint: {last} (resume with --resume after lowering train.lr or "
                 f"enabling train.max_grad_norm)."
@@ -748,7 +777,7 @@ class Trainer:
                 else "No checkpoint had been written yet."
             )
         )
-        self.logger.write({"step": state.global_step + 1, "error": msg})
+        self.logger.write({"step": step, "error": msg})
         raise NonFiniteLossError(msg)
 
 

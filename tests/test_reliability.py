@@ -1,0 +1,421 @@
+"""Interrupted and damaged runs: a real ``kill -9`` of ``bertdistill distill`` at named points, then
+``--resume``, must end with bit-identical weights; damaged checkpoints and teacher caches are detected and
+worked around; a full disk and a NaN stop the run cleanly with a loadable, resumable checkpoint.
+
+The kills go through the test-only hook ``BERTDISTILL_TEST_KILL_AT=<event>:<n>`` (bertdistill/killpoints.py),
+which makes the subprocess ``SIGKILL`` itself at the n-th pass of a named point. Figures: docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import bertdistill
+from bertdistill import cli, killpoints
+from bertdistill.protocol import Needs
+from bertdistill.teachers import CachedTeacher, Teacher
+from bertdistill.training import checkpoint as ckpt
+from bertdistill.training.loop import NonFiniteLossError, distill
+from conftest import recipe
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+
+SRC = Path(bertdistill.__file__).resolve().parents[1]
+
+
+def _kd(teacher_dir, sst2_dir, out: Path, **train):
+    """kd on 96 examples: 6 steps an epoch, 2 epochs; a checkpoint every 2 steps, an evaluation every 3 (the
+    first and the last improve: best/ is written, then replaced), a teacher cache built in batches of 16."""
+    r = recipe("kd", teacher_dir, sst2_dir, out / "out", out / "cache")
+    r["teacher"]["batch_size"] = 16
+    r["train"].update(epochs=2, lr=3e-3, save_every=2, eval_every=3, keep_last=2, cpu_threads=1, **train)
+    r["student"]["config_overrides"] = {"hidden_dropout_prob": 0.1}  # the RNG stream matters on resume
+    return r
+
+
+def _tinybert(teacher_dir, sst2_dir, out: Path):
+    """TinyBERT's two task stages (intermediate: 4 steps, live teacher; prediction: 4 steps, cached)."""
+    r = recipe("tinybert", teacher_dir, sst2_dir, out / "out", out / "cache")
+    r["method"].update(intermediate_lr=1e-3, prediction_lr=1e-3, intermediate_steps=4, prediction_steps=4)
+    r["train"].update(save_every=2, batch_size=8, cpu_threads=1)
+    return r
+
+
+def _bilstm(teacher_dir, sst2_dir, out: Path, glove: Path):
+    r = recipe("bilstm", teacher_dir, sst2_dir, out / "out", out / "cache")
+    r["method"].update(hidden_size=16, mlp_size=16, dropout=0.1, vectors=str(glove))
+    r["train"].update(epochs=2, save_every=3, eval_every=4, cpu_threads=1)
+    return r
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """The recipes' ``train.cpu_threads: 1`` (the same arithmetic in every process) is process-wide: undo it."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _recipe_file(r: dict) -> Path:
+    path = Path(r["output_dir"]).parent / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+def _cli(r: dict, *flags: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m bertdistill.cli distill RECIPE --quiet FLAGS`` in a fresh process (this checkout's code)."""
+    path = _recipe_file(r)
+    env = {k: v for k, v in os.environ.items() if k != killpoints.ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    if kill_at:
+        env[killpoints.ENV] = kill_at
+    cmd = [sys.executable, "-m", "bertdistill.cli", "distill", str(path), "--quiet", *flags]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _killed_then_resumed(
+    r: dict, kill_at: str, *flags: str, check: Callable[[Path], None] | None = None, cli_resume: bool = False
+) -> Path:
+    """Run ``r`` in a subprocess (with ``flags``, e.g. ``--resume`` for a run killed before) until the kill
+    point, check that it died by SIGKILL there, then resume it to the end — in this process (what
+    ``--resume`` calls; a subprocess costs ~5 s of imports), or through the CLI. Returns the output dir."""
+    killed = _cli(r, *flags, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, f"not killed at {kill_at}: {killed.stderr[-2000:]}"
+    assert not (Path(r["output_dir"]) / "model.safetensors").exists()
+    if check is not None:
+        check(Path(r["output_dir"]).parent)
+    if cli_resume:
+        resumed = _cli(r, "--resume")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    else:
+        distill(_recipe_file(r), resume=True, quiet=True)
+    return Path(r["output_dir"])
+
+
+def _assert_bit_identical(a: Path, b: Path) -> None:
+    """The final model and the last checkpoint's bundle of two runs hold exactly the same tensors."""
+    last_a, last_b = ckpt.latest_checkpoint(a / "checkpoints"), ckpt.latest_checkpoint(b / "checkpoints")
+    assert last_a is not None and last_b is not None and last_a.name == last_b.name
+    for fa, fb in ((a / "model.safetensors", b / "model.safetensors"), (last_a, last_b)):
+        if fa.is_dir():
+            fa, fb = fa / "bundle.safetensors", fb / "bundle.safetensors"
+        ta, tb = load_file(str(fa)), load_file(str(fb))
+        assert ta.keys() == tb.keys()
+        differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+        assert not differ, f"{fa.name}: tensors differ after the resume: {differ[:5]}"
+    assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
+
+
+def _uninterrupted(r: dict) -> Path:
+    """The run never killed, in this process (the same weights as in a fresh one: the damaged-state tests
+    compare runs resumed here with kills of subprocesses)."""
+    n = torch.get_num_threads()
+    try:
+        return distill(_recipe_file(r), quiet=True).output_dir
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def kd_reference(tmp_path_factory, _teacher_session, sst2_dir) -> Path:
+    return _uninterrupted(_kd(_teacher_session, sst2_dir, tmp_path_factory.mktemp("kd_ref")))
+
+
+# ----------------------------------------------------------------------------------------------- kill -9
+
+KD_POINTS = [
+    # (kill point, the newest complete checkpoint it leaves, a leftover that shows where it died)
+    ("cache_batch:3", None, "cache/teacher/*.partial"),  # half the cache computed, no shard on disk yet
+    ("cache_shard:1", None, "cache/teacher/*.partial/part-00000.safetensors"),  # not marked complete
+    ("step:5", "step-0000004", None),  # after an optimizer step between checkpoints
+    ("checkpoint_write:3", "step-0000004", "out/checkpoints/.step-0000006.tmp-*"),  # no state, no rename
+    ("eval:2", "step-0000004", "out/best"),  # after step 6's evaluation, before its checkpoint
+]
+KD_SLOW_POINTS = [
+    ("checkpoint_saved:2", "step-0000004", "out/checkpoints/step-0000002"),  # renamed, older not pruned
+    ("dir_swap:1", "step-0000010", "out/.best.old-*"),  # step 12's best/ replacing step 3's, half done
+    ("step:12", "step-0000010", None),  # the last step, before the end-of-run evaluation and saves
+    ("eval:4", "step-0000010", None),  # the end-of-run evaluation
+    ("checkpoint_write:6", "step-0000010", "out/checkpoints/.step-0000012.tmp-*"),
+]
+
+
+def _last_is(name: str | None) -> Callable[[Path], None]:
+    """A check of a killed run's dir: its newest complete checkpoint is ``name``."""
+
+    def check(root: Path) -> None:
+        found = ckpt.latest_checkpoint(root / "out" / "checkpoints")
+        assert (found.name if found else None) == name
+
+    return check
+
+
+def _kd_killed(kill_at, last, leftover, reference, teacher_dir, sst2_dir, tmp_path, cli_resume=False):
+    def check(root: Path) -> None:
+        _last_is(last)(root)
+        assert leftover is None or list(root.glob(leftover)), f"{kill_at}: no {leftover}"
+
+    out = _killed_then_resumed(
+        _kd(teacher_dir, sst2_dir, tmp_path), kill_at, check=check, cli_resume=cli_resume
+    )
+    _assert_bit_identical(reference, out)
+    assert not [p.name for p in out.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+@pytest.mark.parametrize(("kill_at", "last", "leftover"), KD_POINTS)
+def test_kd_killed_and_resumed_is_bit_identical(
+    kill_at, last, leftover, kd_reference, teacher_dir, sst2_dir, tmp_path
+):
+    _kd_killed(
+        kill_at, last, leftover, kd_reference, teacher_dir, sst2_dir, tmp_path, cli_resume=kill_at == "step:5"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kill_at", "last", "leftover"), KD_SLOW_POINTS)
+def test_kd_killed_at_more_points(kill_at, last, leftover, kd_reference, teacher_dir, sst2_dir, tmp_path):
+    _kd_killed(kill_at, last, leftover, kd_reference, teacher_dir, sst2_dir, tmp_path)
+
+
+def test_tinybert_killed_at_the_stage_boundary_and_mid_checkpoint(teacher_dir, sst2_dir, tmp_path):
+    """Two kills of one multi-stage run: at the end of ``task_intermediate`` (its output saved, the
+    prediction stage not started), then while step 6's checkpoint (in ``task_prediction``) is written."""
+    full = _uninterrupted(_tinybert(teacher_dir, sst2_dir, tmp_path / "full"))
+    r = _tinybert(teacher_dir, sst2_dir, tmp_path / "killed")
+    assert _cli(r, kill_at="stage_end:1").returncode == -signal.SIGKILL
+    assert (tmp_path / "killed" / "out" / "stages" / "task_intermediate").is_dir()
+    assert not (tmp_path / "killed" / "out" / "stages" / "task_prediction").exists()
+    # the resumed process's first checkpoint: step 6, the 2nd step of task_prediction
+    out = _killed_then_resumed(r, "checkpoint_write:1", "--resume", check=_last_is("step-0000004"))
+    _assert_bit_identical(full, out)
+
+
+def test_bilstm_killed_mid_checkpoint_is_bit_identical(teacher_dir, sst2_dir, glove_file, tmp_path):
+    full = _uninterrupted(_bilstm(teacher_dir, sst2_dir, tmp_path / "full", glove_file))
+    out = _killed_then_resumed(
+        _bilstm(teacher_dir, sst2_dir, tmp_path / "killed", glove_file),
+        "checkpoint_write:2",
+        check=_last_is("step-0000003"),
+    )
+    _assert_bit_identical(full, out)
+
+
+def test_unknown_kill_point_is_refused(monkeypatch):
+    monkeypatch.setenv(killpoints.ENV, "chekpoint_write:1")
+    with pytest.raises(ValueError, match="unknown event 'chekpoint_write'"):
+        killpoints.kill_point("step")
+
+
+# ----------------------------------------------------------------------------------------------- damaged state
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # one byte of the data changed, the size kept: only a checksum sees it
+        data[len(data) * 3 // 4] ^= 0xFF
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("file", "how", "why"),
+    [
+        ("bundle.safetensors", "truncate", "truncated"),
+        ("optimizer.pt", "corrupt", "corrupted"),
+        ("trainer_state.json", "truncate", "unreadable"),
+    ],
+)
+def test_damaged_checkpoint_falls_back_to_the_previous_one(
+    file, how, why, kd_reference, teacher_dir, sst2_dir, tmp_path, caplog
+):
+    r = _kd(teacher_dir, sst2_dir, tmp_path)
+    out = distill(_recipe_file(r), quiet=True).output_dir  # keeps step-0000010 and step-0000012
+    newest = out / "checkpoints" / "step-0000012"
+    _damage(newest / file, how)
+    (out / "model.safetensors").unlink()
+    with caplog.at_level(logging.WARNING, logger="bertdistill"):
+        distill(_recipe_file(r), resume=True, quiet=True)
+    assert f"checkpoint {newest} is damaged: {file}" in caplog.text and why in caplog.text
+    assert (out / "checkpoints" / "step-0000012.damaged" / file).is_file()  # kept aside for inspection
+    _assert_bit_identical(kd_reference, out)  # steps 11-12 replayed from step-0000010
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_one(
+    kd_reference, teacher_dir, sst2_dir, tmp_path, monkeypatch, capsys
+):
+    """The writer fails with ENOSPC after the weights and optimizer of step 6's checkpoint are written."""
+    r = _kd(teacher_dir, sst2_dir, tmp_path)
+    real_save, seen = torch.save, []
+
+    def save(obj, f, *a, **k):
+        if Path(f).name == "scheduler.pt":
+            seen.append(f)
+            if len(seen) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert cli.main(["distill", str(_recipe_file(r)), "--quiet"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bertdistill:")]
+    out = Path(r["output_dir"])
+    assert err == [
+        f"bertdistill: could not write checkpoint {out / 'checkpoints' / 'step-0000006'} (the disk is full); "
+        f"the previous checkpoint {out / 'checkpoints' / 'step-0000004'} is intact: make room and run again "
+        "with --resume"
+    ]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    assert ckpt.verify_checkpoint(out / "checkpoints" / "step-0000004") is None
+    monkeypatch.setattr(torch, "save", real_save)
+    distill(_recipe_file(r), resume=True, quiet=True)
+    _assert_bit_identical(kd_reference, out)
+
+
+def _cache_data(teacher_dir):
+    from transformers import AutoTokenizer
+
+    from bertdistill.data.loading import Examples, tokenize
+    from conftest import make_sentence
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    rng = random.Random(0)
+    ex = Examples([(make_sentence(rng, i % 2),) for i in range(20)], [i % 2 for i in range(20)])
+    return tok, tokenize(ex, tok, 32)
+
+
+def _build(teacher, data, tok, root):
+    needs = Needs(logits=True, hidden_states=True, hidden_layers=(1,))
+    return CachedTeacher.load_or_build(
+        teacher, data, needs, tok.pad_token_id, root, batch_size=4, shard_examples=8
+    )
+
+
+@pytest.mark.parametrize(
+    ("file", "how", "why"),
+    [
+        ("part-00001.safetensors", "truncate", "part-00001.safetensors: "),
+        ("part-00002.safetensors", "corrupt", "part-00002.safetensors: its SHA-256 differs"),
+        ("meta.json", "truncate", "meta.json is unreadable"),
+    ],
+)
+def test_damaged_teacher_cache_is_rebuilt(file, how, why, tiny_model, teacher_dir, tmp_path, caplog):
+    tok, data = _cache_data(teacher_dir)
+    teacher = Teacher(tiny_model)
+    first = _build(teacher, data, tok, tmp_path)  # 3 shards of 8, 8 and 4 examples
+    _damage(first.root / file, how)
+    calls: list[int] = []
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    with caplog.at_level(logging.WARNING, logger="bertdistill"):
+        again = _build(teacher, data, tok, tmp_path)
+    assert f"teacher cache {first.root} is damaged: {why}" in caplog.text
+    assert "building the cache again" in caplog.text
+    assert again.built_now and len(calls) == 5  # every batch computed again
+    assert again.tensors.keys() == first.tensors.keys()
+    assert all(torch.equal(again.tensors[k], first.tensors[k]) for k in first.tensors)
+    assert _build(teacher, data, tok, tmp_path).built_now is False  # and whole again
+
+
+def test_damaged_shard_of_an_interrupted_cache_build_is_computed_again(
+    tiny_model, teacher_dir, tmp_path, caplog
+):
+    tok, data = _cache_data(teacher_dir)
+    teacher = Teacher(tiny_model)
+    first = _build(teacher, data, tok, tmp_path)
+    # what a build killed after its second shard leaves, with the first shard then truncated
+    partial = first.root.with_name(first.root.name + ".partial")
+    partial.mkdir()
+    for k in (0, 1):
+        (partial / f"part-0000{k}.safetensors").write_bytes(
+            (first.root / f"part-0000{k}.safetensors").read_bytes()
+        )
+    _damage(partial / "part-00000.safetensors", "truncate")
+    shutil.rmtree(first.root)
+    calls: list[int] = []
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    with caplog.at_level(logging.WARNING, logger="bertdistill"):
+        again = _build(teacher, data, tok, tmp_path)
+    assert "part-00000.safetensors is damaged" in caplog.text and "computing it again" in caplog.text
+    assert len(calls) == 3  # shard 0 (2 batches) and shard 2 (1 batch); shard 1 was whole
+    assert all(torch.equal(again.tensors[k], first.tensors[k]) for k in first.tensors)
+
+
+# ----------------------------------------------------------------------------------------------- NaN
+
+
+def test_nan_names_the_term_and_step_and_the_kept_checkpoint_resumes(
+    kd_reference, teacher_dir, sst2_dir, tmp_path, monkeypatch, capsys
+):
+    from bertdistill.methods.kd import KD
+
+    r = _kd(teacher_dir, sst2_dir, tmp_path)
+    original, calls = KD.loss, []
+
+    def poisoned(self, *a, **k):
+        terms = original(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 5:  # the loss of step 5
+            terms["kd"] = terms["kd"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(KD, "loss", poisoned)
+    assert cli.main(["distill", str(_recipe_file(r)), "--quiet"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bertdistill:")]
+    out = Path(r["output_dir"])
+    kept = out / "checkpoints" / "step-0000004"
+    assert len(err) == 1
+    assert err[0].startswith(
+        "bertdistill: non-finite loss term(s) ['kd'] at step 5 (stage 0 'train', terms: {"
+    )
+    assert err[0].endswith(
+        f"Last good checkpoint: {kept} (resume with --resume after lowering train.lr or "
+        "enabling train.max_grad_norm)."
+    )
+    assert ckpt.latest_checkpoint(out / "checkpoints") == kept and ckpt.verify_checkpoint(kept) is None
+    monkeypatch.setattr(KD, "loss", original)
+    distill(_recipe_file(r), resume=True, quiet=True)
+    _assert_bit_identical(kd_reference, out)
+
+
+def test_diverged_weights_are_never_checkpointed(kd_reference, teacher_dir, sst2_dir, tmp_path, monkeypatch):
+    """Finite loss terms, but an update that leaves NaN weights (step 4, just before a checkpoint)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    r = _kd(teacher_dir, sst2_dir, tmp_path)
+    original, calls = AcceleratedOptimizer.step, []
+
+    def diverging(self, *a, **k):
+        original(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 4:
+            with torch.no_grad():
+                self.optimizer.param_groups[0]["params"][0].fill_(float("nan"))
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step", diverging)
+    out = Path(r["output_dir"])
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite weights \['.+'\] after step 4 \(stage 0 'train'\).*Last good checkpoint: "
+        r".*step-0000002 ",
+    ):
+        distill(_recipe_file(r), quiet=True)
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-0000002"
+    monkeypatch.setattr(AcceleratedOptimizer, "step", original)
+    distill(_recipe_file(r), resume=True, quiet=True)
+    _assert_bit_identical(kd_reference, out)
