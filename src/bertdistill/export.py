@@ -257,8 +257,8 @@ def write_graphs(graphs: Sequence[Any], out_dir: Path, opset: int) -> dict[str, 
 
 
 def quantize_graphs(paths: Mapping[str, Path]) -> dict[str, Path]:
-    """``<name>.int8.onnx`` next to each graph: dynamic int8 quantisation (weights int8; activations
-    quantised at run time; MatMul, Gemm, LSTM ...)."""
+    """``<name>.int8.onnx`` next to each graph: ONNX Runtime's dynamic int8 quantisation (int8 weights of
+    MatMul, Gather, LSTM ...; activations quantised at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = {}
