@@ -1,4 +1,4 @@
-"""Inference precision for ``evaluate`` / ``compare``: fp32, bf16 autocast, dynamic int8.
+"""Inference precision for ``evaluate`` / ``compare``: fp32, bf16 autocast, dynamic int8, ONNX Runtime fp32 / int8.
 
 * ``bf16``: the model's forward under ``torch.autocast`` (CPU: bfloat16). Fast only where the CPU computes bf16
   natively (AVX-512 BF16 / AMX, see :func:`cpu_bf16`); elsewhere it is emulated and usually *slower* than fp32,
