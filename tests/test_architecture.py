@@ -18,6 +18,8 @@ FORBIDDEN = [
             f"{PKG}.evaluation",
             f"{PKG}.inference",
             f"{PKG}.cli",
+            f"{PKG}.export",
+            f"{PKG}.precision",
             f"{PKG}.reporting",
             f"{PKG}.timing",
             f"{PKG}.protocol",

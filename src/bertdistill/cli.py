@@ -246,6 +246,32 @@ def cmd_export_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A saved student as ONNX graphs (+ int8), checked against eager; see docs/export.md."""
+    from .export import CheckData, export
+
+    check = None
+    if args.check is not None:
+        check = CheckData(args.task, args.check or None, args.split, args.max_examples, args.batch_size)
+    elif args.task:
+        raise SystemExit("export: --task goes with --check (the data the export is checked on)")
+    record = export(
+        args.model,
+        args.output,
+        args.format,
+        args.quantize,
+        args.tolerance,
+        args.opset,
+        _inference_options(args),
+        check,
+        args.max_length,
+    )
+    print(
+        json.dumps({"output": args.output, "passed": record["passed"], "parity": record["parity"]}, indent=1)
+    )
+    return 0
+
+
 def _augment_source(args: argparse.Namespace) -> tuple[Any, Any]:
     """The task and the (seeded, subsampled) training examples to augment; never dev or test."""
     from .config import ConfigError, DataConfig
@@ -439,10 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--precision",
         nargs="+",
-        choices=["fp32", "bf16", "int8"],
+        choices=["fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"],
         default=["fp32"],
-        help="inference precision(s): fp32, bf16 autocast (fast only on CPUs with native bf16), dynamic int8; "
-        "several give one row each",
+        help="inference precision(s): fp32, bf16 autocast (fast only on CPUs with native bf16), dynamic int8, "
+        "ONNX Runtime fp32 / dynamic int8 (exported on the fly; an export dir runs in ONNX already); several "
+        "give one row each",
     )
     _add_inference_options(s)
     s.set_defaults(fn=cmd_evaluate)
@@ -458,10 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--precision",
         nargs="+",
-        choices=["fp32", "bf16", "int8"],
+        choices=["fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"],
         default=["fp32"],
-        help="inference precision(s): fp32, bf16 autocast (fast only on CPUs with native bf16), dynamic int8; "
-        "several give one row per student each; the teacher stays fp32",
+        help="inference precision(s): fp32, bf16 autocast (fast only on CPUs with native bf16), dynamic int8, "
+        "ONNX Runtime fp32 / dynamic int8 (exported on the fly; an export dir runs in ONNX already); several "
+        "give one row per student each; the teacher stays fp32 eager",
     )
     _add_inference_options(s)
     s.set_defaults(fn=cmd_compare)
@@ -526,6 +554,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("task", help="the head (task name) to export")
     s.add_argument("--output", "-o", required=True)
     s.set_defaults(fn=cmd_export_task)
+
+    s = sub.add_parser(
+        "export",
+        help="export a saved student to ONNX (optionally int8), checked against eager",
+        epilog="Docs: docs/export.md. Needs the export extra: pip install 'bertdistill[export]'.",
+        description="Writes OUTPUT: the student's files, its ONNX graph(s) and export.json (tolerance, "
+        "differences, agreement, opset, tool versions). Fails when the fp32 logits differ from eager by more "
+        "than --tolerance. OUTPUT is a model argument of evaluate / compare / predict (run by ONNX Runtime).",
+    )
+    s.add_argument("model", help="a saved student dir")
+    s.add_argument("--format", default="onnx", choices=["onnx"])
+    s.add_argument("--quantize", choices=["int8"], help="also write ONNX Runtime dynamic int8 graphs")
+    s.add_argument("--output", "-o", required=True, help="the export dir (new)")
+    s.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="DATA",
+        help="also check on a labelled split: agreement and scores, eager vs ONNX (DATA: data dir; "
+        "default: the student's own data)",
+    )
+    s.add_argument("--task", help="with --check: the task (default: the student's)")
+    s.add_argument("--split", default="dev")
+    s.add_argument("--max-examples", type=int, help="with --check: at most this many examples")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--max-length", type=int, default=128)
+    s.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest |logit difference| allowed, fp32 (1e-4)"
+    )
+    s.add_argument("--opset", type=int, default=18, help="ONNX opset (18)")
+    _add_inference_options(s)
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser(
         "augment",
@@ -594,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     from .config import ConfigError
+    from .export import ExportError
     from .logs import quiet_hf
 
     quiet_hf()
@@ -606,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"bertdistill: {e}", file=sys.stderr)
         return 2
+    except ExportError as e:
+        print(f"bertdistill: export failed: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         # a run that stopped on purpose (non-finite loss, a checkpoint it could not write) says why in one
         # line; anything else is a bug and keeps its traceback

@@ -160,8 +160,8 @@ def compare(
                 "metrics": metrics,
                 "options": shown,
                 "precision": precision_of[len(rows)],
-                **runner.describe(),
                 "size_mb": size_on_disk_mb(path),
+                **runner.describe(),  # an ONNX-run model gives the size of its graphs
                 "examples": len(data),  # type: ignore[arg-type]
             }
         )

@@ -64,14 +64,18 @@ def recipe_task(recipe: Mapping[str, Any], task: str | None = None) -> TaskSpec 
 
 
 def load_student(path: str | os.PathLike[str], task: str | None = None, device: str | None = None) -> Runner:
-    """Any saved student (or teacher) dir, ready to run: ``runner.predict(batch, **options)``."""
-    recipe = read_recipe(path)
+    """Any saved student (or teacher) dir, ready to run: ``runner.predict(batch, **options)``. An ONNX export
+    dir (``bertdistill export``), or one of its ``.onnx`` files, runs in ONNX Runtime."""
+    from .export import is_export, load_exported, split_onnx_path
+
+    root, precision = split_onnx_path(path)
+    recipe = read_recipe(root)
     spec = recipe_task(recipe, task)
-    runner = runner_class(recipe).load(str(path), recipe, spec)
+    runner = runner_class(recipe).load(str(root), recipe, spec)
     runner.model.eval()
     if device:
         runner.model.to(device)
-    return runner
+    return load_exported(runner, root, precision) if is_export(root) else runner
 
 
 def all_options() -> dict[str, tuple[InferenceOption, list[str]]]:
@@ -179,6 +183,9 @@ class EnsembleRunner(Runner):
         logits = [m.predict(batch).logits for m in self.members]
         regression = bool(self.task and self.task.regression)
         return Prediction(ensemble_logits([z for z in logits if z is not None], regression))
+
+    def onnx_graphs(self, batch: Mapping[str, Any], **options: Any) -> Any:
+        raise ConfigError("an ensemble is not exported to ONNX as one model; export each member")
 
     def describe(self) -> dict[str, Any]:
         d = self.members[0].describe()

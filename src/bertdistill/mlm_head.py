@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
+from .config import ConfigError
 from .protocol import Prediction, Runner
 
 Head = Callable[[Tensor], Tensor]
@@ -131,6 +132,12 @@ class MLMRunner(Runner):
         ce = torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device)
         ce.index_add_(0, keep.nonzero()[:, 0].to(ce.device), per_token)
         return Prediction(None, {"ce_sum": ce, "tokens": keep.sum(-1).to(ce.dtype)})
+
+    def onnx_graphs(self, batch: Mapping[str, Any], **options: Any) -> list[Any]:
+        raise ConfigError(
+            f"{self.path}: a masked LM (scored by perplexity) is not exported to ONNX; `bertdistill export` "
+            "takes task students (classifiers, regressors, seq2seq); fine-tune it on a task first"
+        )
 
     def input_names(self) -> tuple[str, ...]:
         names = getattr(self.tokenizer, "model_input_names", None) or ("input_ids", "attention_mask")

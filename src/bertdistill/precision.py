@@ -1,10 +1,12 @@
-"""Inference precision for ``evaluate`` / ``compare``: fp32, bf16 autocast, dynamic int8.
+"""Inference precision for ``evaluate`` / ``compare``: fp32, bf16 autocast, dynamic int8, ONNX Runtime fp32 / int8.
 
 * ``bf16``: the model's forward under ``torch.autocast`` (CPU: bfloat16). Fast only where the CPU computes bf16
   natively (AVX-512 BF16 / AMX, see :func:`cpu_bf16`); elsewhere it is emulated and usually *slower* than fp32,
   which :func:`cpu_bf16` says so that the caller can log it.
 * ``int8``: ``torch.ao.quantization.quantize_dynamic`` of a copy of the model's ``nn.Linear`` (and ``nn.LSTM``)
   layers: int8 weights, activations quantised on the fly; CPU only.
+* ``onnx-fp32`` / ``onnx-int8``: the model exported to ONNX (int8: ONNX Runtime's dynamic quantisation) and run
+  by ONNX Runtime (:mod:`bertdistill.export`): an export dir's own graphs, or an eager model exported on the fly.
 
 A precision applies to a loaded :class:`~bertdistill.protocol.Runner` through :func:`with_precision`, which
 returns a new runner and leaves the given one as it was.
@@ -24,7 +26,7 @@ from torch import nn
 
 from .config import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,15 @@ def with_precision(runner: Any, precision: str) -> Any:
     """``runner`` at ``precision`` (a shallow copy; ``fp32`` returns ``runner`` itself)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    from .export import as_onnx, onnx_info
+
+    if precision.startswith("onnx-"):
+        return as_onnx(runner, precision)
+    info = onnx_info(runner)
+    if info is not None and precision != "fp32":
+        raise ConfigError(
+            f"{runner.path}: an ONNX export ({info.precision}) runs at onnx-fp32 or onnx-int8, not {precision}"
+        )
     if precision == "fp32":
         return runner
     if runner.device().type != "cpu":

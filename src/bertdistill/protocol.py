@@ -27,6 +27,7 @@ Every hook but ``build_student`` and ``loss`` has a default that serves an HF se
 
 from __future__ import annotations
 
+import inspect
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -200,6 +201,42 @@ class Prediction:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class OnnxGraph:
+    """One graph that ``bertdistill export`` writes as ``<name>.onnx``: ``module(*inputs.values())`` traced on
+    these example inputs (the names become the graph's input names, in this order) with the named ``outputs``.
+    ``dynamic`` lists the axes of each input that vary (default: axes 0 and 1, batch and sequence)."""
+
+    name: str
+    module: nn.Module
+    inputs: dict[str, Tensor]
+    outputs: tuple[str, ...]
+    dynamic: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+OnnxRun = Callable[[str, Mapping[str, Tensor]], list[Tensor]]
+"""``run(graph, inputs)``: graph ``graph`` of an export run by ONNX Runtime on the tensors of ``inputs`` that it
+takes (by name; others are ignored), its outputs in order."""
+
+
+class LogitsGraph(nn.Module):
+    """An HF model's ``logits`` as a function of positional tensors (named ``names``): what is traced."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = tuple(names)
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        return self.model(**dict(zip(self.names, tensors, strict=True))).logits  # type: ignore[no-any-return]
+
+
+def model_inputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The tensors of ``inputs`` that ``model.forward`` takes by name (DistilBERT: no ``token_type_ids``)."""
+    params = inspect.signature(model.forward).parameters
+    return {k: v for k, v in inputs.items() if isinstance(v, Tensor) and k in params}
+
+
 class Runner:
     """A student as the engine runs it at inference: how inputs are encoded and batched, how a batch is
     predicted (with the method's options), how the predictions are scored, and what is timed.
@@ -282,6 +319,18 @@ class Runner:
         """A baseline timed next to :meth:`timed` in the same run when options change the computation (e.g.
         FastBERT at full depth against early exit); ``None`` otherwise."""
         return None
+
+    # -------------------------------------------------------------- export (``bertdistill export``)
+    def onnx_graphs(self, batch: Batch, **options: Any) -> list[OnnxGraph]:
+        """The graphs that make up this student in ONNX, with their inputs for ``batch`` (called once to trace
+        and once per batch of the parity check, which compares each graph's outputs with its module's).
+        Default: an HF sequence classifier, one graph ``model``: the forward's tensor inputs → ``logits``."""
+        inputs = model_inputs(self.model, batch["inputs"])
+        return [OnnxGraph("model", LogitsGraph(self.model, list(inputs)), inputs, ("logits",))]
+
+    def onnx_predict(self, run: OnnxRun, batch: Batch, **options: Any) -> Prediction:
+        """:meth:`predict` through the exported graphs (``run``), the same :class:`Prediction` as eager."""
+        return Prediction(run("model", batch["inputs"])[0])
 
     # -------------------------------------------------------------- scoring
     def targets(self, batch: Batch) -> Tensor | None:
@@ -502,13 +551,17 @@ __all__ = [
     "BuiltStudent",
     "Features",
     "InferenceOption",
+    "LogitsGraph",
     "Method",
     "MethodTestConfig",
     "Needs",
+    "OnnxGraph",
+    "OnnxRun",
     "ParamGroups",
     "Prediction",
     "Runner",
     "Stage",
     "TokenTopK",
+    "model_inputs",
     "unwrap",
 ]

@@ -55,7 +55,17 @@ from ..data.words import (
     split_segments,
     word_dataset,
 )
-from ..protocol import Batch, BuiltStudent, Features, Method, MethodTestConfig, Needs, Runner, Stage
+from ..protocol import (
+    Batch,
+    BuiltStudent,
+    Features,
+    Method,
+    MethodTestConfig,
+    Needs,
+    OnnxGraph,
+    Runner,
+    Stage,
+)
 from ..registry import register
 
 MODEL_TYPE = "bertdistill-bilstm"
@@ -172,6 +182,61 @@ class BiLSTMClassifier(nn.Module):
         return model.eval()
 
 
+class PaddedBiLSTM(nn.Module):
+    """The student's forward without packed sequences, which ``torch.export`` cannot trace (their lengths
+    are read on the host): the same weights and numbers. The forward direction runs over the padded rows and is
+    read at each row's last real word; the backward direction runs over each row reversed *within its length*
+    (then padding), which is what the packed backward pass sees. Pairs are split at full width (no
+    data-dependent shape). What ``bertdistill export`` traces."""
+
+    def __init__(self, model: BiLSTMClassifier) -> None:
+        super().__init__()
+        self.model = model
+        lstm = model.lstm
+        self.fwd = nn.LSTM(lstm.input_size, lstm.hidden_size, batch_first=True)
+        self.bwd = nn.LSTM(lstm.input_size, lstm.hidden_size, batch_first=True)
+        weights = lstm.state_dict()
+        self.fwd.load_state_dict({k: v for k, v in weights.items() if not k.endswith("_reverse")})
+        self.bwd.load_state_dict(
+            {k[: -len("_reverse")]: v for k, v in weights.items() if k.endswith("_reverse")}
+        )
+
+    def encode(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        emb = self.model.embedding(ids)
+        b, t, e = emb.shape
+        h = self.fwd.hidden_size
+        pos = torch.arange(t, device=ids.device).unsqueeze(0)
+        last = (lengths.clamp(min=1) - 1).unsqueeze(1)  # [B, 1]
+        rev = (last - pos).clamp(min=0)  # reversed position t holds word last − t
+        fwd, _ = self.fwd(emb)
+        bwd_rev, _ = self.bwd(emb.gather(1, rev.unsqueeze(-1).expand(b, t, e)))
+        if self.model.config.pooling == "last":
+            at_last = last.unsqueeze(-1).expand(b, 1, h)
+            return torch.cat([fwd.gather(1, at_last)[:, 0], bwd_rev.gather(1, at_last)[:, 0]], dim=-1)
+        bwd = bwd_rev.gather(1, rev.unsqueeze(-1).expand(b, t, h))
+        out = torch.cat([fwd, bwd], dim=-1).masked_fill((pos > last).unsqueeze(-1), -math.inf)
+        return out.max(dim=1).values
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        m = self.model
+        if m.config.siamese:
+            if token_type_ids is None:
+                raise ConfigError("a siamese BiLSTM needs token_type_ids marking the two sentences")
+            real = attention_mask.bool()
+            len_a, len_b = (real & (token_type_ids == 0)).sum(1), (real & (token_type_ids == 1)).sum(1)
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+            ids_a = input_ids.masked_fill(pos >= len_a.unsqueeze(1), 0)
+            idx_b = (len_a.unsqueeze(1) + pos).clamp(max=input_ids.shape[1] - 1)
+            ids_b = input_ids.gather(1, idx_b).masked_fill(pos >= len_b.unsqueeze(1), 0)
+            h = self.encode(torch.cat([ids_a, ids_b]), torch.cat([len_a, len_b]))
+            x = pair_features(h[: input_ids.shape[0]], h[input_ids.shape[0] :])
+        else:
+            x = self.encode(input_ids, attention_mask.sum(1))
+        return m.out(m.dropout(F.relu(m.mlp(x))))  # type: ignore[no-any-return]
+
+
 # ----------------------------------------------------------------------------------------------- losses
 
 
@@ -285,6 +350,13 @@ class BiLSTMRunner(Runner):
         if self.task is not None:
             return self.task.is_pair
         return bool(getattr(self.model.config, "siamese", False))
+
+    def onnx_graphs(self, batch: Batch, **options: Any) -> list[OnnxGraph]:
+        inputs = batch["inputs"]
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        model: Any = self.model
+        given = {k: inputs[k] for k in names if k in inputs}
+        return [OnnxGraph("model", PaddedBiLSTM(model), given, ("logits",))]
 
 
 # ----------------------------------------------------------------------------------------------- the method

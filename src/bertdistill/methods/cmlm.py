@@ -75,6 +75,8 @@ from ..protocol import (
     Method,
     MethodTestConfig,
     Needs,
+    OnnxGraph,
+    OnnxRun,
     ParamGroups,
     Prediction,
     Runner,
@@ -463,6 +465,38 @@ def generate_ids(
     return out
 
 
+class Seq2SeqEncoder(nn.Module):
+    """The student's encoder: source ids and mask → its states (exported graph ``encoder``)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        encoder = self.model.get_encoder()
+        return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # type: ignore[no-any-return]
+
+
+class Seq2SeqDecoderStep(nn.Module):
+    """One decoding step: the tokens so far, the encoder states and the source mask → the logits of the next
+    token ``[B, V]`` (exported graph ``decoder``)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, decoder_input_ids: Tensor, encoder_hidden_states: Tensor, attention_mask: Tensor
+    ) -> Tensor:
+        out = self.model(
+            encoder_outputs=(encoder_hidden_states,),
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        )
+        return out.logits[:, -1]  # type: ignore[no-any-return]
+
+
 class CMLMBundle(nn.Module):
     """The trainable bundle: the seq2seq ``student`` and, when stage ``teacher`` runs, the C-MLM teacher being
     fine-tuned (``cmlm``). ``forward(part="cmlm", mlm_labels=…)`` gives the C-MLM logits of the masked positions
@@ -512,6 +546,12 @@ class CMLMTeacherRunner(_ParallelRunner):
 
     def main_metric(self) -> str:
         return "cmlm_accuracy"
+
+    def onnx_graphs(self, batch: Batch, **options: Any) -> list[OnnxGraph]:
+        raise ConfigError(
+            f"{self.path}: a C-MLM teacher (scored by masked-token accuracy) is not exported to ONNX; export the "
+            "seq2seq student (the run's output dir)"
+        )
 
     def encode(self, examples: Examples, max_length: int) -> Dataset:
         return encode_pairs(examples, self.tokenizer, max_length)
@@ -600,6 +640,62 @@ class Seq2SeqRunner(_ParallelRunner):
             int(options.get("max_new_tokens") or 0),
         )
         return Prediction(None, {"tokens": tokens, "idx": batch["idx"]})
+
+    def onnx_graphs(self, batch: Batch, **options: Any) -> list[OnnxGraph]:
+        """Two graphs: ``encoder`` (source → states) and ``decoder`` (one greedy step: the tokens so far and the
+        source states → the next token's logits, no key/value cache: every step re-reads the prefix). The
+        prefix traced and checked is the eager student's own greedy output on ``batch``."""
+        self._greedy_only(options)
+        src = {k: batch["inputs"][k] for k in ("input_ids", "attention_mask")}
+        model: Any = self.model
+        encoder = Seq2SeqEncoder(model)
+        states = encoder(*src.values())
+        start = torch.full((src["input_ids"].shape[0], 1), int(model.config.decoder_start_token_id))
+        prefix = torch.cat([start, generate_ids(model, src, max_new_tokens=6)[:, :6]], dim=1)
+        dec = {
+            "decoder_input_ids": prefix,
+            "encoder_hidden_states": states,
+            "attention_mask": src["attention_mask"],
+        }
+        return [
+            OnnxGraph("encoder", encoder, src, ("encoder_hidden_states",)),
+            OnnxGraph("decoder", Seq2SeqDecoderStep(model), dec, ("logits",)),
+        ]
+
+    def onnx_predict(self, run: OnnxRun, batch: Batch, **options: Any) -> Prediction:
+        """Greedy decoding with the exported graphs, as :func:`generate_ids` with ``beam`` 1 decodes: finished
+        rows are padded, and decoding stops when every row has ended or after the same token budget."""
+        self._greedy_only(options)
+        cfg: Any = self.model.config
+        src = batch["inputs"]
+        states = run("encoder", src)[0]
+        n_rows = src["input_ids"].shape[0]
+        budget = int(options.get("max_new_tokens") or 0) or int(1.5 * src["input_ids"].shape[1]) + 10
+        budget = min(budget, GENERATION_CAP)
+        pad, eos = int(cfg.pad_token_id), int(cfg.eos_token_id)
+        tokens = torch.full((n_rows, 1), int(cfg.decoder_start_token_id), dtype=torch.long)
+        done = torch.zeros(n_rows, dtype=torch.bool)
+        mask = src["attention_mask"].cpu()
+        for _ in range(budget):
+            logits = run(
+                "decoder",
+                {"decoder_input_ids": tokens, "encoder_hidden_states": states, "attention_mask": mask},
+            )
+            nxt = logits[0].argmax(-1).masked_fill(done, pad)
+            tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+        out = torch.full((n_rows, GENERATION_CAP), pad, dtype=torch.long)
+        out[:, : tokens.shape[1] - 1] = tokens[:, 1:]
+        return Prediction(None, {"tokens": out, "idx": batch["idx"]})
+
+    def _greedy_only(self, options: Mapping[str, Any]) -> None:
+        if int(options.get("beam") or 1) != 1:
+            raise ConfigError(
+                "the ONNX export of a seq2seq student decodes greedily; beam search (--beam > 1) runs eagerly "
+                "(evaluate the student dir, not the export)"
+            )
 
     def decode(self, tokens: Tensor) -> list[str]:
         return [decode_ids(self.tokenizer, row) for row in tokens.tolist()]

@@ -36,7 +36,19 @@ from transformers.utils import ModelOutput
 
 from ..config import ConfigError, MethodConfig
 from ..losses import hard_ce, soft_target_kl
-from ..protocol import Batch, BuiltStudent, Features, InferenceOption, Method, Prediction, Runner, Stage
+from ..protocol import (
+    Batch,
+    BuiltStudent,
+    Features,
+    InferenceOption,
+    Method,
+    OnnxGraph,
+    OnnxRun,
+    Prediction,
+    Runner,
+    Stage,
+    model_inputs,
+)
 from ..registry import register
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -184,6 +196,20 @@ class FastBertForSequenceClassification(PreTrainedModel):
         return FastBertOutput(logits=teacher_logits, branch_logits=branch_logits)
 
 
+class AllExits(nn.Module):
+    """The full-depth model with every branch's logits (``[L-1, B, C]``) as a second output: what is exported."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(**dict(zip(self.names, tensors, strict=True)), branches=True)
+        assert out.logits is not None and out.branch_logits is not None
+        return out.logits, torch.stack(out.branch_logits)
+
+
 AutoConfig.register(FastBertConfig.model_type, FastBertConfig)
 AutoModelForSequenceClassification.register(FastBertConfig, FastBertForSequenceClassification)
 
@@ -292,6 +318,29 @@ class FastBertRunner(Runner):
             return None
         return lambda batch: self.model(**batch["inputs"], branches=False)
 
+    def onnx_graphs(self, batch: Batch, **options: Any) -> list[OnnxGraph]:
+        """Early exit is data-dependent control flow, which a graph cannot hold: the graph runs every layer and
+        returns every branch's logits too; :meth:`onnx_predict` picks each row's exit from them (the same
+        predictions as :func:`early_exit`, without its saving: every layer is computed)."""
+        inputs = model_inputs(self.model, batch["inputs"])
+        return [OnnxGraph("model", AllExits(self.model, list(inputs)), inputs, ("logits", "branch_logits"))]
+
+    def onnx_predict(self, run: OnnxRun, batch: Batch, **options: Any) -> Prediction:
+        logits, branch_logits = run("model", batch["inputs"])
+        speed = options.get("speed")
+        if speed is None:
+            return Prediction(logits)
+        res = exit_from_branches(logits, branch_logits, float(speed))
+        lengths = batch["inputs"]["attention_mask"].sum(-1).tolist()
+        model: Any = self.model
+        full = torch.tensor([full_flops(model, int(t)) for t in lengths], dtype=torch.float64)
+        # what the graph computes: every layer and every branch
+        flops = full + torch.tensor(
+            [len(model.branches) * _branch_flops_of(model, int(t)) for t in lengths],
+            dtype=torch.float64,
+        )
+        return Prediction(res.logits, {"exit_layer": res.exit_layer, "flops": flops, "full_flops": full})
+
 
 @register("fastbert")
 class FastBert(Method):
@@ -391,12 +440,35 @@ def _branch_flops(t: int, h: int, b: int, c: int) -> float:
     return 2.0 * t * (h * b + 4 * b * b) + 4.0 * t * t * b + 2.0 * (b * b + b * c)
 
 
+def _branch_flops_of(model: Any, t: int) -> float:
+    bc = model.bert.config
+    return _branch_flops(t, bc.hidden_size, model.config.branch_hidden, model.config.num_labels)
+
+
 def full_flops(model: Any, t: int) -> float:
     """FLOPs of the full model without branches (the teacher) for t tokens."""
     bc = model.bert.config
     return bc.num_hidden_layers * _layer_flops(t, bc.hidden_size, bc.intermediate_size) + 2.0 * (
         bc.hidden_size * bc.hidden_size + bc.hidden_size * model.config.num_labels
     )
+
+
+def exit_from_branches(logits: Tensor, branch_logits: Tensor, speed: float) -> EarlyExitResult:
+    """Early exit decided after the fact from a full-depth run (``logits`` ``[B, C]``, ``branch_logits``
+    ``[L-1, B, C]``): each row takes the first branch whose normalised entropy is below ``speed``, else the
+    teacher classifier — the rows :func:`early_exit` gives. ``flops`` is left at zero (the caller knows what
+    was computed)."""
+    n_branches, n = branch_logits.shape[0], logits.shape[0]
+    certain = (
+        normalized_entropy(branch_logits) < speed
+        if speed > 0
+        else torch.zeros(n_branches, n, dtype=torch.bool)
+    )
+    certain = torch.cat([certain, torch.ones(1, n, dtype=torch.bool, device=certain.device)])
+    first = certain.float().argmax(0)  # the first True per row (the last entry, the teacher, is always True)
+    every = torch.cat([branch_logits, logits.unsqueeze(0)])
+    picked = every[first, torch.arange(n, device=logits.device)]
+    return EarlyExitResult(logits=picked, exit_layer=first + 1, flops=torch.zeros(n, dtype=torch.float64))
 
 
 @torch.inference_mode()

@@ -47,12 +47,16 @@ from ..protocol import (
     BuiltStudent,
     Features,
     InferenceOption,
+    LogitsGraph,
     Method,
     MethodTestConfig,
     Needs,
+    OnnxGraph,
+    OnnxRun,
     Prediction,
     Runner,
     Stage,
+    model_inputs,
 )
 from ..registry import register
 from ..students import build_student
@@ -256,6 +260,16 @@ class MultiTaskRunner(Runner):
             mains.append(m[spec.main_metric])
         out["average"] = sum(mains) / max(1, len(mains))
         return out
+
+    def onnx_graphs(self, batch: Batch, **options: Any) -> list[OnnxGraph]:
+        """One head at a time (``--head``): that task's HF classifier, shared encoder included."""
+        model: Any = cast(Any, self.model).heads[self.head(options)]
+        inputs = model_inputs(model, batch["inputs"])
+        return [OnnxGraph("model", LogitsGraph(model, list(inputs)), inputs, ("logits",))]
+
+    def onnx_predict(self, run: OnnxRun, batch: Batch, **options: Any) -> Prediction:
+        self.head(options)  # the export is one head: grouped batches (several heads) do not apply
+        return Prediction(run("model", batch["inputs"])[0])
 
     def export_head(self, head: str, out_dir: str | os.PathLike[str]) -> None:
         if head not in self.names:

@@ -1,0 +1,347 @@
+"""ONNX export (``bertdistill export``): every student type exports and its graphs reproduce eager within the
+tolerance, int8 graphs agree on most predictions, export dirs run in ``evaluate`` / ``compare`` / ``predict``,
+and what cannot be exported says so. Tiny random models (a few training steps each); each export is traced once
+per module and shared by the tests that read it. Skipped without the ``export`` extra."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import yaml
+
+from bertdistill.cli import main
+from bertdistill.config import ConfigError
+from bertdistill.data.loading import Examples
+from bertdistill.inference import Predictor, load_student
+from bertdistill.methods.bilstm import BiLSTMClassifier, BiLSTMModelConfig, PaddedBiLSTM
+from bertdistill.precision import with_precision
+from bertdistill.training.loop import distill
+from test_methods import _cfg
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from bertdistill import export as export_mod
+from bertdistill.export import EXPORT_FILE, TOLERANCE, export, require_onnx
+
+SHORT = {"max_steps": 2, "eval_every": 1000, "save_every": 1000}
+
+
+@pytest.fixture(scope="module")
+def fx(
+    teacher_dir,
+    mlm_teacher_dir,
+    encoder_dir,
+    corpus_file,
+    sst2_dir,
+    stsb_dir,
+    tiny_tokenizer_dir,
+    glove_file,
+    parallel_dir,
+):
+    return {
+        "parallel": parallel_dir,
+        "teacher": teacher_dir,
+        "mlm_teacher": mlm_teacher_dir,
+        "encoder": encoder_dir,
+        "corpus": corpus_file,
+        "sst2": sst2_dir,
+        "stsb": stsb_dir,
+        "tokenizer": tiny_tokenizer_dir,
+        "glove": glove_file,
+    }
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(_teacher_session):
+    return _teacher_session
+
+
+@pytest.fixture(scope="module")
+def students(fx, tmp_path_factory):
+    """``students(name)``: a saved student of method ``name`` (its registry test config, 2 steps), built once."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = distill(
+                _cfg(name, fx, tmp_path_factory.mktemp(name), train=SHORT), quiet=True
+            ).output_dir
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def exports(students, tmp_path_factory):
+    """``exports(name, **kw)``: the export dir and record of that student, exported once per arguments."""
+    made = {}
+
+    def get(name, **kw):
+        key = (name, repr(sorted(kw.items())))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"onnx-{name}")
+            made[key] = (out, export(students(name), out, **kw))
+        return made[key]
+
+    return get
+
+
+def _dev_batch(runner, fx, n=8):
+    rows = [(t,) for t in ("the movie was good", "bad", "a very dull and boring story", "nice")]
+    data = runner.encode(Examples(rows * (n // 4), None), 32)
+    return runner.collator()([data[i] for i in range(len(rows) * (n // 4))])
+
+
+def _assert_passed(record, labels=True):
+    """Passed, within the tolerance, and (``labels``: a classifier) every prediction as eager's."""
+    fp32 = record["parity"]["samples"]["onnx-fp32"]
+    assert record["passed"] and record["tolerance"] == TOLERANCE
+    assert 0 <= fp32["max_abs_diff"] <= TOLERANCE
+    if labels:
+        assert fp32["agreement"] == 1.0 and fp32["rows_compared"] >= 11
+    else:  # regression: no labels to agree on
+        assert fp32["agreement"] is None
+    assert set(record["versions"]) >= {"torch", "onnx", "onnxruntime", "transformers"}
+
+
+# ----------------------------------------------------------------------------------------------- every student type
+
+
+@pytest.mark.parametrize("name", ["mobilebert", "bilstm", "fastbert"])  # kd: through the CLI, below
+def test_classifier_students_export_and_the_export_dir_predicts_like_eager(name, exports, students, fx):
+    out, record = exports(name)
+    _assert_passed(record)
+    assert (out / "model.onnx").is_file() and json.loads((out / EXPORT_FILE).read_text())["passed"]
+    eager, onnx = load_student(students(name)), load_student(out)
+    assert onnx.onnx.precision == "onnx-fp32" and onnx.describe()["runtime"] == "onnxruntime-onnx-fp32"
+    batch = _dev_batch(eager, fx)
+    with torch.no_grad():
+        a, b = eager.predict(batch), onnx.predict(batch)
+    torch.testing.assert_close(b.logits, a.logits, atol=TOLERANCE, rtol=0)
+
+
+def test_fastbert_export_gives_early_exit_predictions_of_eager(exports, students, fx):
+    out, _ = exports("fastbert")
+    eager, onnx = load_student(students("fastbert")), load_student(out)
+    batch = _dev_batch(eager, fx)
+    for speed in (0.0, 0.3, 0.9):
+        a, b = eager.predict(batch, speed=speed), onnx.predict(batch, speed=speed)
+        assert torch.equal(a.extras["exit_layer"], b.extras["exit_layer"])
+        torch.testing.assert_close(b.logits, a.logits, atol=TOLERANCE, rtol=0)
+    # the graph computes every layer: its FLOPs are never below full depth (no early-exit saving in ONNX)
+    assert (b.extras["flops"] >= b.extras["full_flops"]).all()
+
+
+def test_distilbert_classifier_exports_without_token_type_ids(fx, tmp_path, tiny_tokenizer_dir):
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(
+        vocab_size=45, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64
+    )
+    student = tmp_path / "distil"
+    DistilBertForSequenceClassification(cfg).save_pretrained(student)
+    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(student)
+    recipe = {"method": {"name": "distilbert"}, "data": {"task": "sst2", "path": str(fx["sst2"])}}
+    (student / "bertdistill.yaml").write_text(yaml.safe_dump(recipe))
+    record = export(student, tmp_path / "onnx")
+    _assert_passed(record)
+    assert record["graphs"]["model"]["inputs"] == ["input_ids", "attention_mask"]
+
+
+def test_seq2seq_student_exports_encoder_and_decoder_and_translates_like_eager(exports, students):
+    out, record = exports("cmlm")
+    _assert_passed(record)
+    assert set(record["graphs"]) == {"encoder", "decoder"}
+    texts = ["the movie was good", "", "a very dull and boring story about the plot"]
+    eager, onnx = load_student(students("cmlm")), load_student(out)
+    assert onnx.generate(texts) == eager.generate(texts)
+    with pytest.raises(ConfigError, match="greedily"):
+        onnx.generate(texts, beam=2)
+
+
+def test_multitask_student_exports_one_head(exports, students, fx):
+    with pytest.raises(ConfigError, match="--head"):
+        export(students("mtdnn_kd"), fx["sst2"].parent / "never")  # several heads: one must be chosen
+    out, record = exports("mtdnn_kd", options={"head": "stsb"})
+    _assert_passed(record, labels=False)  # the stsb head regresses
+    assert record["options"] == {"head": "stsb"}
+    onnx = load_student(out)
+    assert onnx.check_options({})["head"] == "stsb"  # the exported head is the default
+    with pytest.raises(ConfigError, match="head=stsb"):
+        onnx.check_options({"head": "sst2"})
+    eager = load_student(students("mtdnn_kd"))
+    batch = _dev_batch(eager, fx)
+    torch.testing.assert_close(
+        onnx.predict(batch, head="stsb").logits,
+        eager.predict(batch, head="stsb").logits,
+        atol=TOLERANCE,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("pooling", ["last", "max"])
+@pytest.mark.parametrize("siamese", [False, True])
+def test_padded_bilstm_equals_the_packed_student(pooling, siamese):
+    """The traced BiLSTM (no packed sequences) computes what the saved student computes."""
+    torch.manual_seed(0)
+    model = BiLSTMClassifier(
+        BiLSTMModelConfig(
+            vocab_size=30, embedding_dim=6, hidden_size=5, mlp_size=7, pooling=pooling, siamese=siamese
+        )
+    ).eval()
+    ids = torch.randint(2, 30, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[2, 1:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 3:] = 1
+    types[2] = 0  # an empty second sentence
+    with torch.no_grad():
+        torch.testing.assert_close(
+            PaddedBiLSTM(model)(ids, mask, types), model(ids, mask, types).logits, atol=1e-6, rtol=0
+        )
+
+
+# ----------------------------------------------------------------------------------------------- int8, CLI, timing
+
+
+@pytest.fixture(scope="module")
+def kd_cli_export(students, fx, tmp_path_factory):
+    """``bertdistill export kd-student --quantize int8 --check`` (on the toy SST-2 dev set)."""
+    out = tmp_path_factory.mktemp("onnx-kd-cli") / "export"
+    args = ["export", str(students("kd")), "--format", "onnx", "--quantize", "int8", "--output", str(out)]
+    assert main([*args, "--check", str(fx["sst2"]), "--task", "sst2"]) == 0
+    return out
+
+
+def test_int8_export_loads_and_agrees_on_most_predictions(kd_cli_export, students, fx):
+    record = json.loads((kd_cli_export / EXPORT_FILE).read_text())
+    _assert_passed(record)
+    check = record["parity"]["check"]
+    assert check["task"] == "sst2" and check["examples"] == 32 and check["onnx-fp32"]["agreement"] == 1.0
+    assert check["onnx-fp32"]["score_change"] == pytest.approx(0.0, abs=1e-9)
+    int8 = check["onnx-int8"]
+    assert int8["agreement"] >= 0.9 and int8["max_abs_diff"] > 0  # quantised: close, not equal
+    assert (kd_cli_export / "model.int8.onnx").is_file()
+    eager, q = load_student(students("kd")), load_student(kd_cli_export / "model.int8.onnx")
+    assert q.onnx.precision == "onnx-int8"
+    batch = _dev_batch(eager, fx)
+    same = (eager.predict(batch).logits.argmax(-1) == q.predict(batch).logits.argmax(-1)).float().mean()
+    assert same >= 0.75
+
+
+def test_evaluate_and_compare_time_the_export_against_the_teacher(
+    kd_cli_export, students, teacher_dir, fx, capsys
+):
+    common = ["--task", "sst2", "--data", str(fx["sst2"]), "--threads", "1"]
+    assert (
+        main(
+            [
+                "evaluate",
+                str(kd_cli_export),
+                *common,
+                "--precision",
+                "fp32",
+                "onnx-int8",
+                "--json",
+                "--timing",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["runtime"] for r in rows] == ["onnxruntime-onnx-fp32", "onnxruntime-onnx-int8"]
+    assert all(r["latency_ms_median"] > 0 for r in rows)
+    json_path = kd_cli_export.parent / "rows.json"
+    args = ["compare", str(teacher_dir), str(kd_cli_export), *common, "--latency-sentences", "4"]
+    assert main([*args, "--precision", "fp32", "onnx-int8", "--json", str(json_path)]) == 0
+    rows = json.loads(json_path.read_text())
+    assert "runtime" not in rows[0]  # the teacher: fp32 eager
+    assert [r.get("runtime") for r in rows[1:]] == ["onnxruntime-onnx-fp32", "onnxruntime-onnx-int8"]
+    assert all("latency_speedup" in r for r in rows[1:])
+    onnx_mb = sum(f.stat().st_size for f in kd_cli_export.glob("model.onnx")) / 2**20
+    assert rows[1]["size_mb"] == pytest.approx(onnx_mb)  # the graph's size, not the copied weights'
+
+
+def test_predict_reads_the_export_dir(kd_cli_export, students):
+    texts = [("the movie was good",), ("bad and dull",)]
+    a = list(Predictor(students("kd")).predict(texts))
+    b = list(Predictor(kd_cli_export).predict(texts))
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["probs"] == pytest.approx(y["probs"], abs=1e-4)
+
+
+def test_onnx_precision_exports_an_eager_student_on_the_fly(students, fx):
+    eager = load_student(students("kd"), task="sst2")
+    onnx = with_precision(eager, "onnx-fp32")
+    assert onnx.onnx.path is None and onnx.describe()["runtime"] == "onnxruntime-onnx-fp32"
+    batch = _dev_batch(eager, fx)
+    torch.testing.assert_close(
+        onnx.predict(batch).logits, eager.predict(batch).logits, atol=TOLERANCE, rtol=0
+    )
+    with pytest.raises(ConfigError, match="already runs in ONNX Runtime"):
+        with_precision(onnx, "onnx-int8")
+
+
+# ----------------------------------------------------------------------------------------------- failures
+
+
+def test_export_fails_when_onnx_logits_differ(kd_cli_export, students, tmp_path, monkeypatch, capsys):
+    def traced(graphs, out_dir, opset):  # the kd student's graph, already traced: only the check runs again
+        (out_dir / "model.onnx").write_bytes((kd_cli_export / "model.onnx").read_bytes())
+        return {"model": out_dir / "model.onnx"}
+
+    run = export_mod.Sessions.run
+
+    def off(self, name, inputs):
+        return [o + 1e-3 if o.is_floating_point() else o for o in run(self, name, inputs)]
+
+    monkeypatch.setattr(export_mod, "write_graphs", traced)
+    monkeypatch.setattr(export_mod.Sessions, "run", off)
+    out = tmp_path / "export"
+    assert main(["export", str(students("kd")), "--output", str(out)]) == 1
+    assert (
+        "export failed: ONNX outputs differ from eager by 0.001 > tolerance 0.0001" in capsys.readouterr().err
+    )
+    record = json.loads((out / EXPORT_FILE).read_text())
+    assert not record["passed"] and not list(out.glob("*.onnx"))  # the failed graphs are not left to be used
+    monkeypatch.setattr(export_mod.Sessions, "run", run)
+    with pytest.raises(ConfigError, match="failed its parity check"):
+        load_student(out)
+
+
+def test_unsupported_students_give_a_clear_error(mlm_teacher_dir, teacher_dir, second_teacher_dir, tmp_path):
+    mlm = tmp_path / "mlm"
+    mlm.mkdir()
+    for f in mlm_teacher_dir.iterdir():
+        (mlm / f.name).write_bytes(f.read_bytes())
+    (mlm / "bertdistill.yaml").write_text(
+        yaml.safe_dump({"method": {"name": "mlm"}, "data": {"task": "mlm"}})
+    )
+    with pytest.raises(ConfigError, match="masked LM .* is not exported to ONNX"):
+        export(mlm, tmp_path / "a")
+    with pytest.raises(ConfigError, match="not a saved student dir"):
+        export(f"{teacher_dir}+{second_teacher_dir}", tmp_path / "b")
+    with pytest.raises(ConfigError, match="must be onnx"):
+        export(teacher_dir, tmp_path / "c", fmt="tflite")
+    with pytest.raises(ConfigError, match="new dir"):
+        export(teacher_dir, teacher_dir)
+
+
+def test_missing_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ConfigError, match=r"bertdistill\[export\]"):
+        require_onnx()
+
+
+def test_an_export_is_not_exported_again(kd_cli_export, tmp_path):
+    with pytest.raises(ConfigError, match="already an ONNX export"):
+        export(kd_cli_export, tmp_path / "again")
+    with pytest.raises(ConfigError, match="onnx-fp32 or onnx-int8"):
+        with_precision(load_student(kd_cli_export), "bf16")
