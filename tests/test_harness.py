@@ -135,6 +135,18 @@ def test_rows_and_parse(tmp_path, teacher_dir, sst2_dir):
     assert seeded.config(3).method.temperature == 3
 
 
+def test_rows_read_the_shared_data_never_the_hub(monkeypatch):
+    """Shipped recipes leave data to the hub or $BERTDISTILL_DATA_DIR; a benchmark row names its files."""
+    monkeypatch.delenv("BERTDISTILL_DATA_DIR", raising=False)
+    assert H.Row("kd", "kd/sst2").config(1).data.path == str(H.SHARED / "SST-2")
+    tasks = H.Row("mt", "mtdnn_kd/glue3").config(1).method.tasks
+    assert [t.path for t in tasks] == [str(H.SHARED / f) for f in ("SST-2", "MRPC", "STS-B")]
+    vectors = H.Row("bilstm", "bilstm/mrpc").config(1).method.vectors
+    assert vectors == str(H.SHARED / "glove-6B-50d-subset" / "glove.6B.50d.subset.txt.gz")
+    mine = {"data": {"task": "sst2", "path": "mine"}, "method": {"name": "kd"}}
+    assert H.with_shared_data(mine) == mine
+
+
 # ----------------------------------------------------------------------------------------------- statistics
 
 

@@ -201,6 +201,7 @@ def test_quick_path_builds_on_the_shipped_recipe_and_trains(teacher_dir, sst2_di
 def test_quick_path_without_a_shipped_recipe_uses_the_method_defaults():
     assert "stsb" not in {n.split("/")[1] for n in shipped_recipes() if n.startswith("kd/")}
     assert quick_recipe("kd", "stsb") == {"method": {"name": "kd"}, "data": {"task": "stsb"}}
+    assert quick_recipe("kd", "SST-2") == read_recipe("kd/sst2")  # task names as get_task reads them
     cfg = load_config(quick_recipe("kd", "stsb"), ["student.num_layers=2"])
     assert cfg.data.task == "stsb" and cfg.data.path is None and cfg.student.num_layers == 2
     with pytest.raises(ConfigError, match="unknown method 'kdd'"):

@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         "distill",
         help="run a distillation recipe",
         epilog=EPILOG,
-        description="Run RECIPE.yaml: build teacher and student, train every stage, save the student.",
+        description="Run a recipe (a shipped name such as kd/sst2, or a YAML file), or the one --method and "
+        "--task build: build teacher and student, train every stage, save the student.",
     )
     s.add_argument(
         "recipe", nargs="?", help="a shipped recipe name (kd/sst2; see `bertdistill recipes`) or a YAML file"

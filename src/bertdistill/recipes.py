@@ -93,7 +93,7 @@ def quick_recipe(method: str, task: str) -> dict[str, Any]:
     """The recipe for ``bertdistill distill --method M --task T`` without a recipe file: the shipped
     ``<method>/<task>`` where there is one (the paper's settings), else the method's defaults on ``task``."""
     method_config_class(method)  # an unknown method fails here, listing the known ones
-    name = f"{method}/{task}"
+    name = f"{method}/{task.lower().replace('-', '').replace('_', '')}"  # SST-2 → sst2, as get_task reads it
     if name in shipped_recipes():
         return read_recipe(name)
     return {"method": {"name": method}, "data": {"task": task}}
