@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all bench lint format clean
+.PHONY: install demo test test-all test-wheel bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+# build the wheel, install it into a fresh venv, run `bertdistill recipes` and a recipe by name from it
+test-wheel: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_shipped_recipes.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.report

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         aug_file = work / "aug" / "train.tsv"
         aug_prov = augment(args.task, data, aug_file, args.nltk_data, args.n_iter)
         row_overrides["distilled_aug"] = [f"method.augmented_data={aug_file}"]
-    recipe = f"recipes/bilstm/{args.task}.yaml"
+    recipe = f"bilstm/{args.task}"
     rows = [
         H.Row(
             r, recipe, tuple(row_overrides[r]), baseline="labels_only" if "labels_only" in args.rows else None

@@ -6,7 +6,7 @@ soft-label extraction time; the student's size and the decoding settings. Writes
     python -m benchmarks.cmlm_bench --seeds 1 2 --beam 5                       # the recipe's full schedule
     python -m benchmarks.cmlm_bench --smoke --results-dir /tmp/smoke-cmlm      # ~1 min on CPU
 
-1. the C-MLM teacher (recipes/cmlm/multi30k-de-en.yaml with ``method.stages=[teacher]``), trained or reused
+1. the C-MLM teacher (cmlm/multi30k-de-en with ``method.stages=[teacher]``), trained or reused
    through ``benchmarks.harness.run_or_reuse`` — or ``--teacher DIR`` (a ``stages/teacher`` dir or a teacher-only
    run); its masked-token accuracy on the test split;
 2. rows ``kd`` (``method.teacher_path`` = the teacher: stages ``soft_labels`` + ``student``; the first seed
@@ -33,7 +33,7 @@ from typing import Any
 
 from benchmarks import harness as H
 
-RECIPE = H.ROOT / "recipes" / "cmlm" / "multi30k-de-en.yaml"
+RECIPE = "cmlm/multi30k-de-en"
 SMOKE = [
     "student.config_overrides={d_model: 32, encoder_layers: 1, decoder_layers: 1, encoder_attention_heads: 2, "
     "decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64}",

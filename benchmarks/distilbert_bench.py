@@ -5,12 +5,12 @@ sentences of the shared TRAIN splits, then SST-2. Writes benchmarks/results/<nam
 
 1. corpus: benchmarks/make_corpus.py (train splits only), if missing;
 2. MLM teacher: ``finetune --task mlm`` of minilm-l6 on the corpus (the sentence encoder has no MLM head);
-3. pre-training distillation 6 → 3 layers (recipes/distilbert/pretrain.yaml), once (first seed);
+3. pre-training distillation 6 → 3 layers (distilbert/pretrain), once (first seed);
 4. held-out MLM perplexity of the teacher, the distilled student and the layer-copy-only student;
 5. SST-2 dev accuracy after the same number of steps with the same seeds for: the distilled student fine-tuned
    (``student_score``), the same DistilBERT architecture initialised by layer copy only (``no_kd_score``: no
    pre-training distillation), and the distilled student with the ``task`` step (kd from the fine-tuned SST-2
-   teacher, recipes/distilbert/sst2.yaml; ``task_kd_score``).
+   teacher, distilbert/sst2; ``task_kd_score``).
 Every artefact is kept under $BERTDISTILL_BENCH_DIR (default ~/.cache/bertdistill/bench)/<name>/ and reused only
 when its full config and inputs match (``benchmarks.harness.run_or_reuse``).
 ``--max-steps N`` is a smoke run: every stage capped at N steps, result written to the work dir, not results/.
@@ -24,10 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks import harness as H
-from benchmarks.harness import ROOT, SHARED, WORK
+from benchmarks.harness import SHARED, WORK
+from bertdistill.recipes import read_recipe
 
 SST2_TEACHER = Path("~/.cache/bertdistill/teachers/minilm-l6-sst2").expanduser()
 
@@ -98,7 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-train-examples", type=int, default=None, help="subsample SST-2 train (seeded)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for training and timing")
     p.add_argument("--sst2-teacher", default=str(SST2_TEACHER), help="fine-tuned MiniLM-L6 SST-2 teacher dir")
-    p.add_argument("--sst2-data", help="SST-2 dir (default: the recipes' data.path)")
+    p.add_argument(
+        "--sst2-data", default=str(SHARED / "SST-2"), help="SST-2 dir (default: the shared data's)"
+    )
     p.add_argument("--mlm-base", default="minilm-l6", help="the encoder given an MLM head (the MLM teacher)")
     p.add_argument("--corpus", default=str(Path("~/.cache/bertdistill/corpus/glue-train-sentences.txt")))
     p.add_argument(
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else WORK / (args.name + ("_smoke" if smoke else ""))
     threads = [f"train.cpu_threads={args.threads}"] if args.threads else []
     eval_cap = [f"data.max_eval_examples={args.eval_examples}"] if args.eval_examples else []
-    sst2_data = [f"data.path={args.sst2_data}"] if args.sst2_data else []
+    sst2_data = [f"data.path={args.sst2_data}"]
 
     def run(recipe: Any, overrides: list[str], out: Path) -> H.RunRecord:
         from bertdistill import load_config
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. pre-training distillation, once (first seed)
     seed0 = args.seeds[0]
     distilled = work / f"distil-{cap(args.distil_steps)}-seed{seed0}"
-    pre = ROOT / "recipes" / "distilbert" / "pretrain.yaml"
+    pre = "distilbert/pretrain"
     pre_over = [
         f"teacher.path={mlm_dir}",
         f"method.corpus=[{corpus}]",
@@ -178,17 +179,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sst2_teacher} holds no finished model; finish or remove it, or pass --sst2-teacher"
             )
         run(
-            ROOT / "recipes" / "finetune" / "sst2.yaml",
+            "finetune/sst2",
             [*threads, *sst2_data, *([f"train.max_steps={args.max_steps}"] if smoke else ["train.epochs=1"])],
             sst2_teacher,
         )
-    ft_base = yaml.safe_load((ROOT / "recipes" / "finetune" / "sst2.yaml").read_text())
+    ft_base = read_recipe("finetune/sst2")
     common = [f"train.max_steps={cap(args.steps)}", "train.eval_every=null", *threads, *sst2_data]
     if args.max_train_examples:
         common.append(f"data.max_train_examples={args.max_train_examples}")
     if args.eval_examples:
         common.append(f"data.max_eval_examples={args.eval_examples}")
-    ft_label = "recipes/finetune/sst2.yaml"
+    ft_label = "finetune/sst2"
     table = H.Table(
         name=args.name,
         teacher=sst2_teacher,
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             H.Row("layer_copy", ft_base, (f"student.path={copy_dir}",), label=ft_label),
             H.Row(
                 "distilled_task_kd",
-                "recipes/distilbert/sst2.yaml",
+                "distilbert/sst2",
                 (f"student.path={distilled}", f"teacher.path={sst2_teacher}"),
             ),
         ],

@@ -5,7 +5,7 @@ exactly the fine-tuned teacher's computation — timed interleaved in one run pe
 
     python -m benchmarks.fastbert_sweep --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 --name fastbert_sst2
 
-Trains the branches with recipes/fastbert/<task>.yaml for each of ``--seeds`` (reusing a finished run of the
+Trains the branches with fastbert/<task> for each of ``--seeds`` (reusing a finished run of the
 same config) unless --model gives a trained FastBERT dir; the sweep runs on the first seed's model, the chosen
 speed is then scored for every seed (``student_score`` = mean ± std). ``--ablation`` also trains branches on gold
 labels instead of self-distillation (the "no KD" row, scored at the same speed).
@@ -71,7 +71,7 @@ def sweep_point(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True)
-    p.add_argument("--recipe", default="recipes/fastbert/sst2.yaml")
+    p.add_argument("--recipe", default="fastbert/sst2")
     p.add_argument("--model", help="an already trained FastBERT dir (skips training)")
     p.add_argument("--speeds", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(10)])
     p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[1])

@@ -77,7 +77,8 @@ SHARED = _shared_data()
 class Row:
     """One line of a benchmark table: a recipe plus overrides, trained once per seed.
 
-    ``recipe`` is a YAML path (relative to the repository root or absolute) or a recipe dict. ``finetune``
+    ``recipe`` is a shipped recipe name (``kd/sst2``), a YAML path (relative to the repository root or absolute)
+    or a recipe dict; its data is made local (:func:`with_shared_data`): a benchmark never reads the hub. ``finetune``
     swaps the recipe's method for plain fine-tuning (``method: {name: finetune}``): the no-KD baseline with
     the same student init, data, steps and seeds. ``overrides`` may contain ``{seed}``. ``seeds`` narrows the
     table's seeds for this row; ``baseline`` names the row whose scores are this row's ``no_kd_score``
@@ -97,17 +98,19 @@ class Row:
         return dataclasses.replace(self, name=name, finetune=True, baseline=name)
 
     def source(self) -> dict[str, Any]:
-        """The recipe as a dict (the method swapped for ``finetune`` when asked)."""
-        from bertdistill.config import deep_copy_dicts, read_recipe_file
+        """The recipe as a dict, its data in :data:`SHARED` (the method swapped for ``finetune`` when asked)."""
+        from bertdistill.config import deep_copy_dicts
+        from bertdistill.recipes import read_recipe
 
         if isinstance(self.recipe, Mapping):
             raw = deep_copy_dicts(dict(self.recipe))
         else:
             path = Path(self.recipe)
-            raw = read_recipe_file(path if path.is_absolute() else ROOT / path)
+            local = path if path.is_absolute() else ROOT / path
+            raw = read_recipe(local if local.is_file() else self.recipe)
         if self.finetune:
             raw["method"] = {"name": "finetune"}
-        return raw
+        return with_shared_data(raw)
 
     def recipe_label(self) -> str:
         if self.label:
@@ -128,6 +131,25 @@ class Row:
         if out_dir is not None:
             overrides.append(f"output_dir={out_dir}")
         return load_config(self.source(), overrides)
+
+
+def with_shared_data(raw: Any) -> Any:
+    """``raw`` (a recipe, or any part of one) with its data pointed at :data:`SHARED`: every section naming a
+    GLUE task without a ``path`` (``data``, an ``mtdnn_kd`` task entry) gets the task's folder there, and
+    ``${BERTDISTILL_DATA_DIR}`` becomes :data:`SHARED` — so that a benchmark reads the files it records, never
+    the HF hub, and its resolved config says which."""
+    from bertdistill.data.local import GLUE_DIRS, PLACEHOLDER
+
+    if isinstance(raw, list):
+        return [with_shared_data(v) for v in raw]
+    if isinstance(raw, str):
+        return raw.replace(PLACEHOLDER, str(SHARED))
+    if not isinstance(raw, dict):
+        return raw
+    out = {k: with_shared_data(v) for k, v in raw.items()}
+    if out.get("path") is None and str(out.get("task", "")) in GLUE_DIRS:
+        out["path"] = str(SHARED / GLUE_DIRS[str(out["task"])])
+    return out
 
 
 def parse_row(spec: str) -> Row:
@@ -1001,5 +1023,6 @@ __all__ = [
     "time_models",
     "today",
     "train_examples",
+    "with_shared_data",
     "write_result",
 ]

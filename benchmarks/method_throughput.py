@@ -3,7 +3,7 @@ teacher and (where the method allows it) a cached one, interleaved over ``--roun
 ratios against the ``--reference`` variant (default: the first one, live).
 
     python -m benchmarks.method_throughput --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 \\
-        --variant kd=recipes/kd/sst2.yaml --variant pkd=recipes/pkd/sst2.yaml:method.init_from=teacher \\
+        --variant kd=kd/sst2 --variant pkd=pkd/sst2:method.init_from=teacher \\
         --steps 40 --rounds 3 --name throughput_pkd
 
 Every variant trains the same number of steps on the same subsample (``steps × batch`` training examples,

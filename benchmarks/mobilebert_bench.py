@@ -1,12 +1,12 @@
 """MobileBERT on SST-2 (or MRPC, ``--task mrpc``) with a fine-tuned MiniLM-L6 teacher. Rows, every one at the same
 total optimizer steps ``L·layer_steps + task_steps`` (L = 6) and the same seeds, data, batch size:
 
-* ``progressive`` / ``joint`` / ``auxiliary`` — recipes/mobilebert/<task>.yaml with ``method.strategy``
+* ``progressive`` / ``joint`` / ``auxiliary`` — mobilebert/<task> with ``method.strategy``
   (the headline row is ``progressive``, over every ``--seeds``; the others over the first ``--row-seeds``);
 * ``progressive-random-emb`` — progressive with random embeddings learnt in stage 0 instead of the SVD init;
 * ``mobilebert-kd`` — the same student, no layer-wise transfer, Hinton KD only (``strategy: none``);
 * ``nokd`` — the same student shape, random init, gold labels only (no teacher anywhere);
-* ``kd-3layer`` — recipes/kd/<task>.yaml: 3 layers copied from the teacher, Hinton KD.
+* ``kd-3layer`` — kd/<task>: 3 layers copied from the teacher, Hinton KD.
 
 Per row: dev score (mean over seeds, each seed's score), retention, parameters, size on disk, and batch-1 latency /
 batch-32 throughput speed-ups against the teacher and against ``kd-3layer``, all models timed in one interleaved
@@ -29,9 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks import harness as H
+from bertdistill.recipes import read_recipe
 
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC"}
 ROWS = ["progressive", "joint", "auxiliary", "progressive-random-emb", "mobilebert-kd", "nokd", "kd-3layer"]
@@ -43,7 +42,7 @@ def _recipe(row: str, args: argparse.Namespace) -> dict[str, Any]:
     """The row's config: the repo's recipe with the benchmark's shared settings (the harness adds the seed and
     the output dir)."""
     base = "kd" if row == KD_ROW else "mobilebert"
-    raw: dict[str, Any] = yaml.safe_load((H.ROOT / f"recipes/{base}/{args.task}.yaml").read_text())
+    raw: dict[str, Any] = read_recipe(f"{base}/{args.task}")
     total = LAYERS * args.layer_steps + args.task_steps
     raw["teacher"] = {"path": str(args.teacher), "cache": True}
     raw["data"].update(
@@ -76,7 +75,7 @@ def _recipe(row: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _max_length(task: str) -> int:
-    return int(yaml.safe_load((H.ROOT / f"recipes/mobilebert/{task}.yaml").read_text())["data"]["max_length"])
+    return int(read_recipe(f"mobilebert/{task}")["data"]["max_length"])
 
 
 def goals(by: dict[str, dict[str, Any]], teacher_params: int) -> dict[str, Any]:
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             _recipe(r, args),
             seeds=None if r == HEADLINE else few,
             baseline=NO_KD_ROW if NO_KD_ROW in args.rows else None,
-            label=f"recipes/{'kd' if r == KD_ROW else 'mobilebert'}/{args.task}.yaml (+ benchmark settings)",
+            label=f"{'kd' if r == KD_ROW else 'mobilebert'}/{args.task} (+ benchmark settings)",
         )
         for r in args.rows
     ]

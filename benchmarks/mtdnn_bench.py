@@ -4,10 +4,10 @@ Rows per task (``benchmarks/results/<name>_<task>.json``, one file per task, the
 
 * ``single_teacher`` / ``ensemble``: the first teacher and the ensemble (mean of probabilities; STS-B: mean
   prediction) on dev, in ``single_teacher_score`` / ``ensemble_score``;
-* ``mt_kd`` (headline): ``recipes/mtdnn_kd/glue3.yaml``, soft + hard loss per task;
+* ``mt_kd`` (headline): ``mtdnn_kd/glue3``, soft + hard loss per task;
 * ``mt_nokd`` (the no-KD control): the same recipe with ``method.soft_weight=0`` (labels only; same init,
   task order, steps and seeds);
-* ``kd_single``: a single-task Hinton ``kd`` student per task (``recipes/kd/mrpc.yaml`` with the task swapped)
+* ``kd_single``: a single-task Hinton ``kd`` student per task (``kd/mrpc`` with the task swapped)
   taught by the first teacher, with the same student shape, init rule, optimizer, batch size, learning rate and
   epochs, i.e. the same number of batches of that task as the multi-task run gives it.
 
@@ -41,15 +41,15 @@ def teacher_dirs(root: Path, task: str, sst2_examples: int | None, n: int) -> li
     if missing:
         raise SystemExit(
             f"teacher dirs missing: {missing}; make them with "
-            f"`bertdistill ensemble recipes/finetune/{task}.yaml --seeds 1 2 3 --output {root / folder}`"
+            f"`bertdistill ensemble finetune/{task} --seeds 1 2 3 --output {root / folder}`"
         )
     return [str(d) for d in dirs]
 
 
 def mt_recipe(teachers: dict[str, list[str]], sst2_examples: int | None) -> dict[str, Any]:
-    from bertdistill.config import read_recipe_file
+    from bertdistill.recipes import read_recipe
 
-    raw = read_recipe_file(H.ROOT / "recipes" / "mtdnn_kd" / "glue3.yaml")
+    raw = read_recipe("mtdnn_kd/glue3")
     for entry in raw["method"]["tasks"]:
         entry["path"] = str(H.SHARED / TASKS[entry["task"]])
         entry["teachers"] = teachers[entry["task"]]
@@ -86,15 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     mt = mt_recipe(teachers, args.sst2_examples)
     rows: list[H.Row] = []
     if "mt_kd" in args.rows:
-        rows.append(H.Row("mt_kd", mt, label="recipes/mtdnn_kd/glue3.yaml"))
+        rows.append(H.Row("mt_kd", mt, label="mtdnn_kd/glue3"))
     if "mt_nokd" in args.rows:
-        rows.append(H.Row("mt_nokd", mt, ("method.soft_weight=0.0",), label="recipes/mtdnn_kd/glue3.yaml"))
+        rows.append(H.Row("mt_nokd", mt, ("method.soft_weight=0.0",), label="mtdnn_kd/glue3"))
     kd_rows: dict[str, H.Row] = {}
     if "kd_single" in args.rows:
         for task, folder in TASKS.items():
             kd_rows[task] = H.Row(
                 f"kd_single_{task}",
-                "recipes/kd/mrpc.yaml",
+                "kd/mrpc",
                 (
                     f"data.task={task}",
                     f"data.path={H.SHARED / folder}",

@@ -3,7 +3,7 @@
 write benchmarks/results/<name>.json — the two-row case of ``benchmarks.run_variants`` (rows ``kd`` and
 ``no_kd``), kept as a short command:
 
-    python -m benchmarks.run_kd --recipe recipes/kd/sst2.yaml --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 \\
+    python -m benchmarks.run_kd --recipe kd/sst2 --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 \\
         --seeds 1 2 3 --epochs 1 --set train.eval_every=null --name kd_sst2_3layer
 """
 
@@ -19,7 +19,7 @@ from benchmarks.run_variants import add_table_flags, common_overrides, run
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_table_flags(p)
-    p.add_argument("--recipe", default="recipes/kd/sst2.yaml")
+    p.add_argument("--recipe", default="kd/sst2")
     p.add_argument(
         "--kinds",
         nargs="+",

@@ -5,9 +5,9 @@ A row is ``NAME=RECIPE[:KEY=VALUE,KEY=VALUE...]``; ``RECIPE`` may be ``finetune:
 ``method: finetune`` (the no-KD baseline: same student init, data order, steps and seeds).
 
     python -m benchmarks.run_variants --name pkd_sst2_3layer --teacher ~/.cache/bertdistill/teachers/minilm-l6-sst2 \\
-        --variant pkd_skip=recipes/pkd/sst2.yaml:method.strategy=skip,method.init_from=teacher \\
-        --variant pkd_last=recipes/pkd/sst2.yaml:method.strategy=last,method.init_from=teacher \\
-        --variant kd=recipes/kd/sst2.yaml --variant no_kd=finetune:recipes/kd/sst2.yaml \\
+        --variant pkd_skip=pkd/sst2:method.strategy=skip,method.init_from=teacher \\
+        --variant pkd_last=pkd/sst2:method.strategy=last,method.init_from=teacher \\
+        --variant kd=kd/sst2 --variant no_kd=finetune:kd/sst2 \\
         --primary pkd_skip --baseline no_kd --seeds 1 2 3 --epochs 1 --set train.eval_every=null
 
 Hinton KD against its no-KD baseline is the two-row case (``python -m benchmarks.run_kd`` builds it).

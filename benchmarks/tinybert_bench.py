@@ -2,7 +2,7 @@
 students (4×192, 2×192) trained
 
 * ``nokd``              — plain fine-tuning (no teacher), ``--steps`` steps;
-* ``kd``                — Hinton KD (recipes/kd/sst2.yaml: α 0.5, t 4), ``--steps`` steps;
+* ``kd``                — Hinton KD (kd/sst2: α 0.5, t 4), ``--steps`` steps;
 * ``tinybert``          — task_intermediate ``--steps``/2 + task_prediction ``--steps``/2 on the train subsample;
 * ``tinybert_aug``      — the same on the train subsample plus augmented variants of ``--aug-examples`` of its
                           sentences (train text only; labelled by the teacher through the teacher cache);
@@ -29,10 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks import harness as H
-from benchmarks.harness import ROOT, SHARED, WORK
+from benchmarks.harness import SHARED, WORK
+from bertdistill.recipes import read_recipe
 
 SHAPES = {"4x192": "minilm-4x192", "2x192": "minilm-2x192"}
 KINDS = ["nokd", "kd", "tinybert", "tinybert_aug", "tinybert_general"]
@@ -48,7 +47,7 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace) -> dict:
     """A row's recipe as a dict, from the repo's recipes with the benchmark's shared settings (the harness adds
     ``train.seed`` and ``output_dir``; the ``tinybert_aug`` rows get their seed's file in ``overrides``)."""
     base = "kd" if kind in ("kd", "nokd") else "tinybert"
-    raw: dict[str, Any] = yaml.safe_load((ROOT / f"recipes/{base}/{args.task}.yaml").read_text())
+    raw: dict[str, Any] = read_recipe(f"{base}/{args.task}")
     raw["teacher"] = {"path": str(args.teacher), "cache": True}
     if args.cache_dir:
         raw["teacher"]["cache_dir"] = args.cache_dir
@@ -232,9 +231,7 @@ def build_table(args: argparse.Namespace) -> H.Table:
         else:
             overrides = ()
         nokd = f"nokd-{shape}"
-        label = (
-            f"recipes/{'kd' if kind in ('kd', 'nokd') else 'tinybert'}/{args.task}.yaml + benchmark settings"
-        )
+        label = f"{'kd' if kind in ('kd', 'nokd') else 'tinybert'}/{args.task} + benchmark settings"
         rows.append(
             H.Row(
                 name,

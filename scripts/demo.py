@@ -24,28 +24,27 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
 
-    import yaml
-
     from bertdistill.logs import quiet_hf
 
     quiet_hf()
     from bertdistill import distill
     from bertdistill.evaluation import compare, plot_score_vs_latency, print_table
+    from bertdistill.recipes import read_recipe
 
     out = Path(args.out)
     data = str(SHARED_SST2) if SHARED_SST2.is_dir() else None
-    data_set = [f"data.path={data}"] if data else ["data.path=null"]
+    data_set = [f"data.path={data}"] if data else []  # else $BERTDISTILL_DATA_DIR/SST-2, else the HF hub
     cache = [f"teacher.cache_dir={out / 'cache'}"]
-    print(f"SST-2 from {data or 'the HF hub (nyu-mll/glue)'}")
+    print(f"SST-2 from {data or '$BERTDISTILL_DATA_DIR/SST-2 when set, else the HF hub (nyu-mll/glue)'}")
     print(
         f"DEMO SUBSAMPLES the training set: teacher on {args.teacher_examples} examples (1 epoch), students on "
         f"{args.student_examples} examples ({args.student_epochs:g} epochs). Full recipes:\n"
-        "  bertdistill finetune recipes/finetune/sst2.yaml --output runs/teacher-sst2\n"
-        "  bertdistill distill recipes/kd/sst2.yaml --set teacher.path=runs/teacher-sst2\n"
+        "  bertdistill finetune finetune/sst2 --output runs/teacher-sst2\n"
+        "  bertdistill distill kd/sst2 --set teacher.path=runs/teacher-sst2\n"
     )
     t0 = time.time()
     teacher = distill(
-        ROOT / "recipes/finetune/sst2.yaml",
+        "finetune/sst2",
         [
             *data_set,
             *cache,
@@ -64,11 +63,11 @@ def main() -> int:
         f"train.epochs={args.student_epochs}",
         "train.eval_every=100",
     ]
-    kd = distill(ROOT / "recipes/kd/sst2.yaml", [*common, f"output_dir={out / 'student-kd'}"])
+    kd = distill("kd/sst2", [*common, f"output_dir={out / 'student-kd'}"])
     print(f"kd student done at {time.time() - t0:.0f}s: {kd.metrics}")
     # the same recipe with the method swapped for plain fine-tuning: same student, data, steps and seed
     no_kd_recipe = {
-        **yaml.safe_load((ROOT / "recipes/kd/sst2.yaml").read_text()),
+        **read_recipe("kd/sst2"),
         "method": {"name": "finetune"},
     }
     nokd = distill(no_kd_recipe, [*common, f"output_dir={out / 'student-no-kd'}"])

@@ -77,7 +77,16 @@ CASES = [
     row("override without =", [*DISTILL, "--set", "train.lr"], None,
         "override 'train.lr' must look like section.key=value (e.g. train.lr=3e-5)"),
     row("recipe not found", ["distill", "{tmp}/nope.yaml"], None,
-        "recipe '{tmp}/nope.yaml' not found (expected a YAML file such as recipes/kd/sst2.yaml)"),
+        "recipe '{tmp}/nope.yaml' not found: no such file, and no shipped recipe of that name "
+        "(`bertdistill recipes` lists them all)"),
+    row("recipe name misspelt", ["distill", "kd/sts2"], None,
+        "recipe 'kd/sts2' not found: no such file, and no shipped recipe of that name; close names: kd/sst2, "
+        "pkd/sst2 (`bertdistill recipes` lists them all)"),
+    row("distill without a recipe", ["distill", "--task", "sst2"], None,
+        "distill: give a RECIPE (a YAML file or a shipped name, see `bertdistill recipes`), or --method and "
+        "--task (see --help)"),
+    row("recipe and --method", ["distill", "kd/sst2", "--method", "pkd"], None,
+        "distill: give a RECIPE or --method, not both (--set changes a recipe's method)"),
     row("recipe not YAML", ["distill", "{tmp}/broken.yaml"], None,
         "{tmp}/broken.yaml:2:1: not valid YAML: expected ',' or '}', but got '<stream end>'"),
     row("recipe not a mapping", ["distill", "{tmp}/list.yaml"], None,

@@ -4,7 +4,6 @@ through the CLI."""
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,8 +30,6 @@ from bertdistill.recipes import load_config
 from bertdistill.teachers import CachedTeacher, Teacher
 from bertdistill.training.loop import Trainer, distill
 from conftest import assert_same_run, kill_then_resume, method_terms, recipe
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def bilstm_recipe(teacher_dir, data_dir, tmp_path, glove=None, task="sst2", **method):
@@ -328,10 +325,11 @@ def test_cli_evaluate_compare_predict(saved, teacher_dir, sst2_dir, tmp_path, ca
     assert json.loads(capsys.readouterr().out)["metric"] == "pearson"
 
 
-def test_recipes_parse_with_the_papers_settings():
+def test_recipes_parse_with_the_papers_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("BERTDISTILL_DATA_DIR", str(tmp_path))  # the recipes' GloVe path is under it
     for task in ("sst2", "mrpc"):
-        cfg = load_config(RECIPES / "bilstm" / f"{task}.yaml")
+        cfg = load_config(f"bilstm/{task}")
         m = cfg.method
         assert (m.hidden_size, m.mlp_size, m.optimizer, m.lr, m.batch_size) == (150, 200, "adadelta", 1.0, 50)
         assert cfg.train.epochs == 30 and cfg.train.adadelta_rho == 0.95 and cfg.train.max_grad_norm is None
-        assert m.vectors and m.vectors.endswith("glove.6B.50d.subset.txt.gz")
+        assert m.vectors == str(tmp_path / "glove-6B-50d-subset" / "glove.6B.50d.subset.txt.gz")

@@ -362,9 +362,7 @@ def test_task_stage_kd_and_finetune_from_the_distilled_dir(
     distilled = distill(
         load_config(_recipe(mlm_teacher_dir, corpus_file, tmp_path, train={"max_steps": 2})), quiet=True
     )
-    recipe = load_config(
-        Path(__file__).resolve().parents[1] / "recipes" / "distilbert" / "sst2.yaml"
-    ).to_dict()
+    recipe = load_config("distilbert/sst2").to_dict()
     recipe = copy.deepcopy(recipe)
     recipe["teacher"].update(path=str(teacher_dir), cache_dir=str(tmp_path / "cache"))
     recipe["student"]["path"] = str(distilled.output_dir)

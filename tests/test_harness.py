@@ -122,17 +122,29 @@ def test_refuses_to_clear_a_dir_that_is_not_a_run(tmp_path, kd_config):
 
 
 def test_rows_and_parse(tmp_path, teacher_dir, sst2_dir):
-    row = H.parse_row("no_kd=finetune:recipes/kd/sst2.yaml:train.lr=3e-4,data.max_length=32")
+    row = H.parse_row("no_kd=finetune:kd/sst2:train.lr=3e-4,data.max_length=32")
     assert row.finetune and row.overrides == ("train.lr=3e-4", "data.max_length=32")
     cfg = row.config(7, [f"teacher.path={teacher_dir}"], tmp_path / "o")
     assert cfg.method.name == "finetune" and cfg.train.seed == 7 and cfg.train.lr == 3e-4
-    kd = H.Row("kd", "recipes/kd/sst2.yaml")
+    kd = H.Row("kd", "kd/sst2")
     base = kd.no_kd()
     a, b = kd.config(1).to_dict(), base.config(1).to_dict()
-    assert b["method"] == {"name": "finetune"} and base.recipe_label() == "finetune:recipes/kd/sst2.yaml"
+    assert b["method"] == {"name": "finetune"} and base.recipe_label() == "finetune:kd/sst2"
     assert {k: v for k, v in a.items() if k != "method"} == {k: v for k, v in b.items() if k != "method"}
-    seeded = H.Row("aug", "recipes/kd/sst2.yaml", ("method.temperature={seed}",))
+    seeded = H.Row("aug", "kd/sst2", ("method.temperature={seed}",))
     assert seeded.config(3).method.temperature == 3
+
+
+def test_rows_read_the_shared_data_never_the_hub(monkeypatch):
+    """Shipped recipes leave data to the hub or $BERTDISTILL_DATA_DIR; a benchmark row names its files."""
+    monkeypatch.delenv("BERTDISTILL_DATA_DIR", raising=False)
+    assert H.Row("kd", "kd/sst2").config(1).data.path == str(H.SHARED / "SST-2")
+    tasks = H.Row("mt", "mtdnn_kd/glue3").config(1).method.tasks
+    assert [t.path for t in tasks] == [str(H.SHARED / f) for f in ("SST-2", "MRPC", "STS-B")]
+    vectors = H.Row("bilstm", "bilstm/mrpc").config(1).method.vectors
+    assert vectors == str(H.SHARED / "glove-6B-50d-subset" / "glove.6B.50d.subset.txt.gz")
+    mine = {"data": {"task": "sst2", "path": "mine"}, "method": {"name": "kd"}}
+    assert H.with_shared_data(mine) == mine
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -283,7 +295,7 @@ def _generation_result() -> dict:
     row = {
         "row": "kd",
         "method": "cmlm",
-        "recipe": "recipes/cmlm/multi30k-de-en.yaml",
+        "recipe": "cmlm/multi30k-de-en",
         "overrides": ["method.teacher_path=/t"],
         "seeds": [1, 2],
         **H.score_fields("student_score", [20.0, 22.0]),

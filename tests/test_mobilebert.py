@@ -4,7 +4,6 @@ masking, group-averaged heads), per-stage trainable sets, strategies, projection
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -517,9 +516,7 @@ def test_recipe_on_real_sst2_with_minilm(tmp_path):
         "train.batch_size=8",
         f"output_dir={tmp_path / 'out'}",
     ]
-    result = distill(
-        Path(__file__).resolve().parents[1] / "recipes/mobilebert/sst2.yaml", overrides, quiet=True
-    )
+    result = distill("mobilebert/sst2", overrides, quiet=True)
     model = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
     assert isinstance(model, MobileBertForSequenceClassification)
     assert sum(p.numel() for p in model.parameters()) < 22.7e6 / 4

@@ -165,7 +165,7 @@ def test_task_sampler_temperature(teacher_dir, sst2_dir, stsb_dir):
 
 
 def test_recipe_loads():
-    cfg = load_config("recipes/mtdnn_kd/glue3.yaml")
+    cfg = load_config("mtdnn_kd/glue3")
     assert [t.name for t in cfg.method.tasks] == ["sst2", "mrpc", "stsb"]
     assert json.dumps(cfg.to_dict())
 

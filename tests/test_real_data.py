@@ -1,7 +1,6 @@
 """Real GLUE files from ../shared/data (skipped with a reason when absent)."""
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -73,14 +72,13 @@ def test_real_teacher_end_to_end(tmp_path):
         "data.max_eval_examples=128",
         f"teacher.cache_dir={tmp_path / 'cache'}",
     ]
-    root = Path(__file__).resolve().parents[1]
     teacher = distill(
-        root / "recipes/finetune/sst2.yaml",
+        "finetune/sst2",
         [*data, "train.max_steps=48", f"output_dir={tmp_path / 't'}"],
         quiet=True,
     )
     student_recipe = (
-        root / "recipes/kd/sst2.yaml",
+        "kd/sst2",
         [
             *data,
             "train.max_steps=48",

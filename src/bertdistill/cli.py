@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EPILOG = "Docs: README.md and docs/methods/<method>.md. Recipes: recipes/<method>/<task>.yaml."
+EPILOG = (
+    "Docs: README.md and docs/methods/<method>.md. Recipes: `bertdistill recipes` lists the shipped ones, run "
+    "by name (kd/sst2) or as a YAML file."
+)
 
 
 def _common_train_flags(p: argparse.ArgumentParser) -> None:
@@ -61,8 +64,57 @@ def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """List the shipped recipes, or print one (to copy and edit)."""
+    from .recipes import find_recipe, recipe_description, shipped_recipes
+
+    if args.name:
+        print(find_recipe(args.name).read_text(), end="")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "recipe", "what it runs", title="bertdistill distill NAME  (bertdistill recipes NAME prints one)"
+    )
+    for name, path in shipped_recipes().items():
+        table.add_row(name, recipe_description(path))
+    Console().print(table)
+    return 0
+
+
+QUICK_FLAGS = {
+    "teacher": "teacher.path",
+    "task": "data.task",
+    "student_layers": "student.num_layers",
+    "data": "data.path",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "max_train_examples": "data.max_train_examples",
+}
+"""``distill`` flags → the recipe keys they set (before any ``--set``, which wins)."""
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
-    return _run(args.recipe, [*args.overrides, *(["train.control=true"] if args.control else [])], args)
+    from .config import ConfigError
+    from .recipes import quick_recipe
+
+    if args.recipe and args.method:
+        raise ConfigError("distill: give a RECIPE or --method, not both (--set changes a recipe's method)")
+    if args.recipe:
+        source: Any = args.recipe
+    elif args.method and args.task:
+        source = quick_recipe(args.method, args.task)
+    else:
+        raise ConfigError(
+            "distill: give a RECIPE (a YAML file or a shipped name, see `bertdistill recipes`), or --method and "
+            "--task (see --help)"
+        )
+    flags = [
+        f"{key}={getattr(args, flag)}" for flag, key in QUICK_FLAGS.items() if getattr(args, flag) is not None
+    ]
+    control = ["train.control=true"] if args.control else []
+    return _run(source, [*flags, *args.overrides, *control], args)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -394,13 +446,35 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("methods", help="list the registered methods")
     s.set_defaults(fn=cmd_methods)
 
+    s = sub.add_parser("recipes", help="list the shipped recipes (or print one)", epilog=EPILOG)
+    s.add_argument("name", nargs="?", help="print this recipe's YAML (e.g. kd/sst2), to copy and edit")
+    s.set_defaults(fn=cmd_recipes)
+
     s = sub.add_parser(
         "distill",
         help="run a distillation recipe",
         epilog=EPILOG,
-        description="Run RECIPE.yaml: build teacher and student, train every stage, save the student.",
+        description="Run a recipe (a shipped name such as kd/sst2, or a YAML file), or the one --method and "
+        "--task build: build teacher and student, train every stage, save the student.",
     )
-    s.add_argument("recipe", help="a YAML recipe, e.g. recipes/kd/sst2.yaml")
+    s.add_argument(
+        "recipe", nargs="?", help="a shipped recipe name (kd/sst2; see `bertdistill recipes`) or a YAML file"
+    )
+    quick = s.add_argument_group(
+        "without a recipe",
+        "e.g. --method kd --teacher DIR --task sst2 --student-layers 3: the shipped "
+        "METHOD/TASK recipe (or the method's defaults) with these flags applied; they also override a RECIPE",
+    )
+    quick.add_argument("--method", help="a method name (`bertdistill methods`)")
+    quick.add_argument("--teacher", help="the teacher: a fine-tuned model dir or hub name (teacher.path)")
+    quick.add_argument("--task", help="GLUE task name, e.g. sst2 (data.task)")
+    quick.add_argument("--student-layers", type=int, help="layers of the student (student.num_layers)")
+    quick.add_argument(
+        "--data", help="local data dir / file (data.path; default: $BERTDISTILL_DATA_DIR, then the HF hub)"
+    )
+    quick.add_argument("--epochs", type=float)
+    quick.add_argument("--max-steps", type=int)
+    quick.add_argument("--max-train-examples", type=int, help="subsample the training set (quick runs)")
     _common_train_flags(s)
     s.add_argument(
         "--control",
@@ -415,14 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a teacher (or any encoder) on a task",
         epilog=EPILOG,
         description="Fine-tune an HF encoder on a task and save an HF model dir. Give a recipe "
-        "(recipes/finetune/sst2.yaml) or --model and --task.",
+        "(finetune/sst2) or --model and --task.",
     )
     s.add_argument("recipe", nargs="?", help="optional recipe; flags below override it")
     s.add_argument("--model", help="hub name, local dir, or alias minilm-l6")
     s.add_argument(
         "--task", help="GLUE task name (sst2, mrpc, stsb, ...), custom, or mlm (raw text, with --corpus)"
     )
-    s.add_argument("--data", help="data dir / file (default: the HF hub)")
+    s.add_argument("--data", help="data dir / file (default: $BERTDISTILL_DATA_DIR, else the HF hub)")
     s.add_argument("--epochs", type=float)
     s.add_argument("--max-steps", type=int)
     s.add_argument("--lr", type=float)
@@ -533,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, nargs="+", required=True)
     s.add_argument("--model", help="hub name, local dir, or alias minilm-l6")
     s.add_argument("--task", help="GLUE task name (sst2, mrpc, stsb, ...) or custom")
-    s.add_argument("--data", help="data dir / file (default: the HF hub)")
+    s.add_argument("--data", help="data dir / file (default: $BERTDISTILL_DATA_DIR, else the HF hub)")
     s.add_argument("--epochs", type=float)
     s.add_argument("--max-steps", type=int)
     s.add_argument("--lr", type=float)
@@ -604,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tinybert (Jiao et al. 2020) or tang (Tang et al. 2019; needs nltk: pip install 'bertdistill[bilstm]')",
     )
     s.add_argument("--task", required=True, help="GLUE task name (sst2, mrpc, ...)")
-    s.add_argument("--data", help="task data dir / file (default: the HF hub)")
+    s.add_argument("--data", help="task data dir / file (default: $BERTDISTILL_DATA_DIR, else the HF hub)")
     s.add_argument("--split", default="train")
     s.add_argument("--output", "-o", required=True, help="output .tsv (GLUE header, no labels) or .jsonl")
     s.add_argument("--mlm", help="a masked LM (HF dir / hub name) whose tokenizer splits words (recommended)")

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ..config import ConfigError, DataConfig
+from .local import how_to_point, local_task_dir
 from .rows import RowPolicy, text_lines
 from .tasks import HF_LABEL_NAMES, TaskSpec, custom_task, get_task
 
@@ -183,13 +184,22 @@ def read_table(
     return Examples(texts, labels if labelled else None, str(path))
 
 
-def read_hf(task: TaskSpec, split: str) -> Examples:  # pragma: no cover - needs the network
+def read_hf(task: TaskSpec, split: str) -> Examples:
+    """``split`` of the task's hub dataset; an unreachable hub (offline, ``HF_HUB_OFFLINE``, no cached copy) is
+    one line saying how to read local files instead."""
     import datasets
 
     if not task.hf_path:
         raise ConfigError(f"task {task.name!r} has no hub dataset; set data.path")
     hub_split = task.hf_splits.get(split, split)
-    ds = datasets.load_dataset(*task.hf_path, split=hub_split)
+    try:
+        ds = datasets.load_dataset(*task.hf_path, split=hub_split)
+    except (ConnectionError, TimeoutError) as e:  # datasets reports every offline case as ConnectionError
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"cannot read {task.name} from the HF hub ({'/'.join(task.hf_path)}: {why}); for local GLUE files "
+            f"{how_to_point(task.name)}"
+        ) from None
     texts = list(zip(*[ds[c] for c in task.hf_text_columns], strict=True))
     raw = ds[task.hf_label_column] if task.hf_label_column in ds.column_names else None
     labels: list[int | float] | None = None
@@ -212,11 +222,12 @@ def load_examples(cfg: DataConfig, task: TaskSpec, split: str) -> Examples:
 
         return load_parallel(cfg, split)
     fmt = cfg.format
-    if cfg.path is None:
+    local = local_task_dir(task.name) if cfg.path is None and fmt != "hf" else None
+    if cfg.path is None and local is None:
         if fmt not in ("auto", "hf"):
             raise ConfigError(f"data.format {fmt!r} needs data.path")
         return read_hf(task, split)
-    path = Path(cfg.path).expanduser()
+    path = local or Path(str(cfg.path)).expanduser()
     if not path.exists():
         raise ConfigError(f"data.path {str(path)!r} does not exist")
     if path.is_dir():
