@@ -243,3 +243,16 @@ def test_bad_grid_is_one_clear_line(grid, message, sweep_recipe, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "--grid" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_sweep_prints_the_ranked_table(sweep_recipe, tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(sweep_recipe))
+    out = tmp_path / "s"
+    argv = ["sweep", str(path), "--grid", "method.alpha=0.2,0.8", "--set", "train.lr=2e-3", "-o", str(out), "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((out / "sweep.json").read_text())
+    assert rec["set"] == ["train.lr=2e-3"] and rec["grid"] == {"method.alpha": ["0.2", "0.8"]}
+    assert "| rank | method.alpha |" in printed and "best.yaml" in printed
+    assert load_config(out / "best.yaml").train.lr == 2e-3
