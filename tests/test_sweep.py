@@ -89,6 +89,25 @@ def test_augmented_rows_of_selection_examples_are_dropped(sst2_dir, tmp_path):
         without_selection(load_examples(DataConfig(task="sst2", path=str(other)), task, "train"), cfg, task)
 
 
+@pytest.mark.parametrize(("name", "key"), [("tinybert", "train_data"), ("bilstm", "augmented_data")])
+def test_a_method_never_trains_on_variants_of_selection_examples(name, key, fixtures, tmp_path):
+    cfg = DataConfig(task="sst2", path=str(fixtures["sst2"]), selection_fraction=0.25)
+    task = resolve_task(cfg)
+    full = load_examples(cfg, task, "train")
+    held = {full.texts[i][0] for i in selection_split(full, 0.25)[1]}
+    aug = tmp_path / "aug.tsv"
+    aug.write_text(
+        "sentence\tsource_index\n"
+        + "".join(f"{t[0]}\t{i}\n{t[0]} very\t{i}\n" for i, t in enumerate(full.texts))
+    )
+    tr = Trainer(
+        _cfg(name, fixtures, tmp_path, method={key: str(aug)}, data={"selection_fraction": 0.25}), quiet=True
+    )
+    trained = {t[0] for t in tr.datasets["train"].texts}
+    assert {f"{t} very" for t in set(full.texts[i][0] for i in range(len(full))) - held} <= trained
+    assert not trained & (held | {f"{t} very" for t in held})
+
+
 def _texts(ds):
     parts = getattr(ds, "parts", None)
     if parts is not None:
@@ -249,7 +268,17 @@ def test_cli_sweep_prints_the_ranked_table(sweep_recipe, tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(sweep_recipe))
     out = tmp_path / "s"
-    argv = ["sweep", str(path), "--grid", "method.alpha=0.2,0.8", "--set", "train.lr=2e-3", "-o", str(out), "-q"]
+    argv = [
+        "sweep",
+        str(path),
+        "--grid",
+        "method.alpha=0.2,0.8",
+        "--set",
+        "train.lr=2e-3",
+        "-o",
+        str(out),
+        "-q",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     rec = json.loads((out / "sweep.json").read_text())
