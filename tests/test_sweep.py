@@ -285,3 +285,8 @@ def test_cli_sweep_prints_the_ranked_table(sweep_recipe, tmp_path, capsys):
     assert rec["set"] == ["train.lr=2e-3"] and rec["grid"] == {"method.alpha": ["0.2", "0.8"]}
     assert "| rank | method.alpha |" in printed and "best.yaml" in printed
     assert load_config(out / "best.yaml").train.lr == 2e-3
+
+
+def test_selection_fraction_flag_is_checked(sweep_recipe, tmp_path):
+    with pytest.raises(ConfigError, match="^data.selection_fraction must be between 0 and 1"):
+        sweep(sweep_recipe, GRID, tmp_path / "s", selection_fraction=0.0, log=lambda m: None)

@@ -180,12 +180,19 @@ def sweep(
 
     raw = read_recipe(recipe) if not isinstance(recipe, dict) else recipe
     base = load_config(raw, list(overrides))
-    fraction = selection_fraction or base.data.selection_fraction or DEFAULT_SELECTION_FRACTION
+    fraction = next(
+        f
+        for f in (selection_fraction, base.data.selection_fraction, DEFAULT_SELECTION_FRACTION)
+        if f is not None
+    )
     common = [*overrides, f"data.selection_fraction={fraction}"]
+    load_config(raw, common)  # a bad fraction is its own error, not one of the first grid value
     axes = parse_grid(grid, lambda extra: load_config(raw, [*common, *extra]))
     seed_list = list(seeds) if seeds else [base.train.seed]
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"--seeds {seed_list}: a seed is repeated")
+    if final_dev and not base.data.eval_split:
+        raise ConfigError("--final-dev: the recipe has no data.eval_split to score the chosen point on")
     metric = base.train.metric_for_best or resolve_task(base.data).main_metric
     out = Path(output)
     points = [Point(o) for o in grid_points(axes)]
