@@ -21,6 +21,7 @@ FORBIDDEN = [
             f"{PKG}.export",
             f"{PKG}.precision",
             f"{PKG}.reporting",
+            f"{PKG}.sweep",
             f"{PKG}.timing",
             f"{PKG}.protocol",
             f"{PKG}.features",

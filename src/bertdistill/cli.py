@@ -117,6 +117,27 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return _run(source, [*flags, *args.overrides, *control], args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep, table
+
+    result = sweep(
+        args.recipe,
+        args.grid,
+        args.output,
+        overrides=args.overrides,
+        seeds=args.seeds,
+        selection_fraction=args.selection_fraction,
+        final_dev=args.final_dev,
+        quiet=args.quiet,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(table(result))
+    print(
+        f"\nwrote {args.output}/sweep.json, sweep.png and best.yaml (run it: bertdistill distill {args.output}/best.yaml)"
+    )
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune any HF encoder on a task: a recipe, or flags that build one."""
     from .config import ConfigError
@@ -483,6 +504,46 @@ def build_parser() -> argparse.ArgumentParser:
         "OUTPUT/control and say whether distillation paid (train.control)",
     )
     s.set_defaults(fn=cmd_distill)
+
+    s = sub.add_parser(
+        "sweep",
+        help="run a grid of overrides on a recipe, scored on a held-out slice of train (never dev)",
+        epilog="Docs: docs/sweep.md.",
+        description="Train every point of the grid (the product of the --grid axes) at every seed, each run "
+        "holding out a seeded slice of the training examples (data.selection_fraction) and scored on it; rank "
+        "by the mean; write OUTPUT/sweep.json, sweep.png and best.yaml. Re-run the same command to resume.",
+    )
+    s.add_argument("recipe", help="a shipped recipe name (kd/sst2) or a YAML file")
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=V1,V2",
+        help="one axis of the grid (repeatable), e.g. --grid method.temperature=1,2,4",
+    )
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field for every run (repeatable)",
+    )
+    s.add_argument("--seeds", type=int, nargs="+", help="train each point at each seed; rank by the mean")
+    s.add_argument(
+        "--selection-fraction",
+        type=float,
+        help="fraction of train held out to score the points (default: the recipe's, else 0.1)",
+    )
+    s.add_argument(
+        "--final-dev",
+        action="store_true",
+        help="after choosing, score the chosen point's models on dev once (reported, never used to choose)",
+    )
+    s.add_argument("--output", "-o", required=True, help="the sweep's dir (runs, sweep.json, best.yaml)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bars or console logs of the runs")
+    s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser(
         "finetune",

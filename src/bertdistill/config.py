@@ -100,6 +100,10 @@ class DataConfig:
     max_train_examples: int | None = None
     """Subsample the training set (seeded) — for quick runs; the full recipe leaves it unset."""
     max_eval_examples: int | None = None
+    selection_fraction: float | None = None
+    """Hold out this fraction of the training examples (a fixed seeded split, :func:`bertdistill.data.loading.
+    selection_split`) for model selection: the run never trains on them and evaluates on them *instead of*
+    ``eval_split``, so dev stays untouched (``bertdistill sweep`` sets it). Unset = train on all, evaluate on dev."""
     bucket_by_length: bool = True
     """Group examples of similar length into batches (shuffled chunks, then sorted): less padding."""
     bad_rows: str = "error"
@@ -111,6 +115,10 @@ class DataConfig:
             raise ConfigError(f"data.bad_rows must be error or skip, got {self.bad_rows!r}")
         if self.format not in ("auto", "glue_tsv", "csv", "jsonl", "hf"):
             raise ConfigError(f"data.format must be auto, glue_tsv, csv, jsonl or hf, got {self.format!r}")
+        if self.selection_fraction is not None and not 0 < self.selection_fraction < 1:
+            raise ConfigError(
+                f"data.selection_fraction must be between 0 and 1 (e.g. 0.1), got {self.selection_fraction}"
+            )
         if self.max_length < 8:
             raise ConfigError(f"data.max_length must be at least 8, got {self.max_length}")
 

@@ -39,7 +39,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
 from .config import ConfigError, MethodConfig, RunConfig
-from .data.loading import BatchSampler, Collator, Examples, load_examples, subsample, tokenize
+from .data.loading import (
+    BatchSampler,
+    Collator,
+    Examples,
+    run_eval_examples,
+    run_train_examples,
+    subsample,
+    tokenize,
+)
 from .data.tasks import TaskSpec, metrics_from_logits
 from .hub import from_pretrained
 
@@ -479,18 +487,16 @@ class Method(ABC):
 
     # ------------------------------------------------------------------ data
     def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
-        """Datasets keyed by name: ``train`` (and ``eval`` when the task has labelled dev data)."""
+        """Datasets keyed by name: ``train`` (and ``eval`` when the task has labelled dev data, or the selection
+        slice with ``data.selection_fraction``)."""
         d = self.run.data
-        train = subsample(
-            load_examples(d, self.task, d.train_split), d.max_train_examples, self.run.train.seed
-        )
+        train = subsample(run_train_examples(d, self.task), d.max_train_examples, self.run.train.seed)
         out: dict[str, Dataset] = {"train": tokenize(train, tokenizer, d.max_length)}
-        if d.eval_split:
-            ev = subsample(
-                load_examples(d, self.task, d.eval_split), d.max_eval_examples, self.run.train.seed
+        ev = run_eval_examples(d, self.task)
+        if ev is not None and ev.labels is not None:
+            out["eval"] = tokenize(
+                subsample(ev, d.max_eval_examples, self.run.train.seed), tokenizer, d.max_length
             )
-            if ev.labels is not None:
-                out["eval"] = tokenize(ev, tokenizer, d.max_length)
         return out
 
     def collator(

@@ -258,6 +258,112 @@ def load_examples(cfg: DataConfig, task: TaskSpec, split: str) -> Examples:
     return read_table(path, task, f, cfg.text_fields or task.text_fields, cfg.label_field, cfg.bad_rows)
 
 
+# ----------------------------------------------------------------------------------------------- selection slice
+
+SELECTION_SEED = 0
+"""The selection slice does not depend on ``train.seed``: every run on the same training data — each point and
+seed of a sweep — is scored on the same examples, so their scores compare."""
+
+
+def _norm(text: tuple[str, ...]) -> tuple[str, ...]:
+    """Whitespace-normalised text: how an augmented file writes an example's original row."""
+    return tuple(" ".join(t.split()) for t in text)
+
+
+def selection_split(ex: Examples, fraction: float) -> tuple[list[int], list[int]]:
+    """``(kept, held)`` row indices of the training examples: ``held`` is about ``fraction`` of them, drawn with
+    :data:`SELECTION_SEED`. All copies of a text fall on the same side, so no held-out sentence is ever trained
+    on, not even as a duplicate row."""
+    by_text: dict[tuple[str, ...], list[int]] = {}
+    for i, t in enumerate(ex.texts):
+        by_text.setdefault(_norm(t), []).append(i)
+    groups = list(by_text.values())
+    random.Random(SELECTION_SEED).shuffle(groups)
+    want = max(1, round(fraction * len(ex)))
+    held: list[int] = []
+    for g in groups:
+        if len(held) >= want:
+            break
+        held += g
+    if len(held) >= len(ex):
+        raise ConfigError(
+            f"data.selection_fraction {fraction} leaves no training examples of the {len(ex)} in {ex.source}; "
+            "lower it"
+        )
+    held_set = set(held)
+    return [i for i in range(len(ex)) if i not in held_set], sorted(held)
+
+
+def run_train_examples(cfg: DataConfig, task: TaskSpec) -> Examples:
+    """The examples a run trains on: the train split, minus the selection slice when
+    ``data.selection_fraction`` is set (before any ``max_train_examples`` subsampling)."""
+    ex = load_examples(cfg, task, cfg.train_split)
+    if cfg.selection_fraction is None:
+        return ex
+    return ex.subset(selection_split(ex, cfg.selection_fraction)[0])
+
+
+def run_eval_examples(cfg: DataConfig, task: TaskSpec) -> Examples | None:
+    """The examples a run evaluates on (model selection, ``metrics.json``): the selection slice of the train
+    split when ``data.selection_fraction`` is set — dev is then never read — else ``eval_split`` (``None`` when
+    it is empty)."""
+    if cfg.selection_fraction is not None:
+        ex = load_examples(cfg, task, cfg.train_split)
+        return ex.subset(selection_split(ex, cfg.selection_fraction)[1])
+    return load_examples(cfg, task, cfg.eval_split) if cfg.eval_split else None
+
+
+def _source_index(path: str) -> list[int] | None:
+    """The ``source_index`` column of an augmented file (``bertdistill augment`` writes one), if it has one."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if p.suffix == ".jsonl":
+        rows = [json.loads(x) for x in text_lines(p) if x.strip()]
+        return [int(r["source_index"]) for r in rows] if rows and "source_index" in rows[0] else None
+    delim = "\t" if p.suffix == ".tsv" else ","
+    reader = csv.reader(
+        text_lines(p), delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
+    )
+    header = [h.strip() for h in next(reader, [])]
+    if "source_index" not in header:
+        return None
+    col = header.index("source_index")
+    return [int(r[col]) for r in reader if len(r) > col]
+
+
+def without_selection(extra: Examples, cfg: DataConfig, task: TaskSpec) -> Examples:
+    """Rows of a file derived from the train split (an augmented set: each source example's original row, then
+    its variants) minus every row derived from a selection example — so no variant of a held-out sentence is
+    trained on. Rows are grouped by the file's ``source_index`` column, else each group starts at a row that
+    is a training example; a group is dropped when its first row is in the selection slice."""
+    if cfg.selection_fraction is None or not len(extra):
+        return extra
+    train = load_examples(cfg, task, cfg.train_split)
+    held_idx = set(selection_split(train, cfg.selection_fraction)[1])
+    held = {_norm(t) for i, t in enumerate(train.texts) if i in held_idx}
+    known = {_norm(t) for t in train.texts}
+    sources = _source_index(extra.source)
+    if sources is not None and len(sources) != len(extra):
+        sources = None
+    keep: list[int] = []
+    drop, last = False, None
+    for i, t in enumerate(extra.texts):
+        text = _norm(t)
+        starts = sources[i] != last if sources is not None else text in known
+        if starts:
+            drop, last = text in held, sources[i] if sources is not None else None
+        elif i == 0:
+            raise ConfigError(
+                f"{extra.source}: its first row is not a training example, so the rows derived from the "
+                "selection slice cannot be told apart; write it with `bertdistill augment` (originals first, "
+                "with source_index), or unset data.selection_fraction"
+            )
+        if not drop:
+            keep.append(i)
+    return extra.subset(keep)
+
+
 def subsample(ex: Examples, n: int | None, seed: int) -> Examples:
     if n is None or n >= len(ex):
         return ex

@@ -28,6 +28,8 @@ from .loading import (
     TokenizedDataset,
     load_examples,
     resolve_task,
+    run_eval_examples,
+    run_train_examples,
     subsample,
     tokenize,
 )
@@ -95,16 +97,25 @@ def task_datasets(
     max_length: int,
     seed: int,
     max_examples: int | None = None,
+    selection_fraction: float | None = None,
 ) -> GroupedDataset | None:
     """The tasks' ``split`` tokenised into one grouped dataset (``None`` when no task has labelled data for
     it). Each part carries its ``spec`` (TaskSpec) and ``regression``. Training sets are capped at the
     entry's ``max_train_examples``, else ``max_examples`` (seeded subsample); evaluation sets at
-    ``max_examples``."""
+    ``max_examples``. With ``selection_fraction`` (``data.selection_fraction``) each task holds out that slice of
+    its training set and is evaluated on it instead of ``split``."""
     parts: dict[str, TokenizedDataset] = {}
     for t in tasks:
-        cfg = t.data_config(max_length)
+        cfg = dataclasses.replace(t.data_config(max_length), selection_fraction=selection_fraction)
         try:
-            ex = load_examples(cfg, resolve_task(cfg), split)
+            if selection_fraction is None:
+                ex = load_examples(cfg, resolve_task(cfg), split)
+            else:
+                picked = (run_train_examples if split == "train" else run_eval_examples)(
+                    cfg, resolve_task(cfg)
+                )
+                assert picked is not None  # a selection slice always exists
+                ex = picked
         except ConfigError:
             if split == "train":
                 raise

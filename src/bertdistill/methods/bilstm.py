@@ -45,7 +45,16 @@ from torch.utils.data import Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..config import ConfigError, MethodConfig
-from ..data.loading import Collator, Examples, load_examples, subsample, tokenize
+from ..data.loading import (
+    Collator,
+    Examples,
+    load_examples,
+    run_eval_examples,
+    run_train_examples,
+    subsample,
+    tokenize,
+    without_selection,
+)
 from ..data.tasks import TaskSpec
 from ..data.words import (
     UNK_INIT_RANGE,
@@ -390,7 +399,7 @@ class BiLSTM(Method):
     # ------------------------------------------------------------------ data
     def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
         d, cfg, seed = self.run.data, self.cfg, self.run.train.seed
-        train = subsample(load_examples(d, self.task, d.train_split), d.max_train_examples, seed)
+        train = subsample(run_train_examples(d, self.task), d.max_train_examples, seed)
         extra = self._augmented_rows(train)
         texts = train.texts + extra.texts
         vocab = WordVocab.build(
@@ -401,10 +410,9 @@ class BiLSTM(Method):
         rows = Examples(texts, [*gold, *([missing] * len(extra))], train.source)
         view = tokenize(rows, tokenizer, d.max_length) if self.cfg.uses_teacher() else None
         out: dict[str, Dataset] = {"train": word_dataset(rows, vocab, d.max_length, teacher=view)}
-        if d.eval_split:
-            ev = subsample(load_examples(d, self.task, d.eval_split), d.max_eval_examples, seed)
-            if ev.labels is not None:
-                out["eval"] = word_dataset(ev, vocab, d.max_length)
+        ev = run_eval_examples(d, self.task)
+        if ev is not None and ev.labels is not None:
+            out["eval"] = word_dataset(subsample(ev, d.max_eval_examples, seed), vocab, d.max_length)
         return out
 
     def _augmented_rows(self, train: Examples) -> Examples:
@@ -413,7 +421,10 @@ class BiLSTM(Method):
         if not self.cfg.augmented_data:
             return Examples([], None)
         cfg = dataclasses.replace(self.run.data, path=self.cfg.augmented_data, format="auto")
-        aug = load_examples(cfg, self.task, self.run.data.train_split)
+        # never a variant of a selection-slice sentence (data.selection_fraction)
+        aug = without_selection(
+            load_examples(cfg, self.task, self.run.data.train_split), self.run.data, self.task
+        )
         known = set(train.texts)
         keep = [i for i, t in enumerate(aug.texts) if t not in known]
         return Examples([aug.texts[i] for i in keep], None, aug.source)

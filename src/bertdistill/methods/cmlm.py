@@ -56,7 +56,7 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from ..config import ConfigError, MethodConfig
-from ..data.loading import Examples, load_examples, subsample, teacher_inputs
+from ..data.loading import Examples, run_eval_examples, run_train_examples, subsample, teacher_inputs
 from ..data.parallel import (
     ParallelCollator,
     decode_ids,
@@ -946,22 +946,16 @@ class CMLM(Method):
         return Needs(logits=False, token_topk=self.cfg.topk)
 
     # ------------------------------------------------------------------ data
-    def _examples(self, split: str, limit: int | None) -> Examples:
-        d = self.run.data
-        return subsample(load_examples(d, self.task, split), limit, self.run.train.seed)
-
     @cached_property
     def eval_examples(self) -> Examples | None:
         d = self.run.data
-        return self._examples(d.eval_split, d.max_eval_examples) if d.eval_split else None
+        ev = run_eval_examples(d, self.task)
+        return subsample(ev, d.max_eval_examples, self.run.train.seed) if ev is not None else None
 
     def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
         d = self.run.data
-        out: dict[str, Dataset] = {
-            "train": encode_pairs(
-                self._examples(d.train_split, d.max_train_examples), tokenizer, d.max_length
-            )
-        }
+        train = subsample(run_train_examples(d, self.task), d.max_train_examples, self.run.train.seed)
+        out: dict[str, Dataset] = {"train": encode_pairs(train, tokenizer, d.max_length)}
         if self.eval_examples is not None:
             out["eval"] = encode_pairs(self.eval_examples, tokenizer, d.max_length)
         return out

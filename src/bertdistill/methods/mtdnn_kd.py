@@ -324,13 +324,25 @@ class MTDNNKD(Method):
         d, seed = self.run.data, self.run.train.seed
         out: dict[str, Dataset] = {}
         train = task_datasets(
-            self.cfg.tasks, tokenizer, d.train_split, d.max_length, seed, d.max_train_examples
+            self.cfg.tasks,
+            tokenizer,
+            d.train_split,
+            d.max_length,
+            seed,
+            d.max_train_examples,
+            d.selection_fraction,
         )
         assert train is not None
         out["train"] = train
-        if d.eval_split:
+        if d.eval_split or d.selection_fraction is not None:
             ev = task_datasets(
-                self.cfg.tasks, tokenizer, d.eval_split, d.max_length, seed, d.max_eval_examples
+                self.cfg.tasks,
+                tokenizer,
+                d.eval_split or "dev",
+                d.max_length,
+                seed,
+                d.max_eval_examples,
+                d.selection_fraction,
             )
             if ev is not None:
                 out["eval"] = ev

@@ -43,7 +43,14 @@ from transformers.utils import ModelOutput
 
 from ..config import ConfigError, MethodConfig
 from ..data.corpus import CorpusDataset, CorpusSourceConfig, build_token_store, default_store_root
-from ..data.loading import load_examples, subsample, tokenize
+from ..data.loading import (
+    load_examples,
+    run_eval_examples,
+    run_train_examples,
+    subsample,
+    tokenize,
+    without_selection,
+)
 from ..features import SCORES_ATTENTION, register_score_attention, use_score_attention
 from ..hub import from_pretrained
 from ..layer_map import tinybert_layer_maps
@@ -406,22 +413,22 @@ class TinyBERT(Method):
         cfg, d, seed = self.cfg, self.run.data, self.run.train.seed
         out: dict[str, Dataset] = {}
         if any(s != "general" for s in cfg.stages):
-            if cfg.train_data:
-                train = load_examples(
+            if cfg.train_data:  # augmented text: never a variant of a selection-slice sentence
+                aug = load_examples(
                     dataclasses.replace(d, path=cfg.train_data, format="auto"), self.task, d.train_split
                 )
+                train = without_selection(aug, d, self.task)
             else:
-                train = load_examples(d, self.task, d.train_split)
+                train = run_train_examples(d, self.task)
             ds = tokenize(subsample(train, d.max_train_examples, seed), tokenizer, d.max_length)
             if cfg.train_data:
                 ds.labels = None  # augmented text: the teacher labels it, gold labels are never copied
             out["train"] = ds
         if "general" in cfg.stages:
             out["corpus"] = self._general_corpus(tokenizer)
-        if d.eval_split:
-            ev = subsample(load_examples(d, self.task, d.eval_split), d.max_eval_examples, seed)
-            if ev.labels is not None:
-                out["eval"] = tokenize(ev, tokenizer, d.max_length)
+        ev = run_eval_examples(d, self.task)
+        if ev is not None and ev.labels is not None:
+            out["eval"] = tokenize(subsample(ev, d.max_eval_examples, seed), tokenizer, d.max_length)
         return out
 
     def _general_corpus(self, tokenizer: Any) -> CorpusDataset:
