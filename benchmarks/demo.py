@@ -1,8 +1,8 @@
 """`make demo`: where distillation pays — a narrow student that learns far more from a teacher than alone.
 
 On SST-2, on CPU, in about 30 minutes on one core (measured: 1,787 s with `--threads 1` while another job held the
-second core; the training set is SUBSAMPLED and the script says so). At 800 steps (half intermediate) it is a
-third faster, but the gain over the control fell to +0.7 / +2.5 in two seeds (+4.6 / +3.3 at the defaults):
+second core; the training set is SUBSAMPLED and the script says so). With 800 steps (half of them intermediate) the
+students train a third fewer steps, but the gain over the control fell to +0.7 / +2.5 in two seeds (+4.6 / +3.3 at the defaults):
 
 1. the teacher: MiniLM-L6 (22.7M parameters) fine-tuned on ``--teacher-examples`` training sentences (1 epoch);
 2. two students of one narrow shape (``--shape``, default 4 layers × 192 hidden, random init), each trained
