@@ -1,0 +1,43 @@
+"""benchmarks.deploy_bench: the rows of one student's deployed forms, and which one is ``best``."""
+
+import pytest
+
+from benchmarks.deploy_bench import deploy_rows
+
+
+def _row(precision, score, latency, throughput, **kw):
+    return {
+        "path": "s",
+        "precision": precision,
+        "metric": "accuracy",
+        "score": score,
+        "latency_ms_median": latency,
+        "throughput_per_s": throughput,
+        **kw,
+    }
+
+
+def test_scores_and_speedups_are_against_fp32_eager_and_the_teacher():
+    teacher = _row("fp32", 0.90, 10.0, 100.0)
+    forms = [
+        _row("fp32", 0.85, 4.0, 300.0),
+        _row("int8", 0.848, 2.0, 450.0),
+        _row("onnx-int8", 0.80, 1.0, 900.0, runtime="onnxruntime-onnx-int8"),
+    ]
+    rows = deploy_rows("kd", "kd", [teacher, *forms])
+    by = {r["precision"]: r for r in rows}
+    assert by["fp32"]["score_change"] == 0.0 and by["fp32"]["speedup_vs_fp32"] == 1.0
+    assert by["int8"]["score_change"] == pytest.approx(-0.002)
+    assert by["int8"]["speedup_vs_fp32"] == pytest.approx(2.0)
+    assert by["int8"]["speedup_vs_teacher"] == pytest.approx(5.0)
+    assert by["int8"]["throughput_vs_fp32"] == pytest.approx(1.5)
+    assert by["onnx-int8"]["runtime"] == "onnxruntime-onnx-int8" and by["int8"]["runtime"] == "torch"
+    # the fastest form loses 5 points: not best; int8 (-0.2 point) is the fastest within 0.5 point
+    assert [r["precision"] for r in rows if r["best"]] == ["int8"]
+
+
+def test_fp32_is_best_when_every_faster_form_loses_more_than_half_a_point():
+    rows = deploy_rows(
+        "b", "bilstm", [_row("fp32", 0.9, 9.0, 1.0), _row("fp32", 0.8, 3.0, 1.0), _row("bf16", 0.79, 2.0, 1.0)]
+    )
+    assert [r["precision"] for r in rows if r["best"]] == ["fp32"]
