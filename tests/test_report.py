@@ -149,7 +149,12 @@ def results_dir(tmp_path) -> Path:
     b = _distill("mobilebert", TEACHER_B, 0.85, [_row("progressive", "mobilebert", [0.68], None, 2.0, 0.85)])
     b["baseline_row"] = None
     other_task = _distill("pkd", TEACHER_A, 0.80, [_row("pkd", "pkd", [0.72], None, 2.0, 0.80)], task="mrpc")
-    for name, r in {"a_tinybert": a, "b_mobilebert": b, "c_pkd_mrpc": other_task, "d_deploy": _deploy()}.items():
+    for name, r in {
+        "a_tinybert": a,
+        "b_mobilebert": b,
+        "c_pkd_mrpc": other_task,
+        "d_deploy": _deploy(),
+    }.items():
         assert validate(r) == [], (name, validate(r))
         (d / f"{name}.json").write_text(json.dumps(r))
     return d
@@ -235,7 +240,9 @@ def test_deploy_column_shows_the_best_deployed_form(results_dir, tmp_path):
     assert by_label["tinybert / tinybert"][7] == "5.00 (bf16, d_deploy)"
     assert by_label["kd / kd"][7] == "-" and by_label["mobilebert / progressive"][7] == "-"
     assert "## d_deploy: deployed forms, sst2" in text
-    assert "| tinybert | `/bench/tinybert-seed1` | int8 | 79.0 | -1.00 | 2.50 | 2.00 | 8.00 | 400.0 |  |" in text
+    assert (
+        "| tinybert | `/bench/tinybert-seed1` | int8 | 79.0 | -1.00 | 2.50 | 2.00 | 8.00 | 400.0 |  |" in text
+    )
     # a deployed student that no result row names gets its own row, not silently dropped
     (results_dir / "d_deploy.json").write_text(json.dumps(_deploy("/elsewhere/student")))
     text = _run(results_dir, tmp_path / "RESULTS.md")
