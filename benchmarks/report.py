@@ -102,9 +102,11 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
     ]
     for name, r in results:
         legacy = is_legacy(r)
+        deployed = r.get("kind") == "deploy"  # precision per row, nothing trained
         lines.append(
             f"| {name} | {r['date']} | {1 if legacy else r['schema_version']} | {fmt_threads(r)} | "
-            f"{r.get('precision', 'not recorded')} | {r.get('optimizer', 'not recorded')} |"
+            f"{r.get('precision', 'per row' if deployed else 'not recorded')} | "
+            f"{r.get('optimizer', '-' if deployed else 'not recorded')} |"
         )
     for name, r in distill:
         if "sweep" in r:
@@ -416,7 +418,7 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
     teachers: dict[tuple[str, str, float, str], list[str]] = {}
     untimed: set[str] = set()  # files whose teacher was not timed
     for name, r in results:
-        if "teacher_score" not in r or "task" not in r or r.get("kind") == "deploy":
+        if "teacher_score" not in r or "task" not in r:
             continue
         t = table(r["task"])
         if r["metric"] not in t.metrics:
@@ -425,7 +427,8 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
         teachers.setdefault((t.key, str(r["teacher"]), r["teacher_score"], metric), []).append(name)
         if r.get("kind") == "generation":
             untimed.add(name)
-        t.rows += _file_rows(name, r)
+        if r.get("kind") != "deploy":  # its students are matched to these rows below
+            t.rows += _file_rows(name, r)
     for (key, teacher, score, metric), sources in teachers.items():
         t = by_task[key]
         params = {
@@ -451,8 +454,6 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
         if r.get("kind") != "deploy":
             continue
         t = table(r["task"])
-        if r["metric"] not in t.metrics:
-            t.metrics.append(r["metric"])
         for x in r["rows"]:
             if not x["best"]:
                 continue

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +190,10 @@ def test_one_table_per_task_with_every_files_rows(results_dir, tmp_path):
     labels = [(r[0], r[1]) for r in sst2]
     # teachers first (two distinct ones, each with its file), then no-KD, kd, the other methods, in file order
     assert labels == [
-        ("teacher `teachers/minilm-l6-sst2`", "a_tinybert"),
+        (
+            "teacher `teachers/minilm-l6-sst2`",
+            "a_tinybert, d_deploy",
+        ),  # the deploy run's teacher scored the same
         ("teacher `demo/teacher`", "b_mobilebert"),
         ("no-KD / nokd", "a_tinybert"),
         ("kd / kd", "a_tinybert"),
@@ -227,7 +233,7 @@ def test_same_teacher_files_share_one_teacher_row_different_scores_do_not(result
     text = _run(results_dir, tmp_path / "RESULTS.md")
     teachers = [r for r in _table(text, "### sst2 (accuracy)") if r[0].startswith("teacher")]
     assert [(r[1], r[3]) for r in teachers] == [
-        ("a_again, a_tinybert", "90.00 (n=1)"),
+        ("a_again, a_tinybert, d_deploy", "90.00 (n=1)"),
         ("a_subset", "89.00 (n=1)"),
         ("b_mobilebert", "85.00 (n=1)"),
     ]
@@ -340,3 +346,22 @@ def test_plots_per_task_are_written_and_byte_identical(results_dir, tmp_path):
 def test_task_key_names_the_data_set():
     assert report.task_key("sst2") == "sst2"
     assert report.task_key("translation (Multi30k-de-en)") == "multi30k-de-en"
+
+
+def test_plots_are_byte_identical_across_processes(results_dir, tmp_path):
+    """Two fresh interpreters with different hash seeds (set orders) draw the same bytes."""
+    root = Path(__file__).resolve().parents[1]
+    outs = []
+    for i, seed in enumerate(("1", "2")):
+        plots = tmp_path / f"plots{i}"
+        env = {
+            **os.environ,
+            "PYTHONHASHSEED": seed,
+            "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
+        }
+        cmd = [sys.executable, "-m", "benchmarks.report", "--results", str(results_dir)]
+        cmd += ["--out", str(tmp_path / f"R{i}.md"), "--plots", str(plots)]
+        subprocess.run(cmd, check=True, cwd=root, env=env, capture_output=True)
+        outs.append({p.name: p.read_bytes() for p in sorted(plots.iterdir())})
+    assert list(outs[0]) == ["mrpc.png", "sst2.png"] and outs[0] == outs[1]
+    assert (tmp_path / "R0.md").read_text().replace("plots0", "plots1") == (tmp_path / "R1.md").read_text()
