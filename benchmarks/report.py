@@ -1,17 +1,24 @@
 """`make bench` (``python -m benchmarks.report``): validate benchmarks/results/*.json against
 :mod:`benchmarks.schema` and regenerate benchmarks/RESULTS.md from them (no training here). Exits 1, writing
-nothing, when any file is invalid (a missing field, a mean or std that disagrees with its per-seed values)."""
+nothing, when any file is invalid (a missing field, a mean or std that disagrees with its per-seed values).
+
+RESULTS.md opens with one table per task (every row of every result file of that task, teachers included, with
+the deployed speed-up of ``kind: "deploy"`` files), each with a score-vs-latency plot written to
+``<results>/plots/<task>.png`` (byte-identical when re-run); the per-file sections follow, unchanged."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.schema import is_legacy, validate
+from benchmarks.schema import BEST_MAX_SCORE_DROP, is_legacy, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,9 +60,14 @@ def fmt_threads(r: Mapping[str, Any]) -> str:
     return "not recorded" if t is None else str(t)
 
 
-def render(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
+def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] | None = None) -> list[str]:
+    """RESULTS.md as lines: the per-task tables first (``plots``: task key → the plot's path relative to
+    RESULTS.md), then every file's own sections."""
+    deploy = [(n, r) for n, r in results if r.get("kind") == "deploy"]
     generation = [(n, r) for n, r in results if r.get("kind") == "generation"]
-    distill = [(n, r) for n, r in results if "teacher_score" in r and r.get("kind") != "generation"]
+    distill = [
+        (n, r) for n, r in results if "teacher_score" in r and r.get("kind") not in ("generation", "deploy")
+    ]
     other = [(n, r) for n, r in results if "teacher_score" not in r]
     lines = [
         "# Results",
@@ -64,6 +76,9 @@ def render(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
         "Scores in % (mean ± sample std over seeds, when there are several); retention = student / teacher;",
         "speed-ups measured on CPU in the same run as the teacher (latency: batch 1, median, interleaved;",
         "throughput: batch 32).",
+        "",
+        *render_task_tables(task_tables(results), plots or {}),
+        "## Every result file",
         "",
         "| result | method | task | metric | teacher | student | no-KD | retention | params T → S | "
         "latency ×| throughput × | train ex. | steps | seeds |",
@@ -87,9 +102,11 @@ def render(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     ]
     for name, r in results:
         legacy = is_legacy(r)
+        deployed = r.get("kind") == "deploy"  # precision per row, nothing trained
         lines.append(
             f"| {name} | {r['date']} | {1 if legacy else r['schema_version']} | {fmt_threads(r)} | "
-            f"{r.get('precision', 'not recorded')} | {r.get('optimizer', 'not recorded')} |"
+            f"{r.get('precision', 'per row' if deployed else 'not recorded')} | "
+            f"{r.get('optimizer', '-' if deployed else 'not recorded')} |"
         )
     for name, r in distill:
         if "sweep" in r:
@@ -174,6 +191,26 @@ def render(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
                 f"({scores}) | {x['student_params'] / 1e6:.2f}M | {fmt_steps(x)} | {x['precision']} | "
                 f"{x['optimizer']} | {len(x['seeds'])} |"
             )
+    for name, r in deploy:
+        lines += [
+            "",
+            f"## {name}: deployed forms, {r['task']}",
+            "",
+            f"Teacher `{r['teacher']}`: {pct(r['teacher_score'])} {r['metric']}, {r['teacher_latency_ms']:.2f} ms "
+            f"(batch 1, median). bertdistill {r['version']}, commit {r['commit'] or 'not recorded'}; "
+            f"{fmt_threads(r)} threads. Best = the fastest form losing at most "
+            f"{100 * BEST_MAX_SCORE_DROP:.1f} points against the student's fp32.",
+            "",
+            "| method | student | precision | score | change | latency ms | × fp32 | × teacher | "
+            "samples/s b32 | best |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for x in r["rows"]:
+            lines.append(
+                f"| {x['method']} | `{x['student']}` | {x['precision']} | {pct(x['score'])} | "
+                f"{100 * x['score_change']:+.2f} | {x['latency_ms']:.2f} | {x['speedup_vs_fp32']:.2f} | "
+                f"{x['speedup_vs_teacher']:.2f} | {x['throughput']:.1f} | {'**yes**' if x['best'] else ''} |"
+            )
     for name, r in other:
         if not is_legacy(r) and r["kind"] == "throughput":
             lines += [
@@ -208,6 +245,386 @@ def render(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------------------------- per task
+
+GROUPS = ("teacher", "no-KD", "kd", "student", "deployed")
+"""The order of a task table: teachers, no-KD controls, plain ``kd`` rows, every other method's rows, then the
+deployed forms no result row could be matched to."""
+
+
+@dataclass
+class TaskRow:
+    """One line of a per-task table (and one point of its plot)."""
+
+    group: str
+    label: str
+    source: str
+    metric: str
+    student: str = "-"
+    score: float | None = None
+    std: float | None = None
+    n: int = 0
+    teacher_score: float | None = None
+    """The teacher of the row's own file (``None``: scored in another metric, no retention)."""
+    params: int | None = None
+    latency_speedup: float | None = None
+    """fp32 batch-1 latency speed-up against the file's teacher, measured in the file's run."""
+    deployed: list[tuple[str, str, float]] = field(default_factory=list)
+    """The student's best deployed form(s): ``(deploy file, precision, speed-up vs teacher)``."""
+    deployed_score: float | None = None
+    runs: tuple[str, ...] = ()
+
+    @property
+    def retention(self) -> float | None:
+        if self.score is None or not self.teacher_score or self.group == "teacher":
+            return None
+        return self.score / self.teacher_score
+
+
+@dataclass
+class TaskTable:
+    task: str
+    key: str
+    """The task as a file name: ``sst2``, ``multi30k-de-en``."""
+    metrics: list[str]
+    rows: list[TaskRow]
+
+
+def task_key(task: str) -> str:
+    """``sst2`` → ``sst2``; ``translation (Multi30k-de-en)`` → ``multi30k-de-en`` (the part in brackets names
+    the data set)."""
+    inner = re.search(r"\(([^)]+)\)", task)
+    return re.sub(r"[^a-z0-9]+", "-", (inner.group(1) if inner else task).lower()).strip("-") or "task"
+
+
+def _shape(x: Mapping[str, Any], top: Mapping[str, Any]) -> str:
+    layers = x.get("student_layers", top.get("student_layers"))
+    hidden = x.get("student_hidden", top.get("student_hidden"))
+    if layers and hidden:
+        return f"{layers}×{hidden}"
+    return str(top.get("student", "-"))
+
+
+def _spread(x: Mapping[str, Any], key: str) -> tuple[float | None, float | None, int]:
+    """Mean, sample std (``None`` with one seed) and number of seeds of the score ``key`` of ``x``."""
+    many = x.get(f"{key}s") or []
+    n = len(many) if many else (1 if x.get(key) is not None else 0)
+    std = x.get(f"{key}_std") if n > 1 else None
+    return x.get(key), std, n
+
+
+def _is_no_kd(x: Mapping[str, Any], baseline: str | None) -> bool:
+    """A no-KD control: the file's baseline row, or (files that name none) a fine-tuned ``nokd`` row. A row's
+    method alone does not say it (DistilBERT's distilled student is fine-tuned on the task without a teacher)."""
+    name = str(x.get("row", ""))
+    if baseline is not None:
+        return name == baseline
+    return x.get("method") == "finetune" or name.replace("_", "").replace("-", "").startswith("nokd")
+
+
+def _recipe_method(recipe: str, default: str) -> str:
+    """``recipes/kd/sst2.yaml`` → ``kd``; ``finetune:...`` → ``finetune`` (schema-1 variants name no method)."""
+    if recipe.startswith("finetune:"):
+        return "finetune"
+    parts = Path(recipe).parts
+    return parts[-2] if len(parts) >= 2 else default
+
+
+def _file_rows(name: str, r: Mapping[str, Any]) -> list[TaskRow]:
+    """Every student of one result file as task-table rows (the teacher is added by :func:`task_tables`)."""
+    metric = r["metric"]
+    teacher = None if r.get("kind") == "generation" else r["teacher_score"]
+    baseline = r.get("baseline_row") or r.get("baseline_variant")
+    out: list[TaskRow] = []
+
+    def add(x: Mapping[str, Any], label_method: str, row: str, no_kd: bool, top_level: bool = False) -> None:
+        score, std, n = _spread(x, "student_score")
+        method = label_method
+        if no_kd and label_method in ("finetune", r["method"]):
+            method = "no-KD"
+        elif label_method == "finetune":  # trained on the task alone, from a distilled student
+            method = r["method"]
+        out.append(
+            TaskRow(
+                group="no-KD" if no_kd else ("kd" if label_method == "kd" else "student"),
+                label=f"{method} / {row}" if row else method,
+                source=name,
+                metric=metric,
+                student=_shape(x, r),
+                score=score,
+                std=std,
+                n=n,
+                teacher_score=teacher,
+                params=x.get("student_params", r.get("student_params") if top_level else None),
+                latency_speedup=x.get("latency_speedup", r.get("latency_speedup") if top_level else None),
+                runs=tuple(x.get("runs") or ()),
+            )
+        )
+
+    rows = r.get("rows")
+    variants = r.get("variants")
+    if isinstance(rows, list):
+        for x in rows:
+            add(x, x.get("method", r["method"]), x["row"], _is_no_kd(x, baseline))
+    elif isinstance(variants, dict):  # schema 1: one student shape, its params and timing at the top level
+        for vname, v in variants.items():
+            x = {
+                "student_score": v["mean"],
+                "student_score_std": v.get("std"),
+                "student_scores": v["scores"],
+                "runs": v.get("runs"),
+                "row": vname,
+            }
+            add(x, _recipe_method(v["recipe"], r["method"]), vname, _is_no_kd(x, baseline), top_level=True)
+    else:  # schema 1, one student: the headline, and its no-KD control when one was run
+        add(r, r["method"], "", False, top_level=True)
+    listed_no_kd = any(t.group == "no-KD" for t in out)
+    if r.get("no_kd_score") is not None and not listed_no_kd:
+        score, std, n = _spread(r, "no_kd_score")
+        out.append(
+            TaskRow(
+                group="no-KD",
+                label="no-KD",
+                source=name,
+                metric=metric,
+                student=_shape(r, r),
+                score=score,
+                std=std,
+                n=n,
+                teacher_score=teacher,
+                params=r.get("student_params"),
+            )
+        )
+    return out
+
+
+def _deploy_matches(row: TaskRow, student: str, method: str) -> bool:
+    """Whether a deploy file's ``student`` names this row: one of its run dirs, ``<result file>:<row>``, or the
+    row's name (with the same method)."""
+    if student in row.runs or any(os.path.normpath(student) == os.path.normpath(p) for p in row.runs):
+        return True
+    name = row.label.split(" / ", 1)[-1]
+    return student == f"{row.source}:{name}" or (student == name and row.label.startswith(f"{method} /"))
+
+
+def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTable]:
+    """One table per task, gathered from every result file of that task (sorted by task key)."""
+    by_task: dict[str, TaskTable] = {}
+
+    def table(task: str) -> TaskTable:
+        key = task_key(task)
+        return by_task.setdefault(key, TaskTable(task=task, key=key, metrics=[], rows=[]))
+
+    teachers: dict[tuple[str, str, float, str], list[str]] = {}
+    untimed: set[str] = set()  # files whose teacher was not timed
+    for name, r in results:
+        if "teacher_score" not in r or "task" not in r:
+            continue
+        t = table(r["task"])
+        if r["metric"] not in t.metrics:
+            t.metrics.append(r["metric"])
+        metric = r.get("teacher_metric", r["metric"])
+        teachers.setdefault((t.key, str(r["teacher"]), r["teacher_score"], metric), []).append(name)
+        if r.get("kind") == "generation":
+            untimed.add(name)
+        if r.get("kind") != "deploy":  # its students are matched to these rows below
+            t.rows += _file_rows(name, r)
+    for (key, teacher, score, metric), sources in teachers.items():
+        t = by_task[key]
+        params = {
+            r.get("teacher_params")
+            for n, r in results
+            if n in sources and r.get("teacher_params") is not None
+        }
+        t.rows.append(
+            TaskRow(
+                group="teacher",
+                label=f"teacher `{'/'.join(Path(teacher).parts[-2:]) or teacher}`",
+                source=", ".join(sources),
+                metric=metric,
+                student="-",
+                score=score,
+                n=1,
+                teacher_score=score,
+                params=params.pop() if len(params) == 1 else None,
+                latency_speedup=None if untimed.issuperset(sources) else 1.0,
+            )
+        )
+    for name, r in results:
+        if r.get("kind") != "deploy":
+            continue
+        t = table(r["task"])
+        for x in r["rows"]:
+            if not x["best"]:
+                continue
+            matched = [
+                row
+                for row in t.rows
+                if row.group != "teacher" and _deploy_matches(row, x["student"], x["method"])
+            ]
+            for row in matched:
+                row.deployed.append((name, x["precision"], x["speedup_vs_teacher"]))
+            if not matched:
+                fp32 = next(y for y in r["rows"] if y["student"] == x["student"] and y["precision"] == "fp32")
+                t.rows.append(
+                    TaskRow(
+                        group="deployed",
+                        label=f"{x['method']} / `{Path(x['student']).name or x['student']}`",
+                        source=name,
+                        metric=x["metric"],
+                        score=x["score"],
+                        n=1,
+                        teacher_score=r["teacher_score"],
+                        latency_speedup=fp32["speedup_vs_teacher"],
+                        deployed=[(name, x["precision"], x["speedup_vs_teacher"])],
+                        deployed_score=x["score"],
+                    )
+                )
+    for t in by_task.values():
+        order = {g: i for i, g in enumerate(GROUPS)}
+        t.rows.sort(key=lambda row: order[row.group])  # stable: file order within a group
+    return [by_task[k] for k in sorted(by_task)]
+
+
+def _fmt_score(row: TaskRow) -> str:
+    if row.score is None:
+        return "-"
+    scale = 1.0 if row.metric.startswith("bleu") else 100.0
+    text = f"{scale * row.score:.2f}"
+    if row.std is not None:
+        text += f" ± {scale * row.std:.2f}"
+    return f"{text} (n={row.n})"
+
+
+def _fmt_deployed(row: TaskRow) -> str:
+    return (
+        "; ".join(f"{speedup:.2f} ({precision}, {source})" for source, precision, speedup in row.deployed)
+        or "-"
+    )
+
+
+def render_task_tables(tables: Sequence[TaskTable], plots: Mapping[str, str]) -> list[str]:
+    lines = [
+        "## Per task",
+        "",
+        "Every row of every result file of the task. Retention = score / the teacher of the row's own file (a",
+        "task's files may have different teachers or dev subsets: each distinct teacher score is listed with its",
+        "files). Latency × = fp32 batch-1 latency speed-up against that teacher, measured in the file's run;",
+        "deployed × = the student's best deployed form (fastest losing at most "
+        f'{100 * BEST_MAX_SCORE_DROP:.1f} points) from `kind: "deploy"` files.',
+        "",
+    ]
+    for t in tables:
+        lines += [f"### {t.task} ({', '.join(t.metrics)})", ""]
+        if t.key in plots:
+            lines += [f"![score vs latency, {t.task}]({plots[t.key]})", ""]
+        lines += [
+            "| method / row | source | student | score ± std (n seeds) | retention | params | latency × | "
+            "deployed × |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in t.rows:
+            metric = f" ({row.metric})" if row.group == "teacher" and row.metric not in t.metrics else ""
+            lines.append(
+                f"| {row.label} | {row.source} | {row.student} | {_fmt_score(row)}{metric} | "
+                f"{pct(row.retention) + '%' if row.retention is not None else '-'} | "
+                f"{f'{row.params / 1e6:.2f}M' if row.params else '-'} | {num(row.latency_speedup)} | "
+                f"{_fmt_deployed(row)} |"
+            )
+        lines.append("")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+MARKERS = {"fp32": "o", "bf16": "s", "int8": "v", "onnx-fp32": "D", "onnx-int8": "P"}
+
+
+def plot_task(t: TaskTable, out: Path) -> Path | None:
+    """Score against latency relative to the teacher (log x: 1 / speed-up, so the teacher sits at 1) for every
+    row of the table that has both; deployed forms as their own markers. ``None`` when nothing can be placed.
+    Deterministic: matplotlib's defaults (no user rc), no software / date metadata in the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [
+        row for row in t.rows if row.score is not None and row.latency_speedup and row.metric in t.metrics
+    ]
+    if not points:
+        return None
+    scale = 1.0 if t.metrics[0].startswith("bleu") else 100.0
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update({"svg.hashsalt": "bertdistill", "path.simplify": False, "font.size": 8})
+        fig, ax = plt.subplots(figsize=(10, 7), dpi=100)
+        palette = plt.get_cmap("tab10")
+        methods = sorted({row.label.split(" / ")[0] for row in points if row.group != "teacher"})
+        color = {m: palette(i % 10) for i, m in enumerate(methods)}
+        for row in points:
+            assert row.score is not None and row.latency_speedup
+            x, y = 1 / row.latency_speedup, scale * row.score
+            c = color.get(row.label.split(" / ")[0], "black")
+            if row.group == "teacher":
+                ax.scatter([x], [y], marker="*", s=160, color="black", zorder=3)
+            elif row.group != "deployed":
+                ax.scatter([x], [y], marker="o", s=30, color=c, zorder=2)
+            ax.annotate(
+                f"{row.label.replace('`', '')} [{row.source.split(', ')[0]}]",
+                (x, y),
+                fontsize=5,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
+            for _, precision, speedup in row.deployed:
+                score = row.deployed_score if row.deployed_score is not None else row.score
+                ax.scatter(
+                    [1 / speedup],
+                    [scale * score],
+                    marker=MARKERS.get(precision, "x"),
+                    s=40,
+                    facecolors="none",
+                    edgecolors=c,
+                    zorder=2,
+                )
+                if row.group != "deployed":
+                    ax.plot([x, 1 / speedup], [y, scale * score], lw=0.5, ls=":", color=c)
+        handles = [
+            ax.scatter([], [], marker="*", s=80, color="black", label="teacher"),
+            *(ax.scatter([], [], marker="o", s=30, color=color[m], label=f"{m} (fp32)") for m in methods),
+            *(
+                ax.scatter(
+                    [], [], marker=m, s=30, facecolors="none", edgecolors="grey", label=f"deployed {p}"
+                )
+                for p, m in MARKERS.items()
+                if any(precision == p for row in points for _, precision, _ in row.deployed)
+            ),
+        ]
+        ax.legend(handles=handles, loc="lower right", fontsize=7)
+        ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, hi * 2)  # room for the teachers' labels
+        ax.set_xlabel("batch-1 latency / teacher's (same run; log scale, lower is faster)")
+        ax.set_ylabel(f"{', '.join(t.metrics)}{'' if scale == 1 else ' (%)'}")
+        ax.set_title(f"{t.task}: score vs latency")
+        ax.grid(True, which="both", lw=0.3)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png", metadata={"Software": None})
+        plt.close(fig)
+    return out
+
+
+def write_plots(tables: Sequence[TaskTable], plots_dir: Path, relative_to: Path) -> dict[str, str]:
+    """One PNG per task into ``plots_dir``; task key → its path relative to the dir of ``relative_to``."""
+    written = {}
+    for t in tables:
+        path = plot_task(t, plots_dir / f"{t.key}.png")
+        if path is not None:
+            written[t.key] = Path(os.path.relpath(path, relative_to.parent)).as_posix()
+    return written
+
+
 def load_results(results_dir: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
     """Every result file of the dir and every problem found in them."""
     results, problems = [], []
@@ -226,14 +643,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", default=str(RESULTS), help="dir of result files")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    p.add_argument("--plots", default=None, help="dir of the per-task plots (default: <results>/plots)")
     args = p.parse_args(argv)
     results, problems = load_results(Path(args.results))
     if problems:
         print("invalid result files (see benchmarks/schema.py):\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     out = Path(args.out)
-    out.write_text("\n".join(render(results)) + "\n")
-    print(f"wrote {out} ({len(results)} result files)")
+    plots_dir = Path(args.plots) if args.plots else Path(args.results) / "plots"
+    plots = write_plots(task_tables(results), plots_dir, out)
+    out.write_text("\n".join(render(results, plots)) + "\n")
+    print(f"wrote {out} ({len(results)} result files) and {len(plots)} plots in {plots_dir}")
     return 0
 
 

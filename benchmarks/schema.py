@@ -7,7 +7,10 @@ Two kinds of result, one provenance block:
   same seeds), the headline (``primary``) row's scores at the top level;
 * :class:`ThroughputResult` (``kind: "throughput"``): training samples/s of several ``rows`` timed in one run;
 * :class:`GenerationResult` (``kind: "generation"``): seq2seq students scored by decoding (BLEU), with and
-  without the KD term, against a teacher measured by its own metric (no retention, no timing).
+  without the KD term, against a teacher measured by its own metric (no retention, no timing);
+* :class:`DeployResult` (``kind: "deploy"``): trained students measured in their deployed forms (fp32 / bf16 /
+  int8 eager, ONNX fp32 / int8), each form's score change and speed-ups, one ``best`` form per student. Nothing is
+  trained there, so it has its own provenance block (:class:`DeployProvenance`: no seeds, steps or optimizer).
 
 Every score with per-seed values is written three ways: ``K`` (the mean), ``K_std`` (the *sample* standard
 deviation, n − 1; ``None`` with fewer than two seeds) and ``Ks`` (the per-seed list, in seed order);
@@ -30,7 +33,13 @@ from typing import Any, TypedDict, Union
 
 SCHEMA_VERSION = 2
 
-KINDS = ("distill", "throughput", "generation")
+KINDS = ("distill", "throughput", "generation", "deploy")
+
+DEPLOY_PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
+"""The deployed forms of a student: eager torch in fp32 / bf16 / dynamic int8, ONNX Runtime fp32 / int8."""
+
+BEST_MAX_SCORE_DROP = 0.005
+"""A deployed form may be a student's ``best`` only if it loses at most this much score against fp32 eager."""
 
 
 class Threads(TypedDict):
@@ -150,6 +159,55 @@ class GenerationResult(ScoredResult):
     rows: list[TrainedRow]
 
 
+class DeployRow(TypedDict):
+    """One deployed form of one student, timed in the same run as the teacher and the student's fp32 form."""
+
+    method: str
+    student: str
+    """The student's run dir (path) or name; the report matches it to a distillation row through the row's
+    ``runs`` (a path), ``<result file>:<row>``, or the row's name."""
+    precision: str
+    """One of :data:`DEPLOY_PRECISIONS`."""
+    metric: str
+    score: float
+    score_change: float
+    """``score`` − the same student's ``fp32`` score (so 0 on its fp32 row)."""
+    latency_ms: float
+    """Batch 1, median."""
+    speedup_vs_fp32: float
+    """The student's fp32 ``latency_ms`` / this ``latency_ms``."""
+    speedup_vs_teacher: float
+    """The file's ``teacher_latency_ms`` / this ``latency_ms``."""
+    throughput: float
+    """Samples/s at batch 32."""
+    best: bool
+    """The student's best deployed form: the fastest (lowest ``latency_ms``) with ``score_change`` ≥
+    −:data:`BEST_MAX_SCORE_DROP`. Exactly one per student."""
+
+
+class DeployProvenance(TypedDict):
+    schema_version: int
+    kind: str
+    command: str
+    date: str
+    machine: str
+    version: str
+    """bertdistill's version."""
+    commit: str | None
+    """The git commit of the checkout that measured (``None`` outside a checkout)."""
+    threads: Threads
+
+
+class DeployResult(DeployProvenance):
+    task: str
+    metric: str
+    teacher: str
+    teacher_score: float
+    teacher_latency_ms: float
+    """The teacher's batch-1 median latency in the same run (fp32 eager)."""
+    rows: list[DeployRow]
+
+
 class LegacyDistillResult(TypedDict):
     """The distillation fields required before ``schema_version`` 2."""
 
@@ -188,6 +246,7 @@ SCHEMAS: dict[str, type] = {
     "distill": DistillResult,
     "throughput": ThroughputResult,
     "generation": GenerationResult,
+    "deploy": DeployResult,
 }
 
 
@@ -316,6 +375,75 @@ def validate(result: Mapping[str, Any]) -> list[str]:
         for i, entry in items:
             if isinstance(entry, dict):
                 problems += _check_stats(entry, f"{table}[{i}].", legacy)
+    if not legacy and result.get("kind") == "deploy" and not problems:
+        problems += _check_deploy(result)
+    return problems
+
+
+def _near(a: float, b: float) -> bool:
+    """Equal up to the rounding of a written ratio."""
+    return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6)
+
+
+def _check_deploy(result: Mapping[str, Any]) -> list[str]:
+    """What the types cannot say about a deploy file: known precisions, the file's metric on every row, one fp32
+    form per student that the others are measured against (score change, speed-ups), and exactly one ``best``
+    form per student — the fastest one that loses at most :data:`BEST_MAX_SCORE_DROP`."""
+    problems: list[str] = []
+    rows = result["rows"]
+    if not rows:
+        return ["rows: a deploy result needs at least one row"]
+    by_student: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
+    for i, x in enumerate(rows):
+        where = f"rows[{i}]"
+        if x["precision"] not in DEPLOY_PRECISIONS:
+            problems.append(
+                f"{where}.precision {x['precision']!r}: expected one of {list(DEPLOY_PRECISIONS)}"
+            )
+        if x["metric"] != result["metric"]:
+            problems.append(f"{where}.metric {x['metric']!r} is not the file's metric {result['metric']!r}")
+        if not _near(x["speedup_vs_teacher"], result["teacher_latency_ms"] / x["latency_ms"]):
+            problems.append(
+                f"{where}.speedup_vs_teacher = {x['speedup_vs_teacher']} is not teacher_latency_ms / latency_ms "
+                f"({result['teacher_latency_ms'] / x['latency_ms']:.4g})"
+            )
+        by_student.setdefault(x["student"], []).append((i, x))
+    for student, forms in by_student.items():
+        precisions = [x["precision"] for _, x in forms]
+        if len(set(precisions)) != len(precisions):
+            problems.append(f"student {student!r}: a precision is listed twice ({precisions})")
+        fp32 = [x for _, x in forms if x["precision"] == "fp32"]
+        if not fp32:
+            problems.append(
+                f"student {student!r}: no fp32 row (score_change and speedup_vs_fp32 are against it)"
+            )
+        else:
+            ref = fp32[0]
+            for i, x in forms:
+                if not _near(x["score_change"], x["score"] - ref["score"]):
+                    problems.append(
+                        f"rows[{i}].score_change = {x['score_change']} is not score − fp32 score "
+                        f"({x['score'] - ref['score']:.4g})"
+                    )
+                if not _near(x["speedup_vs_fp32"], ref["latency_ms"] / x["latency_ms"]):
+                    problems.append(
+                        f"rows[{i}].speedup_vs_fp32 = {x['speedup_vs_fp32']} is not fp32 latency / latency "
+                        f"({ref['latency_ms'] / x['latency_ms']:.4g})"
+                    )
+        best = [i for i, x in forms if x["best"]]
+        if len(best) != 1:
+            problems.append(f"student {student!r}: {len(best)} rows marked best (exactly one per student)")
+            continue
+        eligible = [(x["latency_ms"], i) for i, x in forms if x["score_change"] >= -BEST_MAX_SCORE_DROP]
+        if best[0] not in [i for _, i in eligible]:
+            problems.append(
+                f"rows[{best[0]}] is marked best but loses {-rows[best[0]]['score_change']:.4g} "
+                f"(at most {BEST_MAX_SCORE_DROP})"
+            )
+        elif eligible and rows[best[0]]["latency_ms"] > min(eligible)[0]:
+            problems.append(
+                f"rows[{best[0]}] is marked best but rows[{min(eligible)[1]}] is faster within the score limit"
+            )
     return problems
 
 
@@ -327,9 +455,14 @@ def check(result: Mapping[str, Any], name: str = "result") -> None:
 
 
 __all__ = [
+    "BEST_MAX_SCORE_DROP",
+    "DEPLOY_PRECISIONS",
     "KINDS",
     "SCHEMAS",
     "SCHEMA_VERSION",
+    "DeployProvenance",
+    "DeployResult",
+    "DeployRow",
     "DistillResult",
     "DistillRow",
     "GenerationResult",
