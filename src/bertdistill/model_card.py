@@ -94,7 +94,7 @@ def count_params(model_dir: str | Path) -> int | None:
     total = 0
     for f in files:
         with safe_open(str(f), framework="pt") as h:
-            for k in h.keys():
+            for k in h.keys():  # noqa: SIM118 (safe_open is not iterable)
                 n = 1
                 for s in h.get_slice(k).get_shape():
                     n *= int(s)
