@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from typing import ClassVar
 
 import huggingface_hub
 import pytest
@@ -81,8 +82,9 @@ def test_fastbert_card_reports_the_recorded_speedup(runs):
 
 
 class FakeApi:
-    calls: list = []
-    fail: Exception | None = None
+    calls: ClassVar[list] = []
+    fail: ClassVar[Exception | None] = None
+    keep: ClassVar = None
 
     def __init__(self, token=None):
         self.token = token
