@@ -14,8 +14,9 @@ from conftest import recipe
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, _teacher_session, sst2_dir):
-    """Tiny finished runs: kd (with its no-KD control, teacher with a recorded score), bilstm, fastbert."""
+def runs(tmp_path_factory, _teacher_session, second_teacher_dir, sst2_dir, stsb_dir):
+    """Tiny finished runs: kd (with its no-KD control, teacher with a recorded score), bilstm, fastbert,
+    mtdnn_kd (multi-task)."""
     tmp = tmp_path_factory.mktemp("card")
     teacher = tmp / "teacher-sst2"
     shutil.copytree(_teacher_session, teacher)
@@ -32,6 +33,17 @@ def runs(tmp_path_factory, _teacher_session, sst2_dir):
         (tmp / f"{name}.yaml").write_text(yaml.safe_dump(r))
         assert main(["distill", str(tmp / f"{name}.yaml"), "--quiet", *extra]) == 0
         out[name] = tmp / name
+    r = recipe("mtdnn_kd", _teacher_session, sst2_dir, tmp / "mtdnn", tmp / "cache", train={"max_steps": 4})
+    r["method"]["tasks"] = [
+        {"task": "sst2", "path": str(sst2_dir), "teachers": [str(_teacher_session), str(second_teacher_dir)]},
+        {"task": "stsb", "path": str(stsb_dir)},
+    ]
+    r["teacher"] = {"cache_dir": str(tmp / "cache")}
+    r["student"] = {"init": "random", "path": str(_teacher_session), "num_layers": 2}
+    r["data"] = {"task": "multitask", "max_length": 32}
+    (tmp / "mtdnn.yaml").write_text(yaml.safe_dump(r))
+    assert main(["distill", str(tmp / "mtdnn.yaml"), "--quiet"]) == 0
+    out["mtdnn"] = tmp / "mtdnn"
     return out
 
 
@@ -81,6 +93,15 @@ def test_fastbert_card_reports_the_recorded_speedup(runs):
     assert "flops_speedup" not in types and "accuracy" in types
 
 
+def test_multitask_card_has_per_task_scores_and_teachers(runs):
+    metrics = json.loads((runs["mtdnn"] / "metrics.json").read_text())
+    front, body = split(build_card(runs["mtdnn"], "me/mt"))
+    got = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert got == {k: metrics[k] for k in ("sst2/accuracy", "stsb/pearson", "stsb/spearman", "average")}
+    assert "| average (main) |" in body and "sst2: `teacher0 (a local model dir)`" in body
+    assert "load_student" in body and str(runs["mtdnn"].parent) not in body
+
+
 class FakeApi:
     calls: ClassVar[list] = []
     fail: ClassVar[Exception | None] = None
@@ -108,7 +129,7 @@ def hub(monkeypatch, tmp_path):
     return FakeApi
 
 
-@pytest.mark.parametrize("name", ["kd", "bilstm"])
+@pytest.mark.parametrize("name", ["kd", "bilstm", "mtdnn"])
 def test_push_uploads_the_model_files_only_and_they_load(runs, hub, capsys, name):
     d = runs[name]
     assert (d / "checkpoints").is_dir()
@@ -116,7 +137,8 @@ def test_push_uploads_the_model_files_only_and_they_load(runs, hub, capsys, name
     (_, create, token), (_, upload, files, staged) = hub.calls
     assert create == {"repo_id": f"me/{name}", "private": True, "exist_ok": True, "repo_type": "model"}
     assert token == "t0k" and upload["repo_id"] == f"me/{name}"
-    assert {"README.md", "model.safetensors", "config.json", "bertdistill.yaml", "metrics.json"} <= set(files)
+    own = {"kd": "config.json", "bilstm": "vocab.json", "mtdnn": "multitask.json"}[name]
+    assert {"README.md", "model.safetensors", own, "bertdistill.yaml", "metrics.json"} <= set(files)
     assert not {"checkpoints", "best", "control", "log.jsonl"} & set(files)
     assert (d / "README.md").read_text() == (staged / "README.md").read_text()
     assert json.loads(capsys.readouterr().out)["files"] == files

@@ -21,28 +21,26 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
-from .training.runs import CONFIG_FILE, LOG_FILE, METRICS_FILE, is_finished, stage_steps
+from .training.runs import CONFIG_FILE, INPUTS_FILE, LOG_FILE, METRICS_FILE, is_finished, stage_steps
 
 CARD_FILE = "README.md"
-UPLOAD_PATTERNS = (
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "*.model",
-    CONFIG_FILE,
-    METRICS_FILE,
-    CARD_FILE,
+NOT_UPLOADED = (
+    LOG_FILE,
+    INPUTS_FILE,
+    ".*",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.tmp",
+    "optimizer*",
+    "scheduler*",
+    "rng_state*",
+    "trainer_state*",
 )
-"""Top-level files of a run dir that are uploaded (weights, config, tokenizer/vocab, recipe, scores, card);
-never sub-dirs (``checkpoints/``, ``best/``, ``stages/``, ``control/``), logs or optimizer state."""
+"""Top-level files of a run dir that are not uploaded (logs, input stamps, pickled or optimizer state); the
+rest of the top level — weights as safetensors, config, tokenizer/vocab, ``bertdistill.yaml``,
+``metrics.json``, a method's own files such as ``multitask.json``, the card — is. Sub-dirs (``checkpoints/``,
+``best/``, ``stages/``, ``control/``) never are."""
 
 NOT_SCORES = {"step", "majority_baseline", "top_class_share", "mean_exit_layer", "flops_speedup"}
 """Numeric ``metrics.json`` fields that are not scores of the student (shown elsewhere on the card)."""
@@ -106,7 +104,7 @@ def _scores(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and k not in NOT_SCORES
+        if isinstance(v, int | float) and not isinstance(v, bool) and k.split("/")[-1] not in NOT_SCORES
     }
 
 
@@ -140,6 +138,13 @@ def _teacher_info(cfg: Mapping[str, Any], task: str | None, main: str | None) ->
     task (its ``metrics.json``); only what is known."""
     path = (cfg.get("teacher") or {}).get("path")
     out: dict[str, Any] = {"path": path, "hub_id": _hub_id(path)}
+    per_task = [
+        (str(t.get("task")), [str(p) for p in t.get("teachers") or []])
+        for t in (cfg.get("method") or {}).get("tasks") or []
+        if isinstance(t, dict) and t.get("teachers")
+    ]
+    if per_task:  # multi-task: teachers per task
+        out["per_task"] = per_task
     if not path:
         return out
     local = Path(os.path.expandvars(os.path.expanduser(path)))
@@ -151,7 +156,7 @@ def _teacher_info(cfg: Mapping[str, Any], task: str | None, main: str | None) ->
     return out
 
 
-def _how_to_load(run_dir: Path, repo_id: str, method: str) -> str:
+def _how_to_load(run_dir: Path, repo_id: str, method: str, task: str | None) -> str:
     hf = _read_json(run_dir / "config.json") or {}
     archs = hf.get("architectures") or []
     model_type = str(hf.get("model_type", ""))
@@ -164,7 +169,8 @@ def _how_to_load(run_dir: Path, repo_id: str, method: str) -> str:
         "from bertdistill import load_student\n\n"
         f'student = load_student(snapshot_download("{repo_id}"))  # bertdistill\'s runner for the {method} student\n'
         "```\n"
-        f"or from the command line: `bertdistill predict $(huggingface-cli download {repo_id}) texts.txt`."
+        f"or from the command line: `bertdistill {'generate' if task == 'translation' else 'predict'} "
+        f"$(huggingface-cli download {repo_id}) texts.txt`."
     )
     if auto is None:
         return (
@@ -180,6 +186,15 @@ def _how_to_load(run_dir: Path, repo_id: str, method: str) -> str:
     )
 
 
+def _public(v: Any) -> Any:
+    """A config value fit for a public card: a local path becomes its last component (``name (local)``)."""
+    if isinstance(v, str) and ("/" in v or v.startswith("~")) and _hub_id(v) is None:
+        return f"{Path(v).name} (local)"
+    if isinstance(v, dict):
+        return {k: _public(x) for k, x in v.items()}
+    return v
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4f}"
 
@@ -190,10 +205,14 @@ def _config_summary(cfg: Mapping[str, Any], log: list[dict[str, Any]]) -> list[s
     data = cfg.get("data") or {}
     train = cfg.get("train") or {}
     lines = []
-    opts = {k: v for k, v in method.items() if k != "name" and not isinstance(v, dict | list)}
+    opts = {
+        k: _public(v)
+        for k, v in method.items()
+        if k != "name" and v is not None and not isinstance(v, dict | list)
+    }
     if opts:
         lines.append("method options: " + ", ".join(f"`{k}={v}`" for k, v in opts.items()))
-    st = {k: v for k, v in student.items() if v not in (None, {}, [])}
+    st = {k: _public(v) for k, v in student.items() if v not in (None, {}, [])}
     if st:
         lines.append("student: " + ", ".join(f"`{k}={v}`" for k, v in st.items()))
     d = {
@@ -281,13 +300,22 @@ def build_card(run_dir: str | Path, repo_id: str | None = None) -> str:
         ]
 
     L: list[str] = [f"# {repo_id.split('/')[-1]}", ""]
+
     # a local teacher is named by its dir name only: the card is public, the user's file system is not
-    t_name = teacher.get("hub_id") or (
-        f"{Path(str(teacher['path'])).name} (a local model dir)" if teacher.get("path") else "unknown"
-    )
+    def name(p: str) -> str:
+        return _hub_id(p) or f"{Path(p).name} (a local model dir)"
+
+    if teacher.get("path"):
+        source = f" from the teacher `{name(str(teacher['path']))}`"
+    elif teacher.get("per_task"):
+        source = " from the teachers " + "; ".join(
+            f"{t}: " + ", ".join(f"`{name(p)}`" for p in ps) for t, ps in teacher["per_task"]
+        )
+    else:
+        source = ""
     L.append(
         f"A student distilled with [bertdistill](https://pypi.org/project/bertdistill/) using the **{method}** "
-        f"method (described in bertdistill's `docs/methods/{method}.md`) from the teacher `{t_name}`"
+        f"method (described in bertdistill's `docs/methods/{method}.md`){source}"
         + (f", on the task **{task}**." if task else ".")
     )
     L += ["", "## Results", ""]
@@ -346,7 +374,7 @@ def build_card(run_dir: str | Path, repo_id: str | None = None) -> str:
     L.append(
         f"- the full resolved recipe is `{CONFIG_FILE}` in this repo (rerun: `bertdistill distill {CONFIG_FILE}`)"
     )
-    L += ["", "## How to load", "", _how_to_load(out, repo_id, method)]
+    L += ["", "## How to load", "", _how_to_load(out, repo_id, method, task)]
     body = "\n".join(L).rstrip() + "\n"
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
 
@@ -364,7 +392,7 @@ def upload_files(run_dir: str | Path) -> list[str]:
 
     d = Path(run_dir)
     return sorted(
-        f.name for f in d.iterdir() if f.is_file() and any(fnmatch(f.name, p) for p in UPLOAD_PATTERNS)
+        f.name for f in d.iterdir() if f.is_file() and not any(fnmatch(f.name, p) for p in NOT_UPLOADED)
     )
 
 
