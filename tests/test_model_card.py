@@ -158,6 +158,12 @@ def test_card_only_writes_the_card_and_uploads_nothing(runs, hub, tmp_path):
     shutil.copytree(runs["bilstm"], d)
     assert main(["push", str(d), "--repo-id", "me/bl", "--card-only"]) == 0
     assert hub.calls == [] and (d / "README.md").read_text() == build_card(d, "me/bl")
+    from bertdistill import push_to_hub
+
+    (d / "README.md").unlink()
+    result = push_to_hub(d, "me/bl", card_only=True)  # the Python API does the same
+    assert result["url"] is None and "README.md" in result["files"] and (d / "README.md").is_file()
+    assert hub.calls == []
 
 
 def test_not_a_finished_run_is_a_one_line_error(tmp_path, hub, capsys):
