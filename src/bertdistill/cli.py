@@ -744,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="a finished run dir (what `bertdistill distill` wrote)")
     s.add_argument("--repo-id", required=True, help="USER/NAME on the hub")
     s.add_argument("--private", action="store_true", help="create the repo private")
-    s.add_argument("--token", help="HF token (default: $HF_TOKEN or `huggingface-cli login`)")
+    s.add_argument("--token", help="HF token (default: $HF_TOKEN or `hf auth login`)")
     s.add_argument("--card-only", action="store_true", help="write README.md into RUN_DIR, upload nothing")
     s.set_defaults(fn=cmd_push)
 

@@ -170,7 +170,7 @@ def _how_to_load(run_dir: Path, repo_id: str, method: str, task: str | None) -> 
         f'student = load_student(snapshot_download("{repo_id}"))  # bertdistill\'s runner for the {method} student\n'
         "```\n"
         f"or from the command line: `bertdistill {'generate' if task == 'translation' else 'predict'} "
-        f"$(huggingface-cli download {repo_id}) texts.txt`."
+        f"$(hf download {repo_id}) texts.txt`."
     )
     if auto is None:
         return (
@@ -439,7 +439,7 @@ def push_to_hub(
             first = (str(e).strip().splitlines() or [""])[0]
             raise PushError(
                 f"push to {repo_id} failed ({type(e).__name__}: {first}); check the network and your token "
-                f"(--token or `huggingface-cli login`). The card is written: {card}"
+                f"(--token or `hf auth login`). The card is written: {card}"
             ) from e
     result["url"] = str(url)
     return result
