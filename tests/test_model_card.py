@@ -102,6 +102,18 @@ def test_multitask_card_has_per_task_scores_and_teachers(runs):
     assert "load_student" in body and str(runs["mtdnn"].parent) not in body
 
 
+def test_only_sure_hub_ids_become_base_model(tmp_path, monkeypatch):
+    from bertdistill.model_card import _hub_id
+
+    assert _hub_id("minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
+    (tmp_path / "runs" / "teacher").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert _hub_id("runs/teacher") is None  # a local dir
+    assert _hub_id("runs/gone") is None  # neither local nor in the HF cache: not guessed to be a hub id
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, f: f"/cache/{repo}/{f}")
+    assert _hub_id("bert-org/bert-tiny") == "bert-org/bert-tiny"
+
+
 class FakeApi:
     calls: ClassVar[list] = []
     fail: ClassVar[Exception | None] = None

@@ -67,7 +67,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _hub_id(path: str | None) -> str | None:
-    """``path`` as a hub model id when it names one (``owner/name``, not a local dir), else ``None``."""
+    """``path`` as a hub model id when it surely names one, else ``None``: a bertdistill alias (``minilm-l6``),
+    or an ``owner/name`` that is not a local path and that the HF cache holds (the run downloaded it). A
+    relative local path looks like ``owner/name`` too (``runs/teacher``), so nothing else is taken for one."""
     if not path:
         return None
     from .hub import MODEL_ALIASES
@@ -77,7 +79,13 @@ def _hub_id(path: str | None) -> str | None:
     expanded = os.path.expandvars(os.path.expanduser(path))
     if os.path.exists(expanded) or not _HUB_ID.match(path):
         return None
-    return path
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except Exception:  # a malformed id for the hub's own rules
+        return None
+    return path if isinstance(cached, str) else None
 
 
 def count_params(model_dir: str | Path) -> int | None:
