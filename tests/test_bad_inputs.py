@@ -111,6 +111,11 @@ CASES = [
         "'qnli', 'qqp', 'rte', 'sst2', 'stsb', 'wnli'] (raw text: ['mlm', 'multitask', 'translation']). For your "
         "own data set `data.task: custom` with `data.text_fields`, `data.label_field` and `data.labels` (or "
         "`data.regression: true`)."),
+    row("push: not a finished run", ["push", "{tmp}", "--repo-id", "me/x"], None,
+        "{tmp} is not a finished bertdistill run (needs metrics.json, bertdistill.yaml and the model weights, "
+        "written when `bertdistill distill` completes)"),
+    row("push: repo id without an owner", ["push", "{finished}", "--repo-id", "kd-sst2"], None,
+        "--repo-id must look like USER/NAME, got 'kd-sst2'"),
     # ---- data files
     row("TSV row with a missing field", DISTILL, {"data": {"path": "{bad}/missing_field"}},
         "{bad}/missing_field/train.tsv:4: 1 tab-separated field(s), expected at least 2; fix the row, or set "

@@ -35,6 +35,14 @@ def evaluate(*args, **kwargs):  # type: ignore[no-untyped-def]
     return _evaluate(*args, **kwargs)
 
 
+def push_to_hub(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """A finished run's model card and its upload to the HF hub; see
+    :func:`bertdistill.model_card.push_to_hub` and docs/sharing.md."""
+    from .model_card import push_to_hub as _push
+
+    return _push(*args, **kwargs)
+
+
 __all__ = [
     "ConfigError",
     "RunConfig",
@@ -44,5 +52,6 @@ __all__ = [
     "list_methods",
     "load_config",
     "load_student",
+    "push_to_hub",
     "register",
 ]

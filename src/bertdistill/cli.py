@@ -345,6 +345,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    """A finished run's model card, and its model files uploaded to the HF hub; see docs/sharing.md."""
+    from .model_card import push_to_hub
+
+    result = push_to_hub(
+        args.run_dir, args.repo_id, private=args.private, token=args.token, card_only=args.card_only
+    )
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _augment_source(args: argparse.Namespace) -> tuple[Any, Any]:
     """The task and the (seeded, subsampled) training examples to augment; never dev or test."""
     from .config import ConfigError, DataConfig
@@ -723,6 +734,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser(
+        "push",
+        help="write a finished run's model card (README.md) and upload the student to the HF hub",
+        epilog="Docs: docs/sharing.md.",
+        description="Writes RUN_DIR/README.md (a model card built from metrics.json, bertdistill.yaml and the "
+        "log) and uploads the weights (safetensors), config, tokenizer/vocab, bertdistill.yaml, metrics.json "
+        "and the card to --repo-id (created if missing); never checkpoints/ or other sub-dirs.",
+    )
+    s.add_argument("run_dir", help="a finished run dir (what `bertdistill distill` wrote)")
+    s.add_argument("--repo-id", required=True, help="USER/NAME on the hub")
+    s.add_argument("--private", action="store_true", help="create the repo private")
+    s.add_argument("--token", help="HF token (default: $HF_TOKEN or `hf auth login`)")
+    s.add_argument("--card-only", action="store_true", help="write README.md into RUN_DIR, upload nothing")
+    s.set_defaults(fn=cmd_push)
+
+    s = sub.add_parser(
         "augment",
         help="data augmentation of a training split, TinyBERT or Tang et al. style (unlabelled; the teacher "
         "labels it)",
@@ -791,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .export import ExportError
     from .logs import quiet_hf
+    from .model_card import PushError
 
     quiet_hf()
 
@@ -804,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ExportError as e:
         print(f"bertdistill: export failed: {e}", file=sys.stderr)
+        return 1
+    except PushError as e:
+        print(f"bertdistill: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:
         # a run that stopped on purpose (non-finite loss, a checkpoint it could not write) says why in one
