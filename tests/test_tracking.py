@@ -3,6 +3,7 @@ TensorBoard's event files), the config as hyperparameters, both stages of a mult
 continues the same curves; a missing package and an unknown tracker are one-line errors."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,31 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     ea.Reload()
     return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def _kill_then_resume(cfg, monkeypatch, kill_at: int, before_save: bool = False):
+    """Run ``cfg``, kill it at its ``kill_at``-th checkpoint (after writing it, or before: then the steps since
+    the last one are run again), resume it. TensorBoard orders a run's event files by name (start second, then
+    a counter): a resumed run is another second, as it would be in life."""
+    from bertdistill.training.loop import Trainer
+
+    original, calls = Trainer._checkpoint, {"n": 0}
+
+    def kill(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == kill_at and before_save:
+            raise KeyboardInterrupt
+        original(self, *a, **k)
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", kill)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, quiet=True)
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    killed_log = _log(cfg.resolved_output_dir())
+    time.sleep(1.05 - time.time() % 1)
+    return killed_log, distill(cfg, resume=True, quiet=True)
 
 
 def _log(out: Path) -> list[dict]:
@@ -95,25 +121,35 @@ def test_tinybert_logs_both_stages_on_one_step_axis(teacher_dir, sst2_dir, tmp_p
     assert any(t.startswith("eval/task_prediction/") for t in scalars)
 
 
+def test_mobilebert_resumed_mid_stage_logs_every_stage_once(teacher_dir, sst2_dir, tmp_path, monkeypatch):
+    shape = {"intra_bottleneck_size": 16, "num_attention_heads": 2, "intermediate_size": 32, "embedding_size": 8,
+             "num_feedforward_networks": 2}  # fmt: skip
+    r = _cfg(
+        "mobilebert",
+        teacher_dir,
+        sst2_dir,
+        tmp_path,
+        train={"save_every": 2, "batch_size": 8, "log_every": 1},
+    )
+    r["student"] = {"num_layers": None, "config_overrides": shape}
+    r["method"].update(preset=None, transfer_lr=1e-3, task_lr=1e-3, layer_steps=3, task_steps=2)
+    cfg = load_config(r)
+    killed, _ = _kill_then_resume(cfg, monkeypatch, 3)  # killed in transfer_1, after its checkpoint at step 5
+    assert [r["step"] for r in killed if "loss" in r] == [1, 2, 3, 4, 5]
+    scalars = _scalars(tmp_path / "out" / "tracking" / "out")
+    steps = {t.split("/")[1]: [s for s, _ in v] for t, v in scalars.items() if t.endswith("/loss")}
+    # each stage on its own tags, on one global step axis, every step once across the kill
+    assert set(steps) == {"transfer_0", "transfer_1", "transfer_2", "transfer_3", "task"}, steps
+    assert steps["transfer_0"] == [1, 2, 3] and steps["transfer_1"] == [4, 5, 6]
+    assert steps["task"] == [13, 14]
+    assert sorted(s for v in steps.values() for s in v) == list(range(1, max(steps["task"]) + 1))
+    assert scalars["train/task/lr"] and any(t.startswith("eval/task/") for t in scalars)
+
+
 def test_resume_continues_the_curves(teacher_dir, sst2_dir, tmp_path, monkeypatch):
-    from bertdistill.training.loop import Trainer
-
     cfg = load_config(_cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"epochs": 2, "save_every": 2}))
-    original, calls = Trainer._checkpoint, {"n": 0}
-
-    def killed_before_third_save(self, *a, **k):  # steps 2, 4 saved; step 6 logged, then the kill
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        original(self, *a, **k)
-
-    monkeypatch.setattr(Trainer, "_checkpoint", killed_before_third_save)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, quiet=True)
-    monkeypatch.setattr(Trainer, "_checkpoint", original)
-    killed = [r["step"] for r in _log(tmp_path / "out") if "loss" in r]
-    assert killed == [2, 4, 6]
-    resumed = distill(cfg, resume=True, quiet=True)
+    killed, resumed = _kill_then_resume(cfg, monkeypatch, 3, before_save=True)  # steps 2, 4 saved; 6 logged
+    assert [r["step"] for r in killed if "loss" in r] == [2, 4, 6]
     scalars = _scalars(tmp_path / "out" / "tracking" / "out")
     # log.jsonl keeps both runs' records (step 6 twice); the tracker hides the killed run's events after the
     # checkpoint it resumes (step 4): each step once, the resumed run's value for step 6

@@ -682,7 +682,8 @@ class Trainer:
             "sec_per_step": (now - sr.t_last) / max(1, sr.n_sum),
         }
         self.logger.write(rec)
-        self._track("train", sr.stage, {k: v for k, v in rec.items() if k != "step"}, state.global_step)
+        if self.trackers:
+            self._track("train", sr.stage, {k: v for k, v in rec.items() if k != "step"}, state.global_step)
         if progress is None and not self.quiet and self.acc.is_main_process:
             self.print(
                 " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
