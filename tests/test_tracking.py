@@ -194,3 +194,13 @@ def test_log_with_forms(teacher_dir, sst2_dir, tmp_path, value, expected):
     r = recipe("kd", teacher_dir, sst2_dir, tmp_path / "out", tmp_path / "cache", train={"log_with": value})
     assert load_config(r).train.log_with == expected
     assert load_config(r, [f"train.log_with={value or 'null'}"]).train.log_with == expected
+
+
+def test_control_run_is_its_own_project(teacher_dir, sst2_dir, tmp_path):
+    # the control trains in the same process after the distilled run finished its trackers
+    r = _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"max_steps": 4, "control": True})
+    distill(load_config(r), quiet=True)
+    distilled = _scalars(tmp_path / "out" / "tracking" / "out")
+    control = _scalars(tmp_path / "out" / "control" / "tracking" / "control")
+    assert "train/kd" in distilled and "train/kd" not in control
+    assert [s for s, _ in distilled["train/loss"]] == [s for s, _ in control["train/loss"]] == [2, 4]
