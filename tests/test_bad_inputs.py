@@ -74,6 +74,9 @@ CASES = [
         "train.batch_size must be >= 1, got 0"),
     row("bad choice", [*DISTILL, "--set", "data.bad_rows=maybe"], None,
         "data.bad_rows must be error or skip, got 'maybe'"),
+    row("unknown tracker", [*DISTILL, "--set", "train.log_with=tensorbord"], None,
+        "train.log_with: unknown tracker 'tensorbord' (did you mean 'tensorboard'?); valid: aim, tensorboard, wandb, "
+        "trackio, comet_ml, mlflow, clearml, dvclive, swanlab"),
     row("override without =", [*DISTILL, "--set", "train.lr"], None,
         "override 'train.lr' must look like section.key=value (e.g. train.lr=3e-5)"),
     row("recipe not found", ["distill", "{tmp}/nope.yaml"], None,

@@ -165,6 +165,12 @@ class TrainConfig:
     control: bool = False
     """Also train the same student without distillation (same init, data, seed and steps) into
     ``<output_dir>/control`` and report both (``distill --control``)."""
+    log_with: list[str] | str | None = field(default_factory=list)
+    """Experiment trackers (accelerate's) that also get the loss terms, lr and eval metrics: a name or a list
+    (``tensorboard``, ``wandb``, ``mlflow``, ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``,
+    ``trackio``); empty = ``log.jsonl`` only. See docs/tracking.md."""
+    tracking_dir: str | None = None
+    """Where file-based trackers (tensorboard, ...) write; default ``<output_dir>/tracking``."""
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("linear", "constant", "cosine"):
@@ -182,6 +188,31 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps is None and self.epochs <= 0:
             raise ConfigError("train.epochs must be > 0 (or set train.max_steps)")
+        self.log_with = _tracker_names(self.log_with)
+
+    @property
+    def trackers(self) -> list[str]:
+        """``log_with`` as a list (``__post_init__`` has normalised it)."""
+        return list(self.log_with or [])
+
+
+def _tracker_names(value: list[str] | str | None) -> list[str]:
+    """``"tensorboard"``, ``"tensorboard,wandb"`` or a list -> checked, lower-case names; none -> ``[]``."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    names = [str(n).strip().lower() for n in items if str(n).strip() and str(n).strip().lower() != "none"]
+    if not names:
+        return []
+    from accelerate.utils import LoggerType
+
+    valid = [t.value for t in LoggerType if t.value != "all"]
+    for n in names:
+        if n not in valid:
+            raise ConfigError(
+                f"train.log_with: unknown tracker {n!r}{did_you_mean(n, valid)}; valid: {', '.join(valid)}"
+            )
+    return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -196,6 +227,12 @@ class RunConfig:
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.method.name}-{self.data.task}")
+
+    def resolved_tracking_dir(self) -> Path:
+        """``train.tracking_dir``, else ``<output_dir>/tracking``."""
+        if self.train.tracking_dir:
+            return Path(self.train.tracking_dir).expanduser()
+        return self.resolved_output_dir() / "tracking"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

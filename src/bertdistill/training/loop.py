@@ -44,6 +44,7 @@ from ..protocol import Features, Method, Needs, Stage, unwrap
 from ..registry import get_method
 from ..teachers import CachedTeacher, EnsembleTeacher, GroupedSource, Teacher
 from . import checkpoint as ckpt
+from . import tracking
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,10 @@ class Trainer:
         self.task = resolve_task(run.data)
         self.method: Method = get_method(run.method.name)(run, self.task)
         self.out = run.resolved_output_dir()
+        self.trackers = run.train.trackers
+        tracking.check_installed(
+            self.trackers
+        )  # before loading anything: a missing package is a one-line error
         if run.train.cpu_threads:
             torch.set_num_threads(run.train.cpu_threads)
         seed_everything(run.train.seed)
@@ -228,6 +233,8 @@ class Trainer:
             mixed_precision=run.train.mixed_precision,
             gradient_accumulation_steps=run.train.grad_accum,
             kwargs_handlers=[ddp],
+            log_with=self.trackers or None,
+            project_dir=str(run.resolved_tracking_dir()) if self.trackers else None,
         )
         if run.train.mixed_precision == "bf16" and self.acc.device.type == "cpu":
             from ..precision import cpu_bf16
@@ -385,7 +392,39 @@ class Trainer:
             run.dump(self.out / CONFIG_FILE)
         if self.student_info:
             self.print(f"student: {self.student_info}")
+        if not self.trackers:
+            return self._train(state, ckpt_root, resume_from)
+        self._start_tracking(state)
+        try:
+            return self._train(state, ckpt_root, resume_from)
+        finally:
+            self._end_tracking()
 
+    def _start_tracking(self, state: TrainerState) -> None:
+        """``train.log_with``: one tracker run per output dir (project = its name), the resolved config as its
+        hyperparameters. A resumed run hides TensorBoard's events after the checkpoint it resumes (those steps
+        are run again)."""
+        kwargs = {"tensorboard": {"purge_step": state.global_step + 1}} if state.global_step else {}
+        self.acc.init_trackers(
+            self.out.resolve().name, config=tracking.flat_config(self.run.to_dict()), init_kwargs=kwargs
+        )
+
+    def _end_tracking(self) -> None:
+        """What ``Accelerator.end_training`` does but for destroying the process group, which a control run
+        (a second Trainer in the same process) still needs: finish each tracker (flush and close)."""
+        for tracker in self.acc.trackers:
+            tracker.finish()
+        self.acc.trackers.clear()
+
+    def _track(self, kind: str, stage: Stage, values: Mapping[str, Any], step: int) -> None:
+        """``train/<term>`` / ``eval/<metric>`` (``train/<stage>/<term>`` for methods of several stages)."""
+        if not self.trackers:
+            return
+        prefix = kind if len(self.stages) == 1 else f"{kind}/{stage.name}"
+        self.acc.log(tracking.scalars(prefix, values), step=step)
+
+    def _train(self, state: TrainerState, ckpt_root: Path, resume_from: Path | None) -> RunResult:
+        acc = self.acc
         with _progress(self.show_progress and acc.is_main_process) as progress:
             for si, stage in enumerate(self.stages):
                 if si < state.stage_index:
@@ -643,6 +682,8 @@ class Trainer:
             "sec_per_step": (now - sr.t_last) / max(1, sr.n_sum),
         }
         self.logger.write(rec)
+        if self.trackers:
+            self._track("train", sr.stage, {k: v for k, v in rec.items() if k != "step"}, state.global_step)
         if progress is None and not self.quiet and self.acc.is_main_process:
             self.print(
                 " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
@@ -661,6 +702,7 @@ class Trainer:
         value = metrics[metric_name]
         improved = state.best_metric is None or value > state.best_metric
         self.logger.write({"step": step, "stage": stage.name, "eval": metrics, "improved": improved})
+        self._track("eval", stage, metrics, step)
         self.print(
             f"step {step} eval: "
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
