@@ -228,6 +228,9 @@ class Trainer:
             mixed_precision=run.train.mixed_precision,
             gradient_accumulation_steps=run.train.grad_accum,
             kwargs_handlers=[ddp],
+            # the schedule counts optimizer steps of this process's loader (already sharded): accelerate's
+            # default would step it num_processes times per update, decaying the lr N× too fast under DDP
+            step_scheduler_with_optimizer=False,
         )
         if run.train.mixed_precision == "bf16" and self.acc.device.type == "cpu":
             from ..precision import cpu_bf16
@@ -581,7 +584,8 @@ class Trainer:
             if acc.sync_gradients and tr.max_grad_norm:
                 acc.clip_grad_norm_(self.bundle.parameters(), tr.max_grad_norm)
             sr.optimizer.step()
-            sr.scheduler.step()
+            if acc.sync_gradients:
+                sr.scheduler.step()
             sr.optimizer.zero_grad(set_to_none=True)
         return values
 
