@@ -87,6 +87,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(teacher_dir,
     ]
     one_lr = [x["lr"] for x in one.history if "lr" in x]
     assert len(ddp_lr) == 3 and ddp_lr == pytest.approx(one_lr)
+    # each process wraps the student for DDP, never the teacher
+    for rank in (0, 1):
+        line = f"process {rank}/2: student DistributedDataParallel, teacher BertForSequenceClassification"
+        assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
     # the teacher cache is built once (rank 0, first), and rank 1 reads it
     assert proc.stderr.count("building teacher cache") == 1, proc.stderr[-3000:]
     assert proc.stderr.count("teacher cache hit") == 1

@@ -241,6 +241,13 @@ class Trainer:
             self.teacher.to(self.acc.device)
         self._stage_teachers: dict[str, Teacher] = {}
         self.bundle = self.acc.prepare(built.bundle)
+        log.info(
+            "process %d/%d: student %s, teacher %s (inference only, never wrapped)",
+            self.acc.process_index,
+            self.acc.num_processes,
+            type(self.bundle).__name__,
+            type(self.teacher.model).__name__ if self.teacher is not None else None,
+        )
         self.logger = JsonlLogger(self.out / LOG_FILE, enabled=self.acc.is_main_process)
         self.metric_name = run.train.metric_for_best or self.task.main_metric
         self.eval_loader = None
