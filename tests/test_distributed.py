@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 import yaml
 
 from conftest import recipe
@@ -38,3 +40,57 @@ def test_two_process_ddp_run(teacher_dir, sst2_dir, tmp_path):
         "step-0000006",
     ]
     assert proc.stdout.count('"output_dir"') == 1  # only the main process reports
+
+
+def _torchrun(r: dict, tmp_path, name: str) -> subprocess.CompletedProcess:
+    """``r`` run by 2 CPU processes (torchrun + accelerate, gloo)."""
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(r))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bertdistill.cli"]
+    cmd += ["-v", "distill", str(tmp_path / f"{name}.yaml"), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(teacher_dir, sst2_dir, tmp_path):
+    """2 processes × batch 16 against 1 process × batch 16 × grad_accum 2: the same global batches. accelerate
+    shards a batch sampler round-robin (process p gets batches p, p+2, …), so step k of the DDP run averages
+    the gradients of batches 2k and 2k+1 — exactly the micro-batches that the accumulating run sums (loss / 2).
+    (A 1-process batch-32 run is NOT the same: the length-bucketed sampler shuffles batches of another size,
+    and per-batch padding / token means differ.) Dropout is 0 in the tiny models, so the only difference is
+    fp32 summation order (all-reduce vs accumulation): max |Δw| ≤ 1e-5 after 3 Adam steps. The learning-rate
+    schedule must be the same too (accelerate's default steps it once per process per update)."""
+    from safetensors.torch import load_file
+
+    from bertdistill.training.loop import distill
+
+    train = {"epochs": 1, "log_every": 1, "warmup_ratio": 0.0}
+    r2 = recipe("kd", teacher_dir, sst2_dir, tmp_path / "ddp", tmp_path / "c2", train=train)
+    proc = _torchrun(r2, tmp_path, "ddp")
+    r1 = recipe(
+        "kd", teacher_dir, sst2_dir, tmp_path / "one", tmp_path / "c1", train={**train, "grad_accum": 2}
+    )
+    one = distill(r1, quiet=True)
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(one.output_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    trained = load_file(str(teacher_dir / "model.safetensors"))
+    assert any(
+        k in trained and a[k].shape == trained[k].shape and not torch.equal(a[k], trained[k]) for k in a
+    )
+    ddp_lr = [
+        x["lr"]
+        for x in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines())
+        if "lr" in x
+    ]
+    one_lr = [x["lr"] for x in one.history if "lr" in x]
+    assert len(ddp_lr) == 3 and ddp_lr == pytest.approx(one_lr)
+    # each process wraps the student for DDP, never the teacher
+    for rank in (0, 1):
+        line = f"process {rank}/2: student DistributedDataParallel, teacher BertForSequenceClassification"
+        assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
+    # the teacher cache is built once (rank 0, first), and rank 1 reads it
+    assert proc.stderr.count("building teacher cache") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("teacher cache hit") == 1

@@ -235,6 +235,9 @@ class Trainer:
             kwargs_handlers=[ddp],
             log_with=self.trackers or None,
             project_dir=str(run.resolved_tracking_dir()) if self.trackers else None,
+            # the schedule counts optimizer steps of this process's loader (already sharded): accelerate's
+            # default would step it num_processes times per update, decaying the lr N× too fast under DDP
+            step_scheduler_with_optimizer=False,
         )
         if run.train.mixed_precision == "bf16" and self.acc.device.type == "cpu":
             from ..precision import cpu_bf16
@@ -245,6 +248,13 @@ class Trainer:
             self.teacher.to(self.acc.device)
         self._stage_teachers: dict[str, Teacher] = {}
         self.bundle = self.acc.prepare(built.bundle)
+        log.info(
+            "process %d/%d: student %s, teacher %s (inference only, never wrapped)",
+            self.acc.process_index,
+            self.acc.num_processes,
+            type(self.bundle).__name__,
+            type(self.teacher.model).__name__ if self.teacher is not None else None,
+        )
         self.logger = JsonlLogger(self.out / LOG_FILE, enabled=self.acc.is_main_process)
         self.metric_name = run.train.metric_for_best or self.task.main_metric
         self.eval_loader = None
@@ -620,7 +630,8 @@ class Trainer:
             if acc.sync_gradients and tr.max_grad_norm:
                 acc.clip_grad_norm_(self.bundle.parameters(), tr.max_grad_norm)
             sr.optimizer.step()
-            sr.scheduler.step()
+            if acc.sync_gradients:
+                sr.scheduler.step()
             sr.optimizer.zero_grad(set_to_none=True)
         return values
 
