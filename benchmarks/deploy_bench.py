@@ -23,13 +23,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import provenance, quiet, write_result
+import bertdistill
+from benchmarks.harness import ROOT, command, machine, quiet, today, write_result
+from benchmarks.schema import SCHEMA_VERSION
 
 PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 MAX_LOSS = 0.005
 """The largest score loss (0.5 point) a deployed form may have and still be ``best``."""
 
 log = logging.getLogger("deploy_bench")
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout that measures (``None`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def method_of(student_dir: str | Path) -> str:
@@ -70,6 +83,7 @@ def deploy_rows(label: str, method: str, rows: Sequence[Mapping[str, Any]]) -> l
                 "teacher_latency_ms": teacher["latency_ms_median"],
                 "teacher_throughput": teacher["throughput_per_s"],
                 "best": False,
+                **({"warning": r["warning"]} if r.get("warning") else {}),
             }
         )
     ok = [r for r in out if r["score_change"] >= -MAX_LOSS - 1e-12]
@@ -124,16 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     t = teacher_rows[0]
     result = {
-        **provenance(
-            "deploy",
-            seeds=[],
-            steps=None,
-            train_examples=None,
-            precision="fp32",
-            optimizer="none",
-            train_threads=None,
-            timing_threads=args.threads,
-        ),
+        "schema_version": SCHEMA_VERSION,
+        "kind": "deploy",
+        "command": command(),
+        "date": today(),
+        "machine": machine(),
+        "version": bertdistill.__version__,
+        "commit": git_commit(),
+        "threads": {"train": None, "timing": args.threads},
         "task": t["task"],
         "split": t["split"],
         "metric": t["metric"],
