@@ -38,6 +38,8 @@ def test_scores_and_speedups_are_against_fp32_eager_and_the_teacher():
 
 def test_fp32_is_best_when_every_faster_form_loses_more_than_half_a_point():
     rows = deploy_rows(
-        "b", "bilstm", [_row("fp32", 0.9, 9.0, 1.0), _row("fp32", 0.8, 3.0, 1.0), _row("bf16", 0.79, 2.0, 1.0)]
+        "b",
+        "bilstm",
+        [_row("fp32", 0.9, 9.0, 1.0), _row("fp32", 0.8, 3.0, 1.0), _row("bf16", 0.79, 2.0, 1.0)],
     )
     assert [r["precision"] for r in rows if r["best"]] == ["fp32"]
