@@ -94,3 +94,39 @@ def test_two_processes_match_one_process_with_the_same_global_batch(teacher_dir,
     # the teacher cache is built once (rank 0, first), and rank 1 reads it
     assert proc.stderr.count("building teacher cache") == 1, proc.stderr[-3000:]
     assert proc.stderr.count("teacher cache hit") == 1
+
+
+@pytest.mark.parametrize("kind", ["tinybert", "bilstm"])
+def test_multistage_and_non_hf_students_match_one_process_under_ddp(kind, teacher_dir, sst2_dir, tmp_path):
+    """The same check as above for a multi-stage method (TinyBERT: intermediate then prediction stage, each with
+    its own optimizer and schedule) and a non-HF student (BiLSTM, its own word vocabulary and AdaDelta):
+    2 processes × batch 16 equal 1 process × batch 16 × grad_accum 2 within fp32 summation order (1e-5)."""
+    from safetensors.torch import load_file
+
+    from bertdistill.training.loop import distill
+
+    train = {"epochs": 1, "log_every": 1, "warmup_ratio": 0.0}
+
+    def make(out: str, **extra):
+        r = recipe(
+            kind, teacher_dir, sst2_dir, tmp_path / out, tmp_path / f"c-{out}", train={**train, **extra}
+        )
+        if kind == "tinybert":
+            r["method"].update({"intermediate_lr": 1e-3, "prediction_lr": 1e-3})
+        else:
+            r["method"].update({"hidden_size": 16, "mlp_size": 16, "dropout": 0.0, "batch_size": 16})
+            r["train"].update(adam_eps=1e-6, weight_decay=0.0, max_grad_norm=None)
+        return r
+
+    _torchrun(make("ddp"), tmp_path, "ddp")
+    one = distill(make("one", grad_accum=2), quiet=True)
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(one.output_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    ddp_lr = [
+        x["lr"]
+        for x in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines())
+        if "lr" in x
+    ]
+    assert ddp_lr and ddp_lr == pytest.approx([x["lr"] for x in one.history if "lr" in x])
