@@ -130,3 +130,50 @@ def test_multistage_and_non_hf_students_match_one_process_under_ddp(kind, teache
         if "lr" in x
     ]
     assert ddp_lr and ddp_lr == pytest.approx([x["lr"] for x in one.history if "lr" in x])
+
+
+def test_multitask_student_under_ddp(teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path):
+    """MT-DNN KD on 2 processes: each step's processes may run different task heads (DDP needs
+    ``find_unused_parameters``, which ``Method.sparse_parameters`` turns on), and the grouped evaluation gives
+    processes batches of different sizes at a task's end (gathered row by row). The 2-process run ends with
+    the weights of 1 process × grad_accum 2 (the same global batches; 1e-5, fp32 summation order), and the
+    metrics its evaluation gathered across processes equal those of its saved student evaluated in one process."""
+    from safetensors.torch import load_file
+
+    from bertdistill.evaluation import evaluate
+    from bertdistill.training.loop import distill
+
+    def make(out: str, **extra):
+        r = recipe("mtdnn_kd", teacher_dir, sst2_dir, tmp_path / out, tmp_path / f"c-{out}")
+        r["method"].update(
+            tasks=[
+                {
+                    "task": "sst2",
+                    "path": str(sst2_dir),
+                    "teachers": [str(teacher_dir), str(second_teacher_dir)],
+                },
+                {"task": "stsb", "path": str(stsb_dir)},
+            ]
+        )
+        r["teacher"] = {"cache_dir": str(tmp_path / f"c-{out}")}
+        r["student"] = {"init": "random", "path": str(teacher_dir), "num_layers": 2}
+        r["data"] = {"task": "multitask", "max_length": 32}
+        r["train"].update(max_steps=6, batch_size=16, eval_every=6, warmup_ratio=0.0, log_every=1, **extra)
+        return r
+
+    _torchrun(make("ddp"), tmp_path, "ddp")
+    one = distill(make("one", grad_accum=2), quiet=True)
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(one.output_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    records = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    gathered = [x["eval"] for x in records if "eval" in x][-1]
+    checked = 0
+    for head in ("sst2", "stsb"):
+        alone = evaluate(str(tmp_path / "ddp"), head=head)["metrics"]
+        for k, v in alone.items():
+            if f"{head}/{k}" in gathered:
+                assert gathered[f"{head}/{k}"] == pytest.approx(v, abs=1e-5), (head, k, gathered)
+                checked += 1
+    assert checked >= 2, (gathered, alone)

@@ -419,6 +419,10 @@ class Method(ABC):
     """How this method's saved students are loaded and run at inference."""
     test_config: ClassVar[MethodTestConfig] = MethodTestConfig()
     """The method's tiny test config (:class:`MethodTestConfig`)."""
+    sparse_parameters: ClassVar[bool] = False
+    """True when a training step may leave some trainable student parameters unused (a multi-task student runs
+    one task head per batch): DDP then needs ``find_unused_parameters``, since processes can use different ones
+    in the same step."""
 
     def __init__(self, run: RunConfig, task: TaskSpec) -> None:
         self.run = run

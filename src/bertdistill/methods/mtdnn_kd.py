@@ -288,6 +288,7 @@ class MTDNNKD(Method):
     """MT-DNN KD: per-task ensembles of teachers (mean probabilities) teach one multi-task student."""
 
     config_cls = MTDNNConfig
+    sparse_parameters = True  # one task head per batch
 
     @classmethod
     def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import checks
@@ -227,6 +227,7 @@ class Trainer:
         ddp = DistributedDataParallelKwargs(
             find_unused_parameters=len(self.stages) > 1
             or any(s.param_groups is not None for s in self.stages)
+            or type(self.method).sparse_parameters
         )
         _allow_new_precision(run.train.mixed_precision)
         self.acc = Accelerator(
@@ -360,10 +361,20 @@ class Trainer:
         teacher stage by masked-token accuracy)."""
         assert self.eval_loader is not None
         runner = self.method.runner(self.unwrapped(), self.student_tokenizer, stage)
-        metrics = eval_loop(
-            runner, self.eval_loader, self.acc.gather_for_metrics, **self.method.eval_options(stage)
-        )
+        metrics = eval_loop(runner, self.eval_loader, self._gather, **self.method.eval_options(stage))
         return metrics, self.run.train.metric_for_best or runner.main_metric()
+
+    def _gather(self, t: Tensor) -> Tensor:
+        """``gather_for_metrics`` that also takes batches of different sizes on different processes (grouped
+        multi-task evaluation: one process's batch ends a task while another's is full): equal sizes go through
+        the tensor all-gather, uneven ones through the object gather, row by row."""
+        if self.acc.num_processes == 1:
+            return self.acc.gather_for_metrics(t)
+        sizes = self.acc.gather(torch.tensor([t.shape[0]], device=t.device))
+        if bool((sizes == sizes[0]).all()):
+            return self.acc.gather_for_metrics(t)
+        rows = self.acc.gather_for_metrics(t.cpu(), use_gather_object=True)
+        return torch.stack(list(rows)).to(t.device) if len(rows) else t[:0]
 
     def _save_model(self, target: Path, stage: Stage | None, metrics: dict[str, Any] | None = None) -> None:
         model = self.method.export_model(self.unwrapped(), stage)
