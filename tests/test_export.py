@@ -289,6 +289,31 @@ def test_onnx_precision_exports_an_eager_student_on_the_fly(students, fx):
         with_precision(onnx, "onnx-int8")
 
 
+def test_both_onnx_precisions_of_an_eager_student_come_from_one_export(students, fx, monkeypatch):
+    """`compare --precision onnx-fp32 onnx-int8` on an eager student traces it once (a second torch.export of the
+    same BiLSTM in one process failed on a real student: its sequence axis came out static)."""
+    from bertdistill import export as ex
+
+    calls = []
+    real = ex.export_runner
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(ex, "export_runner", counting)
+    eager = load_student(students("bilstm"), task="sst2")
+    fp32, int8 = with_precision(eager, "onnx-fp32"), with_precision(eager, "onnx-int8")
+    assert len(calls) == 1
+    assert fp32.describe()["runtime"] == "onnxruntime-onnx-fp32"
+    assert int8.describe()["runtime"] == "onnxruntime-onnx-int8"
+    batch = _dev_batch(eager, fx)
+    torch.testing.assert_close(
+        fp32.predict(batch).logits, eager.predict(batch).logits, atol=TOLERANCE, rtol=0
+    )
+    assert int8.predict(batch).logits.shape == fp32.predict(batch).logits.shape
+
+
 # ----------------------------------------------------------------------------------------------- failures
 
 
