@@ -18,7 +18,9 @@ is trained here: the students are finished runs (their dirs say how they were tr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
         "export_failures": failures,
     }
-    path = write_result(args.name or f"deploy_{args.task}", result, args.results_dir)
+    name = args.name or f"deploy_{args.task}"
+    # what was measured survives a file the schema refuses (the raw copy goes to the system temp dir)
+    raw = Path(tempfile.gettempdir()) / f"{name}.unvalidated.json"
+    raw.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_result(name, result, args.results_dir)
     print(f"wrote {path}")
     return 0
 

@@ -365,3 +365,15 @@ def test_plots_are_byte_identical_across_processes(results_dir, tmp_path):
         outs.append({p.name: p.read_bytes() for p in sorted(plots.iterdir())})
     assert list(outs[0]) == ["mrpc.png", "sst2.png"] and outs[0] == outs[1]
     assert (tmp_path / "R0.md").read_text().replace("plots0", "plots1") == (tmp_path / "R1.md").read_text()
+
+
+def test_a_deploy_row_may_carry_the_teacher_latency_of_its_own_run():
+    from benchmarks.schema import validate
+
+    d = _deploy()
+    for r in d["rows"]:
+        r["teacher_latency_ms"] = 2 * d["teacher_latency_ms"]
+        r["speedup_vs_teacher"] = r["teacher_latency_ms"] / r["latency_ms"]
+    assert validate(d) == []
+    d["rows"][0]["speedup_vs_teacher"] *= 1.5
+    assert any("speedup_vs_teacher" in p for p in validate(d))
