@@ -114,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bertdistill.evaluation import compare
 
     students = dict(s.split("=", 1) for s in args.student)
+    teacher = str(Path(args.teacher).expanduser())
+    common: dict[str, Any] = dict(
+        task=args.task, data_path=args.data, threads=args.threads, n_latency=args.latency_sentences
+    )
     from bertdistill.export import ExportError
 
     rows: list[dict[str, Any]] = []
@@ -123,26 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = str(Path(path).expanduser())
         log.warning("deploy_bench: %s (%s)", label, path)
 
-        def run(precs: list[str]) -> list[dict[str, Any]]:
-            return compare(
-                str(Path(args.teacher).expanduser()),
-                [path],  # noqa: B023 (called within this iteration)
-                task=args.task,
-                data_path=args.data,
-                threads=args.threads,
-                n_latency=args.latency_sentences,
-                labels=["teacher", label],  # noqa: B023
-                precisions=precs,
-            )
-
         precs = list(precisions)
         try:
-            cmp = run(precs)
+            cmp = compare(teacher, [path], labels=["teacher", label], precisions=precs, **common)
         except ExportError as e:  # this student has no ONNX graph: its eager forms are still measured
             failures[label] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
             log.warning("deploy_bench: %s: %s; measuring its eager forms only", label, failures[label])
             precs = [q for q in precs if not q.startswith("onnx")]
-            cmp = run(precs)
+            cmp = compare(teacher, [path], labels=["teacher", label], precisions=precs, **common)
         rows += deploy_rows(label, method_of(path), cmp)
         teacher_rows.append(cmp[0])
         for r in rows[-len(precs) :]:
@@ -165,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "task": t["task"],
         "split": t["split"],
         "metric": t["metric"],
-        "teacher": str(Path(args.teacher).expanduser()),
+        "teacher": teacher,
         "teacher_score": t["score"],
         "teacher_params": t["params"],
         # the teacher is re-timed in each student's run: the median of those runs

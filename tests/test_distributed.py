@@ -53,6 +53,20 @@ def _torchrun(r: dict, tmp_path, name: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def _same_run(ddp_dir, one) -> tuple[dict, list[float]]:
+    """Assert the DDP run in ``ddp_dir`` ended with the weights of the 1-process run ``one`` (max |Δw| ≤ 1e-5:
+    fp32 summation order) and logged the same learning rates; return its weights and lr log."""
+    from safetensors.torch import load_file
+
+    a = load_file(str(ddp_dir / "model.safetensors"))
+    b = load_file(str(one.output_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    ddp_lr = [x["lr"] for x in map(json.loads, (ddp_dir / "log.jsonl").read_text().splitlines()) if "lr" in x]
+    assert ddp_lr == pytest.approx([x["lr"] for x in one.history if "lr" in x])
+    return a, ddp_lr
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(teacher_dir, sst2_dir, tmp_path):
     """2 processes × batch 16 against 1 process × batch 16 × grad_accum 2: the same global batches. accelerate
     shards a batch sampler round-robin (process p gets batches p, p+2, …), so step k of the DDP run averages
@@ -72,21 +86,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(teacher_dir,
         "kd", teacher_dir, sst2_dir, tmp_path / "one", tmp_path / "c1", train={**train, "grad_accum": 2}
     )
     one = distill(r1, quiet=True)
-    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
-    b = load_file(str(one.output_dir / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    a, ddp_lr = _same_run(tmp_path / "ddp", one)
+    assert len(ddp_lr) == 3
     trained = load_file(str(teacher_dir / "model.safetensors"))
     assert any(
         k in trained and a[k].shape == trained[k].shape and not torch.equal(a[k], trained[k]) for k in a
     )
-    ddp_lr = [
-        x["lr"]
-        for x in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines())
-        if "lr" in x
-    ]
-    one_lr = [x["lr"] for x in one.history if "lr" in x]
-    assert len(ddp_lr) == 3 and ddp_lr == pytest.approx(one_lr)
     # each process wraps the student for DDP, never the teacher
     for rank in (0, 1):
         line = f"process {rank}/2: student DistributedDataParallel, teacher BertForSequenceClassification"
@@ -101,7 +106,6 @@ def test_multistage_and_non_hf_students_match_one_process_under_ddp(kind, teache
     """The same check as above for a multi-stage method (TinyBERT: intermediate then prediction stage, each with
     its own optimizer and schedule) and a non-HF student (BiLSTM, its own word vocabulary and AdaDelta):
     2 processes × batch 16 equal 1 process × batch 16 × grad_accum 2 within fp32 summation order (1e-5)."""
-    from safetensors.torch import load_file
 
     from bertdistill.training.loop import distill
 
@@ -120,16 +124,8 @@ def test_multistage_and_non_hf_students_match_one_process_under_ddp(kind, teache
 
     _torchrun(make("ddp"), tmp_path, "ddp")
     one = distill(make("one", grad_accum=2), quiet=True)
-    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
-    b = load_file(str(one.output_dir / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
-    ddp_lr = [
-        x["lr"]
-        for x in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines())
-        if "lr" in x
-    ]
-    assert ddp_lr and ddp_lr == pytest.approx([x["lr"] for x in one.history if "lr" in x])
+    _, ddp_lr = _same_run(tmp_path / "ddp", one)
+    assert ddp_lr
 
 
 def test_multitask_student_under_ddp(teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path):
@@ -138,7 +134,6 @@ def test_multitask_student_under_ddp(teacher_dir, second_teacher_dir, sst2_dir, 
     processes batches of different sizes at a task's end (gathered row by row). The 2-process run ends with
     the weights of 1 process × grad_accum 2 (the same global batches; 1e-5, fp32 summation order), and the
     metrics its evaluation gathered across processes equal those of its saved student evaluated in one process."""
-    from safetensors.torch import load_file
 
     from bertdistill.evaluation import evaluate
     from bertdistill.training.loop import distill
@@ -163,10 +158,7 @@ def test_multitask_student_under_ddp(teacher_dir, second_teacher_dir, sst2_dir, 
 
     _torchrun(make("ddp"), tmp_path, "ddp")
     one = distill(make("one", grad_accum=2), quiet=True)
-    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
-    b = load_file(str(one.output_dir / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    _same_run(tmp_path / "ddp", one)
     records = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     gathered = [x["eval"] for x in records if "eval" in x][-1]
     checked = 0
