@@ -778,6 +778,17 @@ def add_run_flags(p: Any) -> None:
     )
 
 
+def speed_flags(p: Any, *, name: str, seed: int, threads: int) -> None:
+    """Flags of the speed benchmarks (throughput, end to end, step profile): teacher, data, seed, threads and
+    where the result goes."""
+    p.add_argument("--teacher", default="minilm-l6", help="a fine-tuned SST-2 teacher dir (or a model alias)")
+    p.add_argument("--data", default=str(SHARED / "SST-2"))
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--name", default=name)
+    p.add_argument("--results-dir", default=str(RESULTS))
+
+
 def samples_per_s(history: Sequence[Mapping[str, Any]], batch: int, warmup: int) -> float:
     """Training samples/s of a run from the loop's per-step wall times, after ``warmup`` steps."""
     per_step = [r["sec_per_step"] for r in history if "loss" in r][warmup:]
@@ -827,6 +838,7 @@ __all__ = [
     "samples_per_s",
     "score_fields",
     "speed_fields",
+    "speed_flags",
     "stage_steps",
     "stats",
     "summary",

@@ -212,6 +212,25 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
                 f"{x['speedup_vs_teacher']:.2f} | {x['throughput']:.1f} | {'**yes**' if x['best'] else ''} |"
             )
     for name, r in other:
+        if not is_legacy(r) and r["kind"] == "end_to_end":
+            lines += [
+                "",
+                f"## {name}",
+                "",
+                f"{r['what']}. {r['epochs']} epochs, {r['train_examples']} training examples, seed(s) {r['seeds']}; "
+                f"{r['concurrency']}. TextBrewer's wall time / bertdistill's: **{r['end_to_end_speedup']:.2f}×** "
+                "(same optimizer, fp32).",
+                "",
+                "| row | wall s | × TextBrewer | cache build s | dev accuracy | precision | optimizer | threads |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for x in r["rows"]:
+                build = "" if x["cache_build_s"] is None else f"{x['cache_build_s']:.0f}"
+                lines.append(
+                    f"| {x['row']} | {x['wall_s']:.0f} | {r['textbrewer_wall_s'] / x['wall_s']:.2f} | {build} | "
+                    f"{pct(x['dev_accuracy'])} | {x['precision']} | {x['optimizer']} | {x['threads']} |"
+                )
+            continue
         if not is_legacy(r) and r["kind"] == "throughput":
             lines += [
                 "",

@@ -54,6 +54,12 @@ def add_table_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="timing threads (default: all)")
     p.add_argument("--latency-sentences", type=int, default=300)
     p.add_argument("--eval-examples", type=int, help="dev subsample for scoring and timing (default: all)")
+    p.add_argument(
+        "--no-timing",
+        dest="timing",
+        action="store_false",
+        help="score only; time no model (no speed-up fields)",
+    )
     H.add_run_flags(p)
 
 
@@ -62,7 +68,10 @@ def run(table: H.Table, args: argparse.Namespace) -> int:
     result = H.run_table(
         table,
         timing=H.TimingOptions(
-            threads=args.threads, n_latency=args.latency_sentences, max_examples=args.eval_examples
+            threads=args.threads,
+            n_latency=args.latency_sentences,
+            max_examples=args.eval_examples,
+            timing=args.timing,
         ),
         only=args.only,
         train_only=args.train_only,

@@ -1,13 +1,15 @@
 """The one schema of ``benchmarks/results/*.json``: the fields every result file must have, checked by every
 writer (:func:`benchmarks.harness.write_result`) and by ``make bench`` (:mod:`benchmarks.report`).
 
-Two kinds of result, one provenance block:
+Five kinds of result, one provenance block:
 
 * :class:`DistillResult` (``kind: "distill"``): a teacher, a table of student ``rows`` (each trained over the
   same seeds), the headline (``primary``) row's scores at the top level;
 * :class:`ThroughputResult` (``kind: "throughput"``): training samples/s of several ``rows`` timed in one run;
 * :class:`GenerationResult` (``kind: "generation"``): seq2seq students scored by decoding (BLEU), with and
   without the KD term, against a teacher measured by its own metric (no retention, no timing);
+* :class:`EndToEndResult` (``kind: "end_to_end"``): wall time from start to a saved student (cache build included)
+  of the same distillation in several tools / settings, with the dev score of each saved student;
 * :class:`DeployResult` (``kind: "deploy"``): trained students measured in their deployed forms (fp32 / bf16 /
   int8 eager, ONNX fp32 / int8), each form's score change and speed-ups, one ``best`` form per student. Nothing is
   trained there, so it has its own provenance block (:class:`DeployProvenance`: no seeds, steps or optimizer).
@@ -33,7 +35,7 @@ from typing import Any, TypedDict, Union
 
 SCHEMA_VERSION = 2
 
-KINDS = ("distill", "throughput", "generation", "deploy")
+KINDS = ("distill", "throughput", "generation", "deploy", "end_to_end")
 
 DEPLOY_PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 """The deployed forms of a student: eager torch in fp32 / bf16 / dynamic int8, ONNX Runtime fp32 / int8."""
@@ -150,6 +152,36 @@ class ThroughputResult(Provenance):
     ratio_vs_reference: dict[str, float]
 
 
+class EndToEndRow(TypedDict):
+    row: str
+    tool: str
+    precision: str
+    optimizer: str
+    threads: int
+    teacher_cache: bool
+    wall_s: float
+    """Start (teacher loading, tokenisation) to a saved student, the teacher cache build included."""
+    cache_build_s: float | None
+    """Teacher compute time of the cache build inside ``wall_s`` (``None``: no cache)."""
+    dev_accuracy: float
+
+
+class EndToEndResult(Provenance):
+    what: str
+    rows: list[EndToEndRow]
+    epochs: int
+    concurrency: str
+    textbrewer_optimizer: str
+    bertdistill_optimizer: str
+    end_to_end_speedup: float
+    """TextBrewer's wall time / bertdistill's (same optimizer, fp32, cache build included)."""
+    textbrewer_wall_s: float
+    bertdistill_wall_s: float
+    cache_build_s: float | None
+    textbrewer_dev_accuracy: float
+    bertdistill_dev_accuracy: float
+
+
 class GenerationResult(ScoredResult):
     """Students that generate text (C-MLM): ``metric`` is theirs (BLEU, 0–100); the teacher is not a generator,
     so ``teacher_score`` is in its own ``teacher_metric`` and there is no retention (and no timing)."""
@@ -248,6 +280,7 @@ SCHEMAS: dict[str, type] = {
     "throughput": ThroughputResult,
     "generation": GenerationResult,
     "deploy": DeployResult,
+    "end_to_end": EndToEndResult,
 }
 
 

@@ -30,6 +30,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import Tensor, nn
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from .. import checks
@@ -601,7 +602,12 @@ class Trainer:
             for obj in (sr.sampler, it):
                 if hasattr(obj, "set_epoch"):
                     obj.set_epoch(state.epoch)
-            for batch in it:
+            batches = iter(it)
+            while True:
+                with record_function("bertdistill.data"):  # labelled ranges: benchmarks/profile_step.py
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 terms = self.step(sr, batch, state, ckpt_root)
                 state.batch_in_epoch += 1
                 for k, v in terms.items():
@@ -609,14 +615,14 @@ class Trainer:
                 sr.n_sum += 1
                 if not self.acc.sync_gradients:
                     continue
-                stop = self.after_step(sr, state, ckpt_root, progress)
+                with record_function("bertdistill.after_step"):
+                    stop = self.after_step(sr, state, ckpt_root, progress)
                 if stop:
                     break
-            else:
+            if not stop and state.batch_in_epoch:
                 # the loader ran out on a non-sync micro-batch tail: flush the epoch
-                if state.batch_in_epoch:
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
+                state.epoch += 1
+                state.batch_in_epoch = 0
         if sr.bar is not None:
             progress.remove_task(sr.bar)
 
@@ -629,21 +635,25 @@ class Trainer:
         with acc.accumulate(self.bundle):
             t_out: Features | None = None
             if sr.source is not None:
-                with acc.autocast():
+                with record_function("bertdistill.teacher"), acc.autocast():
                     t_out = sr.source.features(batch, sr.needs)
-            s_out = self.bundle(**self.method.student_inputs(batch, sr.stage))
-            terms = self.method.loss(sr.stage, batch, s_out, t_out, self.unwrapped())
-            loss = torch.stack([v.float() for v in terms.values()]).sum()
-            values = {k: float(v.detach()) for k, v in terms.items()}
+            with record_function("bertdistill.student_forward"):
+                s_out = self.bundle(**self.method.student_inputs(batch, sr.stage))
+            with record_function("bertdistill.loss"):
+                terms = self.method.loss(sr.stage, batch, s_out, t_out, self.unwrapped())
+                loss = torch.stack([v.float() for v in terms.values()]).sum()
+                values = {k: float(v.detach()) for k, v in terms.items()}
             if not math.isfinite(sum(values.values())):
                 self._non_finite(values, state, ckpt_root, sr.stage.name)
-            acc.backward(loss)
-            if acc.sync_gradients and tr.max_grad_norm:
-                acc.clip_grad_norm_(self.bundle.parameters(), tr.max_grad_norm)
-            sr.optimizer.step()
-            if acc.sync_gradients:
-                sr.scheduler.step()
-            sr.optimizer.zero_grad(set_to_none=True)
+            with record_function("bertdistill.backward"):
+                acc.backward(loss)
+            with record_function("bertdistill.optimizer"):
+                if acc.sync_gradients and tr.max_grad_norm:
+                    acc.clip_grad_norm_(self.bundle.parameters(), tr.max_grad_norm)
+                sr.optimizer.step()
+                if acc.sync_gradients:
+                    sr.scheduler.step()
+                sr.optimizer.zero_grad(set_to_none=True)
         return values
 
     def after_step(self, sr: StageRun, state: TrainerState, ckpt_root: Path, progress: Any) -> bool:
