@@ -177,6 +177,9 @@ def test_bf16_mixed_precision_runs(teacher_dir, sst2_dir, tmp_path):
     )
     losses = [r["loss"] for r in res.history if "loss" in r]
     assert losses and all(math.isfinite(v) for v in losses)
+    # teacher.cache_dtype auto: features computed under bf16 autocast are stored as bfloat16
+    metas = [json.loads(m.read_text()) for m in (tmp_path / "cache").glob("teacher/*/meta.json")]
+    assert [(m["compute"], m["dtype"]) for m in metas] == [("bf16", "bfloat16")]
 
 
 def test_progress_bars_with_teacher_cache(teacher_dir, sst2_dir, tmp_path, capsys):

@@ -115,3 +115,41 @@ def test_bf16_cache_is_keyed_apart_and_computed_under_autocast(tiny_model, teach
     assert fp32.root.name == CachedTeacher.fingerprint(teacher, teacher_view(data), needs, "float32")
     with pytest.raises(ValueError, match="compute must be"):
         CachedTeacher.load_or_build(teacher, data, needs, tok.pad_token_id, tmp_path, compute="int4")
+
+
+def test_built_cache_is_served_from_memory_and_equals_its_files(tiny_model, teacher_dir, tmp_path):
+    """The build keeps what it computed (and the SHA-256 of the bytes it wrote) instead of reading every shard
+    back; what it serves equals what a later process reads from disk, whose checksums match."""
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    data = _data(tok, n=23)
+    teacher = Teacher(tiny_model)
+    needs = Needs(logits=True, hidden_states=True, hidden_layers=(1,))
+    built = CachedTeacher.load_or_build(
+        teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=4, shard_examples=8, dtype="bfloat16"
+    )
+    assert built.built_now and built.meta["shards"] == 3 and len(built.meta["sha256"]) == 3
+    reopened = CachedTeacher.open(built.root, needs)  # checks every shard against the recorded SHA-256
+    assert set(reopened.tensors) == set(built.tensors)
+    for key, t in built.tensors.items():
+        assert torch.equal(t, reopened.tensors[key]), key
+    assert (
+        built.tensors["logits"].dtype == torch.bfloat16 and built.tensors["hidden.1"].dtype == torch.bfloat16
+    )
+    batch = Collator(tok.pad_token_id)([data[i] for i in range(5)])
+    served = built.features(batch)
+    assert served.logits.dtype == torch.float32 and served.hidden_states[1].dtype == torch.float32
+
+
+def test_cache_dtype_auto_follows_mixed_precision():
+    from bertdistill.config import ConfigError, TeacherConfig
+
+    auto = TeacherConfig()
+    assert auto.cache_dtype == "auto"
+    assert auto.resolved_cache_dtype("bf16") == "bfloat16"
+    assert auto.resolved_cache_dtype("fp16") == "float16"
+    assert auto.resolved_cache_dtype("no") == "float32"
+    assert TeacherConfig(cache_dtype="float32").resolved_cache_dtype("bf16") == "float32"
+    with pytest.raises(ConfigError, match=r"teacher.cache_dtype must be one of .*got 'fp8'"):
+        TeacherConfig(cache_dtype="fp8")
+    with pytest.raises(ConfigError, match="teacher.batch_size must be >= 1"):
+        TeacherConfig(batch_size=0)

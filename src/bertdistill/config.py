@@ -49,10 +49,29 @@ class TeacherConfig:
     """Compute the teacher outputs a method needs once, store them on disk and reuse them."""
     cache_dir: str | None = None
     """Where cached teacher outputs live (default ``$BERTDISTILL_CACHE`` or ``~/.cache/bertdistill``)."""
-    cache_dtype: str = "float32"
+    cache_dtype: str = "auto"
+    """How cached features are stored: ``float32``, ``bfloat16`` or ``float16``; ``auto`` stores them in the precision
+    they were computed in (``bfloat16`` under ``train.mixed_precision: bf16``, ``float16`` under ``fp16``, else
+    ``float32``). Part of the cache key; features are served to the losses as float32 either way."""
     batch_size: int = 128
     """Batch size for teacher-only passes (cache building, evaluation)."""
     trust_remote_code: bool = False
+
+    CACHE_DTYPES: ClassVar[tuple[str, ...]] = ("auto", "float32", "bfloat16", "float16")
+
+    def __post_init__(self) -> None:
+        if self.cache_dtype not in self.CACHE_DTYPES:
+            raise ConfigError(
+                f"teacher.cache_dtype must be one of {', '.join(self.CACHE_DTYPES)}, got {self.cache_dtype!r}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"teacher.batch_size must be >= 1, got {self.batch_size}")
+
+    def resolved_cache_dtype(self, mixed_precision: str) -> str:
+        """``cache_dtype`` with ``auto`` resolved against the run's ``train.mixed_precision``."""
+        if self.cache_dtype != "auto":
+            return self.cache_dtype
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision, "float32")
 
 
 @dataclass

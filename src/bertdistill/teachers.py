@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -283,11 +283,18 @@ class CachedTeacher:
             else None
         )
         seconds = 0.0
+        # Every shard's tensors stay in memory once computed or read back (the finished cache holds them all
+        # anyway), with the SHA-256 of the bytes written: the cache is served from them, not read and hashed
+        # again from disk.
+        parts: list[dict[str, Tensor]] = []
+        digests: list[str] = []
         for k, rows in enumerate(shards):
             path = _shard_path(partial, k)
-            done_seconds = _shard_seconds(path) if path.is_file() else None
-            if done_seconds is not None:
-                seconds += done_seconds
+            resumed = _read_shard(path) if path.is_file() else None
+            if resumed is not None:
+                seconds += resumed[0]
+                parts.append(resumed[1])
+                digests.append(resumed[2])
                 if task is not None:
                     progress.advance(task, len(batches[k]))
                 continue
@@ -298,7 +305,8 @@ class CachedTeacher:
                 )
             spent = time.perf_counter() - t0
             seconds += spent
-            _atomic_save(tensors, path, {"seconds": repr(spent), "examples": str(len(rows))})
+            digests.append(_atomic_save(tensors, path, {"seconds": repr(spent), "examples": str(len(rows))}))
+            parts.append(tensors)
             kill_point("cache_shard")
         if task is not None:
             progress.remove_task(task)
@@ -313,14 +321,18 @@ class CachedTeacher:
             "shards": len(shards),
             "shard_examples": shard_examples,
             "build_seconds": seconds,
-            "sha256": [_sha256(_read(_shard_path(partial, k))) for k in range(len(shards))],
+            "sha256": digests,
         }
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(partial, root)
-        except OSError:  # another process built it first
+        except OSError:  # another process built it first: serve its files
             shutil.rmtree(partial, ignore_errors=True)
-        cache = cls.open(root, needs)
+            cache = cls.open(root, needs)
+        else:
+            tensors = _merge_shards(parts)
+            del parts
+            cache = cls(root, needs, tensors, tensors["lengths"], meta)
         cache.built_now = True
         return cache
 
@@ -487,13 +499,14 @@ def _shard_batches(data: TokenizedDataset, rows: range, batch_size: int) -> list
     return [[rows.start + i for i in b] for b in BatchSampler(lengths, batch_size, shuffle=False)]
 
 
-def _shard_seconds(path: Path) -> float | None:
-    """Compute time of a finished shard of an interrupted build; None (and the shard removed, to be computed
-    again) when it cannot be read."""
+def _read_shard(path: Path) -> tuple[float, dict[str, Tensor], str] | None:
+    """A finished shard of an interrupted build: its compute time, tensors and SHA-256; None (and the shard
+    removed, to be computed again) when it cannot be read."""
     try:
+        raw = _read(path)
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return float(meta.get("seconds", 0.0))
+        return float(meta.get("seconds", 0.0)), load_bytes(raw), _sha256(raw)
     except (OSError, ValueError, SafetensorError) as e:
         log.warning("teacher cache shard %s is damaged (%s); computing it again", path, e)
         path.unlink(missing_ok=True)
@@ -509,13 +522,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> str:
+    """Write ``tensors`` to ``path`` atomically (a temporary file, then a rename); the SHA-256 of its bytes."""
+    raw = save_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "wb") as f:
+            f.write(raw)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return _sha256(raw)
 
 
 def _merge_shards(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -346,7 +346,7 @@ class Trainer:
                 needs,
                 self.tokenizer.pad_token_id or 0,
                 cache_dir,
-                self.run.teacher.cache_dtype,
+                self.run.teacher.resolved_cache_dtype(self.run.train.mixed_precision),
                 self.run.teacher.batch_size,
                 progress,
                 label,
