@@ -271,26 +271,31 @@ def recipe(
     return r
 
 
-def kill_then_resume(cfg, monkeypatch, crash_at: int, out_dir: Path):
-    """Run ``cfg``, kill it (KeyboardInterrupt) right after its ``crash_at``-th checkpoint, resume it; return
-    the name of the last checkpoint before the kill and the resumed run's result."""
+def kill_then_resume(cfg, monkeypatch, crash_at: int, out_dir: Path, before_save: bool = False, on_kill=None):
+    """Run ``cfg``, kill it (KeyboardInterrupt) right after its ``crash_at``-th checkpoint (``before_save``: right
+    before writing it, so that the steps since the previous one run again), call ``on_kill()`` if given, resume
+    it; return the name of the last checkpoint before the kill and the resumed run's result."""
     from bertdistill.training import checkpoint as ckpt
     from bertdistill.training.loop import Trainer, distill
 
     original = Trainer._checkpoint
     calls = {"n": 0}
 
-    def crash_after_save(self, *a, **k):
-        original(self, *a, **k)
+    def crash_at_save(self, *a, **k):
         calls["n"] += 1
+        if calls["n"] == crash_at and before_save:
+            raise KeyboardInterrupt
+        original(self, *a, **k)
         if calls["n"] == crash_at:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "_checkpoint", crash_after_save)
+    monkeypatch.setattr(Trainer, "_checkpoint", crash_at_save)
     with pytest.raises(KeyboardInterrupt):
         distill(cfg, quiet=True)
     monkeypatch.setattr(Trainer, "_checkpoint", original)
     last = ckpt.latest_checkpoint(out_dir / "checkpoints").name
+    if on_kill is not None:
+        on_kill()
     return last, distill(cfg, resume=True, quiet=True)
 
 

@@ -53,15 +53,22 @@ def _torchrun(r: dict, tmp_path, name: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def _same_weights(a_dir, b_dir) -> dict:
+    """Assert the saved models in ``a_dir`` and ``b_dir`` have the same weights within 1e-5 (max |Δw|: fp32
+    summation order); return ``a_dir``'s."""
+    from safetensors.torch import load_file
+
+    a = load_file(str(a_dir / "model.safetensors"))
+    b = load_file(str(b_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    return a
+
+
 def _same_run(ddp_dir, one) -> tuple[dict, list[float]]:
     """Assert the DDP run in ``ddp_dir`` ended with the weights of the 1-process run ``one`` (max |Δw| ≤ 1e-5:
     fp32 summation order) and logged the same learning rates; return its weights and lr log."""
-    from safetensors.torch import load_file
-
-    a = load_file(str(ddp_dir / "model.safetensors"))
-    b = load_file(str(one.output_dir / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    a = _same_weights(ddp_dir, one.output_dir)
     ddp_lr = [x["lr"] for x in map(json.loads, (ddp_dir / "log.jsonl").read_text().splitlines()) if "lr" in x]
     assert ddp_lr == pytest.approx([x["lr"] for x in one.history if "lr" in x])
     return a, ddp_lr
@@ -169,3 +176,33 @@ def test_multitask_student_under_ddp(teacher_dir, second_teacher_dir, sst2_dir, 
                 assert gathered[f"{head}/{k}"] == pytest.approx(v, abs=1e-5), (head, k, gathered)
                 checked += 1
     assert checked >= 2, (gathered, alone)
+
+
+def test_seq2seq_cmlm_matches_one_process_under_ddp(mlm_teacher_dir, parallel_dir, tmp_path):
+    """C-MLM on 2 processes: stage teacher fine-tunes the BERT MLM (the bundle's ``cmlm`` part), stage
+    soft_labels extracts the fine-tuned teacher's top-k soft labels into the teacher cache once (rank 0, after
+    the teacher it reads is saved) for rank 1 to read, and stage student trains the seq2seq student on them.
+    The run ends with the weights (student and C-MLM teacher) of 1 process × grad_accum 2 (the same global
+    batches; 1e-5, fp32 summation order) and logs the same learning rates."""
+    from bertdistill.methods.cmlm import CMLM
+    from bertdistill.training.loop import distill
+
+    def make(out: str, **extra):
+        r = recipe(
+            "cmlm", mlm_teacher_dir, parallel_dir, tmp_path / out, tmp_path / f"c-{out}", task="translation"
+        )
+        r["student"] = dict(CMLM.test_config.sections["student"])
+        r["data"].update(max_length=16, max_eval_examples=8)
+        r["method"].update(teacher_lr=1e-3, student_lr=1e-3)
+        r["train"].update(batch_size=8, warmup_ratio=0.0, log_every=1, **extra)
+        return r
+
+    proc = _torchrun(make("ddp"), tmp_path, "ddp")
+    one = distill(make("one", grad_accum=2), quiet=True)
+    _, ddp_lr = _same_run(tmp_path / "ddp", one)
+    assert len(ddp_lr) == 8  # 64 pairs, global batch 16: 4 updates in each training stage
+    _same_weights(tmp_path / "ddp" / "stages" / "teacher", one.output_dir / "stages" / "teacher")
+    # the soft-label cache is built once (rank 0, first, in stage soft_labels); every other open of it reads it:
+    # rank 1's in stage soft_labels, and both ranks' in stage student
+    assert proc.stderr.count("building teacher cache") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("teacher cache hit") == 3, proc.stderr[-3000:]

@@ -277,36 +277,54 @@ def test_predict_reads_the_export_dir(kd_cli_export, students):
         assert x["probs"] == pytest.approx(y["probs"], abs=1e-4)
 
 
-def test_onnx_precision_exports_an_eager_student_on_the_fly(students, fx):
+def _count_calls(monkeypatch, name):
+    """Calls of ``bertdistill.export.<name>`` from now on (first positional argument of each)."""
+    calls = []
+    real = getattr(export_mod, name)
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(export_mod, name, counting)
+    return calls
+
+
+def test_onnx_precision_exports_an_eager_student_on_the_fly(students, fx, monkeypatch):
+    """`compare --precision onnx-fp32` alone exports fp32 graphs and quantises nothing."""
+    quantized = _count_calls(monkeypatch, "quantize_graphs")
     eager = load_student(students("kd"), task="sst2")
     onnx = with_precision(eager, "onnx-fp32")
     assert onnx.onnx.path is None and onnx.describe()["runtime"] == "onnxruntime-onnx-fp32"
+    assert quantized == [] and onnx.onnx.record["quantized"] == {}
     batch = _dev_batch(eager, fx)
     torch.testing.assert_close(
         onnx.predict(batch).logits, eager.predict(batch).logits, atol=TOLERANCE, rtol=0
     )
     with pytest.raises(ConfigError, match="already runs in ONNX Runtime"):
         with_precision(onnx, "onnx-int8")
+    assert quantized == []
 
 
 def test_both_onnx_precisions_of_an_eager_student_come_from_one_export(students, fx, monkeypatch):
     """`compare --precision onnx-fp32 onnx-int8` on an eager student traces it once (a second torch.export of the
-    same BiLSTM in one process failed on a real student: its sequence axis came out static)."""
-    from bertdistill import export as ex
-
-    calls = []
-    real = ex.export_runner
-
-    def counting(*a, **k):
-        calls.append(a[0])
-        return real(*a, **k)
-
-    monkeypatch.setattr(ex, "export_runner", counting)
+    same BiLSTM in one process failed on a real student: its sequence axis came out static); the int8 graphs are
+    quantised from the fp32 ones on the first int8 request, once."""
+    exported = _count_calls(monkeypatch, "export_runner")
+    quantized = _count_calls(monkeypatch, "quantize_graphs")
     eager = load_student(students("bilstm"), task="sst2")
-    fp32, int8 = with_precision(eager, "onnx-fp32"), with_precision(eager, "onnx-int8")
-    assert len(calls) == 1
+    fp32 = with_precision(eager, "onnx-fp32")
+    assert len(exported) == 1 and quantized == []
+    int8 = with_precision(eager, "onnx-int8")
+    assert len(exported) == 1 and len(quantized) == 1
+    assert with_precision(eager, "onnx-int8").describe()["size_mb"] == int8.describe()["size_mb"]
+    assert len(exported) == 1 and len(quantized) == 1  # cached: neither traced nor quantised again
     assert fp32.describe()["runtime"] == "onnxruntime-onnx-fp32"
     assert int8.describe()["runtime"] == "onnxruntime-onnx-int8"
+    assert int8.describe()["size_mb"] < fp32.describe()["size_mb"]
+    record = int8.onnx.record
+    assert record["quantized"] == {"model": "model.int8.onnx"}
+    assert record["parity"]["samples"]["onnx-int8"]["rows_compared"] >= 11
     batch = _dev_batch(eager, fx)
     torch.testing.assert_close(
         fp32.predict(batch).logits, eager.predict(batch).logits, atol=TOLERANCE, rtol=0

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from bertdistill import load_config
 from bertdistill.config import ConfigError
 from bertdistill.training.loop import distill
-from conftest import recipe
+from conftest import kill_then_resume, recipe
 
 
 def _cfg(method, teacher_dir, data_dir, tmp_path, **sections):
@@ -30,29 +30,19 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
 
 
-def _kill_then_resume(cfg, monkeypatch, kill_at: int, before_save: bool = False):
-    """Run ``cfg``, kill it at its ``kill_at``-th checkpoint (after writing it, or before: then the steps since
-    the last one are run again), resume it. TensorBoard orders a run's event files by name (start second, then
-    a counter): a resumed run is another second, as it would be in life."""
-    from bertdistill.training.loop import Trainer
+def _resume_after_kill(cfg, monkeypatch, kill_at: int, before_save: bool = False):
+    """:func:`conftest.kill_then_resume`, returning the killed run's ``log.jsonl`` records. TensorBoard orders a
+    run's event files by name (start second, then a counter): the resume waits for the next second, as it would
+    be in life."""
+    out = cfg.resolved_output_dir()
+    killed: list[dict] = []
 
-    original, calls = Trainer._checkpoint, {"n": 0}
+    def read_log_and_wait():
+        killed.extend(_log(out))
+        time.sleep(1.05 - time.time() % 1)
 
-    def kill(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == kill_at and before_save:
-            raise KeyboardInterrupt
-        original(self, *a, **k)
-        if calls["n"] == kill_at:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_checkpoint", kill)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, quiet=True)
-    monkeypatch.setattr(Trainer, "_checkpoint", original)
-    killed_log = _log(cfg.resolved_output_dir())
-    time.sleep(1.05 - time.time() % 1)
-    return killed_log, distill(cfg, resume=True, quiet=True)
+    _, resumed = kill_then_resume(cfg, monkeypatch, kill_at, out, before_save, read_log_and_wait)
+    return killed, resumed
 
 
 def _log(out: Path) -> list[dict]:
@@ -134,7 +124,7 @@ def test_mobilebert_resumed_mid_stage_logs_every_stage_once(teacher_dir, sst2_di
     r["student"] = {"num_layers": None, "config_overrides": shape}
     r["method"].update(preset=None, transfer_lr=1e-3, task_lr=1e-3, layer_steps=3, task_steps=2)
     cfg = load_config(r)
-    killed, _ = _kill_then_resume(cfg, monkeypatch, 3)  # killed in transfer_1, after its checkpoint at step 5
+    killed, _ = _resume_after_kill(cfg, monkeypatch, 3)  # killed in transfer_1 after its step-5 checkpoint
     assert [r["step"] for r in killed if "loss" in r] == [1, 2, 3, 4, 5]
     scalars = _scalars(tmp_path / "out" / "tracking" / "out")
     steps = {t.split("/")[1]: [s for s, _ in v] for t, v in scalars.items() if t.endswith("/loss")}
@@ -148,7 +138,7 @@ def test_mobilebert_resumed_mid_stage_logs_every_stage_once(teacher_dir, sst2_di
 
 def test_resume_continues_the_curves(teacher_dir, sst2_dir, tmp_path, monkeypatch):
     cfg = load_config(_cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"epochs": 2, "save_every": 2}))
-    killed, resumed = _kill_then_resume(cfg, monkeypatch, 3, before_save=True)  # steps 2, 4 saved; 6 logged
+    killed, resumed = _resume_after_kill(cfg, monkeypatch, 3, before_save=True)  # steps 2, 4 saved; 6 logged
     assert [r["step"] for r in killed if "loss" in r] == [2, 4, 6]
     scalars = _scalars(tmp_path / "out" / "tracking" / "out")
     # log.jsonl keeps both runs' records (step 6 twice); the tracker hides the killed run's events after the

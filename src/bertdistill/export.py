@@ -459,14 +459,18 @@ def export_runner(
             f"(per output: {fp32[-1]['max_abs_diff_per_output']}); the graphs were removed, see {out / EXPORT_FILE}"
         )
     for where in record["parity"].values():
-        int8 = where.get("onnx-int8")
-        if int8 and int8["agreement"] is not None and int8["agreement"] < INT8_AGREEMENT:
-            log.warning(
-                "int8 export: %.1f%% of predictions agree with eager (below %.0f%%); prefer the fp32 graph",
-                100 * int8["agreement"],
-                100 * INT8_AGREEMENT,
-            )
+        _warn_int8(where.get("onnx-int8"))
     return record
+
+
+def _warn_int8(parity: Mapping[str, Any] | None) -> None:
+    """Warn when an int8 parity record agrees with eager on fewer than :data:`INT8_AGREEMENT` of predictions."""
+    if parity and parity["agreement"] is not None and parity["agreement"] < INT8_AGREEMENT:
+        log.warning(
+            "int8 export: %.1f%% of predictions agree with eager (below %.0f%%); prefer the fp32 graph",
+            100 * parity["agreement"],
+            100 * INT8_AGREEMENT,
+        )
 
 
 def _check_split(
@@ -599,27 +603,64 @@ def as_onnx(runner: Runner, precision: str) -> Runner:
         if info.path is None:
             raise ConfigError(f"this model already runs in ONNX Runtime ({info.precision})")
         return load_exported(_eager_of(runner), info.path, precision)
-    # One export per runner gives both graph sets: `compare --precision onnx-fp32 onnx-int8` exports once, and a
-    # second torch.export of the same student in one process is avoided (for the BiLSTM it failed: the sequence
-    # axis came out static on the second trace; measured with torch 2.13).
+    # One torch.export per runner: a second one of the same student in one process is avoided (for the BiLSTM it
+    # failed: the sequence axis came out static on the second trace; measured with torch 2.13). The fp32 graphs
+    # are kept on the runner; the int8 ones are quantised from them on the first onnx-int8 request, so that
+    # `compare --precision onnx-fp32` pays for no quantisation and `--precision onnx-fp32 onnx-int8` traces once.
     cached = runner.__dict__.get(_ONNX_CACHE)
     if cached is None:
         with tempfile.TemporaryDirectory(prefix="bertdistill-onnx-") as tmp:
-            record = export_runner(runner, tmp, "int8")
-            graphs = {n: g["file"] for n, g in record["graphs"].items()}
-            cached = (
-                record,
-                {n: (Path(tmp) / f).read_bytes() for n, f in graphs.items()},
-                {n: (Path(tmp) / f).read_bytes() for n, f in record["quantized"].items()},
-            )
+            record = export_runner(runner, tmp)
+            files = {n: g["file"] for n, g in record["graphs"].items()}
+            cached = _OnnxCache(record, {n: (Path(tmp) / f).read_bytes() for n, f in files.items()})
         runner.__dict__[_ONNX_CACHE] = cached
-    record, fp32_blobs, int8_blobs = cached
-    blobs = int8_blobs if precision == "onnx-int8" else fp32_blobs
-    return onnx_runner(runner, blobs, OnnxInfo(None, precision, record))
+    if precision == "onnx-int8":
+        if cached.int8 is None:
+            cached.int8 = _quantize_cached(runner, cached)
+        blobs = cached.int8
+    else:
+        blobs = cached.fp32
+    return onnx_runner(runner, blobs, OnnxInfo(None, precision, cached.record))
+
+
+@dataclass
+class _OnnxCache:
+    """An eager runner's on-the-fly export: its record and fp32 graphs, and its int8 graphs once asked for."""
+
+    record: dict[str, Any]
+    fp32: dict[str, bytes]
+    int8: dict[str, bytes] | None = None
+
+
+def _quantize_cached(runner: Runner, cached: _OnnxCache, max_length: int = 128) -> dict[str, bytes]:
+    """int8 graphs quantised from ``cached``'s fp32 ones (no new trace), with their parity on the built-in
+    samples added to its record as :func:`export_runner` would have."""
+    with tempfile.TemporaryDirectory(prefix="bertdistill-onnx-") as tmp:
+        paths = {}
+        for name, blob in cached.fp32.items():
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            paths[name].write_bytes(blob)
+        int8 = {n: p.read_bytes() for n, p in quantize_graphs(paths).items()}
+    given = cached.record.get("options") or {}
+    opts = runner.check_options(dict(given))
+    q = "onnx-int8"
+    tallies, _ = _compare(
+        runner,
+        {q: onnx_runner(runner, int8, OnnxInfo(None, q), given)},
+        {q: Sessions(int8)},
+        iter(sample_batches(runner, max_length)),
+        opts,
+        score=False,
+    )
+    parity = tallies[q].record()
+    cached.record["quantized"] = {n: f"{n}.int8.onnx" for n in int8}
+    cached.record["parity"]["samples"][q] = parity
+    _warn_int8(parity)
+    return int8
 
 
 _ONNX_CACHE = "_bertdistill_onnx_export"
-"""The runner attribute holding its on-the-fly export (record, fp32 graphs, int8 graphs)."""
+"""The runner attribute holding its on-the-fly export (:class:`_OnnxCache`)."""
 
 
 def _eager_of(runner: Runner) -> Runner:

@@ -805,24 +805,26 @@ class Trainer:
 
     def _save_stage_output(self, stage: Stage) -> None:
         """``<output_dir>/stages/<stage>/``: the exported model as the stage left it (what the next stage
-        starts from), loadable with ``from_pretrained``, plus the method's extras (e.g. projections)."""
+        starts from), loadable with ``from_pretrained``, plus the method's extras (e.g. projections). Written by
+        the main process; every process waits for it, since a later stage may load it (C-MLM's soft labels are
+        the saved ``stages/teacher``'s)."""
         self.acc.wait_for_everyone()
-        if not self.acc.is_main_process:
-            return
-        bundle = self.unwrapped()
-        model = self.method.export_model(bundle, stage)
-        extras = {k: v.detach().cpu().contiguous() for k, v in self.method.export_extras(bundle).items()}
+        if self.acc.is_main_process:
+            bundle = self.unwrapped()
+            model = self.method.export_model(bundle, stage)
+            extras = {k: v.detach().cpu().contiguous() for k, v in self.method.export_extras(bundle).items()}
 
-        def write(tmp: Path) -> None:
-            save_hf_model(model, self.student_tokenizer, tmp)
-            if extras:
-                from safetensors.torch import save_file
+            def write(tmp: Path) -> None:
+                save_hf_model(model, self.student_tokenizer, tmp)
+                if extras:
+                    from safetensors.torch import save_file
 
-                save_file(extras, str(tmp / EXTRAS_FILE))
-            self.run.dump(tmp / CONFIG_FILE)
+                    save_file(extras, str(tmp / EXTRAS_FILE))
+                self.run.dump(tmp / CONFIG_FILE)
 
-        ckpt.atomic_dir(self.out / "stages" / stage.name, write)
-        self.print(f"stage {stage.name!r} saved to {self.out / 'stages' / stage.name}")
+            ckpt.atomic_dir(self.out / "stages" / stage.name, write)
+            self.print(f"stage {stage.name!r} saved to {self.out / 'stages' / stage.name}")
+        self.acc.wait_for_everyone()
 
     def _non_finite(
         self,
