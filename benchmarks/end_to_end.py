@@ -137,7 +137,7 @@ def one_row(args: argparse.Namespace) -> dict[str, Any]:
     tool, precision, cached = ROWS[args.row]
     out = Path(args.work) / args.row
     start = time.perf_counter()
-    build = None
+    build = steps_s = None
     if tool == "textbrewer":
         run_textbrewer(args.teacher, args.data, args.epochs, out, args.seed, args.max_train)
         student = out / "student"
@@ -161,8 +161,28 @@ def one_row(args: argparse.Namespace) -> dict[str, Any]:
         student = Path(res.output_dir)
         metas = [json.loads(m.read_text()) for m in (out / "cache").glob("**/meta.json")]
         build = sum(float(m.get("build_seconds") or 0.0) for m in metas) if metas else None  # teacher compute
+        steps_s = train_loop_seconds(student / "log.jsonl")
     wall = time.perf_counter() - start
-    return {"row": args.row, "wall_s": wall, "cache_build_s": build, "student": str(student)}
+    return {
+        "row": args.row,
+        "wall_s": wall,
+        "cache_build_s": build,
+        "train_loop_s": steps_s,
+        "student": str(student),
+    }
+
+
+def train_loop_seconds(log: Path) -> float:
+    """Seconds of the training loop, from a run's ``log.jsonl`` (``sec_per_step`` times the steps of each logging
+    interval: the steps and whatever ran between two log lines, such as a checkpoint). The wall time minus this and
+    the cache build is the rest: loading, tokenising, writing and reading the cache, the final save."""
+    total, prev = 0.0, 0
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if "sec_per_step" in rec:
+            total += float(rec["sec_per_step"]) * (int(rec["step"]) - prev)
+            prev = int(rec["step"])
+    return total
 
 
 def launch(row: str, args: argparse.Namespace, core: int | None) -> subprocess.Popen[bytes]:
@@ -222,18 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     cores = sorted(os.sched_getaffinity(0))
     # a row whose record exists already ran (a re-invocation with the same --work only evaluates and merges)
     pending = [r for r in args.rows if not Path(args.work, f"{r}.json").exists()]
-    running: list[tuple[str, subprocess.Popen[bytes]]] = []
+    running: list[tuple[str, int | None, subprocess.Popen[bytes]]] = []
     failed: list[str] = []
     while pending or running:
         while pending and len(running) < args.jobs:
-            core = cores[len(running) % len(cores)] if args.jobs > 1 else None
+            busy = {c for _, c, _ in running}
+            core = next((c for c in cores if c not in busy), None) if args.jobs > 1 else None
             row = pending.pop(0)
-            running.append((row, launch(row, args, core)))
+            running.append((row, core, launch(row, args, core)))
             print(f"started {row}" + (f" on core {core}" if core is not None else ""), flush=True)
         time.sleep(2)
-        for row, proc in list(running):
+        for row, core, proc in list(running):
             if proc.poll() is not None:
-                running.remove((row, proc))
+                running.remove((row, core, proc))
                 print(f"{row} finished (rc {proc.returncode})", flush=True)
                 if proc.returncode:
                     failed.append(row)
@@ -263,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": recs[r]["wall_s"],
                 "cache_build_s": recs[r]["cache_build_s"],
                 "cache_build_share": (recs[r]["cache_build_s"] or 0.0) / recs[r]["wall_s"],
+                "train_loop_s": recs[r].get("train_loop_s"),
                 "dev_accuracy": acc,
             }
         )
