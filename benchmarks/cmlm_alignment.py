@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
 
     # the teacher's own masked-token accuracy on the same training pairs: no cache, no student batches
+    method: Any = tr.method
     teacher = CMLMSoftLabeler(
-        load_masked_lm(tr.method.teacher_dir(), trained_head=True), int(tr.tokenizer.mask_token_id), 7
+        load_masked_lm(method.teacher_dir(), trained_head=True),
+        int(tr.tokenizer.mask_token_id),
+        method.cfg.copies,
     ).eval()
     data = tr.datasets["train"].teacher  # type: ignore[attr-defined]
     collate = Collator(tr.tokenizer.pad_token_id)
@@ -101,9 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             correct += int((out.logits.argmax(-1) == out.labels).sum())
             total += int(out.labels.numel())
     prepared = next(r for r in result.history if r.get("stage") == "soft_labels")
-    cache = CachedTeacher.open(Path(prepared["cache"]), Needs(logits=False, token_topk=tr.method.cfg.topk))  # type: ignore[attr-defined]
+    cache = CachedTeacher.open(Path(prepared["cache"]), Needs(logits=False, token_topk=method.cfg.topk))
     top = cache.tensors["topk.values"].float()
-    t = tr.method.cfg.temperature  # type: ignore[attr-defined]
+    t = method.cfg.temperature
     p_t = torch.softmax(top / t, -1)
     n = max(1, counts["tokens"])
     summary = {
