@@ -181,6 +181,82 @@ def test_soft_labels_through_the_cache_match_the_live_teacher(tok, mlm, tmp_path
     assert Teacher(CMLMSoftLabeler(mlm, tok.mask_token_id, copies=5)).fingerprint() != teacher.fingerprint()
 
 
+class OracleSoftLabeler(CMLMSoftLabeler):
+    """A C-MLM labeler that knows the answer: its soft label for each target token is one-hot on that token (the
+    rows, counts and labels are the real labeler's, so the rows keep the real order)."""
+
+    def __init__(self, labeler: CMLMSoftLabeler) -> None:
+        super().__init__(labeler.mlm, labeler.mask_token_id, labeler.copies)
+        self.config.cmlm_oracle = True  # its own cache key
+
+    def forward(self, input_ids, attention_mask, token_type_ids, **_):
+        out = super().forward(input_ids, attention_mask, token_type_ids)
+        logits = torch.nn.functional.one_hot(out.labels, out.logits.shape[-1]).float() * 10.0
+        return type(out)(logits=logits, row_counts=out.row_counts, labels=out.labels)
+
+
+def test_soft_labels_reach_the_student_aligned_with_its_labels(
+    tmp_path, mlm_teacher_dir, parallel_dir, monkeypatch
+):
+    """Issue 16: soft-label row i (the teacher's distribution for target token i, extracted with it masked) is
+    the KD target of the decoder position trained to predict target token i. An oracle teacher (one-hot on the
+    true token) through the real path — soft-label stage, sharded ragged cache built in length-sorted teacher
+    batches, shuffled and length-bucketed student batches over two epochs, targets cut at max_length — must give a
+    top-1 equal to the MLE label at every real target position, and not to the label one position earlier or
+    later."""
+    monkeypatch.setattr(teachers, "SHARD_EXAMPLES", 7)  # 64 pairs in 10 shards (offsets shifted on merge)
+    r = cmlm_recipe(
+        mlm_teacher_dir,
+        parallel_dir,
+        tmp_path,
+        method={"teacher_path": str(mlm_teacher_dir)},
+        teacher={"batch_size": 5},
+        data={"max_length": 8},  # some targets are cut (toy sentences have 3 to 10 words)
+        train={"max_steps": 12, "eval_every": 1000},  # 8 batches per epoch: two epochs, reshuffled
+    )
+    tr = Trainer(load_config(r), quiet=True)
+    assert [s.name for s in tr.stages] == ["soft_labels", "student"]
+    data = tr.datasets["train"]
+    assert any(len(t) == 8 for t in data.target_ids) and any(len(t) < 8 for t in data.target_ids)
+    load = tr.method.load_teacher_model
+
+    def oracle(path, stage=None):
+        model = load(path, stage)
+        return OracleSoftLabeler(model) if stage is not None else model
+
+    monkeypatch.setattr(tr.method, "load_teacher_model", oracle)
+    seen = {"tokens": 0, "same": 0, "prev": 0, "next": 0, "examples": set(), "batches": 0}
+    loss = tr.method.loss
+
+    def checked_loss(stage, batch, student_out, teacher_out, bundle):
+        terms = loss(stage, batch, student_out, teacher_out, bundle)  # first: its row-count check
+        if stage.name == "student":
+            labels = batch["labels"]
+            real = labels != -100
+            top1 = teacher_out.topk.indices[:, 0]
+            prev, nxt = torch.full_like(labels, -100), torch.full_like(labels, -100)
+            prev[:, 1:], nxt[:, :-1] = labels[:, :-1], labels[:, 1:]
+            seen["tokens"] += int(real.sum())
+            seen["same"] += int((top1 == labels[real]).sum())
+            seen["prev"] += int((top1 == prev[real]).sum())
+            seen["next"] += int((top1 == nxt[real]).sum())
+            seen["examples"].update(batch["idx"].tolist())
+            seen["batches"] += 1
+            # the decoder reads [CLS] + the target shifted right: position i predicts labels[i]
+            dec = batch["decoder_input_ids"]
+            assert (dec[:, 0] == tr.tokenizer.cls_token_id).all()
+            assert torch.equal(dec[:, 1:][real[:, 1:]], labels[:, :-1][real[:, 1:]])
+        return terms
+
+    monkeypatch.setattr(tr.method, "loss", checked_loss)
+    result = tr.train()
+    prepared = next(rec for rec in result.history if rec.get("stage") == "soft_labels")
+    assert prepared["prepared"] == "teacher cache"
+    assert seen["batches"] == 12 and seen["examples"] == set(range(len(data)))
+    assert seen["tokens"] > 0 and seen["same"] == seen["tokens"]  # every position aligned
+    assert seen["prev"] < 0.2 * seen["tokens"] and seen["next"] < 0.2 * seen["tokens"]
+
+
 # ----------------------------------------------------------------------------------------------- the loss
 
 
