@@ -138,6 +138,14 @@ def test_built_cache_is_served_from_memory_and_equals_its_files(tiny_model, teac
     batch = Collator(tok.pad_token_id)([data[i] for i in range(5)])
     served = built.features(batch)
     assert served.logits.dtype == torch.float32 and served.hidden_states[1].dtype == torch.float32
+    # each example's stored token rows, then zeros to the batch's width
+    flat, off, h = built.tensors["hidden.1"], built.offsets["hidden.1"], tiny_model.config.hidden_size
+    for i, r in enumerate(batch["idx"].tolist()):
+        k = int(built.lengths[r])
+        torch.testing.assert_close(
+            served.hidden_states[1][i, :k], flat[off[r] : off[r + 1]].float().view(k, h)
+        )
+        assert not served.hidden_states[1][i, k:].any()
 
 
 def test_cache_dtype_auto_follows_mixed_precision():

@@ -449,21 +449,29 @@ class CachedTeacher:
         )
 
     def _gather(self, kind: str, flat: Tensor, offsets: Tensor, idx: Tensor, width: int) -> Tensor:
-        rows = []
-        for r in idx.tolist():
-            k = int(self.lengths[r])
-            piece = flat[offsets[r] : offsets[r + 1]].float()
-            if kind == "hidden":
-                if self.needs.cls_only:
-                    rows.append(piece.reshape(1, -1))
-                    continue
-                h = piece.reshape(k, -1)
-                rows.append(torch.nn.functional.pad(h, (0, 0, 0, width - k)))
-            else:
-                heads = piece.numel() // (k * k)
-                a = piece.reshape(heads, k, k)
-                rows.append(torch.nn.functional.pad(a, (0, width - k, 0, width - k)))
-        return torch.stack(rows)
+        """The examples ``idx`` of one stored layer, as float32 and zero-padded to ``width``: hidden states
+        ``[B, width, H]`` (``[B, 1, H]`` for [CLS]-only caches), attention maps ``[B, heads, width, width]``.
+        Each example's values are contiguous in ``flat``; they are copied straight into one preallocated batch
+        tensor (a pad and a stack per example cost 2-4x as much: ``docs/speed.md``)."""
+        rows = idx.tolist()
+        starts, ends = offsets[idx].tolist(), offsets[idx + 1].tolist()
+        lengths = self.lengths[idx].tolist()
+        first = flat[starts[0] : ends[0]]
+        if kind == "hidden":
+            if self.needs.cls_only:
+                return (
+                    torch.stack([flat[s:e] for s, e in zip(starts, ends, strict=True)]).float().unsqueeze(1)
+                )
+            dim = first.numel() // lengths[0]
+            out = torch.zeros((len(rows), width, dim), dtype=torch.float32)
+            for i, (s, e, k) in enumerate(zip(starts, ends, lengths, strict=True)):
+                out[i, :k] = flat[s:e].view(k, dim)
+            return out
+        heads = first.numel() // (lengths[0] * lengths[0])
+        out = torch.zeros((len(rows), heads, width, width), dtype=torch.float32)
+        for i, (s, e, k) in enumerate(zip(starts, ends, lengths, strict=True)):
+            out[i, :, :k, :k] = flat[s:e].view(heads, k, k)
+        return out
 
 
 def ragged_rows(starts: Tensor, counts: Tensor) -> Tensor:
