@@ -122,7 +122,11 @@ class Sessions:
         sessions = self._by_threads.setdefault(threads, {})
         if name not in sessions:
             if name not in self.graphs:
-                raise ConfigError(f"the export has no graph {name!r}; it has {sorted(self.graphs)}")
+                raise ConfigError(
+                    f"the export has no graph {name!r}; it has {sorted(self.graphs)}. An export made by another "
+                    "bertdistill version splits the model differently: export the student again (bertdistill "
+                    "export MODEL_DIR --output DIR)"
+                )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
