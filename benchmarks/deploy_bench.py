@@ -10,6 +10,13 @@ in fp32 eager, ``speedup_vs_fp32`` (batch-1 latency of fp32 eager / this form's)
 ``best``: the fastest form at batch 1 whose score is at most 0.5 point below fp32 eager (the issue's bar). Nothing
 is trained here: the students are finished runs (their dirs say how they were trained).
 
+``--speed S`` (FastBERT): every form exits early at ``S`` (the ONNX forms between their per-layer graphs), so the
+columns above compare the forms at that speed. Each row then also has its ``mean_exit_layer``, ``flops_speedup``
+and ``full_depth_latency_ms`` (the same form at full depth, timed interleaved), and is measured against the
+student as trained, fp32 eager at full depth (its score from an untimed run, its latency the fp32 row's
+``full_depth_latency_ms``): ``score_change_vs_full_depth``, ``speedup_vs_full_depth`` and
+``best_vs_full_depth`` (the fastest form within 0.5 point of it).
+
     python -m benchmarks.deploy_bench --task mrpc --data ../shared/data/MRPC \\
         --teacher ~/.cache/bertdistill/teachers/minilm-l6-mrpc \\
         --student kd=~/.cache/bertdistill/deploy/mrpc/kd --student bilstm=... --threads 1 --name deploy_mrpc
@@ -88,10 +95,36 @@ def deploy_rows(label: str, method: str, rows: Sequence[Mapping[str, Any]]) -> l
                 **({"warning": r["warning"]} if r.get("warning") else {}),
             }
         )
-    ok = [r for r in out if r["score_change"] >= -MAX_LOSS - 1e-12]
-    best = min(ok, key=lambda r: r["latency_ms"])  # fp32 itself always qualifies
-    best["best"] = True
+    _mark_best(out, "score_change", "best")
     return out
+
+
+def _mark_best(rows: Sequence[dict[str, Any]], change: str, flag: str) -> None:
+    """``rows[i][flag] = True`` on the fastest row whose ``change`` loses at most :data:`MAX_LOSS` (else on none)."""
+    for r in rows:
+        r[flag] = False
+    ok = [r for r in rows if r[change] >= -MAX_LOSS - 1e-12]
+    if ok:
+        min(ok, key=lambda r: r["latency_ms"])[flag] = True
+
+
+def early_exit_rows(
+    rows: Sequence[dict[str, Any]], forms: Sequence[Mapping[str, Any]], speed: float, full_score: float
+) -> None:
+    """Add to one student's deploy ``rows`` (at ``speed``) what its early exit gained, from its :func:`compare`
+    ``forms`` (same order, without the teacher): exits, each form's full-depth latency, and score and speed-up
+    against the student in fp32 eager at full depth (``full_score``; its latency: the fp32 form's reference)."""
+    full_ms = next(f for f in forms if f["precision"] == "fp32")["reference_latency_ms_median"]
+    for r, f in zip(rows, forms, strict=True):
+        r["speed"] = speed
+        r["mean_exit_layer"] = f["metrics"].get("mean_exit_layer")
+        r["flops_speedup"] = f["metrics"].get("flops_speedup")
+        r["full_depth_latency_ms"] = f.get("reference_latency_ms_median")
+        r["full_depth_score"] = full_score
+        r["full_depth_fp32_latency_ms"] = full_ms
+        r["score_change_vs_full_depth"] = r["score"] - full_score
+        r["speedup_vs_full_depth"] = full_ms / r["latency_ms"]
+    _mark_best(rows, "score_change_vs_full_depth", "best_vs_full_depth")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,19 +138,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--name", default=None, help="result file name (default deploy_<task>)")
     p.add_argument("--results-dir", default=None)
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="FastBERT: early-exit threshold of every form, measured against fp32 eager at full depth",
+    )
     args = p.parse_args(argv)
     quiet()
     if "fp32" not in args.precision:
         p.error("--precision must include fp32 (the reference of the others)")
     precisions = ["fp32", *[q for q in args.precision if q != "fp32"]]
 
-    from bertdistill.evaluation import compare
+    from bertdistill.evaluation import compare, evaluate
 
     students = dict(s.split("=", 1) for s in args.student)
     teacher = str(Path(args.teacher).expanduser())
     common: dict[str, Any] = dict(
         task=args.task, data_path=args.data, threads=args.threads, n_latency=args.latency_sentences
     )
+    if args.speed is not None:
+        common["options"] = {"speed": args.speed}
     from bertdistill.export import ExportError
 
     rows: list[dict[str, Any]] = []
@@ -135,13 +176,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("deploy_bench: %s: %s; measuring its eager forms only", label, failures[label])
             precs = [q for q in precs if not q.startswith("onnx")]
             cmp = compare(teacher, [path], labels=["teacher", label], precisions=precs, **common)
-        rows += deploy_rows(label, method_of(path), cmp)
+        mine = deploy_rows(label, method_of(path), cmp)
+        if args.speed is not None:
+            full = evaluate(path, task=args.task, data_path=args.data)  # fp32 eager at full depth, untimed
+            early_exit_rows(mine, cmp[1:], args.speed, full["score"])
+        rows += mine
         teacher_rows.append(cmp[0])
-        for r in rows[-len(precs) :]:
+        for r in mine:
+            full_depth = (
+                f"  exit {r['mean_exit_layer']:.2f}  ({100 * r['score_change_vs_full_depth']:+.2f}) "
+                f"x{r['speedup_vs_full_depth']:.2f} vs fp32 full depth{'  BEST' if r['best_vs_full_depth'] else ''}"
+                if args.speed is not None
+                else ""
+            )
             print(
                 f"{label:12s} {r['precision']:10s} {r['metric']} {100 * r['score']:.2f} "
                 f"({100 * r['score_change']:+.2f}) {r['latency_ms']:.2f} ms  x{r['speedup_vs_fp32']:.2f} vs fp32  "
-                f"x{r['speedup_vs_teacher']:.2f} vs teacher{'  BEST' if r['best'] else ''}",
+                f"x{r['speedup_vs_teacher']:.2f} vs teacher{'  BEST' if r['best'] else ''}{full_depth}",
                 flush=True,
             )
     t = teacher_rows[0]
@@ -166,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "throughput_batch": 32,
         "max_score_loss": MAX_LOSS,
         "precisions": precisions,
+        "speed": args.speed,
         "rows": rows,
         "export_failures": failures,
     }

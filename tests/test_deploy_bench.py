@@ -43,3 +43,26 @@ def test_fp32_is_best_when_every_faster_form_loses_more_than_half_a_point():
         [_row("fp32", 0.9, 9.0, 1.0), _row("fp32", 0.8, 3.0, 1.0), _row("bf16", 0.79, 2.0, 1.0)],
     )
     assert [r["precision"] for r in rows if r["best"]] == ["fp32"]
+
+
+def test_early_exit_rows_are_also_measured_against_fp32_eager_at_full_depth():
+    """--speed: every form exits early; the bar is the student as trained (fp32 eager, full depth)."""
+    from benchmarks.deploy_bench import early_exit_rows
+
+    teacher = _row("fp32", 0.90, 10.0, 100.0)
+    exits = {"mean_exit_layer": 3.0, "flops_speedup": 1.8}
+    forms = [
+        _row("fp32", 0.85, 5.0, 300.0, metrics=exits, reference_latency_ms_median=8.0),
+        _row("onnx-fp32", 0.85, 4.0, 300.0, metrics=exits, reference_latency_ms_median=6.0),
+        _row("onnx-int8", 0.842, 2.0, 600.0, metrics=exits, reference_latency_ms_median=3.0),
+    ]
+    rows = deploy_rows("fastbert", "fastbert", [teacher, *forms])
+    early_exit_rows(rows, forms, 0.3, full_score=0.848)
+    by = {r["precision"]: r for r in rows}
+    assert by["onnx-int8"]["speedup_vs_full_depth"] == pytest.approx(4.0)  # 8 ms fp32 full depth / 2 ms
+    assert by["onnx-int8"]["score_change_vs_full_depth"] == pytest.approx(-0.006)
+    assert by["onnx-int8"]["full_depth_latency_ms"] == 3.0 and by["fp32"]["mean_exit_layer"] == 3.0
+    # -0.8 point against fp32 at the same speed (best: not), -0.6 against full depth: neither bar met
+    assert [r["precision"] for r in rows if r["best"]] == ["onnx-fp32"]
+    assert [r["precision"] for r in rows if r["best_vs_full_depth"]] == ["onnx-fp32"]
+    assert all(r["speed"] == 0.3 for r in rows)

@@ -19,6 +19,7 @@ from bertdistill.inference import Predictor, load_student
 from bertdistill.methods.bilstm import BiLSTMClassifier, BiLSTMModelConfig, PaddedBiLSTM
 from bertdistill.precision import with_precision
 from bertdistill.training.loop import distill
+from conftest import tiny_bert_config
 from test_methods import _cfg
 
 pytest.importorskip("onnxruntime")
@@ -111,7 +112,7 @@ def _assert_passed(record, labels=True):
 # ----------------------------------------------------------------------------------------------- every student type
 
 
-@pytest.mark.parametrize("name", ["mobilebert", "bilstm", "fastbert"])  # kd: through the CLI, below
+@pytest.mark.parametrize("name", ["mobilebert", "bilstm"])  # kd: through the CLI; fastbert: below
 def test_classifier_students_export_and_the_export_dir_predicts_like_eager(name, exports, students, fx):
     out, record = exports(name)
     _assert_passed(record)
@@ -124,16 +125,124 @@ def test_classifier_students_export_and_the_export_dir_predicts_like_eager(name,
     torch.testing.assert_close(b.logits, a.logits, atol=TOLERANCE, rtol=0)
 
 
-def test_fastbert_export_gives_early_exit_predictions_of_eager(exports, students, fx):
-    out, _ = exports("fastbert")
-    eager, onnx = load_student(students("fastbert")), load_student(out)
-    batch = _dev_batch(eager, fx)
-    for speed in (0.0, 0.3, 0.9):
+# ----------------------------------------------------------------------------------------------- FastBERT
+
+
+@pytest.fixture(scope="module")
+def fastbert_export(tmp_path_factory, tiny_tokenizer_dir, sst2_dir):
+    """A tiny random FastBERT student dir (4 layers, branches of varied confidence, as after training) and its
+    export dir with int8 graphs: ``(student dir, export dir, record)``."""
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    from bertdistill.methods.fastbert import from_classifier
+
+    torch.manual_seed(0)
+    model = from_classifier(BertForSequenceClassification(tiny_bert_config(attn_implementation="sdpa")))
+    with torch.no_grad():
+        for i, b in enumerate(model.branches):
+            b.out.weight.mul_(10.0 * (i + 1))
+    student = tmp_path_factory.mktemp("fastbert-random") / "student"
+    model.save_pretrained(student)
+    BertTokenizerFast.from_pretrained(tiny_tokenizer_dir).save_pretrained(student)
+    recipe = {"method": {"name": "fastbert"}, "data": {"task": "sst2", "path": str(sst2_dir)}}
+    (student / "bertdistill.yaml").write_text(yaml.safe_dump(recipe))
+    out = student.parent / "onnx"
+    return student, out, export(student, out, quantize="int8")
+
+
+FASTBERT_GRAPHS = [
+    "embeddings",
+    *[f"layer_{i}" for i in range(1, 5)],
+    *[f"branch_{i}" for i in range(1, 4)],
+    "head",
+]
+
+
+def _fastbert_batch(runner, n):
+    words = [
+        "the movie was good",
+        "bad",
+        "a very dull and boring story",
+        "nice",
+        "great acting and a fine plot",
+    ]
+    rows = [(" ".join(words[(i + j) % 5] for j in range(1 + i % 3)),) for i in range(n)]
+    data = runner.encode(Examples(rows, None), 32)
+    return runner.collator()([data[i] for i in range(n)])
+
+
+def test_fastbert_exports_one_graph_per_piece_each_quantised(fastbert_export):
+    _, out, record = fastbert_export
+    _assert_passed(record)
+    assert sorted(record["graphs"]) == sorted(FASTBERT_GRAPHS)
+    assert record["graphs"]["layer_2"]["inputs"] == ["hidden_states", "attention_mask"]
+    assert record["graphs"]["branch_1"]["outputs"] == ["logits"]
+    assert sorted(record["quantized"]) == sorted(FASTBERT_GRAPHS)
+    assert all((out / f"{g}.onnx").is_file() and (out / f"{g}.int8.onnx").is_file() for g in FASTBERT_GRAPHS)
+    assert not (out / "model.onnx").exists()  # no full-depth graph: the layer graphs are the model
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_fastbert_export_dir_exits_early_as_eager_does(fastbert_export, n):
+    """Loaded back from disk, the graphs give eager early exit's logits, exit layers and FLOPs at every speed,
+    batch 1 and a batch whose rows leave at different layers."""
+    student, out, _ = fastbert_export
+    eager, onnx = load_student(student), load_student(out)
+    assert onnx.onnx.path == str(out)
+    batch = _fastbert_batch(eager, n)
+    layers = set()
+    for speed in (None, 0.0, 0.8, 0.9, 0.95, 1.0):
         a, b = eager.predict(batch, speed=speed), onnx.predict(batch, speed=speed)
-        assert torch.equal(a.extras["exit_layer"], b.extras["exit_layer"])
         torch.testing.assert_close(b.logits, a.logits, atol=TOLERANCE, rtol=0)
-    # the graph computes every layer: its FLOPs are never below full depth (no early-exit saving in ONNX)
-    assert (b.extras["flops"] >= b.extras["full_flops"]).all()
+        assert set(a.extras) == set(b.extras)
+        for k, v in a.extras.items():
+            assert torch.equal(v, b.extras[k]), (speed, k)  # exit layers and FLOPs: the real exits
+        if speed is not None:
+            layers |= set(a.extras["exit_layer"].tolist())
+    assert layers >= {1, 4} and (n == 1 or len(layers) >= 3), layers  # early, middle and full-depth exits
+
+
+def test_fastbert_onnx_runs_only_the_graphs_of_the_rows_left(fastbert_export, monkeypatch):
+    """Every row leaving at branch 1 runs the embeddings, layer 1 and branch 1 only; rows that leave drop out of
+    the next graphs' batch; without ``speed`` (and in the timing reference) no branch runs."""
+    _, out, _ = fastbert_export
+    onnx = load_student(out)
+    calls = []
+    run = export_mod.Sessions.run
+
+    def counting(self, name, inputs):
+        calls.append((name, int(inputs["input_ids" if name == "embeddings" else "hidden_states"].shape[0])))
+        return run(self, name, inputs)
+
+    monkeypatch.setattr(export_mod.Sessions, "run", counting)
+    batch = _fastbert_batch(onnx, 7)
+    assert (onnx.predict(batch, speed=1.0).extras["exit_layer"] == 1).all()
+    assert calls == [("embeddings", 7), ("layer_1", 7), ("branch_1", 7)]
+    full = ["embeddings", "layer_1", "layer_2", "layer_3", "layer_4", "head"]
+    calls.clear()
+    onnx.predict(batch)
+    assert [c[0] for c in calls] == full
+    calls.clear()
+    onnx.reference(speed=1.0)(batch)  # what early exit is timed against: the same graphs at full depth
+    assert [c[0] for c in calls] == full
+    calls.clear()
+    exits = onnx.predict(batch, speed=0.9).extras["exit_layer"]
+    rows = dict((name, k) for name, k in calls if name.startswith("layer_"))
+    assert rows == {f"layer_{i}": int((exits >= i).sum()) for i in range(1, int(exits.max()) + 1)}
+    assert rows["layer_1"] > rows[f"layer_{int(exits.max())}"], exits  # some rows left before the last layer
+
+
+def test_fastbert_int8_graphs_load_and_exit_early(fastbert_export):
+    student, out, record = fastbert_export
+    eager, q = load_student(student), load_student(out / "layer_1.int8.onnx")
+    assert q.onnx.precision == "onnx-int8" and q.describe()["runtime"] == "onnxruntime-onnx-int8"
+    assert q.describe()["size_mb"] < load_student(out).describe()["size_mb"]
+    assert record["parity"]["samples"]["onnx-int8"]["rows_compared"] >= 11
+    batch = _fastbert_batch(eager, 7)
+    a, b = eager.predict(batch, speed=0.9), q.predict(batch, speed=0.9)
+    assert b.logits.shape == a.logits.shape and b.extras["exit_layer"].shape == (7,)
+    assert ((b.extras["exit_layer"] >= 1) & (b.extras["exit_layer"] <= 4)).all()
+    assert (a.logits.argmax(-1) == b.logits.argmax(-1)).float().mean() >= 0.7
 
 
 def test_distilbert_classifier_exports_without_token_type_ids(fx, tmp_path, tiny_tokenizer_dir):

@@ -3,9 +3,10 @@
 ``bertdistill export MODEL --format onnx [--quantize int8] --output DIR``:
 
 * **What is exported** is the student's runner's business (:meth:`~bertdistill.protocol.Runner.onnx_graphs`):
-  one graph ``model`` for a classifier (HF students, MobileBERT, the BiLSTM, one head of a multi-task student,
-  FastBERT with every branch's logits as a second output), ``encoder`` + ``decoder`` for a seq2seq student.
-  :meth:`~bertdistill.protocol.Runner.onnx_predict` runs them (FastBERT's early exit, greedy decoding).
+  one graph ``model`` for a classifier (HF students, MobileBERT, the BiLSTM, one head of a multi-task student),
+  ``encoder`` + ``decoder`` for a seq2seq student, one graph per piece of FastBERT (embeddings, each layer, each
+  branch, the teacher classifier). :meth:`~bertdistill.protocol.Runner.onnx_predict` runs them (FastBERT's early
+  exit between its graphs, greedy decoding).
 * **How**: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript) with dynamic batch and
   sequence axes. The TorchScript exporter (``dynamo=False``) was tried first and rejected: on HF BERT under
   transformers 5 its trace bakes in the example's attention mask, off by ~1e-2 on other shapes.
@@ -35,7 +36,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,11 @@ class Sessions:
         sessions = self._by_threads.setdefault(threads, {})
         if name not in sessions:
             if name not in self.graphs:
-                raise ConfigError(f"the export has no graph {name!r}; it has {sorted(self.graphs)}")
+                raise ConfigError(
+                    f"the export has no graph {name!r}; it has {sorted(self.graphs)}. An export made by another "
+                    "bertdistill version splits the model differently: export the student again (bertdistill "
+                    "export MODEL_DIR --output DIR)"
+                )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -181,7 +186,15 @@ def onnx_runner(
 
     out.check_options = check_options  # type: ignore[method-assign]
     out.predict = predict  # type: ignore[method-assign]
-    out.reference = lambda **options: None  # type: ignore[method-assign]  # the graph is what it is
+
+    def reference(**options: Any) -> Callable[[Batch], Any] | None:
+        # where options change the computation (FastBERT's early exit), the same graphs at the default options
+        if eager.reference(**options) is None:
+            return None
+        defaults = check_options({})
+        return lambda batch: predict(batch, **defaults)
+
+    out.reference = reference  # type: ignore[method-assign]
     out.describe = describe  # type: ignore[method-assign]
     out.onnx = info  # type: ignore[attr-defined]
     return out

@@ -11,7 +11,9 @@ The saved model is a regular HF dir (``FastBertForSequenceClassification``, its 
 with the Auto classes when bertdistill is imported — no ``trust_remote_code``). At inference its runner
 (:class:`FastBertRunner`) takes the option ``speed``: without it the model runs at full depth (the teacher
 classifier); with it, batched early exit (:func:`early_exit`), scored with the mean exit layer and the FLOPs
-speed-up, and timed against full depth in the same run.
+speed-up, and timed against full depth in the same run. Exported to ONNX, the student is one graph per piece
+(embeddings, each layer, each branch, the teacher classifier) and the same :func:`early_exit` loop runs between
+them (:class:`OnnxPieces`), so the exported student exits early too.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from ..protocol import (
     Prediction,
     Runner,
     Stage,
-    model_inputs,
 )
 from ..registry import register
 
@@ -196,20 +197,6 @@ class FastBertForSequenceClassification(PreTrainedModel):
         return FastBertOutput(logits=teacher_logits, branch_logits=branch_logits)
 
 
-class AllExits(nn.Module):
-    """The full-depth model with every branch's logits (``[L-1, B, C]``) as a second output: what is exported."""
-
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, *tensors: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(**dict(zip(self.names, tensors, strict=True)), branches=True)
-        assert out.logits is not None and out.branch_logits is not None
-        return out.logits, torch.stack(out.branch_logits)
-
-
 AutoConfig.register(FastBertConfig.model_type, FastBertConfig)
 AutoModelForSequenceClassification.register(FastBertConfig, FastBertForSequenceClassification)
 
@@ -295,7 +282,10 @@ class FastBertRunner(Runner):
         speed = options.get("speed")
         if speed is None:
             return Prediction(self.model(**batch["inputs"], branches=False).logits)
-        res = early_exit(self.model, batch["inputs"], float(speed))
+        return self._exits(batch, early_exit(self.model, batch["inputs"], float(speed)))
+
+    def _exits(self, batch: Batch, res: EarlyExitResult) -> Prediction:
+        """An early-exit run as a prediction: logits, each row's exit layer, its FLOPs and full depth's."""
         lengths = batch["inputs"]["attention_mask"].sum(-1).tolist()
         full = torch.tensor([full_flops(self.model, int(t)) for t in lengths], dtype=torch.float64)
         return Prediction(res.logits, {"exit_layer": res.exit_layer, "flops": res.flops, "full_flops": full})
@@ -318,28 +308,45 @@ class FastBertRunner(Runner):
             return None
         return lambda batch: self.model(**batch["inputs"], branches=False)
 
+    @torch.no_grad()
     def onnx_graphs(self, batch: Batch, **options: Any) -> list[OnnxGraph]:
-        """Early exit is data-dependent control flow, which a graph cannot hold: the graph runs every layer and
-        returns every branch's logits too; :meth:`onnx_predict` picks each row's exit from them (the same
-        predictions as :func:`early_exit`, without its saving: every layer is computed)."""
-        inputs = model_inputs(self.model, batch["inputs"])
-        return [OnnxGraph("model", AllExits(self.model, list(inputs)), inputs, ("logits", "branch_logits"))]
+        """The pieces early exit runs (:class:`EagerPieces`), one graph each: ``embeddings`` (token ids →
+        ``hidden_states``), ``layer_1`` .. ``layer_L`` (``hidden_states``, ``attention_mask`` → ``layer_output``),
+        ``branch_1`` .. ``branch_{L-1}`` (the same inputs → ``logits``) and ``head`` (layer L's states → the
+        teacher classifier's ``logits``). :meth:`onnx_predict` runs them through :func:`early_exit`, so rows
+        leave the batch as they do eagerly and later graphs run on the rest only. Each graph's example inputs
+        are the eager states of ``batch`` at its place."""
+        model: Any = self.model
+        inputs = batch["inputs"]
+        mask = inputs["attention_mask"]
+        embed = {k: inputs[k] for k in ("input_ids", "token_type_ids") if inputs.get(k) is not None}
+        graphs = [
+            OnnxGraph("embeddings", EmbeddingsGraph(model.bert, list(embed)), embed, ("hidden_states",))
+        ]
+        hidden = graphs[0].module(*embed.values())
+        for i, layer in enumerate(model.bert.encoder.layer):
+            step = LayerGraph(model.bert.config, layer)
+            graphs.append(
+                OnnxGraph(
+                    f"layer_{i + 1}",
+                    step,
+                    {"hidden_states": hidden, "attention_mask": mask},
+                    ("layer_output",),
+                )
+            )
+            hidden = step(hidden, mask)
+            if i < len(model.branches):
+                given = {"hidden_states": hidden, "attention_mask": mask}
+                graphs.append(OnnxGraph(f"branch_{i + 1}", model.branches[i], given, ("logits",)))
+        graphs.append(OnnxGraph("head", HeadGraph(model), {"hidden_states": hidden}, ("logits",)))
+        return graphs
 
     def onnx_predict(self, run: OnnxRun, batch: Batch, **options: Any) -> Prediction:
-        logits, branch_logits = run("model", batch["inputs"])
+        """:func:`early_exit` over the exported graphs (:class:`OnnxPieces`): the same exits, logits and FLOPs
+        as eager; without ``speed``, every layer and the teacher classifier (no branch runs)."""
         speed = options.get("speed")
-        if speed is None:
-            return Prediction(logits)
-        res = exit_from_branches(logits, branch_logits, float(speed))
-        lengths = batch["inputs"]["attention_mask"].sum(-1).tolist()
-        model: Any = self.model
-        full = torch.tensor([full_flops(model, int(t)) for t in lengths], dtype=torch.float64)
-        # what the graph computes: every layer and every branch
-        flops = full + torch.tensor(
-            [len(model.branches) * _branch_flops_of(model, int(t)) for t in lengths],
-            dtype=torch.float64,
-        )
-        return Prediction(res.logits, {"exit_layer": res.exit_layer, "flops": flops, "full_flops": full})
+        res = early_exit(self.model, batch["inputs"], float(speed or 0.0), OnnxPieces(run))
+        return Prediction(res.logits) if speed is None else self._exits(batch, res)
 
 
 @register("fastbert")
@@ -440,11 +447,6 @@ def _branch_flops(t: int, h: int, b: int, c: int) -> float:
     return 2.0 * t * (h * b + 4 * b * b) + 4.0 * t * t * b + 2.0 * (b * b + b * c)
 
 
-def _branch_flops_of(model: Any, t: int) -> float:
-    bc = model.bert.config
-    return _branch_flops(t, bc.hidden_size, model.config.branch_hidden, model.config.num_labels)
-
-
 def full_flops(model: Any, t: int) -> float:
     """FLOPs of the full model without branches (the teacher) for t tokens."""
     bc = model.bert.config
@@ -453,45 +455,120 @@ def full_flops(model: Any, t: int) -> float:
     )
 
 
-def exit_from_branches(logits: Tensor, branch_logits: Tensor, speed: float) -> EarlyExitResult:
-    """Early exit decided after the fact from a full-depth run (``logits`` ``[B, C]``, ``branch_logits``
-    ``[L-1, B, C]``): each row takes the first branch whose normalised entropy is below ``speed``, else the
-    teacher classifier — the rows :func:`early_exit` gives. ``flops`` is left at zero (the caller knows what
-    was computed)."""
-    n_branches, n = branch_logits.shape[0], logits.shape[0]
-    certain = (
-        normalized_entropy(branch_logits) < speed
-        if speed > 0
-        else torch.zeros(n_branches, n, dtype=torch.bool)
-    )
-    certain = torch.cat([certain, torch.ones(1, n, dtype=torch.bool, device=certain.device)])
-    first = certain.float().argmax(0)  # the first True per row (the last entry, the teacher, is always True)
-    every = torch.cat([branch_logits, logits.unsqueeze(0)])
-    picked = every[first, torch.arange(n, device=logits.device)]
-    return EarlyExitResult(logits=picked, exit_layer=first + 1, flops=torch.zeros(n, dtype=torch.float64))
+class EagerPieces:
+    """A FastBERT student run piece by piece, as :func:`early_exit` runs it: the embeddings, layer ``i``,
+    branch ``i``, the teacher classifier. Eager torch; :class:`OnnxPieces` runs the exported graphs instead. The
+    layers' extended mask is made once and loses the rows that leave (:meth:`keep`)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.ext: Any = None
+
+    def embed(self, inputs: Mapping[str, Tensor], mask: Tensor) -> Tensor:
+        bert = self.model.bert
+        hidden: Tensor = bert.embeddings(
+            input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids")
+        )
+        self.ext = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
+        return hidden
+
+    def layer(self, i: int, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.model.bert.encoder.layer[i](hidden, self.ext)  # type: ignore[no-any-return]
+
+    def branch(self, i: int, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.model.branches[i](hidden, mask)  # type: ignore[no-any-return]
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.teacher_head(hidden)  # type: ignore[no-any-return]
+
+    def keep(self, keep: Tensor) -> None:
+        if isinstance(self.ext, Tensor) and self.ext.shape[0] > 1:
+            self.ext = self.ext[keep]
+
+
+class OnnxPieces:
+    """The pieces of :class:`EagerPieces` run by ONNX Runtime: ``run(graph, inputs)`` on the graphs of
+    :meth:`FastBertRunner.onnx_graphs` (each layer graph builds its mask from ``attention_mask``)."""
+
+    def __init__(self, run: OnnxRun) -> None:
+        self.run = run
+
+    def embed(self, inputs: Mapping[str, Tensor], mask: Tensor) -> Tensor:
+        return self.run("embeddings", inputs)[0]
+
+    def layer(self, i: int, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.run(f"layer_{i + 1}", {"hidden_states": hidden, "attention_mask": mask})[0]
+
+    def branch(self, i: int, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.run(f"branch_{i + 1}", {"hidden_states": hidden, "attention_mask": mask})[0]
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.run("head", {"hidden_states": hidden})[0]
+
+    def keep(self, keep: Tensor) -> None:
+        pass
+
+
+class EmbeddingsGraph(nn.Module):
+    """The backbone's embeddings as a function of positional tensors (``input_ids``, ``token_type_ids``)."""
+
+    def __init__(self, bert: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.embeddings = bert.embeddings
+        self.names = names
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        return self.embeddings(**dict(zip(self.names, tensors, strict=True)))  # type: ignore[operator,no-any-return]
+
+
+class LayerGraph(nn.Module):
+    """One encoder layer on ``hidden_states`` with its mask made from the 2-D ``attention_mask``."""
+
+    def __init__(self, config: PretrainedConfig, layer: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.layer = layer
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
+        ext = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        return self.layer(hidden_states, ext)  # type: ignore[no-any-return]
+
+
+class HeadGraph(nn.Module):
+    """The teacher classifier (pooler + classifier) on the last layer's states."""
+
+    def __init__(self, model: FastBertForSequenceClassification) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.model.teacher_head(hidden_states)
 
 
 @torch.inference_mode()
-def early_exit(model: Any, inputs: Mapping[str, Tensor], speed: float) -> EarlyExitResult:
+def early_exit(
+    model: Any, inputs: Mapping[str, Tensor], speed: float, pieces: EagerPieces | OnnxPieces | None = None
+) -> EarlyExitResult:
     """Batched adaptive inference: at layer i (1..L-1) each remaining row's branch gives
     ``u = entropy / ln C``; rows with ``u < speed`` exit with that branch's prediction and leave the batch, so
     later layers run on fewer rows. Rows that never exit get the teacher classifier on layer L. ``speed = 0``
-    never exits early and reproduces the full model."""
-    bert = model.bert
+    never exits early (no branch runs) and reproduces the full model. ``pieces`` run the model (default
+    :class:`EagerPieces`; :class:`OnnxPieces`: its exported graphs); ``model`` gives the sizes and FLOPs."""
+    pieces = pieces if pieces is not None else EagerPieces(model)
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
     n = ids.shape[0]
-    layers = bert.encoder.layer
-    n_layers = len(layers)
-    hidden = bert.embeddings(input_ids=ids, token_type_ids=inputs.get("token_type_ids"))
-    ext = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
+    bc = model.bert.config
+    n_layers = int(bc.num_hidden_layers)
+    hidden = pieces.embed(inputs, mask)
     logits = torch.zeros((n, model.config.num_labels), dtype=hidden.dtype, device=ids.device)
     exit_layer = torch.full((n,), n_layers, dtype=torch.long, device=ids.device)
     active = torch.arange(n, device=ids.device)
     lengths = mask.sum(-1)
-    bc = bert.config
     per_layer = torch.tensor(
         [_layer_flops(int(t), bc.hidden_size, bc.intermediate_size) for t in lengths.tolist()]
     )
@@ -502,15 +579,15 @@ def early_exit(model: Any, inputs: Mapping[str, Tensor], speed: float) -> EarlyE
         ]
     )
     flops = torch.zeros(n, dtype=torch.float64)
-    for i, layer in enumerate(layers):
-        hidden = layer(hidden, ext)
+    for i in range(n_layers):
+        hidden = pieces.layer(i, hidden, mask)
         flops[active.cpu()] += per_layer[active.cpu()].double()
         if i == n_layers - 1:
-            logits[active] = model.teacher_head(hidden).to(logits.dtype)
+            logits[active] = pieces.head(hidden).to(logits.dtype)
             break
         if speed <= 0:
             continue
-        z = model.branches[i](hidden, mask)
+        z = pieces.branch(i, hidden, mask)
         flops[active.cpu()] += per_branch[active.cpu()].double()
         done = normalized_entropy(z) < speed
         if done.any():
@@ -521,6 +598,5 @@ def early_exit(model: Any, inputs: Mapping[str, Tensor], speed: float) -> EarlyE
             if not keep.any():
                 break
             active, hidden, mask = active[keep], hidden[keep], mask[keep]
-            if isinstance(ext, Tensor) and ext.shape[0] > 1:
-                ext = ext[keep]
+            pieces.keep(keep)
     return EarlyExitResult(logits=logits, exit_layer=exit_layer, flops=flops)
