@@ -356,6 +356,31 @@ def test_damaged_shard_of_an_interrupted_cache_build_is_computed_again(
     assert all(torch.equal(again.tensors[k], first.tensors[k]) for k in first.tensors)
 
 
+def test_interrupted_cache_build_resumed_with_another_shard_size_serves_the_right_rows(
+    tiny_model, teacher_dir, tmp_path, caplog
+):
+    """A build killed after shards of 8 examples and resumed with shards of 16 (another ``SHARD_EXAMPLES``):
+    the old shard 0 holds rows 0-7, not 0-15, so it is computed again instead of merged as rows 0-15 (which
+    gave a 12-example cache for 20 examples, rows 16-19 served as 8-11)."""
+    tok, data = _cache_data(teacher_dir)
+    teacher = Teacher(tiny_model)
+    first = _build(teacher, data, tok, tmp_path)  # shards of 8
+    partial = first.root.with_name(first.root.name + ".partial")
+    partial.mkdir()
+    shutil.copy(first.root / "part-00000.safetensors", partial / "part-00000.safetensors")
+    shutil.rmtree(first.root)
+    needs = Needs(logits=True, hidden_states=True, hidden_layers=(1,))
+    with caplog.at_level(logging.WARNING, logger="bertdistill"):
+        again = CachedTeacher.load_or_build(
+            teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=4, shard_examples=16
+        )
+    assert "part-00000.safetensors is damaged" in caplog.text and "other examples" in caplog.text
+    assert again.meta["shards"] == 2 and len(again.lengths) == len(data)
+    assert again.tensors.keys() == first.tensors.keys()
+    for k, t in first.tensors.items():  # other batches than the first build's: equal up to rounding
+        torch.testing.assert_close(again.tensors[k], t, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------- NaN
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2
 SHARD_EXAMPLES = 4096
-"""Examples per shard of a cache build: what one build holds in memory and what a resumed build may redo."""
+"""Examples per shard of a cache build: what a resumed build may redo."""
 
 
 class DamagedCacheError(RuntimeError):
@@ -176,9 +176,10 @@ class CachedTeacher:
     per-example row offsets.
 
     The build is sharded and resumable: examples are processed ``shard_examples`` at a time (in index order),
-    each shard written atomically to ``<root>.partial/part-NNNNN.safetensors`` (with its compute time in the
-    file's metadata) as soon as it is done, so memory holds one shard and an interrupted build — a killed run
-    — resumes at the first missing shard. ``meta.json`` (written last, then the dir renamed to ``<root>``)
+    each shard written atomically to ``<root>.partial/part-NNNNN.safetensors`` (with its compute time, first row
+    and example count in the file's metadata) as soon as it is done, so that an interrupted build — a killed run
+    — resumes at the first missing shard. The build keeps every shard's tensors in memory and serves the
+    finished cache from them (the whole cache is in memory either way). ``meta.json`` (written last, then the dir renamed to ``<root>``)
     marks a complete cache; it records the total build time over every session (``build_seconds``) and each
     shard's SHA-256. A cache that fails to load or to match them (a truncated or corrupted file) is named
     in a warning, removed and built again; so is an unreadable shard of an interrupted build.
@@ -290,7 +291,7 @@ class CachedTeacher:
         digests: list[str] = []
         for k, rows in enumerate(shards):
             path = _shard_path(partial, k)
-            resumed = _read_shard(path) if path.is_file() else None
+            resumed = _read_shard(path, rows, data) if path.is_file() else None
             if resumed is not None:
                 seconds += resumed[0]
                 parts.append(resumed[1])
@@ -305,7 +306,8 @@ class CachedTeacher:
                 )
             spent = time.perf_counter() - t0
             seconds += spent
-            digests.append(_atomic_save(tensors, path, {"seconds": repr(spent), "examples": str(len(rows))}))
+            shard_meta = {"seconds": repr(spent), "examples": str(len(rows)), "first": str(rows.start)}
+            digests.append(_atomic_save(tensors, path, shard_meta))
             parts.append(tensors)
             kill_point("cache_shard")
         if task is not None:
@@ -507,15 +509,29 @@ def _shard_batches(data: TokenizedDataset, rows: range, batch_size: int) -> list
     return [[rows.start + i for i in b] for b in BatchSampler(lengths, batch_size, shuffle=False)]
 
 
-def _read_shard(path: Path) -> tuple[float, dict[str, Tensor], str] | None:
+def _read_shard(
+    path: Path, rows: range, data: TokenizedDataset
+) -> tuple[float, dict[str, Tensor], str] | None:
     """A finished shard of an interrupted build: its compute time, tensors and SHA-256; None (and the shard
-    removed, to be computed again) when it cannot be read."""
+    removed, to be computed again) when it cannot be read or holds other examples than ``rows`` (a build
+    interrupted with another shard size: merged as it is, its rows would be served for other examples)."""
     try:
         raw = _read(path)
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return float(meta.get("seconds", 0.0)), load_bytes(raw), _sha256(raw)
-    except (OSError, ValueError, SafetensorError) as e:
+        tensors = load_bytes(raw)
+        first, examples = meta.get("first"), meta.get("examples")
+        lengths = torch.tensor([data.lengths[i] for i in rows], dtype=torch.long)
+        if (
+            (first is not None and int(first) != rows.start)
+            or (examples is not None and int(examples) != len(rows))
+            or not torch.equal(tensors["lengths"], lengths)
+        ):
+            raise ValueError(
+                f"it holds other examples than rows {rows.start}..{rows.stop - 1} (another shard size?)"
+            )
+        return float(meta.get("seconds", 0.0)), tensors, _sha256(raw)
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         log.warning("teacher cache shard %s is damaged (%s); computing it again", path, e)
         path.unlink(missing_ok=True)
         return None
