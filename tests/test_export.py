@@ -232,6 +232,30 @@ def test_fastbert_onnx_runs_only_the_graphs_of_the_rows_left(fastbert_export, mo
     assert rows["layer_1"] > rows[f"layer_{int(exits.max())}"], exits  # some rows left before the last layer
 
 
+def test_fastbert_export_made_with_speed_is_timed_against_full_depth(fastbert_export, monkeypatch):
+    """``export --speed S`` records ``speed`` as an option of the export; the timing reference of that export is
+    still its graphs at full depth (no branch), not early exit at ``S`` again."""
+    student, out, record = fastbert_export
+    blobs = {n: (out / g["file"]).read_bytes() for n, g in record["graphs"].items()}
+    eager = load_student(student)
+    fixed = export_mod.onnx_runner(eager, blobs, export_mod.OnnxInfo(str(out), "onnx-fp32"), {"speed": 1.0})
+    calls = []
+    run = export_mod.Sessions.run
+
+    def counting(self, name, inputs):
+        calls.append(name)
+        return run(self, name, inputs)
+
+    monkeypatch.setattr(export_mod.Sessions, "run", counting)
+    batch = _fastbert_batch(eager, 7)
+    options = fixed.check_options({})
+    assert options == {"speed": 1.0}
+    assert (fixed.predict(batch, **options).extras["exit_layer"] == 1).all()
+    calls.clear()
+    fixed.reference(**options)(batch)
+    assert calls == ["embeddings", "layer_1", "layer_2", "layer_3", "layer_4", "head"]
+
+
 def test_fastbert_int8_graphs_load_and_exit_early(fastbert_export):
     student, out, record = fastbert_export
     eager, q = load_student(student), load_student(out / "layer_1.int8.onnx")

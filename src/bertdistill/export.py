@@ -188,10 +188,13 @@ def onnx_runner(
     out.predict = predict  # type: ignore[method-assign]
 
     def reference(**options: Any) -> Callable[[Batch], Any] | None:
-        # where options change the computation (FastBERT's early exit), the same graphs at the default options
+        # where options change the computation (FastBERT's early exit), the same graphs at the default options;
+        # an option the export was made with stays only when it is not one of those (a multi-task `head`): an
+        # export made with `--speed` is still timed against full depth, not against itself
         if eager.reference(**options) is None:
             return None
-        defaults = check_options({})
+        kept = {k: v for k, v in fixed.items() if eager.reference(**{k: v}) is None}
+        defaults = eager.check_options(kept)
         return lambda batch: predict(batch, **defaults)
 
     out.reference = reference  # type: ignore[method-assign]
