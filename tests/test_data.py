@@ -127,3 +127,12 @@ def test_hub_loader_maps_columns_and_label_order(monkeypatch):
     assert ex.texts == [("a", "c"), ("b", "d")]
     # hub order: entailment, neutral, contradiction; ours: contradiction, entailment, neutral
     assert ex.labels == [1, 0]
+
+
+def test_tokenized_lengths_are_computed_once():
+    """``lengths`` is read per example in loops (the teacher cache build): one list, not a new one per read."""
+    from bertdistill.data.loading import TokenizedDataset
+
+    ds = TokenizedDataset([[1, 2, 3], [4], [5, 6]], None, [0, 1, 0])
+    assert ds.lengths == [3, 1, 2]
+    assert ds.lengths is ds.lengths

@@ -379,7 +379,7 @@ class CachedTeacher:
     ) -> dict[str, Tensor]:
         """The outputs of examples ``rows`` (one shard), indexed from the shard's first example."""
         n, start = len(rows), rows.start
-        lengths = torch.tensor([data.lengths[i] for i in rows], dtype=torch.long)
+        lengths = torch.tensor(data.lengths[rows.start : rows.stop], dtype=torch.long)
         loader = DataLoader(  # its own generator: building a cache must not move the global RNG (dropout)
             data, batch_sampler=batches, collate_fn=collator, generator=torch.Generator().manual_seed(0)
         )
@@ -505,7 +505,7 @@ def _shard_path(root: Path, k: int) -> Path:
 
 def _shard_batches(data: TokenizedDataset, rows: range, batch_size: int) -> list[list[int]]:
     """Length-sorted batches of the examples ``rows`` (global indices)."""
-    lengths = [data.lengths[i] for i in rows]
+    lengths = data.lengths[rows.start : rows.stop]
     return [[rows.start + i for i in b] for b in BatchSampler(lengths, batch_size, shuffle=False)]
 
 
@@ -521,7 +521,7 @@ def _read_shard(
             meta = f.metadata() or {}
         tensors = load_bytes(raw)
         first, examples = meta.get("first"), meta.get("examples")
-        lengths = torch.tensor([data.lengths[i] for i in rows], dtype=torch.long)
+        lengths = torch.tensor(data.lengths[rows.start : rows.stop], dtype=torch.long)
         if (
             (first is not None and int(first) != rows.start)
             or (examples is not None and int(examples) != len(rows))
