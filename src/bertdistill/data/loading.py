@@ -413,7 +413,7 @@ class TokenizedDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """The token count of every example, computed once (the token lists are not changed after construction;
-        ``data.lengths[i]`` in a loop over the examples was quadratic: ~10 minutes of a full SST-2 cache build)."""
+        ``data.lengths[i]`` in a loop over the examples was quadratic: minutes of a full SST-2 cache build)."""
         cached = self.__dict__.get("_lengths")
         if cached is None or len(cached) != len(self.input_ids):
             cached = self.__dict__["_lengths"] = [len(x) for x in self.input_ids]
