@@ -161,3 +161,11 @@ def test_cache_dtype_auto_follows_mixed_precision():
         TeacherConfig(cache_dtype="fp8")
     with pytest.raises(ConfigError, match="teacher.batch_size must be >= 1"):
         TeacherConfig(batch_size=0)
+
+
+def test_teacher_batch_size_defaults_by_device():
+    from bertdistill.config import TeacherConfig
+
+    assert TeacherConfig().resolved_batch_size("cpu") == 32
+    assert TeacherConfig().resolved_batch_size("cuda") == 128
+    assert TeacherConfig(batch_size=64).resolved_batch_size("cpu") == 64

@@ -347,7 +347,7 @@ class Trainer:
                 self.tokenizer.pad_token_id or 0,
                 cache_dir,
                 self.run.teacher.resolved_cache_dtype(self.run.train.mixed_precision),
-                self.run.teacher.batch_size,
+                self.run.teacher.resolved_batch_size(self.acc.device.type),
                 progress,
                 label,
                 compute={"no": "fp32"}.get(self.run.train.mixed_precision, self.run.train.mixed_precision),
