@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
@@ -455,7 +455,6 @@ class CachedTeacher:
         ``[B, width, H]`` (``[B, 1, H]`` for [CLS]-only caches), attention maps ``[B, heads, width, width]``.
         Each example's values are contiguous in ``flat``; they are copied straight into one preallocated batch
         tensor (a pad and a stack per example cost 2-4x as much: ``docs/speed.md``)."""
-        rows = idx.tolist()
         starts, ends = offsets[idx].tolist(), offsets[idx + 1].tolist()
         lengths = self.lengths[idx].tolist()
         first = flat[starts[0] : ends[0]]
@@ -465,12 +464,12 @@ class CachedTeacher:
                     torch.stack([flat[s:e] for s, e in zip(starts, ends, strict=True)]).float().unsqueeze(1)
                 )
             dim = first.numel() // lengths[0]
-            out = torch.zeros((len(rows), width, dim), dtype=torch.float32)
+            out = torch.zeros((len(starts), width, dim), dtype=torch.float32)
             for i, (s, e, k) in enumerate(zip(starts, ends, lengths, strict=True)):
                 out[i, :k] = flat[s:e].view(k, dim)
             return out
         heads = first.numel() // (lengths[0] * lengths[0])
-        out = torch.zeros((len(rows), heads, width, width), dtype=torch.float32)
+        out = torch.zeros((len(starts), heads, width, width), dtype=torch.float32)
         for i, (s, e, k) in enumerate(zip(starts, ends, lengths, strict=True)):
             out[i, :, :k, :k] = flat[s:e].view(heads, k, k)
         return out
@@ -517,8 +516,7 @@ def _read_shard(
     interrupted with another shard size: merged as it is, its rows would be served for other examples)."""
     try:
         raw = _read(path)
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = _metadata(raw)
         tensors = load_bytes(raw)
         first, examples = meta.get("first"), meta.get("examples")
         lengths = torch.tensor(data.lengths[rows.start : rows.stop], dtype=torch.long)
@@ -540,6 +538,16 @@ def _read_shard(
 def _read(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's bytes (its header: an 8-byte little-endian length, then
+    JSON), without opening the file a second time."""
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    return dict(header.get("__metadata__") or {})
 
 
 def _sha256(data: bytes) -> str:

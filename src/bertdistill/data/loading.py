@@ -14,6 +14,7 @@ import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -410,14 +411,11 @@ class TokenizedDataset(Dataset):
                 item["teacher_token_type_ids"] = self.teacher.token_type_ids[i]
         return item
 
-    @property
+    @cached_property
     def lengths(self) -> list[int]:
         """The token count of every example, computed once (the token lists are not changed after construction;
         ``data.lengths[i]`` in a loop over the examples was quadratic: minutes of a full SST-2 cache build)."""
-        cached = self.__dict__.get("_lengths")
-        if cached is None or len(cached) != len(self.input_ids):
-            cached = self.__dict__["_lengths"] = [len(x) for x in self.input_ids]
-        return cached
+        return [len(x) for x in self.input_ids]
 
     def fingerprint(self) -> str:
         """Content hash of the token ids (and segment ids): changes whenever data or tokenisation does."""
