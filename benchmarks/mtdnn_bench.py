@@ -8,8 +8,11 @@ Rows per task (``benchmarks/results/<name>_<task>.json``, one file per task, the
 * ``mt_nokd`` (the no-KD control): the same recipe with ``method.soft_weight=0`` (labels only; same init,
   task order, steps and seeds);
 * ``kd_single``: a single-task Hinton ``kd`` student per task (``kd/mrpc`` with the task swapped)
-  taught by the first teacher, with the same student shape, init rule, optimizer, batch size, learning rate and
-  epochs, i.e. the same number of batches of that task as the multi-task run gives it.
+  taught by the first teacher, with the same student shape, optimizer, batch size, learning rate and
+  epochs, i.e. the same number of batches of that task as the multi-task run gives it. ``--single-init shared``
+  (the default) starts it from exactly the multi-task encoder's init — the first 3 layers of the SST-2 teacher,
+  pooler included — with a new head, so that multi-task KD and single-task KD differ by the method alone;
+  ``--single-init own`` starts it from its own task's teacher (its layers and head), which mixes init and method.
 
     python -m benchmarks.mtdnn_bench --teachers ~/.cache/bertdistill/teachers/ens \\
         --seeds 1 2 3 --epochs 2 --sst2-examples 8000 --threads 1
@@ -46,6 +49,26 @@ def teacher_dirs(root: Path, task: str, sst2_examples: int | None, n: int) -> li
     return [str(d) for d in dirs]
 
 
+def shared_init_dir(source: str, num_layers: int, out: Path) -> Path:
+    """The multi-task student's encoder init as a standalone model dir: the first ``num_layers`` blocks of
+    ``source`` (embeddings and pooler included, classifier dropped), with its tokenizer. A single-task student
+    loaded from it (``student.init: pretrained``) gets a new head, as each multi-task head is."""
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertdistill.students import copy_layers
+
+    model = AutoModelForSequenceClassification.from_pretrained(source)
+    small = copy_layers(model, list(range(num_layers)))
+    tmp = out.with_name(out.name + ".tmp")
+    base = getattr(small, small.base_model_prefix)
+    base.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
 def mt_recipe(teachers: dict[str, list[str]], sst2_examples: int | None) -> dict[str, Any]:
     from bertdistill.recipes import read_recipe
 
@@ -70,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--rows", nargs="+", default=["mt_kd", "mt_nokd", "kd_single"])
     p.add_argument("--name", default="mtdnn_kd")
+    p.add_argument(
+        "--single-init",
+        choices=["shared", "own"],
+        default="shared",
+        help="kd_single's init: the multi-task encoder's (shared, a fair comparison) or its own teacher's",
+    )
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="overrides, every row")
     H.add_run_flags(p)
@@ -90,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     if "mt_nokd" in args.rows:
         rows.append(H.Row("mt_nokd", mt, ("method.soft_weight=0.0",), label="mtdnn_kd/glue3"))
     kd_rows: dict[str, H.Row] = {}
+    work = H.WORK / args.name
     if "kd_single" in args.rows:
+        n_layers = int(mt["student"]["num_layers"])
+        init: tuple[str, ...] = ()
+        if args.single_init == "shared":
+            shared = shared_init_dir(teachers["sst2"][0], n_layers, work / "shared-init")
+            init = ("student.init=pretrained", f"student.path={shared}")
         for task, folder in TASKS.items():
             kd_rows[task] = H.Row(
                 f"kd_single_{task}",
@@ -101,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"teacher.path={teachers[task][0]}",
                     "train.weight_decay=0.01",  # as the multi-task recipe
                     "train.eval_every=null",
+                    *init,
                     *(
                         [f"data.max_train_examples={args.sst2_examples}"]
                         if task == "sst2" and args.sst2_examples
@@ -109,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
         rows.extend(kd_rows.values())
-    work = H.WORK / args.name
     runs = H.run_rows(rows, args.seeds, work, common, on_mismatch=args.on_mismatch)
     if args.train_only:
         return 0
@@ -160,10 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                 "ensemble_teachers": teachers[task],
                 "ensemble_metrics": ens["metrics"],
                 "teacher_metrics": single["metrics"],
-                "goals": goals(result, single["score"], ens["score"], kd_name),
+                "goals": goals(result, single["score"], ens["score"], kd_name, args.single_init == "shared"),
                 "inits": {
                     "mt_kd, mt_nokd": f"first 3 layers of {teachers['sst2'][0]} (student.path), new heads",
-                    "kd_single": f"first 3 layers of {teachers[task][0]} (its own task's teacher), its head",
+                    "kd_single": (
+                        f"the same first 3 layers of {teachers['sst2'][0]} (embeddings and pooler included), "
+                        "a new head"
+                        if args.single_init == "shared"
+                        else f"first 3 layers of {teachers[task][0]} (its own task's teacher), its head"
+                    ),
                 },
                 "score_source": "each run's metrics.json; multi-task runs: its `<task>/<metric>` entry",
             }
@@ -175,14 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def goals(result: dict[str, Any], single: float, ens: float, kd_name: str | None) -> dict[str, Any]:
+def goals(
+    result: dict[str, Any], single: float, ens: float, kd_name: str | None, same_init: bool
+) -> dict[str, Any]:
     """The issue's goals for one task, each with the numbers it was judged on."""
     by = {r["row"]: r for r in result["rows"]}
     out: dict[str, Any] = {"ensemble_gt_single": ens > single, "ensemble_minus_single": ens - single}
     if "mt_kd" in by and "mt_nokd" in by:
         out["mt_kd_minus_nokd"] = by["mt_kd"]["student_score"] - by["mt_nokd"]["student_score"]
         out["mt_kd_gt_nokd"] = out["mt_kd_minus_nokd"] > 0
-    if "mt_kd" in by and kd_name in by:
+    if "mt_kd" in by and kd_name in by and same_init:
+        out["mt_kd_minus_kd_single"] = by["mt_kd"]["student_score"] - by[kd_name]["student_score"]
+        out["mt_kd_ge_kd_single"] = out["mt_kd_minus_kd_single"] >= 0
+    elif "mt_kd" in by and kd_name in by:
         # not judged: the two students start from different layers (the multi-task encoder from the SST-2
         # teacher's first 3 layers, each single-task student from its own task's fine-tuned teacher), so the
         # difference mixes the init with the method; see "inits"

@@ -188,3 +188,32 @@ def test_student_init_teacher_copies_layers_from_student_path(
     torch.testing.assert_close(
         enc.embeddings.word_embeddings.weight, src.bert.embeddings.word_embeddings.weight
     )
+
+
+def test_benchmark_single_task_row_starts_from_the_multitask_encoder(
+    teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path
+):
+    """benchmarks/mtdnn_bench.py's fair `kd_single` row: its init dir holds exactly the multi-task student's
+    encoder (every tensor, pooler included), and a single-task student of another task (STS-B, one output)
+    built from it gets that encoder and a new head."""
+    from benchmarks.mtdnn_bench import goals, shared_init_dir
+    from bertdistill.config import StudentConfig
+    from bertdistill.data.tasks import get_task
+    from bertdistill.students import build_student
+
+    cfg = _cfg(teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path)
+    cfg.student.init, cfg.student.path, cfg.student.num_layers = "teacher", str(teacher_dir), 1
+    mt_encoder = Trainer(cfg, quiet=True).unwrapped().encoder.state_dict()
+    init = shared_init_dir(str(teacher_dir), 1, tmp_path / "shared-init")
+    assert shared_init_dir(str(teacher_dir), 1, tmp_path / "shared-init") == init  # made once
+    student_cfg = StudentConfig(init="pretrained", path=str(init), num_layers=1)
+    student, info = build_student(student_cfg, None, get_task("stsb"))
+    assert info["init"] == "pretrained" and student.config.num_labels == 1
+    single = student.base_model.state_dict()
+    assert single.keys() == mt_encoder.keys()
+    for k, v in mt_encoder.items():
+        torch.testing.assert_close(single[k], v, msg=k)
+    # the goal is judged only when the inits are the same
+    result = {"rows": [{"row": "mt_kd", "student_score": 0.8}, {"row": "kd_single_stsb", "student_score": 0.79}]}
+    assert goals(result, 0.8, 0.81, "kd_single_stsb", True)["mt_kd_ge_kd_single"] is True
+    assert goals(result, 0.8, 0.81, "kd_single_stsb", False)["mt_kd_ge_kd_single"] is None
