@@ -28,7 +28,9 @@ steps with the CLI, at full size, are printed at the end. ``--record`` writes ``
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,9 +67,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="both students' learning rate (every stage)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--threads", type=int, help="CPU threads for training and timing (default: all)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="seeds trained at a time, each in its own process pinned to its own core with one thread (default: "
+        "as many as there are seeds and cores; 1 trains them one after another with --threads)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="training precision of the teacher and both students (auto: bf16 where the CPU computes it "
+        "natively, else fp32); the models are timed and scored in fp32 either way",
+    )
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: train one seed's rows
     p.add_argument("--latency-sentences", type=int, default=100)
     p.add_argument("--record", action="store_true", help="write benchmarks/results/demo.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = max(1, min(len(args.seeds), len(os.sched_getaffinity(0))))
+    if args.precision == "auto":
+        from bertdistill.precision import cpu_bf16
+
+        args.precision = "bf16" if cpu_bf16()[0] else "fp32"
+    return args
+
+
+def student_threads(args: argparse.Namespace) -> int | None:
+    """Training and timing threads of the students: one per job when seeds run side by side."""
+    return 1 if args.jobs > 1 else args.threads
+
+
+def mixed_precision(args: argparse.Namespace) -> str:
+    return "bf16" if args.precision == "bf16" else "no"
 
 
 def _recipe(name: str) -> dict[str, Any]:
@@ -87,6 +120,7 @@ def teacher_config(args: argparse.Namespace, out: Path) -> Any:
         "train.epochs=1",
         "train.eval_every=null",
         f"output_dir={out / 'teacher'}",
+        f"train.mixed_precision={mixed_precision(args)}",
     ]
     if args.threads:
         overrides.append(f"train.cpu_threads={args.threads}")
@@ -107,7 +141,8 @@ def student_recipe(kind: str, args: argparse.Namespace, teacher: Path, out: Path
         max_steps=None,
         eval_every=10**9,  # scored once, at the end: both rows report their final model (no dev selection)
         save_every=10**9,
-        cpu_threads=args.threads,
+        cpu_threads=student_threads(args),
+        mixed_precision=mixed_precision(args),
         log_every=max(1, args.steps // 10),
     )
     if kind == "control":
@@ -161,20 +196,62 @@ def print_summary(result: dict[str, Any], per_seed: list[float]) -> None:
     )
 
 
+def child_argv(argv: list[str], seed: int) -> list[str]:
+    """The command line of the process that trains one seed's rows: the parent's, with that seed alone."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip and not a.startswith("-"):
+            continue
+        skip = a == "--seeds"
+        if a == "--seeds" or a.startswith("--seeds=") or a in ("--record", "--child"):
+            continue
+        out.append(a)
+    return [*out, "--seeds", str(seed), "--child"]
+
+
+def train_seeds_in_parallel(args: argparse.Namespace, argv: list[str]) -> None:
+    """Every seed's two rows in a process of its own, pinned to one core (one thread); the parent then finds
+    the finished runs (same configs) and only scores and times them."""
+    cores = sorted(os.sched_getaffinity(0))
+    pending, running, failed = list(args.seeds), [], []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            busy = {c for _, c, _ in running}
+            core = next(c for c in cores if c not in busy)
+            seed = pending.pop(0)
+            cmd = [sys.executable, "-m", "benchmarks.demo", *child_argv(argv, seed)]
+            proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=lambda c=core: os.sched_setaffinity(0, {c}))
+            running.append((seed, core, proc))
+            print(f"seed {seed}: training on core {core}", flush=True)
+        time.sleep(1)
+        for item in list(running):
+            if item[2].poll() is not None:
+                running.remove(item)
+                if item[2].returncode:
+                    failed.append(item[0])
+    if failed:
+        raise SystemExit(f"the runs of seed(s) {failed} failed (their output is above)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     H.quiet()
     out = Path(args.out).expanduser().resolve()
     t0 = time.time()
-    print(
-        f"SST-2 from {args.data or '$BERTDISTILL_DATA_DIR or the HF hub'}. THE DEMO SUBSAMPLES the training set: the teacher is fine-tuned on "
-        f"{args.teacher_examples} sentences (1 epoch), the students train {args.steps} steps on "
-        f"{args.student_examples}; seeds {args.seeds}. Runs are kept in {out} and reused."
-    )
+    if not args.child:
+        print(
+            f"SST-2 from {args.data or '$BERTDISTILL_DATA_DIR or the HF hub'}. THE DEMO SUBSAMPLES the training set: the teacher is fine-tuned on "
+            f"{args.teacher_examples} sentences (1 epoch), the students train {args.steps} steps on "
+            f"{args.student_examples}; seeds {args.seeds}, {args.jobs} at a time; training in {args.precision}. "
+            f"Runs are kept in {out} and reused."
+        )
     teacher = H.run_or_reuse(teacher_config(args, out), out / "teacher")
-    print(
-        f"teacher: dev accuracy {teacher.metrics.get('accuracy', float('nan')):.4f} ({time.time() - t0:.0f}s)"
-    )
+    if not args.child:
+        print(
+            f"teacher: dev accuracy {teacher.metrics.get('accuracy', float('nan')):.4f} ({time.time() - t0:.0f}s)"
+        )
     rows = [
         H.Row(
             "control",
@@ -189,10 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     table = H.Table(name="demo", teacher=teacher.dir, rows=rows, seeds=args.seeds, primary="distilled")
+    if args.child:
+        H.run_table(table, work=out / "students", train_only=True)
+        return 0
+    if args.jobs > 1 and len(args.seeds) > 1:
+        train_seeds_in_parallel(args, argv)
     result = H.run_table(
         table,
         work=out / "students",
-        timing=H.TimingOptions(threads=args.threads, n_latency=args.latency_sentences, max_length=64),
+        timing=H.TimingOptions(
+            threads=student_threads(args), n_latency=args.latency_sentences, max_length=64
+        ),
     )
     assert result is not None
     per_seed = gains(result)
@@ -206,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "intermediate_fraction": args.intermediate_fraction,
         "teacher_train_seconds": teacher.train_seconds,
+        "jobs": args.jobs,
+        "training_precision": args.precision,
     }
     result["total_seconds"] = round(time.time() - t0, 1)
     print_summary(result, per_seed)

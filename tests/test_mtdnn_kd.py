@@ -214,6 +214,8 @@ def test_benchmark_single_task_row_starts_from_the_multitask_encoder(
     for k, v in mt_encoder.items():
         torch.testing.assert_close(single[k], v, msg=k)
     # the goal is judged only when the inits are the same
-    result = {"rows": [{"row": "mt_kd", "student_score": 0.8}, {"row": "kd_single_stsb", "student_score": 0.79}]}
+    result = {
+        "rows": [{"row": "mt_kd", "student_score": 0.8}, {"row": "kd_single_stsb", "student_score": 0.79}]
+    }
     assert goals(result, 0.8, 0.81, "kd_single_stsb", True)["mt_kd_ge_kd_single"] is True
     assert goals(result, 0.8, 0.81, "kd_single_stsb", False)["mt_kd_ge_kd_single"] is None

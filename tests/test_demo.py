@@ -1,0 +1,27 @@
+"""benchmarks/demo.py's plumbing (the demo itself runs real models: `make demo`): seeds side by side, one
+process per seed, each with the parent's settings; training precision on both rows alike."""
+
+from pathlib import Path
+
+from benchmarks import demo
+
+
+def test_child_command_line_keeps_every_setting_but_the_seeds():
+    argv = ["--out", "/tmp/d", "--seeds", "1", "2", "--steps", "10", "--record", "--precision", "fp32"]
+    assert demo.child_argv(argv, 2) == [
+        "--out", "/tmp/d", "--steps", "10", "--precision", "fp32", "--seeds", "2", "--child",
+    ]  # fmt: skip
+    assert demo.child_argv(["--seeds=3", "--jobs", "2"], 3) == ["--jobs", "2", "--seeds", "3", "--child"]
+
+
+def test_parallel_seeds_train_one_thread_each_and_both_rows_share_the_precision(tmp_path):
+    args = demo.parse_args(["--seeds", "1", "2", "--jobs", "2", "--precision", "bf16", "--threads", "2"])
+    assert demo.student_threads(args) == 1
+    rows = {k: demo.student_recipe(k, args, Path("/t"), tmp_path) for k in ("control", "distilled")}
+    for raw in rows.values():
+        assert raw["train"]["cpu_threads"] == 1 and raw["train"]["mixed_precision"] == "bf16"
+    assert rows["control"]["method"] == {"name": "finetune"}
+    teacher = demo.teacher_config(args, tmp_path)
+    assert teacher.train.mixed_precision == "bf16" and teacher.train.cpu_threads == 2
+    one = demo.parse_args(["--seeds", "1", "--precision", "fp32", "--threads", "2"])
+    assert one.jobs == 1 and demo.student_threads(one) == 2 and demo.mixed_precision(one) == "no"
