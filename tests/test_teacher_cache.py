@@ -169,3 +169,36 @@ def test_teacher_batch_size_defaults_by_device():
     assert TeacherConfig().resolved_batch_size("cpu") == 32
     assert TeacherConfig().resolved_batch_size("cuda") == 128
     assert TeacherConfig(batch_size=64).resolved_batch_size("cpu") == 64
+
+
+def test_two_builders_of_one_cache_build_it_once(tiny_model, teacher_dir, tmp_path):
+    """Two runs asking for the same cache at once (two benchmark jobs on one data set): the second waits for
+    the first's build (a lock on ``<root>.lock``), then serves the finished cache; the teacher runs once."""
+    import threading
+    import time
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    data = _data(tok, n=24)
+    teacher = Teacher(tiny_model)
+    needs = Needs(logits=True)
+    calls: list[int] = []
+
+    def slow(*_):
+        calls.append(1)
+        time.sleep(0.05)  # keeps the first build going while the second arrives
+
+    teacher.model.register_forward_hook(slow)
+    out: dict[str, CachedTeacher] = {}
+
+    def build(name):
+        out[name] = CachedTeacher.load_or_build(teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=4)
+
+    first = threading.Thread(target=build, args=("first",))
+    first.start()
+    while not calls:  # the first build is under way
+        time.sleep(0.005)
+    build("second")
+    first.join()
+    assert len(calls) == 6  # 24 examples at batch 4, computed once
+    assert out["first"].built_now and not out["second"].built_now
+    torch.testing.assert_close(out["second"].tensors["logits"], out["first"].tensors["logits"])

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,32 @@ class CachedTeacher:
             / "teacher"
             / cls.fingerprint(teacher, data, needs, dtype, compute)
         )
+        hit = cls._open_if_complete(root, needs)
+        if hit is not None:
+            return hit
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with _build_lock(root):
+            # another process (a second benchmark job on the same data) may have built it while this one waited
+            hit = cls._open_if_complete(root, needs)
+            if hit is not None:
+                return hit
+            return cls._build(
+                teacher,
+                data,
+                needs,
+                pad_token_id,
+                root,
+                dtype,
+                batch_size,
+                progress,
+                label,
+                shard_examples,
+                compute,
+            )
+
+    @classmethod
+    def _open_if_complete(cls, root: Path, needs: Needs) -> CachedTeacher | None:
+        """The finished cache at ``root``, or None (none there, or a damaged one, which is removed)."""
         if (root / "meta.json").is_file():
             try:
                 cache = cls.open(root, needs)
@@ -264,6 +290,23 @@ class CachedTeacher:
             except DamagedCacheError as e:
                 log.warning("%s; removing it and building the cache again", e)
                 shutil.rmtree(root, ignore_errors=True)
+        return None
+
+    @classmethod
+    def _build(
+        cls,
+        teacher: Any,
+        data: TokenizedDataset,
+        needs: Needs,
+        pad_token_id: int,
+        root: Path,
+        dtype: str,
+        batch_size: int,
+        progress: Any,
+        label: str,
+        shard_examples: int | None,
+        compute: str,
+    ) -> CachedTeacher:
         shard_examples = shard_examples or SHARD_EXAMPLES
         partial = root.with_name(root.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
@@ -552,6 +595,25 @@ def _metadata(raw: bytes) -> dict[str, str]:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<root>.lock`` while the cache at ``root`` is built, so that two processes
+    asked for the same cache (two benchmark jobs, two runs on one data set) build it once: the second waits,
+    then finds it complete. The OS drops the lock when its process dies (a killed build leaves no stale lock);
+    where ``fcntl`` is missing (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(root.with_name(root.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> str:
