@@ -217,5 +217,10 @@ def test_benchmark_single_task_row_starts_from_the_multitask_encoder(
     result = {
         "rows": [{"row": "mt_kd", "student_score": 0.8}, {"row": "kd_single_stsb", "student_score": 0.79}]
     }
-    assert goals(result, 0.8, 0.81, "kd_single_stsb", True)["mt_kd_ge_kd_single"] is True
-    assert goals(result, 0.8, 0.81, "kd_single_stsb", False)["mt_kd_ge_kd_single"] is None
+    assert goals(result, 0.8, 0.81, ["kd_single_stsb"], True)["mt_kd_ge_kd_single"] is True
+    assert goals(result, 0.8, 0.81, ["kd_single_stsb"], False)["mt_kd_ge_kd_single"] is None
+    result["rows"].append({"row": "kd_single_steps_stsb", "student_score": 0.81})  # judged against both
+    assert (
+        goals(result, 0.8, 0.81, ["kd_single_stsb", "kd_single_steps_stsb"], True)["mt_kd_ge_kd_single"]
+        is False
+    )
