@@ -438,6 +438,11 @@ def test_bleu_is_sacrebleu_on_detokenised_text(tok):
     hyps = ["The movie was good.", "a film was bad"]
     m = translation_metrics(hyps, refs, lowercase=True)
     assert m["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score)
+    # 13a tokens: hypotheses 5 + 4, references 5 + 4 → ratio 1, no penalty; one word dropped → 8 / 9
+    assert m["length_ratio"] == pytest.approx(1.0) and m["brevity_penalty"] == pytest.approx(1.0)
+    short = translation_metrics(["the movie was good .", "a film bad"], refs, lowercase=True)
+    assert short["length_ratio"] == pytest.approx(8 / 9)
+    assert short["brevity_penalty"] == pytest.approx(math.exp(1 - 9 / 8))
     ids = tok("the movie was good")["input_ids"] + tok("bad")["input_ids"] + [tok.pad_token_id] * 3
     assert decode_ids(tok, ids[1:]) == "the movie was good"  # stops at the first [SEP], drops specials
 

@@ -351,7 +351,8 @@ def translation_metrics(
 ) -> dict[str, float]:
     """Corpus BLEU and chrF (sacreBLEU; BLEU with its default 13a tokenisation) of detokenised hypotheses
     against the raw references; ``lowercase`` (both metrics) for an uncased vocabulary, whose output has no
-    case."""
+    case. Also BLEU's ``length_ratio`` (hypothesis / reference tokens) and ``brevity_penalty``: a student
+    that stops too early loses BLEU through them, which the score alone does not show."""
     try:
         import sacrebleu  # noqa: F401
     except ImportError as e:  # pragma: no cover - the cmlm extra is installed in tests
@@ -362,7 +363,12 @@ def translation_metrics(
 
     bleu = BLEU(lowercase=lowercase).corpus_score(list(hypotheses), [list(references)])
     chrf = CHRF(lowercase=lowercase).corpus_score(list(hypotheses), [list(references)])
-    return {"bleu": float(bleu.score), "chrf": float(chrf.score)}
+    return {
+        "bleu": float(bleu.score),
+        "chrf": float(chrf.score),
+        "length_ratio": float(bleu.sys_len / bleu.ref_len) if bleu.ref_len else 0.0,
+        "brevity_penalty": float(bleu.bp),
+    }
 
 
 def bleu_signature(lowercase: bool) -> str:
