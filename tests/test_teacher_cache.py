@@ -191,7 +191,9 @@ def test_two_builders_of_one_cache_build_it_once(tiny_model, teacher_dir, tmp_pa
     out: dict[str, CachedTeacher] = {}
 
     def build(name):
-        out[name] = CachedTeacher.load_or_build(teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=4)
+        out[name] = CachedTeacher.load_or_build(
+            teacher, data, needs, tok.pad_token_id, tmp_path, batch_size=4
+        )
 
     first = threading.Thread(target=build, args=("first",))
     first.start()
