@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         help="kd_single's init: the multi-task encoder's (shared, a fair comparison) or its own teacher's",
     )
     p.add_argument("--train-only", action="store_true")
+    p.add_argument(
+        "--only", nargs="+", default=None, metavar="ROW", help="train only these rows (with --train-only)"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], help="overrides, every row")
     H.add_run_flags(p)
     args = p.parse_args(argv)
@@ -176,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             kd_rows.setdefault(task, []).append(row)
             rows.append(row)
-    runs = H.run_rows(rows, args.seeds, work, common, on_mismatch=args.on_mismatch)
-    if mt_steps is not None and "mt_kd" in runs and runs["mt_kd"][0].steps != mt_steps:
+    if args.only and not args.train_only:
+        p.error("--only trains a part of the table: use it with --train-only")
+    runs = H.run_rows(rows, args.seeds, work, common, only=args.only, on_mismatch=args.on_mismatch)
+    if mt_steps is not None and runs.get("mt_kd") and runs["mt_kd"][0].steps != mt_steps:
         raise SystemExit(
             f"kd_single_steps ran {mt_steps} steps but the multi-task run {runs['mt_kd'][0].steps}"
         )
