@@ -204,3 +204,4 @@ def test_two_builders_of_one_cache_build_it_once(tiny_model, teacher_dir, tmp_pa
     assert len(calls) == 6  # 24 examples at batch 4, computed once
     assert out["first"].built_now and not out["second"].built_now
     torch.testing.assert_close(out["second"].tensors["logits"], out["first"].tensors["logits"])
+    assert [p.name for p in (tmp_path / "teacher").iterdir()] == [out["first"].root.name]  # no lock file left

@@ -263,21 +263,24 @@ class CachedTeacher:
         with _build_lock(root):
             # another process (a second benchmark job on the same data) may have built it while this one waited
             hit = cls._open_if_complete(root, needs)
-            if hit is not None:
-                return hit
-            return cls._build(
-                teacher,
-                data,
-                needs,
-                pad_token_id,
-                root,
-                dtype,
-                batch_size,
-                progress,
-                label,
-                shard_examples,
-                compute,
-            )
+            if hit is None:
+                hit = cls._build(
+                    teacher,
+                    data,
+                    needs,
+                    pad_token_id,
+                    root,
+                    dtype,
+                    batch_size,
+                    progress,
+                    label,
+                    shard_examples,
+                    compute,
+                )
+            # the cache is complete: a process still waiting on the lock finds it when it gets the lock, so the
+            # lock file can go (it is left behind only by a build that did not finish)
+            root.with_name(root.name + ".lock").unlink(missing_ok=True)
+            return hit
 
     @classmethod
     def _open_if_complete(cls, root: Path, needs: Needs) -> CachedTeacher | None:
