@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.single_init == "shared":
             shared = shared_init_dir(teachers["sst2"][0], n_layers, work / "shared-init")
             init = ("student.init=pretrained", f"student.path={shared}")
-    single = [k for k in ("kd_single", "kd_single_steps") if k in args.rows]
-    mt_steps = multitask_steps(mt, args.epochs) if "kd_single_steps" in single else None
-    for kind in single:
+    single_kinds = [k for k in ("kd_single", "kd_single_steps") if k in args.rows]
+    mt_steps = multitask_steps(mt, args.epochs) if "kd_single_steps" in single_kinds else None
+    for kind in single_kinds:
         for task, folder in TASKS.items():
             row = H.Row(
                 f"{kind}_{task}",
