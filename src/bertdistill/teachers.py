@@ -425,7 +425,7 @@ class CachedTeacher:
     ) -> dict[str, Tensor]:
         """The outputs of examples ``rows`` (one shard), indexed from the shard's first example."""
         n, start = len(rows), rows.start
-        lengths = torch.tensor(data.lengths[rows.start : rows.stop], dtype=torch.long)
+        lengths = _shard_lengths(data, rows)
         loader = DataLoader(  # its own generator: building a cache must not move the global RNG (dropout)
             data, batch_sampler=batches, collate_fn=collator, generator=torch.Generator().manual_seed(0)
         )
@@ -548,6 +548,11 @@ def _shard_path(root: Path, k: int) -> Path:
     return root / f"part-{k:05d}.safetensors"
 
 
+def _shard_lengths(data: TokenizedDataset, rows: range) -> Tensor:
+    """The token counts of the examples ``rows`` (one shard), as the shard stores them."""
+    return torch.tensor(data.lengths[rows.start : rows.stop], dtype=torch.long)
+
+
 def _shard_batches(data: TokenizedDataset, rows: range, batch_size: int) -> list[list[int]]:
     """Length-sorted batches of the examples ``rows`` (global indices)."""
     lengths = data.lengths[rows.start : rows.stop]
@@ -565,7 +570,7 @@ def _read_shard(
         meta = _metadata(raw)
         tensors = load_bytes(raw)
         first, examples = meta.get("first"), meta.get("examples")
-        lengths = torch.tensor(data.lengths[rows.start : rows.stop], dtype=torch.long)
+        lengths = _shard_lengths(data, rows)
         if (
             (first is not None and int(first) != rows.start)
             or (examples is not None and int(examples) != len(rows))
