@@ -34,10 +34,8 @@ steps with the CLI, at full size, are printed at the end. ``--record`` writes ``
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -221,28 +219,13 @@ def child_argv(argv: list[str], seed: int) -> list[str]:
 def train_seeds_in_parallel(args: argparse.Namespace, argv: list[str]) -> None:
     """Every seed's two rows in a process of its own, pinned to one core (one thread); the parent then finds
     the finished runs (same configs) and only scores and times them."""
-    cores = sorted(os.sched_getaffinity(0))
-    pending: list[int] = list(args.seeds)
-    running: list[tuple[int, int, subprocess.Popen[bytes]]] = []
-    failed: list[int] = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            busy = {c for _, c, _ in running}
-            core = next(c for c in cores if c not in busy)
-            seed = pending.pop(0)
-            cmd = [sys.executable, "-m", "benchmarks.demo", *child_argv(argv, seed)]
-            pin = functools.partial(os.sched_setaffinity, 0, {core})
-            proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=pin)
-            running.append((seed, core, proc))
-            print(f"seed {seed}: training on core {core}", flush=True)
-        time.sleep(1)
-        for item in list(running):
-            if item[2].poll() is not None:
-                running.remove(item)
-                if item[2].returncode:
-                    failed.append(item[0])
+    commands = {
+        f"seed {seed}": [sys.executable, "-m", "benchmarks.demo", *child_argv(argv, seed)]
+        for seed in args.seeds
+    }
+    failed = H.run_pinned(commands, args.jobs, cwd=ROOT)
     if failed:
-        raise SystemExit(f"the runs of seed(s) {failed} failed (their output is above)")
+        raise SystemExit(f"the runs of {failed} failed (their output is above)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -185,7 +184,8 @@ def train_loop_seconds(log: Path) -> float:
     return total
 
 
-def launch(row: str, args: argparse.Namespace, core: int | None) -> subprocess.Popen[bytes]:
+def row_command(row: str, args: argparse.Namespace) -> list[str]:
+    """The command line of the process that runs one row."""
     cmd = [
         sys.executable,
         "-m",
@@ -207,9 +207,7 @@ def launch(row: str, args: argparse.Namespace, core: int | None) -> subprocess.P
     ]
     if args.max_train:
         cmd += ["--max-train", str(args.max_train)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    preexec = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
-    return subprocess.Popen(cmd, env=env, preexec_fn=preexec)
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,25 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     if not {"textbrewer", "bertdistill_cached"} <= set(args.rows):
         p.error("--rows must include textbrewer and bertdistill_cached (the headline ratio)")
     args.work = args.work or tempfile.mkdtemp(prefix="bd-e2e-")
-    cores = sorted(os.sched_getaffinity(0))
     # a row whose record exists already ran (a re-invocation with the same --work only evaluates and merges)
     pending = [r for r in args.rows if not Path(args.work, f"{r}.json").exists()]
-    running: list[tuple[str, int | None, subprocess.Popen[bytes]]] = []
-    failed: list[str] = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            busy = {c for _, c, _ in running}
-            core = next((c for c in cores if c not in busy), None) if args.jobs > 1 else None
-            row = pending.pop(0)
-            running.append((row, core, launch(row, args, core)))
-            print(f"started {row}" + (f" on core {core}" if core is not None else ""), flush=True)
-        time.sleep(2)
-        for row, core, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((row, core, proc))
-                print(f"{row} finished (rc {proc.returncode})", flush=True)
-                if proc.returncode:
-                    failed.append(row)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    failed = H.run_pinned({r: row_command(r, args) for r in pending}, args.jobs, env=env)
     if failed:
         print(f"rows failed: {failed}", file=sys.stderr)
         return 1

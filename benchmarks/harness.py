@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -215,6 +216,44 @@ def read_run(out_dir: str | Path, config: Any | None = None, *, reused: bool = T
         sec_per_step=statistics.median(per_step) if per_step else None,
         reused=reused,
     )
+
+
+def run_pinned(
+    commands: Mapping[str, Sequence[str]],
+    jobs: int,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Run each command (label → argv) in a process of its own, ``jobs`` at a time; with ``jobs`` > 1 each is
+    pinned to a core no other running one holds. Returns the labels whose process failed."""
+    import subprocess
+    import time
+
+    cores = sorted(os.sched_getaffinity(0))
+    pending = list(commands)
+    running: list[tuple[str, int | None, subprocess.Popen[bytes]]] = []
+    failed: list[str] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            busy = {c for _, c, _ in running}
+            core = next((c for c in cores if c not in busy), None) if jobs > 1 else None
+            label = pending.pop(0)
+            pin = functools.partial(os.sched_setaffinity, 0, {core}) if core is not None else None
+            proc = subprocess.Popen(
+                list(commands[label]), env=None if env is None else dict(env), cwd=cwd, preexec_fn=pin
+            )
+            running.append((label, core, proc))
+            log(f"started {label}" + (f" on core {core}" if core is not None else ""))
+        time.sleep(1)
+        for item in list(running):
+            if item[2].poll() is not None:
+                running.remove(item)
+                log(f"{item[0]} finished (rc {item[2].returncode})")
+                if item[2].returncode:
+                    failed.append(item[0])
+    return failed
 
 
 def run_or_reuse(

@@ -399,3 +399,16 @@ def test_subsampled_dev_rescores_every_run_on_the_teachers_examples(table_result
     )
     assert result["student_scores"][1] == want["score"]
     assert validate(result) == []
+
+
+def test_run_pinned_runs_every_command_and_names_the_failures(tmp_path):
+    import sys
+
+    ok = [
+        sys.executable,
+        "-c",
+        "import os, pathlib; pathlib.Path('a').write_text(str(len(os.sched_getaffinity(0))))",
+    ]
+    bad = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert H.run_pinned({"ok": ok, "bad": bad}, 2, cwd=tmp_path, log=lambda m: None) == ["bad"]
+    assert (tmp_path / "a").read_text() == "1"  # pinned to one core
