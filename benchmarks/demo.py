@@ -1,8 +1,9 @@
 """`make demo`: where distillation pays — a narrow student that learns far more from a teacher than alone.
 
-On SST-2, on CPU, in about 30 minutes on one core (measured: 1,787 s with `--threads 1` while another job held the
-second core; the training set is SUBSAMPLED and the script says so). With 800 steps (half of them intermediate) the
-students train a third fewer steps, but the gain over the control fell to +0.7 / +2.5 in two seeds (+4.6 / +3.3 at the defaults):
+On SST-2, on CPU, in about 7 minutes on 2 cores (measured: 411 s, ``--record`` at the defaults, bf16 training on
+a CPU with AMX; the training set is SUBSAMPLED and the script says so). An earlier fp32 run with the seeds one after
+another on one core took 1,787 s; with 800 steps (half of them intermediate) the students train a third fewer
+steps, but the gain over the control fell to +0.7 / +2.5 in two seeds (+4.6 / +3.3 at the defaults, fp32):
 
 1. the teacher: MiniLM-L6 (22.7M parameters) fine-tuned on ``--teacher-examples`` training sentences (1 epoch);
 2. two students of one narrow shape (``--shape``, default 4 layers × 192 hidden, random init), each trained
@@ -18,10 +19,9 @@ students train a third fewer steps, but the gain over the control fell to +0.7 /
    its control per seed.
 
 The seeds train side by side (``--jobs``, default: as many as there are seeds and cores), each in its own process
-pinned to one core with one thread — the settings of the recorded run, which trained them one after another with
-``--threads 1`` — so on 2 cores the students' part takes about half the recorded time (not yet measured end to end).
-``--precision bf16`` (or ``auto``) trains the teacher and both students under bf16 autocast, faster on CPUs with
-AMX / AVX-512 BF16; the default stays fp32 until a bf16 demo's gain is measured.
+pinned to one core with one thread; the teacher trains first, on every core. ``--precision auto`` (the default)
+trains the teacher and both students under bf16 autocast where the CPU computes bf16 natively (AMX / AVX-512
+BF16), else in fp32 (about twice as long); every model is scored and timed in fp32.
 
 Runs are kept in ``--out`` and reused when re-run with the same settings (a killed demo resumes). The same
 steps with the CLI, at full size, are printed at the end. ``--record`` writes ``benchmarks/results/demo.json``
@@ -82,10 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
-        default="fp32",
-        help="training precision of the teacher and both students (auto: bf16 where the CPU computes it "
-        "natively, else fp32); the models are timed and scored in fp32 either way. fp32 by default: the recorded "
-        "demo's gain was measured in fp32, a bf16 demo not yet",
+        default="auto",
+        help="training precision of the teacher and both students (auto, the default: bf16 where the CPU "
+        "computes it natively (AMX / AVX-512 BF16), else fp32); the models are timed and scored in fp32 either way",
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: train one seed's rows
     p.add_argument("--latency-sentences", type=int, default=100)
@@ -101,8 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def student_threads(args: argparse.Namespace) -> int | None:
-    """Training and timing threads of the students: one per job when seeds run side by side."""
-    return 1 if args.jobs > 1 else args.threads
+    """Training and timing threads of the students: one per job when seeds run side by side (in the parent
+    and in each seed's child, which sees one seed and would otherwise count one job)."""
+    return 1 if args.jobs > 1 or args.child else args.threads
 
 
 def mixed_precision(args: argparse.Namespace) -> str:

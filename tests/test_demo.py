@@ -25,3 +25,20 @@ def test_parallel_seeds_train_one_thread_each_and_both_rows_share_the_precision(
     assert teacher.train.mixed_precision == "bf16" and teacher.train.cpu_threads == 2
     one = demo.parse_args(["--seeds", "1", "--precision", "fp32", "--threads", "2"])
     assert one.jobs == 1 and demo.student_threads(one) == 2 and demo.mixed_precision(one) == "no"
+
+
+def test_a_seeds_child_trains_exactly_the_runs_the_parent_then_reuses(tmp_path, monkeypatch):
+    """The parent scores the children's runs only if their configs match its own; a child that sees one seed must
+    not fall back to other threads (it did once: the parent then retrained every run)."""
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0, 1})  # 2 cores: --jobs defaults to 2
+    argv = ["--seeds", "1", "2", "--precision", "bf16", "--out", str(tmp_path)]
+    parent = demo.parse_args(argv)
+    assert parent.jobs == 2
+    for seed in parent.seeds:
+        child = demo.parse_args(demo.child_argv(argv, seed))
+        assert child.child
+        for kind in ("control", "distilled"):
+            assert demo.student_recipe(kind, child, Path("/t"), tmp_path) == demo.student_recipe(
+                kind, parent, Path("/t"), tmp_path
+            )
+        assert demo.teacher_config(child, tmp_path) == demo.teacher_config(parent, tmp_path)
