@@ -108,6 +108,11 @@ class Row:
             local = path if path.is_absolute() else ROOT / path
             raw = read_recipe(local if local.is_file() else self.recipe)
         if self.finetune:
+            from bertdistill.registry import get_method
+
+            method = (raw.get("method") or {}).get("name")
+            if method:  # the student that method starts from (pkd: its pre-trained init), fine-tuned
+                raw["student"] = get_method(method).control_student(raw)
             raw["method"] = {"name": "finetune"}
         return with_shared_data(raw)
 

@@ -188,3 +188,37 @@ def _teacher_key(student_key, layers):
     """The teacher's name of a copied student tensor: ``encoder.layer.i.`` → ``encoder.layer.<layers[i]>.``."""
     m = re.match(r"encoder\.layer\.(\d+)\.(.*)", student_key)
     return f"encoder.layer.{layers[int(m[1])]}.{m[2]}" if m else student_key
+
+
+def test_control_starts_from_the_same_pretrained_layers(teacher_dir, encoder_dir, sst2_dir, tmp_path):
+    """`distill --control` (and a benchmark's ``finetune:`` row) of a PKD run with ``init_from: pretrained``
+    fine-tunes the same student PKD starts from: the first k layers of the pre-trained backbone, not the
+    teacher's."""
+    from bertdistill.training.control import control_config
+
+    cfg = load_config(
+        recipe(
+            "pkd",
+            teacher_dir,
+            sst2_dir,
+            tmp_path / "o",
+            tmp_path / "c",
+            method={"init_from": "pretrained", "pretrained_path": str(encoder_dir)},
+        )
+    )
+    ctrl = control_config(cfg, 7)
+    assert ctrl.method.name == "finetune" and ctrl.student.init == "pretrained"
+    pkd_student = Trainer(cfg, quiet=True).unwrapped().model.bert.state_dict()
+    control = Trainer(ctrl, quiet=True).unwrapped().bert.state_dict()
+    teacher = BertModel.from_pretrained(teacher_dir).state_dict()
+    assert control.keys() == pkd_student.keys()
+    for k, v in pkd_student.items():
+        assert torch.equal(control[k], v), k
+    assert not torch.equal(
+        control["encoder.layer.1.output.dense.weight"], teacher["encoder.layer.1.output.dense.weight"]
+    )
+    # init_from: teacher keeps the recipe's student section (the teacher's layers, as pkd copies them)
+    by_teacher = load_config(
+        recipe("pkd", teacher_dir, sst2_dir, tmp_path / "o2", tmp_path / "c", method={"init_from": "teacher"})
+    )
+    assert control_config(by_teacher, 7).student == by_teacher.student

@@ -437,9 +437,18 @@ class Method(ABC):
         ``recipe`` is the distilled run's resolved config as a dict (a copy; change it freely). Default: plain
         fine-tuning of the same student for ``steps`` steps. ``None``: the method has no such control (say why
         in :meth:`control_unavailable`)."""
+        recipe["student"] = cls.control_student(recipe)
         recipe["method"] = {"name": "finetune"}
         recipe["train"]["max_steps"] = steps
         return recipe
+
+    @classmethod
+    def control_student(cls, recipe: dict[str, Any]) -> dict[str, Any]:
+        """The ``student`` section that builds, with plain fine-tuning, the student this method's recipe starts
+        from (``recipe`` is this method's recipe as a dict; not changed). Default: the recipe's own section. A
+        method that builds its student from its own options (``pkd``'s ``init_from: pretrained``) says here how
+        to build that same student without it; a benchmark's ``finetune:`` row uses it too."""
+        return dict(recipe.get("student") or {})
 
     @classmethod
     def control_unavailable(cls) -> str:

@@ -150,6 +150,26 @@ class PKD(Method):
         info = {**info, "patient_map": {f"student {j + 1}": f"teacher {t}" for j, t in enumerate(layers)}}
         return BuiltStudent(PKDStudent(student, proj, layers), info)
 
+    @classmethod
+    def control_student(cls, recipe: dict[str, Any]) -> dict[str, Any]:
+        """With ``init_from: pretrained`` the student is the first k layers of ``pretrained_path`` (embeddings
+        included, a new head): plain fine-tuning builds the same from ``student.init: pretrained`` with k
+        layers. Without this the control would copy the *teacher's* layers, another init."""
+        student = super().control_student(recipe)
+        method = recipe.get("method") or {}
+        if method.get("init_from", PKDConfig.init_from) != "pretrained":
+            return student
+        k = student.get("num_layers") or len(student.get("layers") or [])
+        if not k or not method.get("pretrained_path"):
+            return student  # the run itself stops on this with a clear error
+        return {
+            **student,
+            "init": "pretrained",
+            "path": method["pretrained_path"],
+            "num_layers": k,
+            "layers": None,
+        }
+
     def export_model(self, bundle: nn.Module, stage: Stage | None = None) -> Any:
         return bundle.model
 

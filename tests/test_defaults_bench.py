@@ -1,0 +1,41 @@
+"""benchmarks/defaults_bench.py's tables (the runs themselves train real models): every candidate row is the
+shipped recipe with only its named settings changed, and each control starts from the student its method does."""
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import defaults_bench
+from benchmarks.harness import parse_row
+
+
+def _rows(method: str, task: str) -> dict:
+    argv = defaults_bench.variants_argv(method, task, "weak", Path("/t"), [])
+    specs = [argv[i + 1] for i, a in enumerate(argv) if a == "--row"]
+    return {r.name: r for r in map(parse_row, specs)}
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc"])
+def test_kd_rows_differ_only_in_the_soft_term_and_the_control_copies_the_teacher(task):
+    rows = _rows("kd", task)
+    assert set(rows) == {"kd_t4", "kd_t2", "kd_t1", "no_kd"}
+    shipped = rows["kd_t4"].source()
+    for name in ("kd_t4", "kd_t2", "kd_t1"):
+        cfg = rows[name].config(1)
+        assert cfg.method.name == "kd" and cfg.method.alpha == 0.5
+        assert cfg.method.temperature == float(name[-1])
+        assert rows[name].source()["student"] == shipped["student"]
+    control = rows["no_kd"].source()
+    assert control["method"] == {"name": "finetune"} and control["student"] == shipped["student"]
+
+
+def test_pkd_control_starts_from_the_pretrained_layers_pkd_starts_from():
+    rows = _rows("pkd", "sst2")
+    assert set(rows) == {"pkd_t10", "pkd_t1", "no_kd"}
+    pkd = rows["pkd_t10"].config(1)
+    assert (pkd.method.alpha, pkd.method.temperature, pkd.method.beta) == (0.7, 10.0, 500.0)
+    assert pkd.method.init_from == "pretrained"
+    control = rows["no_kd"].config(1)
+    assert control.method.name == "finetune"
+    assert control.student.init == "pretrained" and control.student.path == pkd.method.pretrained_path
+    assert control.student.num_layers == pkd.student.num_layers == 3
