@@ -17,6 +17,10 @@ Rows (every row: the recipe with only the named settings changed):
 * ``kd``:  ``no_kd``; ``kd_t4`` (alpha 0.5, t 4: Hinton's setting, the old default); ``kd_t2``; ``kd_t1``.
 * ``pkd``: ``no_kd``; ``pkd_t10`` (alpha 0.7, t 10, beta 500: the paper's typical run, the old default);
   ``pkd_t1`` (alpha 0.5, t 1, beta 500).
+* ``tinybert`` (the random-init 4x192 student): ``tb_official_lr`` (the official task-stage learning rates,
+  5e-5 constant then 3e-5, which assume a General TinyBERT init); ``tb_lr1e4`` (1e-4 in both stages, as every
+  TinyBERT benchmark here); ``no_kd`` (the same student fine-tuned at lr 1e-4 for the same total steps).
+  Trained on a subsample (SST-2 2,000, MRPC 1,200 examples) for the recipe's 10 + 3 epochs, as steps.
 
 The ``kd`` student is the teacher's first 3 layers, so each teacher has its own control; the ``pkd`` student is
 the first 3 layers of the pre-trained backbone. SST-2 trains on a 6,000-example subsample for 3 epochs (time);
@@ -49,7 +53,23 @@ ROWS = {
         "pkd_t10": "method.alpha=0.7,method.temperature=10,method.beta=500",
         "pkd_t1": "method.alpha=0.5,method.temperature=1,method.beta=500",
     },
+    "tinybert": {
+        "tb_official_lr": "method.intermediate_lr=5e-5,method.prediction_lr=3e-5",
+        "tb_lr1e4": "method.intermediate_lr=1e-4,method.prediction_lr=1e-4",
+    },
 }
+# TinyBERT's random-init student, subsampled (its 10 + 3 epochs over the whole train split cost hours here):
+# train examples, and the epochs of each task stage as the recipe has them, made explicit as steps so that the
+# control gets exactly their sum.
+TINYBERT = {"sst2": 2000, "mrpc": 1200}
+TINYBERT_EPOCHS = (10, 3)
+BATCH = 32
+
+
+def tinybert_steps(task: str) -> tuple[int, int]:
+    """(intermediate, prediction) steps of the subsampled TinyBERT rows: the recipe's epochs over the subsample."""
+    per_epoch = -(-TINYBERT[task] // BATCH)
+    return TINYBERT_EPOCHS[0] * per_epoch, TINYBERT_EPOCHS[1] * per_epoch
 
 
 def weak_teacher(task: str) -> Path:
@@ -87,6 +107,13 @@ def variants_argv(method: str, task: str, strength: str, teacher: Path, extra: l
     """The ``run_variants`` command line of one (method, task, teacher) table."""
     recipe = f"{method}/{task}"
     rows = [f"{name}={recipe}:{settings}" for name, settings in ROWS[method].items()]
+    control = f"no_kd=finetune:{recipe}"
+    size = SUBSAMPLE[task]
+    if method == "tinybert":
+        inter, pred = tinybert_steps(task)
+        rows = [f"{r},method.intermediate_steps={inter},method.prediction_steps={pred}" for r in rows]
+        control += f":train.max_steps={inter + pred},train.lr=1e-4"
+        size = ["--max-train-examples", str(TINYBERT[task]), "--set", f"train.batch_size={BATCH}"]
     return [
         "--name",
         f"defaults_{method}_{task}_{strength}",
@@ -94,7 +121,7 @@ def variants_argv(method: str, task: str, strength: str, teacher: Path, extra: l
         str(teacher),
         *(a for row in rows for a in ("--row", row)),
         "--row",
-        f"no_kd=finetune:{recipe}",
+        control,
         "--primary",
         next(iter(ROWS[method])),
         "--baseline",
@@ -110,7 +137,7 @@ def variants_argv(method: str, task: str, strength: str, teacher: Path, extra: l
         "--set",
         "train.eval_every=null",
         "--no-timing",
-        *SUBSAMPLE[task],
+        *size,
         *extra,
     ]
 
@@ -119,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="python -m benchmarks.defaults_bench {kd,pkd} {mrpc,sst2} {strong,weak} [--teacher DIR] "
+        usage="python -m benchmarks.defaults_bench {kd,pkd,tinybert} {mrpc,sst2} {strong,weak} [--teacher DIR] "
         "[run_variants flags]",
     )
     p.add_argument("method", choices=sorted(ROWS))

@@ -39,3 +39,17 @@ def test_pkd_control_starts_from_the_pretrained_layers_pkd_starts_from():
     assert control.method.name == "finetune"
     assert control.student.init == "pretrained" and control.student.path == pkd.method.pretrained_path
     assert control.student.num_layers == pkd.student.num_layers == 3
+
+
+def test_tinybert_rows_have_explicit_stage_steps_and_the_control_their_sum():
+    rows = _rows("tinybert", "mrpc")
+    inter, pred = defaults_bench.tinybert_steps("mrpc")
+    assert (inter, pred) == (10 * 38, 3 * 38)  # 1,200 examples, batch 32
+    for name in ("tb_official_lr", "tb_lr1e4"):
+        cfg = rows[name].config(1)
+        assert (cfg.method.intermediate_steps, cfg.method.prediction_steps) == (inter, pred)
+        assert cfg.student.init == "random"
+    assert rows["tb_lr1e4"].config(1).method.prediction_lr == 1e-4
+    control = rows["no_kd"].config(1)
+    assert control.method.name == "finetune" and control.train.max_steps == inter + pred
+    assert control.student == rows["tb_lr1e4"].config(1).student
