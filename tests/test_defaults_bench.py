@@ -18,11 +18,11 @@ def _rows(method: str, task: str) -> dict:
 @pytest.mark.parametrize("task", ["sst2", "mrpc"])
 def test_kd_rows_differ_only_in_the_soft_term_and_the_control_copies_the_teacher(task):
     rows = _rows("kd", task)
-    assert set(rows) == {"kd_t4", "kd_t2", "kd_t1", "no_kd"}
+    assert set(rows) == {"kd_t4", "kd_t1", "kd_a02_t1", "no_kd"}
     shipped = rows["kd_t4"].source()
-    for name in ("kd_t4", "kd_t2", "kd_t1"):
+    for name in ("kd_t4", "kd_t1", "kd_a02_t1"):
         cfg = rows[name].config(1)
-        assert cfg.method.name == "kd" and cfg.method.alpha == 0.5
+        assert cfg.method.name == "kd" and cfg.method.alpha == (0.2 if "a02" in name else 0.5)
         assert cfg.method.temperature == float(name[-1])
         assert rows[name].source()["student"] == shipped["student"]
     control = rows["no_kd"].source()
@@ -31,7 +31,7 @@ def test_kd_rows_differ_only_in_the_soft_term_and_the_control_copies_the_teacher
 
 def test_pkd_control_starts_from_the_pretrained_layers_pkd_starts_from():
     rows = _rows("pkd", "sst2")
-    assert set(rows) == {"pkd_t10", "pkd_t1", "no_kd"}
+    assert set(rows) == {"pkd_t10", "pkd_a02_t1", "no_kd"}
     pkd = rows["pkd_t10"].config(1)
     assert (pkd.method.alpha, pkd.method.temperature, pkd.method.beta) == (0.7, 10.0, 500.0)
     assert pkd.method.init_from == "pretrained"
