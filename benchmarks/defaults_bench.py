@@ -105,10 +105,17 @@ def weak_teacher(task: str) -> Path:
     return out
 
 
-def variants_argv(method: str, task: str, strength: str, teacher: Path, extra: list[str]) -> list[str]:
-    """The ``run_variants`` command line of one (method, task, teacher) table."""
+def variants_argv(
+    method: str, task: str, strength: str, teacher: Path, extra: list[str], only: list[str] | None = None
+) -> list[str]:
+    """The ``run_variants`` command line of one (method, task, teacher) table (``only``: these candidate rows;
+    the control always runs)."""
     recipe = f"{method}/{task}"
-    rows = [f"{name}={recipe}:{settings}" for name, settings in ROWS[method].items()]
+    unknown = set(only or []) - set(ROWS[method])
+    if unknown:
+        raise SystemExit(f"no {method} row {sorted(unknown)}; the rows are {list(ROWS[method])}")
+    chosen = [name for name in ROWS[method] if not only or name in only]
+    rows = [f"{name}={recipe}:{ROWS[method][name]}" for name in chosen]
     control = f"no_kd=finetune:{recipe}"
     size = SUBSAMPLE[task]
     if method == "tinybert":
@@ -125,7 +132,7 @@ def variants_argv(method: str, task: str, strength: str, teacher: Path, extra: l
         "--row",
         control,
         "--primary",
-        next(iter(ROWS[method])),
+        chosen[0],
         "--baseline",
         "no_kd",
         "--method-label",
@@ -146,6 +153,7 @@ def variants_argv(method: str, task: str, strength: str, teacher: Path, extra: l
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # run_variants' --row must pass through, not match --rows
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="python -m benchmarks.defaults_bench {kd,pkd,tinybert} {mrpc,sst2} {strong,weak} [--teacher DIR] "
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--teacher", help="the strong teacher (default: ~/.cache/bertdistill/teachers/minilm-l6-TASK)"
     )
+    p.add_argument("--rows", nargs="+", help="only these candidate rows (default: all; no_kd always runs)")
     args, extra = p.parse_known_args(argv)
     if args.strength == "weak":
         teacher = weak_teacher(args.task)
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             f"no teacher at {teacher}: run `bertdistill finetune finetune/{args.task} --output {teacher} "
             f"--set data.path=<GLUE dir>` first"
         )
-    return run_variants.main(variants_argv(args.method, args.task, args.strength, teacher, extra))
+    return run_variants.main(variants_argv(args.method, args.task, args.strength, teacher, extra, args.rows))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,11 @@ def test_tinybert_rows_have_explicit_stage_steps_and_the_control_their_sum():
     control = rows["no_kd"].config(1)
     assert control.method.name == "finetune" and control.train.max_steps == inter + pred
     assert control.student == rows["tb_lr1e4"].config(1).student
+
+
+def test_a_subset_of_rows_keeps_the_control_and_names_unknown_rows():
+    argv = defaults_bench.variants_argv("kd", "mrpc", "weak", Path("/t"), [], only=["kd_a02_t1", "kd_t4"])
+    rows = [parse_row(argv[i + 1]).name for i, a in enumerate(argv) if a == "--row"]
+    assert rows == ["kd_t4", "kd_a02_t1", "no_kd"] and argv[argv.index("--primary") + 1] == "kd_t4"
+    with pytest.raises(SystemExit, match="kd_t3"):
+        defaults_bench.variants_argv("kd", "mrpc", "weak", Path("/t"), [], only=["kd_t3"])
