@@ -58,9 +58,11 @@ def patient_loss(student_cls: Tensor, teacher_cls: Tensor) -> Tensor:
 class PKDConfig(MethodConfig):
     name: str = "pkd"
     strategy: str = "skip"
-    alpha: float = 0.7
+    alpha: float = 0.2
+    """Weight of the soft term (1 − alpha: the gold labels). The paper's typical run has 0.7 at t 10; 0.2 at t 1
+    keeps the gold label every target's argmax (docs/methods/pkd.md, "Defaults and the evidence")."""
     beta: float = 500.0
-    temperature: float = 10.0
+    temperature: float = 1.0
     teacher_layers: list[int] | None = None
     """Explicit 1-based teacher layers for student layers 1..M−1 (overrides ``strategy``)."""
     init_from: str = "pretrained"
