@@ -127,10 +127,9 @@ def test_patient_term_by_hand(six_layer_teacher_dir, sst2_dir, tmp_path, strateg
     assert terms["patient"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_init_from_pretrained_backbone(teacher_dir, encoder_dir, sst2_dir, tmp_path):
-    """The student's layer k is a copy of layer k of the pre-trained backbone (``pretrained_path``, here another
-    checkpoint than the teacher), embeddings included."""
-    cfg = load_config(
+def _from_pretrained(teacher_dir, encoder_dir, sst2_dir, tmp_path):
+    """A PKD config whose student starts from ``encoder_dir``'s first layers (another checkpoint than the teacher)."""
+    return load_config(
         recipe(
             "pkd",
             teacher_dir,
@@ -140,6 +139,12 @@ def test_init_from_pretrained_backbone(teacher_dir, encoder_dir, sst2_dir, tmp_p
             method={"init_from": "pretrained", "pretrained_path": str(encoder_dir)},
         )
     )
+
+
+def test_init_from_pretrained_backbone(teacher_dir, encoder_dir, sst2_dir, tmp_path):
+    """The student's layer k is a copy of layer k of the pre-trained backbone (``pretrained_path``, here another
+    checkpoint than the teacher), embeddings included."""
+    cfg = _from_pretrained(teacher_dir, encoder_dir, sst2_dir, tmp_path)
     tr = Trainer(cfg, quiet=True)
     assert tr.student_info["init"] == "pretrained" and tr.student_info["layers"] == [0, 1]
     student = tr.unwrapped().model.bert.state_dict()
@@ -196,16 +201,7 @@ def test_control_starts_from_the_same_pretrained_layers(teacher_dir, encoder_dir
     teacher's."""
     from bertdistill.training.control import control_config
 
-    cfg = load_config(
-        recipe(
-            "pkd",
-            teacher_dir,
-            sst2_dir,
-            tmp_path / "o",
-            tmp_path / "c",
-            method={"init_from": "pretrained", "pretrained_path": str(encoder_dir)},
-        )
-    )
+    cfg = _from_pretrained(teacher_dir, encoder_dir, sst2_dir, tmp_path)
     ctrl = control_config(cfg, 7)
     assert ctrl.method.name == "finetune" and ctrl.student.init == "pretrained"
     pkd_student = Trainer(cfg, quiet=True).unwrapped().model.bert.state_dict()
