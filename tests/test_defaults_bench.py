@@ -61,3 +61,18 @@ def test_a_subset_of_rows_keeps_the_control_and_names_unknown_rows():
     assert rows == ["kd_t4", "kd_a02_t1", "no_kd"] and argv[argv.index("--primary") + 1] == "kd_t4"
     with pytest.raises(SystemExit, match="kd_t3"):
         defaults_bench.variants_argv("kd", "mrpc", "weak", Path("/t"), [], only=["kd_t3"])
+
+
+def test_the_weak_teacher_is_the_task_recipe_on_a_slice_of_train(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run_or_reuse(config, out_dir, **kw):
+        seen.update(config=config, out=out_dir)
+        return type("Rec", (), {"dir": out_dir})()
+
+    monkeypatch.setattr(defaults_bench, "TEACHERS", tmp_path)
+    monkeypatch.setattr(defaults_bench.H, "run_or_reuse", fake_run_or_reuse)
+    assert defaults_bench.weak_teacher("mrpc") == tmp_path / "minilm-l6-mrpc-weak"
+    cfg = seen["config"]
+    assert cfg.method.name == "finetune" and cfg.data.task == "mrpc" and cfg.data.path
+    assert (cfg.data.max_train_examples, cfg.train.epochs, cfg.train.cpu_threads) == (1200, 3, 1)
