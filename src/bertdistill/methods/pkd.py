@@ -54,6 +54,11 @@ def patient_loss(student_cls: Tensor, teacher_cls: Tensor) -> Tensor:
     return F.mse_loss(F.normalize(student_cls.float(), dim=-1), F.normalize(teacher_cls.float(), dim=-1))
 
 
+def _depth(num_layers: int | None, layers: list[int] | None) -> int | None:
+    """The student's depth from its ``student`` section: ``num_layers``, else as many as ``layers`` names."""
+    return num_layers or len(layers or []) or None
+
+
 @dataclass
 class PKDConfig(MethodConfig):
     name: str = "pkd"
@@ -128,7 +133,7 @@ class PKD(Method):
             base = from_pretrained(
                 type(teacher), str(self.cfg.pretrained_path), num_labels=self.task.num_labels
             )
-            k = self.run.student.num_layers or (len(self.run.student.layers or []) or None)
+            k = _depth(self.run.student.num_layers, self.run.student.layers)
             if not k:
                 raise ConfigError("pkd: set student.num_layers")
             student = copy_layers(base, list(range(k)))
@@ -161,7 +166,7 @@ class PKD(Method):
         method = recipe.get("method") or {}
         if method.get("init_from", PKDConfig.init_from) != "pretrained":
             return student
-        k = student.get("num_layers") or len(student.get("layers") or [])
+        k = _depth(student.get("num_layers"), student.get("layers"))
         if not k or not method.get("pretrained_path"):
             return student  # the run itself stops on this with a clear error
         return {
