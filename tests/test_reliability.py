@@ -258,34 +258,75 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(
     _assert_bit_identical(kd_reference, out)  # steps 11-12 replayed from step-0000010
 
 
+FULL_DISK = {
+    "enospc": (lambda f: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f)), "the disk is full"),
+    # what torch's zip writer raised when this machine's disk filled (no errno: checked against the free space)
+    "torch_zip_writer": (
+        lambda f: RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5184 vs 5072"),
+        "the disk is probably full: 0 MiB free on {root}; the writer said: [enforce fail at "
+        "inline_container.cc:672] . unexpected pos 5184 vs 5072",
+    ),
+}
+
+
+@pytest.mark.parametrize("report", sorted(FULL_DISK))
 def test_full_disk_while_checkpointing_keeps_the_previous_one(
-    kd_reference, teacher_dir, sst2_dir, tmp_path, monkeypatch, capsys
+    report, kd_reference, teacher_dir, sst2_dir, tmp_path, monkeypatch, capsys
 ):
-    """The writer fails with ENOSPC after the weights and optimizer of step 6's checkpoint are written."""
+    """The writer fails (the disk full, reported as ENOSPC or as torch reports it) after the weights and
+    optimizer of step 6's checkpoint are written."""
     r = _kd(teacher_dir, sst2_dir, tmp_path)
     real_save, seen = torch.save, []
+    error, why = FULL_DISK[report]
 
     def save(obj, f, *a, **k):
         if Path(f).name == "scheduler.pt":
             seen.append(f)
             if len(seen) == 3:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+                raise error(f)
         return real_save(obj, f, *a, **k)
 
+    real_usage = shutil.disk_usage
     monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=0))
     assert cli.main(["distill", str(_recipe_file(r)), "--quiet"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bertdistill:")]
     out = Path(r["output_dir"])
+    root = out / "checkpoints"
     assert err == [
-        f"bertdistill: could not write checkpoint {out / 'checkpoints' / 'step-0000006'} (the disk is full); "
-        f"the previous checkpoint {out / 'checkpoints' / 'step-0000004'} is intact: make room and run again "
+        f"bertdistill: could not write checkpoint {root / 'step-0000006'} ({why.format(root=root)}); "
+        f"the previous checkpoint {root / 'step-0000004'} is intact: make room and run again "
         "with --resume"
     ]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
-    assert ckpt.verify_checkpoint(out / "checkpoints" / "step-0000004") is None
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000002", "step-0000004"]
+    assert ckpt.verify_checkpoint(root / "step-0000004") is None
     monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
     distill(_recipe_file(r), resume=True, quiet=True)
     _assert_bit_identical(kd_reference, out)
+
+
+def test_a_failed_model_write_names_the_intact_checkpoint_and_other_errors_surface_as_themselves(tmp_path):
+    """The writer of ``best/`` and of a stage's model goes through the same guard; an error that is not a
+    failed write (a bug) is not dressed up as a full disk."""
+    target = tmp_path / "run" / "best"
+
+    def full(tmp: Path) -> None:
+        (tmp / "model.safetensors").write_bytes(b"x")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.guarded_write(target, full, what="the model", then="the checkpoint X is intact")
+    assert str(e.value).startswith(f"could not write the model {target} (the disk is probably full: ")
+    assert str(e.value).endswith("file write failed); the checkpoint X is intact")
+    assert not target.exists() and list((tmp_path / "run").iterdir()) == []  # the temporary dir is gone
+
+    def bug(tmp: Path) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as e:
+        ckpt.guarded_write(target, bug, what="the model", then="")
+    assert not isinstance(e.value, ckpt.CheckpointError)
 
 
 def _cache_data(teacher_dir):

@@ -73,6 +73,19 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def guarded_write(target: Path, write: Callable[[Path], None], *, what: str, then: str) -> Path:
+    """:func:`atomic_dir`, with a failed write (a full disk, however the writer reports it) raised as a
+    :class:`CheckpointError` that names ``what`` was being written and ``then``: what is still intact and what
+    to do."""
+    try:
+        return atomic_dir(target, write)
+    except Exception as e:
+        why = write_failure(e, target.parent)
+        if why is None:
+            raise
+        raise CheckpointError(f"could not write {what} {target} ({why}); {then}") from e
+
+
 def recover_dir(target: Path) -> None:
     """Undo what a killed :func:`atomic_dir` of ``target`` left: put a moved-aside ``target`` back when the
     new one never arrived, and remove leftover temporary and old copies."""
@@ -176,23 +189,41 @@ def save_checkpoint(
         files = {f.name: file_digest(f) for f in sorted(tmp.iterdir())}
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "files": files}, indent=1))
 
-    try:
-        path = atomic_dir(target, write)
-    except OSError as e:
-        prev = latest_checkpoint(root)
-        why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
-        raise CheckpointError(
-            f"could not write checkpoint {target} ({why}); "
-            + (
-                f"the previous checkpoint {prev} is intact: make room and run again with --resume"
-                if prev
-                else "no earlier checkpoint exists"
-            )
-        ) from e
+    prev = latest_checkpoint(root)
+    path = guarded_write(
+        target,
+        write,
+        what="checkpoint",
+        then=f"the previous checkpoint {prev} is intact: make room and run again with --resume"
+        if prev
+        else "no earlier checkpoint exists",
+    )
     kill_point("checkpoint_saved")
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+_FULL_DISK_TEXT = ("no space left", "storagefull", "unexpected pos", "file write failed")
+"""How a full disk reads when it does not come as ``OSError(ENOSPC)``: torch's zip writer raises a
+``RuntimeError`` ("PytorchStreamWriter failed writing file ...: file write failed", "... unexpected pos N vs
+M") and safetensors its own error naming the I/O error."""
+
+
+def write_failure(e: BaseException, where: Path) -> str | None:
+    """Why writing under ``where`` failed, for a user to act on, or None when ``e`` is not a failed write (a bug
+    that should surface as itself)."""
+    if isinstance(e, OSError):
+        return "the disk is full" if e.errno == errno.ENOSPC else str(e)
+    text = str(e).lower()
+    if not any(k in text for k in _FULL_DISK_TEXT):
+        return None
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"the disk is probably full: {free / 2**20:.0f} MiB free on {probe}; the writer said: {first}"
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -385,7 +385,7 @@ class Trainer:
             if metrics is not None:
                 (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
 
-        ckpt.atomic_dir(target, write)
+        ckpt.guarded_write(target, write, what="the model", then=self._intact())
 
     # ------------------------------------------------------------------ main
     def train(self, resume: bool = False) -> RunResult:
@@ -691,6 +691,13 @@ class Trainer:
             self._checkpoint(sr, state, ckpt_root)
         return stop or end_of_stage
 
+    def _intact(self) -> str:
+        """What a user still has when writing a model under the run dir failed, and what to do."""
+        last = ckpt.latest_checkpoint(self.out / "checkpoints")
+        if last is None:
+            return "no checkpoint was written yet: make room and run again"
+        return f"the checkpoint {last} is intact: make room and run again with --resume"
+
     def _checkpoint(self, sr: StageRun, state: TrainerState, root: Path) -> None:
         # finite loss terms can still give a diverged update (an inf gradient): never save it as "good"
         bad = [n for n, p in self.unwrapped().named_parameters() if not bool(torch.isfinite(p).all())]
@@ -822,7 +829,7 @@ class Trainer:
                     save_file(extras, str(tmp / EXTRAS_FILE))
                 self.run.dump(tmp / CONFIG_FILE)
 
-            ckpt.atomic_dir(self.out / "stages" / stage.name, write)
+            ckpt.guarded_write(self.out / "stages" / stage.name, write, what="the stage", then=self._intact())
             self.print(f"stage {stage.name!r} saved to {self.out / 'stages' / stage.name}")
         self.acc.wait_for_everyone()
 
