@@ -107,6 +107,53 @@ def test_config_validation():
         load_config({"method": {"name": "tinybert", "attention_loss": "cosine"}})
 
 
+@pytest.mark.parametrize(
+    "student_init, stages, set_lrs, expected",
+    [
+        ("random", ["task_intermediate", "task_prediction"], {}, (1e-4, 1e-4)),  # the shipped recipes
+        (
+            "pretrained",
+            ["task_intermediate", "task_prediction"],
+            {},
+            (5e-5, 3e-5),
+        ),  # a General TinyBERT: official
+        (
+            "random",
+            ["general", "task_intermediate", "task_prediction"],
+            {},
+            (5e-5, 3e-5),
+        ),  # general stage first
+        ("random", ["task_prediction"], {"prediction_lr": 2e-5}, (1e-4, 2e-5)),  # a set rate is kept
+    ],
+)
+def test_task_learning_rates_follow_the_students_start(
+    student_init, stages, set_lrs, expected, tmp_path, caplog
+):
+    """Unset task-stage rates are the official ones for a student that starts trained, 1e-4 for a random one
+    (a smaller rate set for a random one is warned about); the no-KD control fine-tunes (from the same start,
+    without the general stage) at the classifier's rate."""
+    from bertdistill.data.tasks import get_task
+    from bertdistill.methods.tinybert import TinyBERT
+
+    method = {"name": "tinybert", "stages": stages, "corpus": [str(tmp_path / "c.txt")], **set_lrs}
+    student = {"init": student_init, "path": str(tmp_path) if student_init == "pretrained" else None}
+    run = load_config({"method": method, "student": student, "data": {"task": "sst2"}})
+    assert run.method.intermediate_lr == set_lrs.get(
+        "intermediate_lr"
+    )  # unset stays unset in the dumped config
+    with caplog.at_level("WARNING", logger="bertdistill.methods.tinybert"):
+        tb = TinyBERT(run, get_task("sst2"))
+    warned = "method.prediction_lr=2e-05 with a random-init student" in caplog.text
+    assert warned == (student_init == "random" and "general" not in stages and bool(set_lrs))
+    assert tb.task_lrs() == expected
+    lrs = {st.name: st.lr for st in tb.stages()}
+    assert [lrs.get("task_intermediate", expected[0]), lrs["task_prediction"]] == list(expected)
+    control = TinyBERT.control_recipe(copy.deepcopy(run.to_dict()), steps=40)
+    assert control["method"] == {"name": "finetune"} and control["train"]["max_steps"] == 40
+    random_control = student_init == "random" and "prediction_lr" not in set_lrs
+    assert control["train"]["lr"] == (1e-4 if random_control else expected[1])
+
+
 # ----------------------------------------------------------------------------------------------- attention
 
 
