@@ -241,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.student_examples}; seeds {args.seeds}, {args.jobs} at a time; training in {args.precision}. "
             f"Runs are kept in {out} and reused."
         )
-    teacher = H.run_or_reuse(teacher_config(args, out), out / "teacher")
+    import torch
+
+    teacher_cfg = teacher_config(args, out)
+    # the result's ``threads`` are the students'; the teacher trains alone, on every core unless --threads
+    teacher_threads = teacher_cfg.train.cpu_threads or torch.get_num_threads()
+    teacher = H.run_or_reuse(teacher_cfg, out / "teacher")
     if not args.child:
         print(
             f"teacher: dev accuracy {teacher.metrics.get('accuracy', float('nan')):.4f} ({time.time() - t0:.0f}s)"
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "intermediate_fraction": args.intermediate_fraction,
         "teacher_train_seconds": teacher.train_seconds,
+        "teacher_train_threads": teacher_threads,
         "jobs": args.jobs,
         "training_precision": args.precision,
     }
