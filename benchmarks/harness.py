@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -269,12 +270,20 @@ def run_or_reuse(
     resume: bool = True,
     quiet: bool = True,
     log: Callable[[str], None] = print,
+    keep_checkpoints: bool = False,
 ) -> RunRecord:
     """:func:`bertdistill.training.runs.run_or_reuse` (train ``config`` into ``out_dir`` unless a finished run
-    of the same full config is there; resume an unfinished one), read back as a :class:`RunRecord`."""
+    of the same full config is there; resume an unfinished one), read back as a :class:`RunRecord`.
+
+    A finished run's ``checkpoints/`` (weights with optimizer state, there to resume a killed run) is removed
+    unless ``keep_checkpoints``: a benchmark table keeps dozens of finished runs, and their checkpoints filled
+    this machine's disk once. The model, ``best/``, ``stages/``, the config and the logs stay, and a finished run
+    is reused without them."""
     from bertdistill.training import runs
 
     done = runs.run_or_reuse(config, out_dir, on_mismatch=on_mismatch, resume=resume, quiet=quiet, log=log)
+    if not keep_checkpoints and runs.is_finished(done.dir):
+        shutil.rmtree(done.dir / "checkpoints", ignore_errors=True)
     rec = read_run(done.dir, done.config, reused=done.reused)
     rec.train_seconds = done.seconds
     return rec

@@ -70,6 +70,18 @@ def test_reuse_only_on_full_config_match(tmp_path, kd_config, count_trainings):
     assert H.run_or_reuse(alpha, out).reused and count_trainings["n"] == 3
 
 
+def test_a_finished_runs_checkpoints_are_dropped_unless_kept(tmp_path, kd_config, count_trainings):
+    """A benchmark's finished runs keep their model and logs, not their resumable checkpoints (optimizer state);
+    a run asked to keep them keeps them; both are reused afterwards."""
+    dropped, kept = tmp_path / "dropped", tmp_path / "kept"
+    H.run_or_reuse(kd_config, kept, keep_checkpoints=True)
+    assert [p.name for p in (kept / "checkpoints").iterdir() if p.name.startswith("step-")]
+    H.run_or_reuse(kd_config, dropped)
+    assert not (dropped / "checkpoints").exists()
+    assert H.is_finished(dropped) and (dropped / "model.safetensors").is_file()
+    assert H.run_or_reuse(kd_config, dropped).reused and count_trainings["n"] == 2
+
+
 def test_changed_input_retrains(tmp_path, teacher_dir, sst2_dir, count_trainings):
     teacher = tmp_path / "teacher"
     shutil.copytree(teacher_dir, teacher)
