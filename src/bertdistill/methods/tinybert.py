@@ -94,7 +94,7 @@ def task_lrs(
     TinyBERT: ``student.init`` other than ``random``, or a ``general`` stage earlier in the run), and 1e-4 for both
     when it starts random. The official rates assume a general-distilled student; from random weights they barely
     move it off the class prior in the task stages' steps (``docs/methods/tinybert.md``, "Defaults and the
-    evidence": 12-16 points below the same student without distillation on a 2,000-example SST-2 slice)."""
+    evidence": 13-18 points below the same student without distillation on a 2,000-example SST-2 slice)."""
     random_start = random_init and "general" not in stages
     auto = (RANDOM_INIT_TASK_LR, RANDOM_INIT_TASK_LR) if random_start else OFFICIAL_TASK_LRS
     return (
@@ -379,7 +379,6 @@ class TinyBERT(Method):
                 f"(projection: {self.cfg.projection}, same student and teacher widths?): {str(e).splitlines()[0]}"
             ) from None
 
-    # ------------------------------------------------------------------ stages / data
     def __init__(self, run: RunConfig, task: TaskSpec) -> None:
         super().__init__(run, task)
         cfg = self.cfg
@@ -398,6 +397,7 @@ class TinyBERT(Method):
                     RANDOM_INIT_TASK_LR,
                 )
 
+    # ------------------------------------------------------------------ stages / data
     def task_lrs(self) -> tuple[float, float]:
         """The learning rates of ``task_intermediate`` and ``task_prediction``: :func:`task_lrs` of this run."""
         cfg = self.cfg
