@@ -55,10 +55,16 @@ def git_commit() -> str | None:
 
 
 def method_of(student_dir: str | Path) -> str:
-    """The method recorded in a finished run's ``bertdistill.yaml``."""
+    """The method recorded in a finished run's ``bertdistill.yaml``; for a dir without one (a head written by
+    ``export-task``), the method its ``config.json`` says it was exported from, else ``unknown``."""
     import yaml
 
-    cfg = yaml.safe_load((Path(student_dir) / "bertdistill.yaml").read_text()) or {}
+    run_config = Path(student_dir) / "bertdistill.yaml"
+    if not run_config.is_file():
+        hf = Path(student_dir) / "config.json"
+        origin = json.loads(hf.read_text()).get("bertdistill_exported_from") if hf.is_file() else None
+        return str(origin.get("method", "unknown")) if isinstance(origin, Mapping) else "unknown"
+    cfg = yaml.safe_load(run_config.read_text()) or {}
     method = cfg.get("method")
     return str(method.get("name") if isinstance(method, Mapping) else method or "unknown")
 

@@ -1,7 +1,10 @@
 """benchmarks.deploy_bench: the rows of one student's deployed forms, and which one is ``best``."""
 
+import json
+
 import pytest
 
+from benchmarks import deploy_bench
 from benchmarks.deploy_bench import deploy_rows
 
 
@@ -66,3 +69,17 @@ def test_early_exit_rows_are_also_measured_against_fp32_eager_at_full_depth():
     assert [r["precision"] for r in rows if r["best"]] == ["onnx-fp32"]
     assert [r["precision"] for r in rows if r["best_vs_full_depth"]] == ["onnx-fp32"]
     assert all(r["speed"] == 0.3 for r in rows)
+
+
+def test_the_method_of_a_run_dir_and_of_an_exported_head(tmp_path):
+    """A run dir names its method in ``bertdistill.yaml``; a head written by ``export-task`` has none and names
+    it in ``config.json``; a plain HF dir is ``unknown`` (never a crash after the timing is done)."""
+    run, head, plain = (tmp_path / n for n in ("run", "head", "plain"))
+    for d in (run, head, plain):
+        d.mkdir()
+    (run / "bertdistill.yaml").write_text("method:\n  name: pkd\n")
+    (head / "config.json").write_text(
+        json.dumps({"bertdistill_exported_from": {"method": "mtdnn_kd", "head": "mrpc"}})
+    )
+    (plain / "config.json").write_text("{}")
+    assert [deploy_bench.method_of(d) for d in (run, head, plain)] == ["pkd", "mtdnn_kd", "unknown"]

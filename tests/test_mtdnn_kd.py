@@ -109,6 +109,7 @@ def test_every_head_trains_is_saved_and_exports(
     out = tmp_path / "sst2-only"
     assert run_cli(["export-task", str(result.output_dir), "sst2", "-o", str(out)]) == 0
     single = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert single.config.bertdistill_exported_from == {"method": "mtdnn_kd", "head": "sst2"}
     runner = load_student(result.output_dir)
     tok = BertTokenizerFast.from_pretrained(out)
     enc = tok(["a good film", "the plot was dull and boring"], padding=True, return_tensors="pt")

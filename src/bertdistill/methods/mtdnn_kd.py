@@ -275,7 +275,12 @@ class MultiTaskRunner(Runner):
         if head not in self.names:
             raise ConfigError(f"no head {head!r}; this student's heads are {self.names}")
         model: Any = cast(Any, self.model).heads[head]
-        model.save_pretrained(out_dir, safe_serialization=True)
+        # where the single-task dir came from, for tools that read a run's method (a head has no run config)
+        model.config.bertdistill_exported_from = {"method": "mtdnn_kd", "head": head}
+        try:
+            model.save_pretrained(out_dir, safe_serialization=True)
+        finally:
+            del model.config.bertdistill_exported_from
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out_dir)
 
