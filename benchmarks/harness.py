@@ -282,7 +282,7 @@ def run_or_reuse(
     from bertdistill.training import runs
 
     done = runs.run_or_reuse(config, out_dir, on_mismatch=on_mismatch, resume=resume, quiet=quiet, log=log)
-    if not keep_checkpoints and runs.is_finished(done.dir):
+    if not keep_checkpoints:  # run_or_reuse returns a finished run (or raises)
         shutil.rmtree(done.dir / "checkpoints", ignore_errors=True)
     rec = read_run(done.dir, done.config, reused=done.reused)
     rec.train_seconds = done.seconds

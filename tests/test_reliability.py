@@ -316,7 +316,7 @@ def test_a_failed_model_write_names_the_intact_checkpoint_and_other_errors_surfa
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
 
     with pytest.raises(ckpt.CheckpointError) as e:
-        ckpt.guarded_write(target, full, what="the model", then="the checkpoint X is intact")
+        ckpt.guarded_write(target, full, what="the model", then=lambda: "the checkpoint X is intact")
     assert str(e.value).startswith(f"could not write the model {target} (the disk is probably full: ")
     assert str(e.value).endswith("file write failed); the checkpoint X is intact")
     assert not target.exists() and list((tmp_path / "run").iterdir()) == []  # the temporary dir is gone
@@ -325,7 +325,7 @@ def test_a_failed_model_write_names_the_intact_checkpoint_and_other_errors_surfa
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as e:
-        ckpt.guarded_write(target, bug, what="the model", then="")
+        ckpt.guarded_write(target, bug, what="the model", then=lambda: "")
     assert not isinstance(e.value, ckpt.CheckpointError)
 
 

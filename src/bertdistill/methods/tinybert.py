@@ -87,15 +87,15 @@ RANDOM_INIT_TASK_LR = 1e-4
 
 
 def task_lrs(
-    intermediate_lr: float | None, prediction_lr: float | None, random_init: bool, stages: list[str]
+    intermediate_lr: float | None, prediction_lr: float | None, random_start: bool
 ) -> tuple[float, float]:
     """The learning rates of ``task_intermediate`` and ``task_prediction``: ``intermediate_lr`` and
     ``prediction_lr`` where set; unset, the official 5e-5 and 3e-5 when the student starts trained (a General
     TinyBERT: ``student.init`` other than ``random``, or a ``general`` stage earlier in the run), and 1e-4 for both
-    when it starts random. The official rates assume a general-distilled student; from random weights they barely
-    move it off the class prior in the task stages' steps (``docs/methods/tinybert.md``, "Defaults and the
-    evidence": 13-18 points below the same student without distillation on a 2,000-example SST-2 slice)."""
-    random_start = random_init and "general" not in stages
+    when it starts random (``random_start``). The official rates assume a general-distilled student; from random
+    weights they barely move it off the class prior in the task stages' steps (``docs/methods/tinybert.md``,
+    "Defaults and the evidence": 13-18 points below the same student without distillation on a 2,000-example
+    SST-2 slice)."""
     auto = (RANDOM_INIT_TASK_LR, RANDOM_INIT_TASK_LR) if random_start else OFFICIAL_TASK_LRS
     return (
         intermediate_lr if intermediate_lr is not None else auto[0],
@@ -382,26 +382,26 @@ class TinyBERT(Method):
     def __init__(self, run: RunConfig, task: TaskSpec) -> None:
         super().__init__(run, task)
         cfg = self.cfg
-        if run.student.init == "random" and "general" not in cfg.stages:
-            low = {
-                f"method.{k}_lr": v
-                for k in ("intermediate", "prediction")
-                if (v := getattr(cfg, f"{k}_lr")) is not None and v < RANDOM_INIT_TASK_LR
-            }
-            if low and "task_prediction" in cfg.stages:
-                log.warning(
-                    "%s with a random-init student (student.init: random, no general stage): the official task "
-                    "rates assume a General TinyBERT; from random weights they have left students at the majority "
-                    "class (docs/methods/tinybert.md, 'Defaults and the evidence'); unset them for %g",
-                    ", ".join(f"{k}={v:g}" for k, v in low.items()),
-                    RANDOM_INIT_TASK_LR,
-                )
+        # no trained weights to start the task stages from: neither a trained student nor a general stage first
+        self.random_start = run.student.init == "random" and "general" not in cfg.stages
+        low = {
+            f"method.{k}_lr": v
+            for k in ("intermediate", "prediction")
+            if (v := getattr(cfg, f"{k}_lr")) is not None and v < RANDOM_INIT_TASK_LR
+        }
+        if self.random_start and low and "task_prediction" in cfg.stages:
+            log.warning(
+                "%s with a random-init student (student.init: random, no general stage): the official task "
+                "rates assume a General TinyBERT; from random weights they have left students at the majority "
+                "class (docs/methods/tinybert.md, 'Defaults and the evidence'); unset them for %g",
+                ", ".join(f"{k}={v:g}" for k, v in low.items()),
+                RANDOM_INIT_TASK_LR,
+            )
 
     # ------------------------------------------------------------------ stages / data
     def task_lrs(self) -> tuple[float, float]:
         """The learning rates of ``task_intermediate`` and ``task_prediction``: :func:`task_lrs` of this run."""
-        cfg = self.cfg
-        return task_lrs(cfg.intermediate_lr, cfg.prediction_lr, self.run.student.init == "random", cfg.stages)
+        return task_lrs(self.cfg.intermediate_lr, self.cfg.prediction_lr, self.random_start)
 
     @classmethod
     def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
@@ -409,15 +409,9 @@ class TinyBERT(Method):
         trains the classifier with (``task_prediction``'s) rather than ``train.lr``: for the random-init student,
         1e-4, so that the control is not held back by a rate too small for random weights."""
         method = recipe.get("method") or {}
-        random_start = (recipe.get("student") or {}).get("init", "teacher") == "random"
-        stages = method.get("stages") or list(TinyBERTConfig().stages)
         # the control has no general stage: a random-init control student starts random whatever the run does
-        _, lr = task_lrs(
-            method.get("intermediate_lr"),
-            method.get("prediction_lr"),
-            random_start,
-            [s for s in stages if s != "general"],
-        )
+        random_start = (recipe.get("student") or {}).get("init", "teacher") == "random"
+        _, lr = task_lrs(method.get("intermediate_lr"), method.get("prediction_lr"), random_start)
         control = super().control_recipe(recipe, steps)
         if control is not None:
             control.setdefault("train", {})["lr"] = lr

@@ -73,17 +73,17 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def guarded_write(target: Path, write: Callable[[Path], None], *, what: str, then: str) -> Path:
+def guarded_write(target: Path, write: Callable[[Path], None], *, what: str, then: Callable[[], str]) -> Path:
     """:func:`atomic_dir`, with a failed write (a full disk, however the writer reports it) raised as a
-    :class:`CheckpointError` that names ``what`` was being written and ``then``: what is still intact and what
-    to do."""
+    :class:`CheckpointError` that names ``what`` was being written and ``then()``: what is still intact and what
+    to do (looked up only on failure)."""
     try:
         return atomic_dir(target, write)
     except Exception as e:
         why = write_failure(e, target.parent)
         if why is None:
             raise
-        raise CheckpointError(f"could not write {what} {target} ({why}); {then}") from e
+        raise CheckpointError(f"could not write {what} {target} ({why}); {then()}") from e
 
 
 def recover_dir(target: Path) -> None:
@@ -189,15 +189,13 @@ def save_checkpoint(
         files = {f.name: file_digest(f) for f in sorted(tmp.iterdir())}
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "files": files}, indent=1))
 
-    prev = latest_checkpoint(root)
-    path = guarded_write(
-        target,
-        write,
-        what="checkpoint",
-        then=f"the previous checkpoint {prev} is intact: make room and run again with --resume"
-        if prev
-        else "no earlier checkpoint exists",
-    )
+    def intact() -> str:
+        prev = latest_checkpoint(root)
+        if prev is None:
+            return "no earlier checkpoint exists"
+        return f"the previous checkpoint {prev} is intact: make room and run again with --resume"
+
+    path = guarded_write(target, write, what="checkpoint", then=intact)
     kill_point("checkpoint_saved")
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

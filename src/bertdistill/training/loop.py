@@ -385,7 +385,7 @@ class Trainer:
             if metrics is not None:
                 (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
 
-        ckpt.guarded_write(target, write, what="the model", then=self._intact())
+        ckpt.guarded_write(target, write, what="the model", then=self._intact)
 
     # ------------------------------------------------------------------ main
     def train(self, resume: bool = False) -> RunResult:
@@ -829,7 +829,7 @@ class Trainer:
                     save_file(extras, str(tmp / EXTRAS_FILE))
                 self.run.dump(tmp / CONFIG_FILE)
 
-            ckpt.guarded_write(self.out / "stages" / stage.name, write, what="the stage", then=self._intact())
+            ckpt.guarded_write(self.out / "stages" / stage.name, write, what="the stage", then=self._intact)
             self.print(f"stage {stage.name!r} saved to {self.out / 'stages' / stage.name}")
         self.acc.wait_for_everyone()
 
