@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         timing=H.TimingOptions(threads=args.threads, n_latency=args.latency_sentences),
         train_only=args.train_only,
         on_mismatch=args.on_mismatch,
+        link_from=args.link_from,
     )
     if result is None:
         return 0

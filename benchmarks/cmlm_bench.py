@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         H.Row("kd", RECIPE, (f"method.teacher_path={teacher}",), baseline="no_kd"),
         H.Row("no_kd", RECIPE, ("method.alpha=0.0",)),
     ]
-    runs = H.run_rows(rows, args.seeds, work, common, on_mismatch=args.on_mismatch)
+    runs = H.run_rows(rows, args.seeds, work, common, on_mismatch=args.on_mismatch, link_from=args.link_from)
     beams = sorted({args.beam, 1})
     key = f"beam{args.beam}"
     scored = {

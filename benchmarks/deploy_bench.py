@@ -10,6 +10,11 @@ in fp32 eager, ``speedup_vs_fp32`` (batch-1 latency of fp32 eager / this form's)
 ``best``: the fastest form at batch 1 whose score is at most 0.5 point below fp32 eager (the issue's bar). Nothing
 is trained here: the students are finished runs (their dirs say how they were trained).
 
+``--teacher-forms`` also measures the teacher in every form (``teacher_forms``, rows of the same shape) and gives
+each student row ``speedup_vs_teacher_same_form`` (against the teacher deployed the same way) and
+``speedup_vs_teacher_best_form`` (against the teacher's own best form): the equal-footing speed-up, where
+``speedup_vs_teacher`` credits the student with the deployment too.
+
 ``--speed S`` (FastBERT): every form exits early at ``S`` (the ONNX forms between their per-layer graphs), so the
 columns above compare the forms at that speed. Each row then also has its ``mean_exit_layer``, ``flops_speedup``
 and ``full_depth_latency_ms`` (the same form at full depth, timed interleaved), and is measured against the
@@ -105,6 +110,21 @@ def deploy_rows(label: str, method: str, rows: Sequence[Mapping[str, Any]]) -> l
     return out
 
 
+def equal_footing(rows: Sequence[dict[str, Any]], teacher_forms: Sequence[Mapping[str, Any]]) -> None:
+    """Put each student form beside the teacher deployed the same way (``--teacher-forms``):
+    ``speedup_vs_teacher_same_form`` (the teacher in this row's precision) and ``speedup_vs_teacher_best_form``
+    (the teacher's own best form). Each is a ratio of two speed-ups over the teacher in fp32 eager, each measured
+    in its own interleaved run, so the drift between runs cancels."""
+    same = {t["precision"]: t for t in teacher_forms}
+    best = next((t for t in teacher_forms if t["best"]), None)
+    for r in rows:
+        t = same.get(r["precision"])
+        r["speedup_vs_teacher_same_form"] = r["speedup_vs_teacher"] / t["speedup_vs_teacher"] if t else None
+        r["speedup_vs_teacher_best_form"] = (
+            r["speedup_vs_teacher"] / best["speedup_vs_teacher"] if best else None
+        )
+
+
 def _mark_best(rows: Sequence[dict[str, Any]], change: str, flag: str) -> None:
     """``rows[i][flag] = True`` on the fastest row whose ``change`` loses at most :data:`MAX_LOSS` (else on none)."""
     for r in rows:
@@ -149,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=None,
         help="FastBERT: early-exit threshold of every form, measured against fp32 eager at full depth",
+    )
+    p.add_argument(
+        "--teacher-forms",
+        action="store_true",
+        help="also time the teacher in every form, and put each student form beside the teacher deployed the "
+        "same way and in its best form (the equal-footing speed-up; the default compares with fp32 eager)",
     )
     args = p.parse_args(argv)
     quiet()
@@ -201,6 +227,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"x{r['speedup_vs_teacher']:.2f} vs teacher{'  BEST' if r['best'] else ''}{full_depth}",
                 flush=True,
             )
+    teacher_forms: list[dict[str, Any]] = []
+    if args.teacher_forms:
+        log.warning("deploy_bench: the teacher in every form (%s)", teacher)
+        plain = {k: v for k, v in common.items() if k != "options"}  # --speed is the students' early exit
+        cmp = compare(
+            teacher, [teacher], labels=["teacher", "teacher-deployed"], precisions=precisions, **plain
+        )
+        teacher_forms = deploy_rows("teacher", "teacher", cmp)
+        teacher_rows.append(cmp[0])
+        equal_footing(rows, teacher_forms)
+        for r in teacher_forms:
+            print(
+                f"{'teacher':12s} {r['precision']:10s} {r['metric']} {100 * r['score']:.2f} "
+                f"({100 * r['score_change']:+.2f}) {r['latency_ms']:.2f} ms  x{r['speedup_vs_fp32']:.2f} vs fp32"
+                f"{'  BEST' if r['best'] else ''}",
+                flush=True,
+            )
     t = teacher_rows[0]
     result = {
         "schema_version": SCHEMA_VERSION,
@@ -226,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speed": args.speed,
         "rows": rows,
         "export_failures": failures,
+        **({"teacher_forms": teacher_forms} if teacher_forms else {}),
     }
     name = args.name or f"deploy_{args.task}"
     # what was measured survives a file the schema refuses (the raw copy goes to the system temp dir)

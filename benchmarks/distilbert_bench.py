@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads, n_latency=cap(args.latency_sentences), max_examples=args.eval_examples
         ),
         on_mismatch=args.on_mismatch,
+        link_from=args.link_from,
     )
     assert result is not None
     cfg = json.loads((Path(result["rows"][0]["runs"][0]) / "config.json").read_text())

@@ -116,7 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.ablation:
             raise SystemExit("--ablation trains; leave out --model")
     else:
-        runs = H.run_rows(rows, args.seeds, H.WORK / args.name, table.common, on_mismatch=args.on_mismatch)
+        runs = H.run_rows(
+            rows,
+            args.seeds,
+            H.WORK / args.name,
+            table.common,
+            on_mismatch=args.on_mismatch,
+            link_from=args.link_from,
+        )
     model_dir = runs["fastbert"][0].dir
 
     sweep = []

@@ -825,6 +825,13 @@ def add_run_flags(p: Any) -> None:
         "--results-dir", default=str(RESULTS), help="where the result JSON goes (smoke runs: elsewhere)"
     )
     p.add_argument(
+        "--link-from",
+        action="append",
+        default=[],
+        help="another bench dir holding finished runs of this table (repeatable): a run there of the same full "
+        "config is used in place, not retrained (e.g. rows trained in parallel under other --name)",
+    )
+    p.add_argument(
         "--reuse",
         action="store_true",
         help="accepted for old commands: finished runs of the same config are always reused now",

@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         train_only=args.train_only,
         on_mismatch=args.on_mismatch,
+        link_from=args.link_from,
     )
     if result is None:
         return 0

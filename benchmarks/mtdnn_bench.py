@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     if args.only and not args.train_only:
         p.error("--only trains a part of the table: use it with --train-only")
-    runs = H.run_rows(rows, args.seeds, work, common, only=args.only, on_mismatch=args.on_mismatch)
+    runs = H.run_rows(
+        rows, args.seeds, work, common, only=args.only, on_mismatch=args.on_mismatch, link_from=args.link_from
+    )
     if mt_steps is not None and runs.get("mt_kd") and runs["mt_kd"][0].steps != mt_steps:
         raise SystemExit(
             f"kd_single_steps ran {mt_steps} steps but the multi-task run {runs['mt_kd'][0].steps}"

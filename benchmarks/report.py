@@ -201,15 +201,36 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
             f"{fmt_threads(r)} threads. Best = the fastest form losing at most "
             f"{100 * BEST_MAX_SCORE_DROP:.1f} points against the student's fp32.",
             "",
-            "| method | student | precision | score | change | latency ms | × fp32 | × teacher | "
-            "samples/s b32 | best |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        forms = r.get("teacher_forms") or []
+        if forms:
+            lines += [
+                "The teacher deployed the same ways (`--teacher-forms`): "
+                + ", ".join(
+                    f"{t['precision']} {t['latency_ms']:.2f} ms ({pct(t['score'])}"
+                    f"{', best' if t['best'] else ''})"
+                    for t in forms
+                )
+                + ". *× teacher same form* and *× teacher best* compare each student form with the teacher in "
+                "the same form and in its best one.",
+                "",
+            ]
+        extra = " × teacher same form | × teacher best |" if forms else ""
+        lines += [
+            "| method | student | precision | score | change | latency ms | × fp32 | × teacher (fp32 eager) |"
+            f"{extra} samples/s b32 | best |",
+            "|---|---|---|---|---|---|---|---|" + ("---|---|" if forms else "") + "---|---|",
         ]
         for x in r["rows"]:
+            vs = (
+                f" {num(x.get('speedup_vs_teacher_same_form'))} | {num(x.get('speedup_vs_teacher_best_form'))} |"
+                if forms
+                else ""
+            )
             lines.append(
                 f"| {x['method']} | `{x['student']}` | {x['precision']} | {pct(x['score'])} | "
                 f"{100 * x['score_change']:+.2f} | {x['latency_ms']:.2f} | {x['speedup_vs_fp32']:.2f} | "
-                f"{x['speedup_vs_teacher']:.2f} | {x['throughput']:.1f} | {'**yes**' if x['best'] else ''} |"
+                f"{x['speedup_vs_teacher']:.2f} |{vs} {x['throughput']:.1f} | {'**yes**' if x['best'] else ''} |"
             )
     for name, r in other:
         if not is_legacy(r) and r["kind"] == "end_to_end":

@@ -50,7 +50,6 @@ def add_table_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--only", nargs="+", help="train only these rows (with --train-only)")
     p.add_argument("--train-only", action="store_true", help="train, write nothing to results/")
-    p.add_argument("--link-from", action="append", default=[], help="bench dir(s) holding finished runs")
     p.add_argument("--threads", type=int, default=None, help="timing threads (default: all)")
     p.add_argument("--latency-sentences", type=int, default=300)
     p.add_argument("--eval-examples", type=int, help="dev subsample for scoring and timing (default: all)")

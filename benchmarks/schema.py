@@ -239,6 +239,9 @@ class DeployResult(DeployProvenance):
     teacher_latency_ms: float
     """The teacher's batch-1 median latency in the same run (fp32 eager)."""
     rows: list[DeployRow]
+    """Optional (``--teacher-forms``): ``teacher_forms``, the teacher's own forms as rows of this shape, and on
+    every row ``speedup_vs_teacher_same_form`` / ``speedup_vs_teacher_best_form``, its ``speedup_vs_teacher``
+    over the teacher form's in the same precision / the teacher's best form (checked by ``_check_deploy``)."""
 
 
 class LegacyDistillResult(TypedDict):
@@ -480,6 +483,32 @@ def _check_deploy(result: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"rows[{best[0]}] is marked best but rows[{min(eligible)[1]}] is faster within the score limit"
             )
+    return problems + _check_teacher_forms(result)
+
+
+def _check_teacher_forms(result: Mapping[str, Any]) -> list[str]:
+    """``teacher_forms`` (deploy_bench ``--teacher-forms``): the teacher's own forms, one best; each student row's
+    ``speedup_vs_teacher_same_form`` / ``_best_form`` is its ``speedup_vs_teacher`` over that teacher form's."""
+    forms = result.get("teacher_forms")
+    if not forms:
+        return []
+    problems = []
+    same = {t["precision"]: t for t in forms}
+    best = [t for t in forms if t["best"]]
+    if len(best) != 1:
+        problems.append(f"teacher_forms: {len(best)} forms marked best (exactly one)")
+    for i, x in enumerate(result["rows"]):
+        for key, t in (
+            ("same_form", same.get(x["precision"])),
+            ("best_form", best[0] if len(best) == 1 else None),
+        ):
+            got = x.get(f"speedup_vs_teacher_{key}")
+            want = None if t is None else x["speedup_vs_teacher"] / t["speedup_vs_teacher"]
+            if (got is None) != (want is None) or (want is not None and not _near(got, want)):
+                problems.append(
+                    f"rows[{i}].speedup_vs_teacher_{key} = {got}: expected its speedup_vs_teacher over the "
+                    f"teacher form's ({want})"
+                )
     return problems
 
 

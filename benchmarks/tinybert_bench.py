@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             max_length=args.max_length,
         ),
         on_mismatch=args.on_mismatch,
+        link_from=args.link_from,
     )
     assert result is not None
     for x in result["rows"]:

@@ -83,3 +83,30 @@ def test_the_method_of_a_run_dir_and_of_an_exported_head(tmp_path):
     )
     (plain / "config.json").write_text("{}")
     assert [deploy_bench.method_of(d) for d in (run, head, plain)] == ["pkd", "mtdnn_kd", "unknown"]
+
+
+def test_equal_footing_puts_each_form_beside_the_teacher_deployed_the_same_way():
+    """--teacher-forms: the student's int8 form 5x the teacher in fp32 eager but only 2.5x the teacher in int8
+    (itself 2x its eager self); against the teacher's best form (int8, the fastest within 0.5 point) as well."""
+    from benchmarks.deploy_bench import equal_footing
+
+    teacher = _row("fp32", 0.90, 10.0, 100.0)
+    student = deploy_rows(
+        "kd", "kd", [teacher, _row("fp32", 0.85, 4.0, 300.0), _row("int8", 0.848, 2.0, 450.0)]
+    )
+    teacher_forms = deploy_rows(
+        "teacher",
+        "teacher",
+        [_row("fp32", 0.90, 10.0, 100.0), _row("fp32", 0.90, 10.0, 100.0), _row("int8", 0.899, 5.0, 200.0)],
+    )
+    equal_footing(student, teacher_forms)
+    by = {r["precision"]: r for r in student}
+    assert by["int8"]["speedup_vs_teacher"] == pytest.approx(5.0)
+    assert by["int8"]["speedup_vs_teacher_same_form"] == pytest.approx(2.5)
+    assert by["fp32"]["speedup_vs_teacher_same_form"] == pytest.approx(2.5)
+    assert by["fp32"]["speedup_vs_teacher_best_form"] == pytest.approx(1.25)  # 10/4 over 10/5
+    only_fp32 = deploy_rows(
+        "kd", "kd", [teacher, _row("fp32", 0.85, 4.0, 300.0), _row("bf16", 0.85, 3.0, 1.0)]
+    )
+    equal_footing(only_fp32, teacher_forms)
+    assert only_fp32[1]["speedup_vs_teacher_same_form"] is None  # the teacher was not timed in bf16

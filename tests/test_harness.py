@@ -133,6 +133,35 @@ def test_refuses_to_clear_a_dir_that_is_not_a_run(tmp_path, kd_config):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_rows_trained_elsewhere_are_linked_only_on_a_config_match(
+    tmp_path, teacher_dir, sst2_dir, count_trainings
+):
+    """``--link-from``: rows trained in parallel under another bench name are used in place (no retraining)
+    when their full config matches; a run of another config there is not used, the row trains in its own dir."""
+    common = [
+        f"teacher.path={teacher_dir}",
+        f"data.path={sst2_dir}",
+        f"teacher.cache_dir={tmp_path / 'cache'}",
+        "data.max_train_examples=16",
+        "data.max_eval_examples=16",
+        "data.max_length=32",
+        *STEPS,
+    ]
+    rows = [H.Row("kd", "kd/sst2")]
+    elsewhere = H.run_rows(rows, [1], tmp_path / "core0", common, quiet=True, log=lambda _: None)
+    assert count_trainings["n"] == 1
+    linked = H.run_rows(
+        rows, [1], tmp_path / "table", common, link_from=[tmp_path / "core0"], log=lambda _: None
+    )
+    assert count_trainings["n"] == 1 and linked["kd"][0].dir == elsewhere["kd"][0].dir
+    assert not (tmp_path / "table" / "kd-seed1").exists()
+    other = [H.Row("kd", "kd/sst2", ("method.alpha=0.3",))]
+    trained = H.run_rows(
+        other, [1], tmp_path / "table", common, link_from=[tmp_path / "core0"], log=lambda _: None
+    )
+    assert count_trainings["n"] == 2 and trained["kd"][0].dir == tmp_path / "table" / "kd-seed1"
+
+
 def test_rows_and_parse(tmp_path, teacher_dir, sst2_dir):
     row = H.parse_row("no_kd=finetune:kd/sst2:train.lr=3e-4,data.max_length=32")
     assert row.finetune and row.overrides == ("train.lr=3e-4", "data.max_length=32")

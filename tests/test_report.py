@@ -377,3 +377,42 @@ def test_a_deploy_row_may_carry_the_teacher_latency_of_its_own_run():
     assert validate(d) == []
     d["rows"][0]["speedup_vs_teacher"] *= 1.5
     assert any("speedup_vs_teacher" in p for p in validate(d))
+
+
+def test_a_deploy_file_with_the_teachers_own_forms(results_dir, tmp_path):
+    """deploy_bench --teacher-forms: the teacher's forms validate with one best, each row's equal-footing ratios
+    are checked against them, and the report prints both columns."""
+    d = _deploy()
+
+    def tform(precision: str, score: float, ms: float, best: bool) -> dict:
+        return {
+            "method": "teacher",
+            "student": TEACHER_A,
+            "precision": precision,
+            "metric": "accuracy",
+            "score": score,
+            "score_change": score - 0.90,
+            "latency_ms": ms,
+            "speedup_vs_fp32": 20.0 / ms,
+            "speedup_vs_teacher": 20.0 / ms,
+            "throughput": 1000 / ms,
+            "best": best,
+        }
+
+    d["teacher_forms"] = [tform("fp32", 0.90, 20.0, False), tform("int8", 0.899, 8.0, True)]
+    for r in d["rows"]:
+        same = {"fp32": 1.0, "int8": 2.5}.get(r["precision"])
+        r["speedup_vs_teacher_same_form"] = None if same is None else r["speedup_vs_teacher"] / same
+        r["speedup_vs_teacher_best_form"] = r["speedup_vs_teacher"] / 2.5
+    assert validate(d) == []
+    (results_dir / "d_deploy.json").write_text(json.dumps(d))
+    text = _run(results_dir, tmp_path / "RESULTS.md")
+    assert "int8 8.00 ms (89.9, best)" in text
+    # int8: 8x the teacher in fp32 eager, 3.2x the teacher in int8 (its best form too); bf16: no teacher bf16
+    assert "| int8 | 79.0 | -1.00 | 2.50 | 2.00 | 8.00 | 3.20 | 3.20 | 400.0 |  |" in text
+    assert "| bf16 | 79.8 | -0.20 | 4.00 | 1.25 | 5.00 | - | 2.00 | 250.0 | **yes** |" in text
+    d["rows"][2]["speedup_vs_teacher_same_form"] = 8.0
+    assert any("speedup_vs_teacher_same_form" in p for p in validate(d))
+    d["rows"][2]["speedup_vs_teacher_same_form"] = 3.2
+    d["teacher_forms"][0]["best"] = True
+    assert any("teacher_forms: 2 forms marked best" in p for p in validate(d))
