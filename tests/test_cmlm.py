@@ -34,14 +34,16 @@ from bertdistill.data.parallel import (
 )
 from bertdistill.evaluation import evaluate
 from bertdistill.inference import load_student
-from bertdistill.losses import label_smoothed_ce, topk_soft_ce
+from bertdistill.losses import label_smoothed_ce, topk_sharpness, topk_soft_ce
 from bertdistill.methods.cmlm import (
     CMLM,
+    FLAT_TARGETS,
     CMLMCollator,
     CMLMSoftLabeler,
     Seq2SeqRunner,
     check_vocab_alignment,
     masked_copies,
+    soft_label_warning,
 )
 from bertdistill.protocol import Features, Needs, TokenTopK
 from bertdistill.recipes import load_config
@@ -288,6 +290,30 @@ def _log_softmax(xs):
     return [x - lse for x in xs]
 
 
+def test_soft_label_sharpness_and_the_flat_target_warning():
+    """Golden values: two rows of top-4 logits at t = 2. Row 1 [2, 0, 0, 0] / 2 -> p = [e, 1, 1, 1] / (e + 3);
+    row 2 all equal -> uniform (entropy ratio 1). The warning names what is flat and what to do, and only
+    when the run uses the KD term."""
+    z = torch.tensor([[2.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    stats = topk_sharpness(z, 2.0)
+    e = math.e
+    p1 = torch.tensor([e, 1, 1, 1]) / (e + 3)
+    h1 = float(-(p1 * p1.log()).sum())
+    assert stats["top1_prob"] == pytest.approx((e / (e + 3) + 0.25) / 2)
+    assert stats["entropy_ratio"] == pytest.approx((h1 / math.log(4) + 1.0) / 2)
+    assert stats["logit_gap"] == pytest.approx(1.0)  # (2 + 0) / 2
+    assert stats["top1_prob_t1"] == pytest.approx((e**2 / (e**2 + 3) + 0.25) / 2)
+    flat = topk_sharpness(torch.tensor([[3.0, 2.6, 2.1, 1.7, 1.3, 0.9, 0.4, 0.0]]), 10.0)  # gap 3, t = 10
+    assert flat["entropy_ratio"] > FLAT_TARGETS
+    msg = soft_label_warning(flat, 8, 10.0, 0.5)
+    assert (
+        msg is not None and "nearly uniform over the teacher's top 8" in msg and "method.temperature" in msg
+    )
+    assert soft_label_warning(flat, 8, 10.0, 0.0) is None  # the no-KD control reads no soft labels
+    sharp = topk_sharpness(torch.tensor([[20.0, 12.0, 11.0, 10.5, 10.0, 9.5, 9.0, 8.5]]), 10.0)
+    assert sharp["entropy_ratio"] < FLAT_TARGETS and soft_label_warning(sharp, 8, 10.0, 0.5) is None
+
+
 def test_kd_loss_golden_values():
     """``topk_soft_ce`` and ``label_smoothed_ce`` against numbers computed by hand."""
     z_s = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
@@ -509,6 +535,11 @@ def test_end_to_end_translates_and_is_scored_by_sacrebleu(tmp_path, mlm_teacher_
         and prepared["build_seconds"] > 0
         and not prepared["cache_hit"]
     )
+    # the soft labels' sharpness is logged with the stage; flat ones (a tiny random teacher) come with a warning
+    sharp = prepared["soft_labels"]
+    assert set(sharp) == {"top1_prob", "entropy_ratio", "logit_gap", "top1_prob_t1"}
+    assert 1 / 8 <= sharp["top1_prob"] <= sharp["top1_prob_t1"] <= 1 and 0 <= sharp["entropy_ratio"] <= 1
+    assert ("warning" in prepared) == (sharp["entropy_ratio"] > FLAT_TARGETS)
     student_log = [rec for rec in stages if rec.get("stage") == "student" and "loss" in rec]
     assert all({"kd", "mle"} <= set(rec) for rec in student_log)
     # HF format: the student and the stage-teacher load with plain transformers

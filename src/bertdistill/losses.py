@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -256,6 +258,25 @@ def label_smoothed_ce(logits: Tensor, targets: Tensor, epsilon: float) -> Tensor
     if targets.numel() == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float(), targets.long(), label_smoothing=float(epsilon))
+
+
+def topk_sharpness(teacher_topk_logits: Tensor, temperature: float) -> dict[str, float]:
+    """How much the targets of :func:`topk_soft_ce` say, over rows ``[N, k]`` of top-k logits: the mean
+    ``top1_prob`` of ``softmax(z / t)``, its mean entropy as a share of the uniform's ``ln k`` (``entropy_ratio``:
+    1 = the k tokens are told apart not at all), the mean gap between the top-1 and the k-th logit, and the mean
+    top-1 probability at t = 1 (``top1_prob_t1``, the teacher's own confidence within its top k)."""
+    z = teacher_topk_logits.float()
+    k = z.shape[-1]
+    if z.shape[0] == 0 or k < 2:
+        return {"top1_prob": 1.0, "entropy_ratio": 0.0, "logit_gap": 0.0, "top1_prob_t1": 1.0}
+    p = F.softmax(z / float(temperature), dim=-1)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
+    return {
+        "top1_prob": float(p.max(-1).values.mean()),
+        "entropy_ratio": float(entropy.mean() / math.log(k)),
+        "logit_gap": float((z.max(-1).values - z.min(-1).values).mean()),
+        "top1_prob_t1": float(F.softmax(z, dim=-1).max(-1).values.mean()),
+    }
 
 
 def topk_soft_ce(

@@ -494,6 +494,12 @@ class Method(ABC):
     def teacher_needs(self, stage: Stage, bundle: nn.Module) -> Needs:
         return Needs()
 
+    def prepared(self, stage: Stage, outputs: Mapping[str, Tensor]) -> dict[str, Any]:
+        """Diagnostics of the teacher outputs a preparation stage (``Stage.trains`` False) built or found in the
+        cache (``outputs``: the cache's tensors), added to the stage's log record; a ``warning`` entry is also
+        shown to the user. Default: none."""
+        return {}
+
     def runs_teacher(self) -> bool:
         """Whether any stage reads the run's teacher (``teacher.path``); False = it only builds the student."""
         return any(s.uses_teacher and s.teacher is None and s.group_teachers is None for s in self.stages())

@@ -65,7 +65,7 @@ from ..data.parallel import (
     translation_metrics,
 )
 from ..hub import from_pretrained
-from ..losses import label_smoothed_ce, mlm_ce, topk_soft_ce
+from ..losses import label_smoothed_ce, mlm_ce, topk_sharpness, topk_soft_ce
 from ..mlm_head import MaskedTokenOutput, masked_token_logits, split_mlm
 from ..protocol import (
     Batch,
@@ -85,6 +85,10 @@ from ..protocol import (
 from ..registry import register
 
 STAGES = ("teacher", "soft_labels", "student")
+FLAT_TARGETS = 0.99
+"""Soft labels whose mean entropy is above this share of the uniform's (``ln k``) at the run's temperature tell the
+student almost nothing but "one of these k tokens": the soft-label stage says so (see :func:`soft_label_warning`).
+The paper's setting on a well-trained teacher (top-1 logit ~6-10 above the rest, t = 10) is ≈ 0.96-0.98."""
 GENERATION_CAP = 256
 """Most tokens a student generates per sentence (the width of the ``tokens`` extras of a prediction)."""
 
@@ -174,6 +178,23 @@ class CMLMConfig(MethodConfig):
 
 
 # ----------------------------------------------------------------------------------------------- vocabulary
+
+
+def soft_label_warning(stats: Mapping[str, float], k: int, temperature: float, alpha: float) -> str | None:
+    """What to tell the user when the soft labels are nearly uniform (:data:`FLAT_TARGETS`); ``None`` otherwise
+    or when the run does not use them (``alpha`` 0)."""
+    if alpha <= 0 or stats["entropy_ratio"] <= FLAT_TARGETS:
+        return None
+    return (
+        f"the soft labels are nearly uniform over the teacher's top {k} at method.temperature {temperature:g} "
+        f"(mean p(top-1) {stats['top1_prob']:.3f} against {1 / k:.3f} for uniform; entropy "
+        f"{100 * stats['entropy_ratio']:.1f}% of the uniform's): the teacher's top-1 and {k}-th logits are only "
+        f"{stats['logit_gap']:.1f} apart on average (at t = 1 its p(top-1) is {stats['top1_prob_t1']:.2f}), so "
+        f"{alpha:g} of the student's loss teaches it to spread its probability over {k} tokens. The paper's "
+        "teacher (multilingual BERT, 100k steps) has far larger gaps. Train the teacher longer "
+        "(method.teacher_epochs) or lower method.temperature, and check the student against its no-KD control "
+        "(distill --control)."
+    )
 
 
 def check_vocab_alignment(
@@ -944,6 +965,20 @@ class CMLM(Method):
 
     def teacher_needs(self, stage: Stage, bundle: nn.Module) -> Needs:
         return Needs(logits=False, token_topk=self.cfg.topk)
+
+    def prepared(self, stage: Stage, outputs: Mapping[str, Tensor]) -> dict[str, Any]:
+        """The soft labels' sharpness at the run's temperature (logged with stage ``soft_labels``), and a warning
+        when they are nearly uniform over the top k."""
+        values = outputs.get("topk.values")
+        if values is None:
+            return {}
+        c = self.cfg
+        stats = topk_sharpness(values[:, : c.topk], c.temperature)
+        out: dict[str, Any] = {"soft_labels": stats}
+        warning = soft_label_warning(stats, c.topk, c.temperature, c.alpha)
+        if warning:
+            out["warning"] = warning
+        return out
 
     # ------------------------------------------------------------------ data
     @cached_property

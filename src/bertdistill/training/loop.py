@@ -503,6 +503,10 @@ class Trainer:
                 f"examples {how} in {seconds:.1f} s (extraction time {source.build_seconds or 0.0:.1f} s) at "
                 f"{source.root}"
             )
+            diagnostics = self.method.prepared(stage, source.tensors)
+            record.update(diagnostics)
+            if diagnostics.get("warning"):
+                log.warning("stage %s: %s", stage.name, diagnostics["warning"])
         else:
             self.print(
                 f"stage {si + 1}/{len(self.stages)} [bold]{stage.name}[/]: nothing to prepare (teacher.cache is "
