@@ -105,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="all of them for the headline row")
     p.add_argument("--row-seeds", type=int, default=1, help="how many of --seeds the other rows use")
+    p.add_argument(
+        "--one-seed",
+        nargs="+",
+        choices=ROWS,
+        default=[],
+        help="rows that run on the first seed only, whatever --row-seeds says (secondary rows)",
+    )
     p.add_argument("--layer-steps", type=int, default=2000)
     p.add_argument("--task-steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         H.Row(
             r,
             _recipe(r, args),
-            seeds=None if r == HEADLINE else few,
+            seeds=tuple(args.seeds[:1]) if r in args.one_seed else None if r == HEADLINE else few,
             baseline=NO_KD_ROW if NO_KD_ROW in args.rows else None,
             label=f"{'kd' if r == KD_ROW else 'mobilebert'}/{args.task} (+ benchmark settings)",
         )
