@@ -62,11 +62,14 @@ def pairs_per_s(run_dir: Path, config: Any, stage: str) -> float | None:
 
 
 def extraction(run_dir: Path) -> dict[str, Any] | None:
-    """The soft-label stage's record: extraction seconds, pairs/s, whether the cache was already there."""
+    """The soft-label stage's record: extraction seconds, pairs/s, whether the cache was already there, and how
+    much the soft labels say at the run's temperature (``sharpness``: mean p(top-1), entropy share of uniform,
+    top-1 to k-th logit gap; ``None`` from runs older than that record)."""
     rec = next((r for r in _log(run_dir) if r.get("stage") == "soft_labels"), None)
     if rec is None:
         return None
-    return {k: rec.get(k) for k in ("examples", "build_seconds", "examples_per_s", "cache_hit", "seconds")}
+    keys = ("examples", "build_seconds", "examples_per_s", "cache_hit", "seconds")
+    return {**{k: rec.get(k) for k in keys}, "sharpness": rec.get("soft_labels")}
 
 
 def score(run_dir: Path, beams: list[int], split: str, max_examples: int | None) -> dict[str, Any]:
