@@ -93,24 +93,31 @@ def _distill(method: str, teacher: str, teacher_score: float, rows: list[dict], 
     }
 
 
+def _form(
+    method: str, student: str, precision: str, score: float, fp32: tuple[float, float], ms: float, best: bool
+) -> dict:
+    """One deploy row; ``fp32`` = (score, latency ms) of the same model in fp32 eager; the teacher takes 20 ms."""
+    return {
+        "method": method,
+        "student": student,
+        "precision": precision,
+        "metric": "accuracy",
+        "score": score,
+        "score_change": score - fp32[0],
+        "latency_ms": ms,
+        "speedup_vs_fp32": fp32[1] / ms,
+        "speedup_vs_teacher": 20.0 / ms,
+        "throughput": 1000 / ms,
+        "best": best,
+    }
+
+
 def _deploy(student: str = "/bench/tinybert-seed1") -> dict:
     """Three deployed forms of one student: int8 is the fastest but loses 1 point, so bf16 is the best."""
     teacher_ms = 20.0
 
     def form(precision: str, score: float, ms: float, best: bool) -> dict:
-        return {
-            "method": "tinybert",
-            "student": student,
-            "precision": precision,
-            "metric": "accuracy",
-            "score": score,
-            "score_change": score - 0.80,
-            "latency_ms": ms,
-            "speedup_vs_fp32": 5.0 / ms,
-            "speedup_vs_teacher": teacher_ms / ms,
-            "throughput": 1000 / ms,
-            "best": best,
-        }
+        return _form("tinybert", student, precision, score, (0.80, 5.0), ms, best)
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -385,19 +392,7 @@ def test_a_deploy_file_with_the_teachers_own_forms(results_dir, tmp_path):
     d = _deploy()
 
     def tform(precision: str, score: float, ms: float, best: bool) -> dict:
-        return {
-            "method": "teacher",
-            "student": TEACHER_A,
-            "precision": precision,
-            "metric": "accuracy",
-            "score": score,
-            "score_change": score - 0.90,
-            "latency_ms": ms,
-            "speedup_vs_fp32": 20.0 / ms,
-            "speedup_vs_teacher": 20.0 / ms,
-            "throughput": 1000 / ms,
-            "best": best,
-        }
+        return _form("teacher", TEACHER_A, precision, score, (0.90, 20.0), ms, best)
 
     d["teacher_forms"] = [tform("fp32", 0.90, 20.0, False), tform("int8", 0.899, 8.0, True)]
     for r in d["rows"]:
