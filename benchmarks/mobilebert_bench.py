@@ -63,6 +63,8 @@ def _recipe(row: str, args: argparse.Namespace) -> dict[str, Any]:
         return raw
     m = raw["method"]
     m.update(layer_steps=args.layer_steps, task_steps=args.task_steps)
+    if args.preset:
+        m["preset"] = args.preset
     m["strategy"] = row if row in ("progressive", "joint", "auxiliary") else "progressive"
     if row == "progressive-random-emb":
         m["embedding_init"] = "random"
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=ROWS,
         default=[],
         help="rows that run on the first seed only, whatever --row-seeds says (secondary rows)",
+    )
+    p.add_argument(
+        "--preset",
+        help="the student shape of every MobileBERT row (a mobilebert PRESETS name; default the recipe's)",
     )
     p.add_argument("--layer-steps", type=int, default=2000)
     p.add_argument("--task-steps", type=int, default=6000)

@@ -88,11 +88,14 @@ def test_presets_are_bottleneck_students_of_their_teachers():
     for name in ("paper", "paper-tiny"):
         check_shapes(student_config(ib_bert, PRESETS[name], {}), ib_bert, allow_projection=False)
     minilm = tiny_bert_config(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, vocab_size=30522)
-    s = student_config(minilm, PRESETS["minilm-l6"], {"num_labels": 2})
-    check_shapes(s, minilm, allow_projection=False)
-    n = sum(p.numel() for p in MobileBertForSequenceClassification(s).parameters())
-    assert 5.0e6 < n < 22.7e6 / 4  # ≥ 4× fewer parameters than MiniLM-L6 (22.7M)
-    assert s.max_position_embeddings == minilm.max_position_embeddings and s.vocab_size == 30522
+    sizes = {}
+    for name in ("minilm-l6", "minilm-l6-tiny"):
+        s = student_config(minilm, PRESETS[name], {"num_labels": 2})
+        check_shapes(s, minilm, allow_projection=False)
+        sizes[name] = sum(p.numel() for p in MobileBertForSequenceClassification(s).parameters())
+        assert s.max_position_embeddings == minilm.max_position_embeddings and s.vocab_size == 30522
+    assert 5.0e6 < sizes["minilm-l6"] < 22.7e6 / 4  # ≥ 4× fewer parameters than MiniLM-L6 (22.7M)
+    assert 3.5e6 < sizes["minilm-l6-tiny"] < sizes["minilm-l6"]  # one FFN, attention on the bottleneck
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ The student is HF ``MobileBertForSequenceClassification``: as deep as the teache
 block reads and writes the teacher's width — the inter-block width ``hidden_size`` — and works inside at a
 narrow intra-block width ``intra_bottleneck_size``), stacked FFNs, NoNorm, ReLU and narrow trigram-input
 embeddings (``embedding_size``). Shapes come from a named preset (:data:`PRESETS`: ``paper``,
-``paper-tiny``, ``minilm-l6``) plus ``student.config_overrides``, and are checked against the teacher
+``paper-tiny``, ``minilm-l6``, ``minilm-l6-tiny``) plus ``student.config_overrides``, and are checked against the teacher
 (:func:`check_shapes`). The teacher is an IB-BERT (a ``MobileBertConfig`` model with inverted bottlenecks) or
 a plain BERT, which *is* an IB-BERT whose intra- and inter-block widths are equal; when its width differs from
 the student's inter-block width, learned per-layer projections (student width → teacher width) in the bundle
@@ -125,6 +125,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "embedding_size": 64,
         "key_query_shared_bottleneck": True,
         "use_bottleneck_attention": False,
+    },
+    # the TINY design (attention reads the bottleneck) for the same teacher, with one FFN: 4.2M parameters, 8
+    # matmuls per layer against 11, for batch-1 CPU latency (docs/methods/mobilebert.md: the measured speed)
+    "minilm-l6-tiny": {
+        **_MOBILE,
+        "num_hidden_layers": 6,
+        "hidden_size": 384,
+        "intra_bottleneck_size": 128,
+        "num_attention_heads": 4,
+        "intermediate_size": 512,
+        "num_feedforward_networks": 1,
+        "embedding_size": 64,
+        "key_query_shared_bottleneck": False,
+        "use_bottleneck_attention": True,
     },
 }
 _INHERITED = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id")
