@@ -8,6 +8,10 @@ total optimizer steps ``L·layer_steps + task_steps`` (L = 6) and the same seeds
 * ``nokd`` — the same student shape, random init, gold labels only (no teacher anywhere);
 * ``kd-3layer`` — kd/<task>: 3 layers copied from the teacher, Hinton KD.
 
+``--preset`` sets the student shape of every MobileBERT row. ``--transfer-data corpus`` makes the transfer stages
+of the progressive / joint rows read ``--corpus`` (train splits only; ``benchmarks.make_corpus``), as the paper's
+task-agnostic transfer, optionally with their own ``--transfer-teacher``; the task stage still reads the task.
+
 Per row: dev score (mean over seeds, each seed's score), retention, parameters, size on disk, and batch-1 latency /
 batch-32 throughput speed-ups against the teacher and against ``kd-3layer``, all models timed in one interleaved
 run (``bertdistill.evaluation.compare``). Writes ``<results-dir>/<name>.json``: the headline row's fields at the top
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness as H
+from benchmarks.make_corpus import DEFAULT_OUT as DEFAULT_CORPUS
 from bertdistill.recipes import read_recipe
 
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC"}
@@ -65,6 +70,8 @@ def _recipe(row: str, args: argparse.Namespace) -> dict[str, Any]:
     m.update(layer_steps=args.layer_steps, task_steps=args.task_steps)
     if args.preset:
         m["preset"] = args.preset
+    if args.transfer_data == "corpus" and row in ("progressive", "joint", "progressive-random-emb"):
+        m.update(transfer_data="corpus", corpus=[str(args.corpus)], transfer_teacher=args.transfer_teacher)
     m["strategy"] = row if row in ("progressive", "joint", "auxiliary") else "progressive"
     if row == "progressive-random-emb":
         m["embedding_init"] = "random"
@@ -118,6 +125,24 @@ def main(argv: list[str] | None = None) -> int:
         "--preset",
         help="the student shape of every MobileBERT row (a mobilebert PRESETS name; default the recipe's)",
     )
+    p.add_argument(
+        "--transfer-data",
+        choices=["task", "corpus"],
+        default="task",
+        help="what the transfer stages of the progressive / joint rows read: the task's train set, or --corpus "
+        "(the paper's task-agnostic transfer)",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=DEFAULT_CORPUS,
+        help="raw text for --transfer-data corpus (train splits only; built by benchmarks.make_corpus if missing)",
+    )
+    p.add_argument(
+        "--transfer-teacher",
+        help="teacher of the transfer stages (e.g. the pre-trained model the fine-tuned teacher came from); "
+        "default --teacher",
+    )
     p.add_argument("--layer-steps", type=int, default=2000)
     p.add_argument("--task-steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -133,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     args.name = args.name or f"mobilebert_{args.task}"
     args.teacher = args.teacher or Path(f"~/.cache/bertdistill/teachers/minilm-l6-{args.task}").expanduser()
     args.data = args.data or H.SHARED / TASKS[args.task]
+    if args.transfer_data == "corpus":
+        args.corpus = args.corpus.expanduser()
+        if not args.corpus.is_file():
+            from benchmarks.make_corpus import build
+
+            print(json.dumps(build(H.SHARED, args.corpus)), flush=True)
 
     few = tuple(args.seeds[: args.row_seeds])
     rows = [
@@ -173,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         {
             "student": f"mobilebert {_recipe(HEADLINE, args)['method']['preset']} (row {primary})",
+            "transfer_data": args.transfer_data,
+            "transfer_corpus": str(args.corpus) if args.transfer_data == "corpus" else None,
+            "transfer_teacher": args.transfer_teacher,
             "layer_steps": args.layer_steps,
             "task_steps": args.task_steps,
             "total_steps_per_row": LAYERS * args.layer_steps + args.task_steps,

@@ -4,6 +4,7 @@ masking, group-averaged heads), per-stage trainable sets, strategies, projection
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    BertModel,
     BertTokenizerFast,
     MobileBertConfig,
     MobileBertForSequenceClassification,
@@ -127,6 +129,11 @@ def test_config_errors_through_the_recipe(teacher_dir, sst2_dir, tmp_path):
         ({"preset": "large"}, "preset"),
         ({"pretrain_distill": True, "corpus": ["c.txt"]}, "pretrain_teacher"),
         ({"pretrain_distill": True, "pretrain_teacher": "t"}, "corpus"),
+        ({"transfer_data": "wiki"}, "transfer_data"),
+        ({"transfer_data": "corpus"}, "corpus"),
+        ({"strategy": "auxiliary", "transfer_data": "corpus", "corpus": ["c.txt"]}, "progressive or joint"),
+        ({"strategy": "none", "transfer_teacher": "t"}, "progressive or joint"),
+        ({"transfer_data": "corpus", "corpus": ["c.txt"], "cache_transfer": True}, "masked anew"),
         (
             {"feature_weight": 0, "mean_weight": 0, "variance_weight": 0, "attention_weight": 0},
             "at least one",
@@ -499,6 +506,44 @@ def test_pretrain_distill_stage(strategy, teacher_dir, mlm_teacher_dir, corpus_f
     assert ("att" in pre[0]) == (strategy == "auxiliary")
     mlm = AutoModelForMaskedLM.from_pretrained(result.output_dir / "stages" / "pretrain_distill")
     assert type(mlm).__name__ == "MobileBertForMaskedLM"
+
+
+def test_transfer_on_a_corpus_with_its_own_teacher(
+    teacher_dir, encoder_dir, corpus_file, sst2_dir, tiny_tokenizer_dir, tmp_path
+):
+    """The paper's task-agnostic transfer: the transfer stages read the masked corpus and ask the transfer
+    teacher (a headless encoder of the run teacher's shape); the task stage reads the task with the run
+    teacher. A transfer teacher of another shape is refused, naming the option."""
+    method = {
+        "layer_steps": 2,
+        "task_steps": 1,
+        "transfer_data": "corpus",
+        "transfer_teacher": str(encoder_dir),
+        "corpus": [str(corpus_file)],
+    }
+    cfg = _cfg(teacher_dir, sst2_dir, tmp_path / "run", method=method, data={"max_length": 24})
+    tr = Trainer(cfg, quiet=True)
+    transfer, task = tr.stages[:-1], tr.stages[-1]
+    assert [(s.data, s.teacher, s.cacheable) for s in transfer] == [("corpus", str(encoder_dir), False)] * 4
+    assert (task.data, task.teacher) == ("train", None)
+    assert type(tr.method.load_teacher_model(str(encoder_dir), transfer[0])).__name__ == "BertModel"
+    corpus = tr.datasets["corpus"]
+    batch = tr.collate([corpus[i] for i in range(4)])
+    assert (
+        "labels" not in batch and (batch["mlm_labels"] != -100).any()
+    )  # raw text, masked as for pre-training
+    result = distill(cfg, quiet=True)
+    rows = [r for r in result.history if str(r.get("stage", "")).startswith("transfer_") and "loss" in r]
+    assert {r["stage"] for r in rows} == {"transfer_0", "transfer_1", "transfer_2", "transfer_3"}
+    assert all(math.isfinite(r["fmt"]) and math.isfinite(r["att"]) for r in rows)
+    assert "accuracy" in result.metrics
+
+    wide = tmp_path / "wide-encoder"
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(hidden_size=48, intermediate_size=96)).save_pretrained(wide)
+    shutil.copytree(tiny_tokenizer_dir, wide, dirs_exist_ok=True)
+    with pytest.raises(ConfigError, match="method.transfer_teacher .* has \\(layers, width, heads, vocab\\)"):
+        tr.method.load_teacher_model(str(wide), transfer[0])
 
 
 @pytest.mark.slow

@@ -27,7 +27,9 @@ layers trained (L × the per-layer steps); ``auxiliary`` — no separate transfe
 layers are added to the next distillation stage, which runs the transfer steps on top of its own; ``none`` —
 no transfer (baselines). Embeddings, pooler and head are frozen during transfer (copied from the teacher where
 shapes allow: :func:`copy_embeddings`, :func:`svd_embeddings`, :func:`copy_head`); embeddings that could not be
-copied train with layer 0. Then an optional ``pretrain_distill`` stage
+copied train with layer 0. The transfer reads the task's training set (``transfer_data: task``) or, as the paper,
+a raw-text corpus (``corpus``, masked as for pre-training), optionally with its own teacher (``transfer_teacher``,
+e.g. the pre-trained model the fine-tuned teacher came from). Then an optional ``pretrain_distill`` stage
 (masked LM on a corpus, targets ``0.5·p_teacher + 0.5·one-hot``) and the task stage ``task`` (``finetune`` on
 gold labels, or Hinton ``kd``). The exported model is a plain MobileBERT dir (``AutoModelForSequenceClassification``).
 Every difference from the paper and the official code is listed in ``docs/methods/mobilebert.md``.
@@ -45,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     MobileBertConfig,
@@ -73,6 +76,7 @@ from ..students import label_kwargs
 
 STRATEGIES = ("progressive", "joint", "auxiliary", "none")
 TASK_MODES = ("kd", "finetune", "none")
+TRANSFER_DATA = ("task", "corpus")
 EMBEDDING_INITS = ("auto", "copy", "svd", "random")
 EMBEDDING_TRAINING = ("auto", "frozen", "train")
 PRETRAIN = "pretrain_distill"
@@ -148,7 +152,8 @@ _INHERITED = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_t
 @dataclass
 class MobileBertMethodConfig(CorpusConfig, MethodConfig):
     """MobileBERT's options. The corpus and masking options (``corpus``, ``hf_dataset``, ``mlm_probability``
-    ...) are those of every masked-LM method and only matter with ``pretrain_distill``."""
+    ...) are those of every masked-LM method and only matter with ``pretrain_distill`` or ``transfer_data:
+    corpus``."""
 
     name: str = "mobilebert"
     preset: str | None = "minilm-l6"
@@ -163,6 +168,14 @@ class MobileBertMethodConfig(CorpusConfig, MethodConfig):
     """Optimizer steps of each progressive stage (joint: L ×, auxiliary: L × on top of its stage's)."""
     layer_epochs: float = 1.0
     """Epochs over the task's training set of each progressive stage when ``layer_steps`` is unset."""
+    transfer_data: str = "task"
+    """What the transfer stages read: ``task`` (the task's training set) or ``corpus`` (``method.corpus`` /
+    ``hf_dataset``, dynamically masked as for pre-training: the paper's task-agnostic transfer); progressive and
+    joint only (auxiliary rides on the next stage's data)."""
+    transfer_teacher: str | None = None
+    """A teacher for the transfer stages only — any encoder with the run teacher's layers, width, heads and
+    vocabulary, no head needed (e.g. the pre-trained model the fine-tuned ``teacher.path`` came from, or an
+    IB-BERT); unset = ``teacher.path``."""
     transfer_lr: float | None = None
     """Learning rate of the transfer stages (default ``train.lr``)."""
     transfer_warmup: float = 0.1
@@ -204,11 +217,25 @@ class MobileBertMethodConfig(CorpusConfig, MethodConfig):
     temperature: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.pretrain_distill:
+        _one_of("transfer_data", self.transfer_data, TRANSFER_DATA)
+        if self.pretrain_distill or self.transfer_data == "corpus":
             super().__post_init__()  # corpus and masking options
-            if not self.pretrain_teacher:
-                raise ConfigError("method.pretrain_distill needs method.pretrain_teacher (a masked-LM dir)")
+        if self.pretrain_distill and not self.pretrain_teacher:
+            raise ConfigError("method.pretrain_distill needs method.pretrain_teacher (a masked-LM dir)")
         _one_of("strategy", self.strategy, STRATEGIES)
+        if self.strategy not in ("progressive", "joint") and (
+            self.transfer_data != "task" or self.transfer_teacher
+        ):
+            raise ConfigError(
+                f"method.transfer_data / transfer_teacher apply to the transfer stages of strategy progressive or "
+                f"joint; strategy {self.strategy} has none (auxiliary adds the transfer losses to the next stage, "
+                "on its data and teacher)"
+            )
+        if self.cache_transfer and self.transfer_data == "corpus":
+            raise ConfigError(
+                "method.cache_transfer needs transfer_data: task — the corpus is masked anew every epoch, so the "
+                "teacher's outputs on it cannot be cached"
+            )
         _one_of("task", self.task, TASK_MODES)
         _one_of("embedding_init", self.embedding_init, EMBEDDING_INITS)
         _one_of("embedding_training", self.embedding_training, EMBEDDING_TRAINING)
@@ -594,6 +621,10 @@ class MobileBert(Method):
             "trust_remote_code": self.run.teacher.trust_remote_code,
             "attn_implementation": register_score_attention(),
         }
+        if stage is not None and stage.name != PRETRAIN and stage.teacher:  # a transfer_teacher
+            model = from_pretrained(AutoModel, path, **kwargs)
+            self._check_same_shape(model.config, path, "transfer_teacher")
+            return model  # type: ignore[no-any-return]
         if stage is None or stage.name != PRETRAIN:
             return from_pretrained(  # type: ignore[no-any-return]
                 AutoModelForSequenceClassification, path, mark_untrained=True, **kwargs
@@ -607,10 +638,10 @@ class MobileBert(Method):
                 f"method.pretrain_teacher {path!r} has no trained masked-LM head (missing {missing[:3]}); train "
                 f"one with `bertdistill finetune --task mlm --model {path} --corpus FILE -o DIR`"
             )
-        self._check_same_shape(model.config, path)
+        self._check_same_shape(model.config, path, "pretrain_teacher")
         return model  # type: ignore[no-any-return]
 
-    def _check_same_shape(self, config: Any, path: str) -> None:
+    def _check_same_shape(self, config: Any, path: str, option: str) -> None:
         if not self.run.teacher.path:
             return
         ref = from_pretrained(AutoConfig, self.run.teacher.path)
@@ -618,7 +649,7 @@ class MobileBert(Method):
         got, want = tuple(getattr(config, k) for k in keys), tuple(getattr(ref, k) for k in keys)
         if got != want:
             raise ConfigError(
-                f"method.pretrain_teacher {path!r} has (layers, width, heads, vocab) {got}, the run teacher {want}: "
+                f"method.{option} {path!r} has (layers, width, heads, vocab) {got}, the run teacher {want}: "
                 "the student's shape, projections and tokenizer follow teacher.path"
             )
 
@@ -772,8 +803,11 @@ class MobileBert(Method):
     def _transfer_stage(
         self, name: str, steps: int | None, epochs: float, active: Iterable[int], lower: Iterable[int]
     ) -> Stage:
+        corpus = self.cfg.transfer_data == "corpus"
         return Stage(
             name,
+            data="corpus" if corpus else "train",
+            teacher=self.cfg.transfer_teacher,
             max_steps=steps,
             epochs=epochs,
             lr=self.cfg.transfer_lr,
@@ -781,7 +815,7 @@ class MobileBert(Method):
             warmup_ratio=self.cfg.transfer_warmup,
             param_groups=self._transfer_groups(tuple(active), tuple(lower)),
             evaluate=False,
-            cacheable=self.cfg.cache_transfer,
+            cacheable=self.cfg.cache_transfer and not corpus,
         )
 
     def _pretrain_stage(self, steps: int | None, with_transfer: bool) -> Stage:
@@ -879,15 +913,18 @@ class MobileBert(Method):
         return groups
 
     # ------------------------------------------------------------------ data
+    def _reads_corpus(self) -> bool:
+        return self.cfg.pretrain_distill or self.cfg.transfer_data == "corpus"
+
     def datasets(self, tokenizer: Any) -> dict[str, Dataset]:
         out = super().datasets(tokenizer)
-        if self.cfg.pretrain_distill:
+        if self._reads_corpus():
             out["corpus"] = corpus_datasets(self.cfg, self.run, tokenizer, subsample=False)["train"]
         return out
 
     def collator(self, tokenizer: Any, datasets: Mapping[str, Dataset]) -> Any:
         task = Collator(tokenizer.pad_token_id or 0, regression=self.task.regression)
-        if not self.cfg.pretrain_distill:
+        if not self._reads_corpus():
             return task
         corpus: Any = datasets["corpus"]
         mlm = MLMCollator(tokenizer, corpus.mask_weights, self.cfg, self.run.train.seed)
