@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness as H
+from benchmarks import make_corpus
 from benchmarks.harness import SHARED, WORK
 from bertdistill.recipes import read_recipe
 
@@ -101,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sst2-data", default=str(SHARED / "SST-2"), help="SST-2 dir (default: the shared data's)"
     )
     p.add_argument("--mlm-base", default="minilm-l6", help="the encoder given an MLM head (the MLM teacher)")
-    p.add_argument("--corpus", default=str(Path("~/.cache/bertdistill/corpus/glue-train-sentences.txt")))
+    p.add_argument("--corpus", default=str(make_corpus.DEFAULT_OUT))
     p.add_argument(
         "--eval-examples", type=int, default=None, help="cap the held-out sequences / dev examples"
     )
@@ -133,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return rec
 
     # 1. corpus (train splits only)
-    corpus = Path(args.corpus).expanduser()
-    if not corpus.is_file():
-        from benchmarks.make_corpus import build
-
-        print(json.dumps(build(SHARED, corpus)), flush=True)
+    corpus = make_corpus.ensure(args.corpus, SHARED)
 
     # 2. the MLM teacher
     body = not args.mlm_head_only

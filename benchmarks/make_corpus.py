@@ -105,6 +105,15 @@ def build(root: Path, out: Path) -> dict[str, int]:
     return stats
 
 
+def ensure(out: str | Path = DEFAULT_OUT, root: Path = SHARED) -> Path:
+    """The corpus at ``out`` (``~`` expanded), built from ``root``'s train splits first if it is missing (the
+    build's counts printed)."""
+    path = Path(out).expanduser()
+    if not path.is_file():
+        print(json.dumps(build(root, path)), flush=True)
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(SHARED), help="the shared data dir (default: ../shared/data)")

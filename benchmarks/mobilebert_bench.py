@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness as H
-from benchmarks.make_corpus import DEFAULT_OUT as DEFAULT_CORPUS
+from benchmarks import make_corpus
 from bertdistill.recipes import read_recipe
 
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC"}
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--corpus",
         type=Path,
-        default=DEFAULT_CORPUS,
+        default=make_corpus.DEFAULT_OUT,
         help="raw text for --transfer-data corpus (train splits only; built by benchmarks.make_corpus if missing)",
     )
     p.add_argument(
@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args.teacher = args.teacher or Path(f"~/.cache/bertdistill/teachers/minilm-l6-{args.task}").expanduser()
     args.data = args.data or H.SHARED / TASKS[args.task]
     if args.transfer_data == "corpus":
-        args.corpus = args.corpus.expanduser()
-        if not args.corpus.is_file():
-            from benchmarks.make_corpus import build
-
-            print(json.dumps(build(H.SHARED, args.corpus)), flush=True)
+        args.corpus = make_corpus.ensure(args.corpus, H.SHARED)
 
     few = tuple(args.seeds[: args.row_seeds])
     rows = [

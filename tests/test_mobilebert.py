@@ -528,10 +528,8 @@ def test_transfer_on_a_corpus_with_its_own_teacher(
     assert (task.data, task.teacher) == ("train", None)
     assert type(tr.method.load_teacher_model(str(encoder_dir), transfer[0])).__name__ == "BertModel"
     corpus = tr.datasets["corpus"]
-    batch = tr.collate([corpus[i] for i in range(4)])
-    assert (
-        "labels" not in batch and (batch["mlm_labels"] != -100).any()
-    )  # raw text, masked as for pre-training
+    batch = tr.collate([corpus[i] for i in range(4)])  # raw text, masked as for pre-training
+    assert "labels" not in batch and (batch["mlm_labels"] != -100).any()
     result = distill(cfg, quiet=True)
     rows = [r for r in result.history if str(r.get("stage", "")).startswith("transfer_") and "loss" in r]
     assert {r["stage"] for r in rows} == {"transfer_0", "transfer_1", "transfer_2", "transfer_3"}

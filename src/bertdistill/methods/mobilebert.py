@@ -615,20 +615,20 @@ class MobileBert(Method):
 
     # ------------------------------------------------------------------ teacher / student
     def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
-        """Classifier teachers (and the masked-LM teacher of ``pretrain_distill``) returning pre-softmax
-        attention scores as ``attentions``."""
+        """Classifier teachers (the headless ``transfer_teacher``, the masked-LM teacher of ``pretrain_distill``)
+        returning pre-softmax attention scores as ``attentions``."""
         kwargs: dict[str, Any] = {
             "trust_remote_code": self.run.teacher.trust_remote_code,
             "attn_implementation": register_score_attention(),
         }
-        if stage is not None and stage.name != PRETRAIN and stage.teacher:  # a transfer_teacher
-            model = from_pretrained(AutoModel, path, **kwargs)
+        if stage is None or stage.name != PRETRAIN:
+            if stage is None or not stage.teacher:  # the run teacher
+                return from_pretrained(  # type: ignore[no-any-return]
+                    AutoModelForSequenceClassification, path, mark_untrained=True, **kwargs
+                )
+            model = from_pretrained(AutoModel, path, **kwargs)  # method.transfer_teacher: no head needed
             self._check_same_shape(model.config, path, "transfer_teacher")
             return model  # type: ignore[no-any-return]
-        if stage is None or stage.name != PRETRAIN:
-            return from_pretrained(  # type: ignore[no-any-return]
-                AutoModelForSequenceClassification, path, mark_untrained=True, **kwargs
-            )
         model, info = from_pretrained(AutoModelForMaskedLM, path, output_loading_info=True, **kwargs)
         missing = sorted(
             k for k in info.get("missing_keys", ()) if not k.endswith(("position_ids", "token_type_ids"))
