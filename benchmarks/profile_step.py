@@ -32,6 +32,8 @@ ROWS = {  # row -> (method, teacher cache, bf16)
     "kd_cached": ("kd", True, False),
     "finetune": ("finetune", False, False),
     "kd_live_bf16": ("kd", False, True),
+    "kd_cached_bf16": ("kd", True, True),
+    "finetune_bf16": ("finetune", False, True),
 }
 
 
