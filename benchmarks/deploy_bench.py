@@ -7,8 +7,14 @@ fp32 teacher, at batch 1 (latency median) and batch 32 (throughput median), on `
 
 The result (``kind: "deploy"``) has one row per (student, precision): ``score_change`` against the same student
 in fp32 eager, ``speedup_vs_fp32`` (batch-1 latency of fp32 eager / this form's), ``speedup_vs_teacher``, and
-``best``: the fastest form at batch 1 whose score is at most 0.5 point below fp32 eager (the issue's bar). Nothing
-is trained here: the students are finished runs (their dirs say how they were trained).
+``best``: the fastest form at batch 1 whose score is at most 0.5 point below fp32 eager (the issue's bar; 0.005 of
+a fraction, 0.5 BLEU). Nothing is trained here: the students are finished runs (their dirs say how they were
+trained).
+
+Without ``--teacher`` the students are timed on their own: every speed-up is against the same student in fp32
+eager, and the file's teacher fields are ``null``. This is for a student with no teacher that does its task: a
+C-MLM seq2seq student, whose teacher is a masked LM and does not translate (its forms are scored by BLEU on the
+task's dev split, or ``--split``, greedy: the ONNX graphs decode greedily).
 
 ``--teacher-forms`` also measures the teacher in every form (``teacher_forms``, rows of the same shape) and gives
 each student row ``speedup_vs_teacher_same_form`` (against the teacher deployed the same way) and
@@ -39,11 +45,9 @@ from typing import Any
 
 import bertdistill
 from benchmarks.harness import ROOT, command, machine, quiet, today, write_result
-from benchmarks.schema import SCHEMA_VERSION
+from benchmarks.schema import SCHEMA_VERSION, max_score_drop, points_scale
 
 PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
-MAX_LOSS = 0.005
-"""The largest score loss (0.5 point) a deployed form may have and still be ``best``."""
 
 log = logging.getLogger("deploy_bench")
 
@@ -74,11 +78,16 @@ def method_of(student_dir: str | Path) -> str:
     return str(method.get("name") if isinstance(method, Mapping) else method or "unknown")
 
 
-def deploy_rows(label: str, method: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The result rows of one student from its :func:`compare` rows (teacher first, then one per precision,
-    fp32 first): score change and speed-ups against fp32 eager, and which form is ``best``."""
-    teacher, forms = rows[0], list(rows[1:])
+def deploy_rows(
+    label: str, method: str, rows: Sequence[Mapping[str, Any]], has_teacher: bool = True
+) -> list[dict[str, Any]]:
+    """The result rows of one student from its :func:`compare` rows (teacher first unless ``has_teacher`` is
+    false, then one per precision, fp32 first): score change and speed-ups against fp32 eager, and which form
+    is ``best``. Without a teacher the teacher fields are ``None``."""
+    teacher, forms = (rows[0], list(rows[1:])) if has_teacher else (None, list(rows))
     ref = next(r for r in forms if r["precision"] == "fp32")
+    t_ms = teacher["latency_ms_median"] if teacher else None
+    t_tp = teacher["throughput_per_s"] if teacher else None
     out = []
     for r in forms:
         out.append(
@@ -98,10 +107,10 @@ def deploy_rows(label: str, method: str, rows: Sequence[Mapping[str, Any]]) -> l
                 "throughput": r["throughput_per_s"],
                 "speedup_vs_fp32": ref["latency_ms_median"] / r["latency_ms_median"],
                 "throughput_vs_fp32": r["throughput_per_s"] / ref["throughput_per_s"],
-                "speedup_vs_teacher": teacher["latency_ms_median"] / r["latency_ms_median"],
-                "throughput_vs_teacher": r["throughput_per_s"] / teacher["throughput_per_s"],
-                "teacher_latency_ms": teacher["latency_ms_median"],
-                "teacher_throughput": teacher["throughput_per_s"],
+                "speedup_vs_teacher": t_ms / r["latency_ms_median"] if t_ms else None,
+                "throughput_vs_teacher": r["throughput_per_s"] / t_tp if t_tp else None,
+                "teacher_latency_ms": t_ms,
+                "teacher_throughput": t_tp,
                 "best": False,
                 **({"warning": r["warning"]} if r.get("warning") else {}),
             }
@@ -126,10 +135,11 @@ def equal_footing(rows: Sequence[dict[str, Any]], teacher_forms: Sequence[Mappin
 
 
 def _mark_best(rows: Sequence[dict[str, Any]], change: str, flag: str) -> None:
-    """``rows[i][flag] = True`` on the fastest row whose ``change`` loses at most :data:`MAX_LOSS` (else on none)."""
+    """``rows[i][flag] = True`` on the fastest row whose ``change`` loses at most half a point of the rows'
+    metric (:func:`benchmarks.schema.max_score_drop`; else on none)."""
     for r in rows:
         r[flag] = False
-    ok = [r for r in rows if r[change] >= -MAX_LOSS - 1e-12]
+    ok = [r for r in rows if r[change] >= -max_score_drop(r["metric"]) - 1e-12]
     if ok:
         min(ok, key=lambda r: r["latency_ms"])[flag] = True
 
@@ -157,7 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True)
     p.add_argument("--data", required=True, help="the task's data dir (its dev split is scored)")
-    p.add_argument("--teacher", required=True, help="the fine-tuned teacher (timed in fp32 eager)")
+    p.add_argument(
+        "--teacher",
+        help="the fine-tuned teacher (timed in fp32 eager); omit it for students with no teacher that does "
+        "their task (C-MLM): their forms are then measured against their own fp32 eager form only",
+    )
+    p.add_argument("--split", default="dev", help="the split scored (default dev)")
     p.add_argument("--student", action="append", required=True, metavar="LABEL=DIR", help="repeatable")
     p.add_argument("--precision", nargs="+", default=list(PRECISIONS))
     p.add_argument("--threads", type=int, default=1)
@@ -180,21 +195,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet()
     if "fp32" not in args.precision:
         p.error("--precision must include fp32 (the reference of the others)")
+    if args.teacher_forms and not args.teacher:
+        p.error("--teacher-forms needs --teacher")
     precisions = ["fp32", *[q for q in args.precision if q != "fp32"]]
 
     from bertdistill.evaluation import compare, evaluate
 
     students = dict(s.split("=", 1) for s in args.student)
-    teacher = str(Path(args.teacher).expanduser())
+    teacher = str(Path(args.teacher).expanduser()) if args.teacher else None
     common: dict[str, Any] = dict(
-        task=args.task, data_path=args.data, threads=args.threads, n_latency=args.latency_sentences
+        task=args.task,
+        data_path=args.data,
+        split=args.split,
+        threads=args.threads,
+        n_latency=args.latency_sentences,
     )
+
+    def measure(path: str, label: str, precs: list[str]) -> list[dict[str, Any]]:
+        if teacher is None:  # the student alone: its first form (fp32) is the reference of the others
+            return compare(path, [], labels=[label], precisions=precs, **common)
+        return compare(teacher, [path], labels=["teacher", label], precisions=precs, **common)
+
     if args.speed is not None:
         common["options"] = {"speed": args.speed}
     from bertdistill.export import ExportError
 
     rows: list[dict[str, Any]] = []
     teacher_rows = []
+    anchors: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     for label, path in students.items():
         path = str(Path(path).expanduser())
@@ -202,18 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         precs = list(precisions)
         try:
-            cmp = compare(teacher, [path], labels=["teacher", label], precisions=precs, **common)
+            cmp = measure(path, label, precs)
         except ExportError as e:  # this student has no ONNX graph: its eager forms are still measured
             failures[label] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
             log.warning("deploy_bench: %s: %s; measuring its eager forms only", label, failures[label])
             precs = [q for q in precs if not q.startswith("onnx")]
-            cmp = compare(teacher, [path], labels=["teacher", label], precisions=precs, **common)
-        mine = deploy_rows(label, method_of(path), cmp)
+            cmp = measure(path, label, precs)
+        mine = deploy_rows(label, method_of(path), cmp, has_teacher=teacher is not None)
         if args.speed is not None:
             full = evaluate(path, task=args.task, data_path=args.data)  # fp32 eager at full depth, untimed
-            early_exit_rows(mine, cmp[1:], args.speed, full["score"])
+            early_exit_rows(mine, cmp[1:] if teacher else cmp, args.speed, full["score"])
         rows += mine
-        teacher_rows.append(cmp[0])
+        anchors.append(cmp[0])  # the teacher, or (no teacher) the student in fp32 eager
+        if teacher is not None:
+            teacher_rows.append(cmp[0])
         for r in mine:
             full_depth = (
                 f"  exit {r['mean_exit_layer']:.2f}  ({100 * r['score_change_vs_full_depth']:+.2f}) "
@@ -221,14 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.speed is not None
                 else ""
             )
+            k = points_scale(r["metric"])
+            vs_teacher = f"x{r['speedup_vs_teacher']:.2f} vs teacher" if teacher else ""
             print(
-                f"{label:12s} {r['precision']:10s} {r['metric']} {100 * r['score']:.2f} "
-                f"({100 * r['score_change']:+.2f}) {r['latency_ms']:.2f} ms  x{r['speedup_vs_fp32']:.2f} vs fp32  "
-                f"x{r['speedup_vs_teacher']:.2f} vs teacher{'  BEST' if r['best'] else ''}{full_depth}",
+                f"{label:12s} {r['precision']:10s} {r['metric']} {k * r['score']:.2f} "
+                f"({k * r['score_change']:+.2f}) {r['latency_ms']:.2f} ms  x{r['speedup_vs_fp32']:.2f} vs fp32  "
+                f"{vs_teacher}{'  BEST' if r['best'] else ''}{full_depth}",
                 flush=True,
             )
     teacher_forms: list[dict[str, Any]] = []
-    if args.teacher_forms:
+    if args.teacher_forms and teacher is not None:  # (argparse refuses --teacher-forms without --teacher)
         log.warning("deploy_bench: the teacher in every form (%s)", teacher)
         plain = {k: v for k, v in common.items() if k != "options"}  # --speed is the students' early exit
         cmp = compare(
@@ -244,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{'  BEST' if r['best'] else ''}",
                 flush=True,
             )
-    t = teacher_rows[0]
+    t = teacher_rows[0] if teacher_rows else None
+    a = anchors[0]
     result = {
         "schema_version": SCHEMA_VERSION,
         "kind": "deploy",
@@ -254,17 +287,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "version": bertdistill.__version__,
         "commit": git_commit(),
         "threads": {"train": None, "timing": args.threads},
-        "task": t["task"],
-        "split": t["split"],
-        "metric": t["metric"],
+        "task": a["task"],
+        "split": a["split"],
+        "metric": a["metric"],
         "teacher": teacher,
-        "teacher_score": t["score"],
-        "teacher_params": t["params"],
+        "teacher_score": t["score"] if t else None,
+        "teacher_params": t["params"] if t else None,
         # the teacher is re-timed in each student's run: the median of those runs
-        "teacher_latency_ms": sorted(x["latency_ms_median"] for x in teacher_rows)[len(teacher_rows) // 2],
+        "teacher_latency_ms": (
+            sorted(x["latency_ms_median"] for x in teacher_rows)[len(teacher_rows) // 2] if t else None
+        ),
         "latency_sentences": args.latency_sentences,
         "throughput_batch": 32,
-        "max_score_loss": MAX_LOSS,
+        "max_score_loss": max_score_drop(a["metric"]),
         "precisions": precisions,
         "speed": args.speed,
         "rows": rows,

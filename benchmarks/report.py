@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.schema import BEST_MAX_SCORE_DROP, is_legacy, validate
+from benchmarks.schema import BEST_MAX_SCORE_DROP, is_legacy, points_scale, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -192,12 +192,18 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
                 f"{x['optimizer']} | {len(x['seeds'])} |"
             )
     for name, r in deploy:
+        scale = points_scale(r["metric"])
+        teacher = (
+            f"Teacher `{r['teacher']}`: {pct(r['teacher_score'])} {r['metric']}, {r['teacher_latency_ms']:.2f} ms "
+            "(batch 1, median)."
+            if r["teacher"]
+            else "No teacher that does this task (× teacher: -); every speed-up is against the student in fp32 eager."
+        )
         lines += [
             "",
             f"## {name}: deployed forms, {r['task']}",
             "",
-            f"Teacher `{r['teacher']}`: {pct(r['teacher_score'])} {r['metric']}, {r['teacher_latency_ms']:.2f} ms "
-            f"(batch 1, median). bertdistill {r['version']}, commit {r['commit'] or 'not recorded'}; "
+            f"{teacher} bertdistill {r['version']}, commit {r['commit'] or 'not recorded'}; "
             f"{fmt_threads(r)} threads. Best = the fastest form losing at most "
             f"{100 * BEST_MAX_SCORE_DROP:.1f} points against the student's fp32.",
             "",
@@ -228,9 +234,9 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
                 else ""
             )
             lines.append(
-                f"| {x['method']} | `{x['student']}` | {x['precision']} | {pct(x['score'])} | "
-                f"{100 * x['score_change']:+.2f} | {x['latency_ms']:.2f} | {x['speedup_vs_fp32']:.2f} | "
-                f"{x['speedup_vs_teacher']:.2f} |{vs} {x['throughput']:.1f} | {'**yes**' if x['best'] else ''} |"
+                f"| {x['method']} | `{x['student']}` | {x['precision']} | {scale * x['score']:.1f} | "
+                f"{scale * x['score_change']:+.2f} | {x['latency_ms']:.2f} | {x['speedup_vs_fp32']:.2f} | "
+                f"{num(x['speedup_vs_teacher'])} |{vs} {x['throughput']:.1f} | {'**yes**' if x['best'] else ''} |"
             )
     for name, r in other:
         if not is_legacy(r) and r["kind"] == "end_to_end":
@@ -310,7 +316,8 @@ class TaskRow:
     latency_speedup: float | None = None
     """fp32 batch-1 latency speed-up against the file's teacher, measured in the file's run."""
     deployed: list[tuple[str, str, float]] = field(default_factory=list)
-    """The student's best deployed form(s): ``(deploy file, precision, speed-up vs teacher)``."""
+    """The student's best deployed form(s): ``(deploy file, precision, speed-up vs teacher)``; from a file
+    without a teacher, ``(deploy file, "<precision>, vs its fp32", speed-up vs the student in fp32 eager)``."""
     deployed_score: float | None = None
     runs: tuple[str, ...] = ()
 
@@ -497,13 +504,18 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
         for x in r["rows"]:
             if not x["best"]:
                 continue
+            best = (
+                (name, x["precision"], x["speedup_vs_teacher"])
+                if r["teacher"]
+                else (name, f"{x['precision']}, vs its fp32", x["speedup_vs_fp32"])
+            )
             matched = [
                 row
                 for row in t.rows
                 if row.group != "teacher" and _deploy_matches(row, x["student"], x["method"])
             ]
             for row in matched:
-                row.deployed.append((name, x["precision"], x["speedup_vs_teacher"]))
+                row.deployed.append(best)
             if not matched:
                 fp32 = next(y for y in r["rows"] if y["student"] == x["student"] and y["precision"] == "fp32")
                 t.rows.append(
@@ -516,7 +528,7 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
                         n=1,
                         teacher_score=r["teacher_score"],
                         latency_speedup=fp32["speedup_vs_teacher"],
-                        deployed=[(name, x["precision"], x["speedup_vs_teacher"])],
+                        deployed=[best],
                         deployed_score=x["score"],
                     )
                 )
@@ -529,7 +541,7 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
 def _fmt_score(row: TaskRow) -> str:
     if row.score is None:
         return "-"
-    scale = 1.0 if row.metric.startswith("bleu") else 100.0
+    scale = points_scale(row.metric)
     text = f"{scale * row.score:.2f}"
     if row.std is not None:
         text += f" ± {scale * row.std:.2f}"
@@ -594,7 +606,7 @@ def plot_task(t: TaskTable, out: Path) -> Path | None:
     ]
     if not points:
         return None
-    scale = 1.0 if t.metrics[0].startswith("bleu") else 100.0
+    scale = points_scale(t.metrics[0])
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
         matplotlib.rcParams.update({"svg.hashsalt": "bertdistill", "path.simplify": False, "font.size": 8})

@@ -41,7 +41,27 @@ DEPLOY_PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 """The deployed forms of a student: eager torch in fp32 / bf16 / dynamic int8, ONNX Runtime fp32 / int8."""
 
 BEST_MAX_SCORE_DROP = 0.005
-"""A deployed form may be a student's ``best`` only if it loses at most this much score against fp32 eager."""
+"""A deployed form may be a student's ``best`` only if it loses at most this much score against fp32 eager
+(0.5 point of a metric written as a fraction; :func:`max_score_drop` gives it on any metric's scale)."""
+
+POINT_METRICS = ("bleu", "chrf")
+"""Metrics written in points (0–100, as sacreBLEU gives them) rather than as a fraction of 1."""
+
+
+def in_points(metric: str) -> bool:
+    """Whether scores of ``metric`` are written in points (BLEU, chrF) rather than as a fraction of 1."""
+    return metric.lower().startswith(POINT_METRICS)
+
+
+def points_scale(metric: str) -> float:
+    """The factor that turns a score of ``metric`` into points: 1 for BLEU / chrF, 100 for a fraction."""
+    return 1.0 if in_points(metric) else 100.0
+
+
+def max_score_drop(metric: str) -> float:
+    """:data:`BEST_MAX_SCORE_DROP` on ``metric``'s own scale: 0.005 for a fraction (accuracy, F1, a
+    correlation), 0.5 for a metric in points (BLEU, chrF). Both are half a point."""
+    return BEST_MAX_SCORE_DROP * 100 / points_scale(metric)
 
 
 class Threads(TypedDict):
@@ -208,14 +228,14 @@ class DeployRow(TypedDict):
     """Batch 1, median."""
     speedup_vs_fp32: float
     """The student's fp32 ``latency_ms`` / this ``latency_ms``."""
-    speedup_vs_teacher: float
+    speedup_vs_teacher: float | None
     """The teacher's batch-1 latency / this ``latency_ms``: the row's own ``teacher_latency_ms`` when it has one
-    (the teacher timed in the same run as this student), else the file's."""
+    (the teacher timed in the same run as this student), else the file's. ``None`` in a file without a teacher."""
     throughput: float
     """Samples/s at batch 32."""
     best: bool
     """The student's best deployed form: the fastest (lowest ``latency_ms``) with ``score_change`` ≥
-    −:data:`BEST_MAX_SCORE_DROP`. Exactly one per student."""
+    −:func:`max_score_drop` of the file's metric. Exactly one per student."""
 
 
 class DeployProvenance(TypedDict):
@@ -234,9 +254,13 @@ class DeployProvenance(TypedDict):
 class DeployResult(DeployProvenance):
     task: str
     metric: str
-    teacher: str
-    teacher_score: float
-    teacher_latency_ms: float
+    teacher: str | None
+    """The teacher the students are timed against; ``None`` when they have none that does their task (a
+    seq2seq student: its C-MLM teacher is a masked LM, not a translator). Then ``teacher_score``,
+    ``teacher_latency_ms`` and every row's ``speedup_vs_teacher`` are ``None`` too, and the speed-ups are the
+    rows' ``speedup_vs_fp32``: against the same student in fp32 eager."""
+    teacher_score: float | None
+    teacher_latency_ms: float | None
     """The teacher's batch-1 median latency in the same run (fp32 eager)."""
     rows: list[DeployRow]
     """Optional (``--teacher-forms``): ``teacher_forms``, the teacher's own forms as rows of this shape, and on
@@ -441,7 +465,13 @@ def _check_deploy(result: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}.metric {x['metric']!r} is not the file's metric {result['metric']!r}")
         # a row timed in its own run with the teacher carries that run's teacher latency
         t_ms = x.get("teacher_latency_ms", result["teacher_latency_ms"])
-        if not _near(x["speedup_vs_teacher"], t_ms / x["latency_ms"]):
+        if result["teacher"] is None or t_ms is None:
+            if result["teacher"] is not None or x["speedup_vs_teacher"] is not None:
+                problems.append(
+                    f"{where}.speedup_vs_teacher: a file without a teacher (teacher, teacher_latency_ms null) has "
+                    "none on any row, and a file with one has it on every row"
+                )
+        elif x["speedup_vs_teacher"] is None or not _near(x["speedup_vs_teacher"], t_ms / x["latency_ms"]):
             problems.append(
                 f"{where}.speedup_vs_teacher = {x['speedup_vs_teacher']} is not teacher_latency_ms / latency_ms "
                 f"({t_ms / x['latency_ms']:.4g})"
@@ -473,11 +503,11 @@ def _check_deploy(result: Mapping[str, Any]) -> list[str]:
         if len(best) != 1:
             problems.append(f"student {student!r}: {len(best)} rows marked best (exactly one per student)")
             continue
-        eligible = [(x["latency_ms"], i) for i, x in forms if x["score_change"] >= -BEST_MAX_SCORE_DROP]
+        drop = max_score_drop(result["metric"])
+        eligible = [(x["latency_ms"], i) for i, x in forms if x["score_change"] >= -drop]
         if best[0] not in [i for _, i in eligible]:
             problems.append(
-                f"rows[{best[0]}] is marked best but loses {-rows[best[0]]['score_change']:.4g} "
-                f"(at most {BEST_MAX_SCORE_DROP})"
+                f"rows[{best[0]}] is marked best but loses {-rows[best[0]]['score_change']:.4g} (at most {drop})"
             )
         elif eligible and rows[best[0]]["latency_ms"] > min(eligible)[0]:
             problems.append(
@@ -523,6 +553,7 @@ __all__ = [
     "BEST_MAX_SCORE_DROP",
     "DEPLOY_PRECISIONS",
     "KINDS",
+    "POINT_METRICS",
     "SCHEMAS",
     "SCHEMA_VERSION",
     "DeployProvenance",
@@ -540,7 +571,10 @@ __all__ = [
     "ThroughputRow",
     "TrainedRow",
     "check",
+    "in_points",
     "is_legacy",
+    "max_score_drop",
+    "points_scale",
     "sample_std",
     "schema_of",
     "validate",

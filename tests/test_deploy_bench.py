@@ -110,3 +110,16 @@ def test_equal_footing_puts_each_form_beside_the_teacher_deployed_the_same_way()
     )
     equal_footing(only_fp32, teacher_forms)
     assert only_fp32[1]["speedup_vs_teacher_same_form"] is None  # the teacher was not timed in bf16
+
+
+def test_bleu_forms_may_lose_half_a_bleu_point_and_a_teacherless_student_is_its_own_reference():
+    """BLEU is in points: the bar is 0.5 BLEU (not 0.005). Without a teacher the rows carry no teacher speed-up."""
+    forms = [
+        {**_row("fp32", 25.0, 40.0, 10.0), "metric": "bleu"},
+        {**_row("int8", 24.6, 20.0, 20.0), "metric": "bleu"},  # -0.4 BLEU: within the bar
+        {**_row("onnx-int8", 24.0, 10.0, 40.0), "metric": "bleu"},  # -1.0 BLEU: not
+    ]
+    rows = deploy_rows("cmlm", "cmlm", forms, has_teacher=False)
+    assert [r["precision"] for r in rows if r["best"]] == ["int8"]
+    assert all(r["speedup_vs_teacher"] is None and r["teacher_latency_ms"] is None for r in rows)
+    assert rows[2]["speedup_vs_fp32"] == pytest.approx(4.0)

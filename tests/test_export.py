@@ -521,3 +521,29 @@ def test_an_export_is_not_exported_again(kd_cli_export, tmp_path):
         export(kd_cli_export, tmp_path / "again")
     with pytest.raises(ConfigError, match="onnx-fp32 or onnx-int8"):
         with_precision(load_student(kd_cli_export), "bf16")
+
+
+def test_deploy_bench_measures_a_seq2seq_student_without_a_teacher(students, fx, tmp_path):
+    """A C-MLM student has no teacher that translates: ``deploy_bench`` without ``--teacher`` scores its forms
+    by BLEU and measures them against itself in fp32 eager; the file (validated on write) has no teacher."""
+    from benchmarks import deploy_bench
+    from benchmarks.schema import validate
+
+    student = students("cmlm")
+    argv = ["--task", "translation", "--data", str(fx["parallel"]), "--student", f"cmlm={student}"]
+    argv += ["--precision", "fp32", "int8", "onnx-fp32", "--latency-sentences", "4", "--split", "test"]
+    assert deploy_bench.main([*argv, "--name", "deploy_t", "--results-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "deploy_t.json").read_text())
+    assert result["metric"] == "bleu" and result["split"] == "test" and result["max_score_loss"] == 0.5
+    assert result["teacher"] is None and result["teacher_latency_ms"] is None
+    rows = {r["precision"]: r for r in result["rows"]}
+    assert set(rows) == {"fp32", "int8", "onnx-fp32"} and sum(r["best"] for r in rows.values()) == 1
+    assert all(r["speedup_vs_teacher"] is None and r["method"] == "cmlm" for r in rows.values())
+    assert rows["fp32"]["speedup_vs_fp32"] == 1.0 and 0.0 <= rows["int8"]["score"] <= 100.0
+    # greedy ONNX decoding gives eager's tokens (the parity test above): the same BLEU
+    assert rows["onnx-fp32"]["score"] == pytest.approx(rows["fp32"]["score"])
+    assert validate(result) == []
+    result["rows"][0]["speedup_vs_teacher"] = 2.0  # a speed-up against a teacher the file does not have
+    assert any("without a teacher" in p for p in validate(result))
+    with pytest.raises(SystemExit):  # --teacher-forms needs a teacher
+        deploy_bench.main([*argv, "--teacher-forms", "--results-dir", str(tmp_path)])
