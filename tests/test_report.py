@@ -411,3 +411,22 @@ def test_a_deploy_file_with_the_teachers_own_forms(results_dir, tmp_path):
     d["rows"][2]["speedup_vs_teacher_same_form"] = 3.2
     d["teacher_forms"][0]["best"] = True
     assert any("teacher_forms: 2 forms marked best" in p for p in validate(d))
+
+
+def test_a_deploy_file_without_a_teacher_is_reported_against_the_students_fp32(results_dir, tmp_path):
+    """A C-MLM student has no teacher that translates: its deploy file's teacher fields are null. The task table
+    gets no ``teacher None`` row, the deployed column says the speed-up is against the student's own fp32, and
+    BLEU (in points) is not multiplied by 100."""
+    d = _deploy("/deploy/cmlm/student")
+    d.update(task="translation", metric="bleu", teacher=None, teacher_score=None, teacher_latency_ms=None)
+    for x, (score, change) in zip(d["rows"], [(15.3, 0.0), (15.1, -0.2), (14.0, -1.3)], strict=True):
+        x.update(metric="bleu", method="cmlm", score=score, score_change=change, speedup_vs_teacher=None)
+    d["rows"][1]["best"], d["rows"][2]["best"] = True, False  # -0.2 BLEU is within half a point
+    assert validate(d) == []
+    (results_dir / "e_cmlm.json").write_text(json.dumps(d))
+    text = _run(results_dir, tmp_path / "RESULTS.md")
+    rows = _table(text, "### translation (bleu)")
+    assert [r[0] for r in rows] == ["cmlm / `student`"]
+    assert rows[0][3] == "15.10 (n=1)" and rows[0][7] == "1.25 (bf16, vs its fp32, e_cmlm)"
+    assert "| cmlm | `/deploy/cmlm/student` | int8 | 14.0 | -1.30 | 2.50 | 2.00 | - | 400.0 |  |" in text
+    assert "No teacher that does this task" in text
