@@ -471,9 +471,8 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
         if r["metric"] not in t.metrics:
             t.metrics.append(r["metric"])
         metric = r.get("teacher_metric", r["metric"])
-        if (
-            r["teacher"] is not None
-        ):  # a deploy file of students with no teacher that does their task has none
+        # a deploy file of students with no teacher that does their task has no teacher row
+        if r["teacher"] is not None:
             teachers.setdefault((t.key, str(r["teacher"]), r["teacher_score"], metric), []).append(name)
         if r.get("kind") == "generation":
             untimed.add(name)
