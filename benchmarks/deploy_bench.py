@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     teacher_rows = []
-    anchors: list[dict[str, Any]] = []
+    # the first compare row (the teacher, or without one a student's fp32 form): the file's task, split, metric
+    anchor: dict[str, Any] | None = None
     failures: dict[str, str] = {}
     for label, path in students.items():
         path = str(Path(path).expanduser())
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             full = evaluate(path, task=args.task, data_path=args.data)  # fp32 eager at full depth, untimed
             early_exit_rows(mine, cmp[1:] if teacher else cmp, args.speed, full["score"])
         rows += mine
-        anchors.append(cmp[0])  # the teacher, or (no teacher) the student in fp32 eager
+        anchor = anchor or cmp[0]
         if teacher is not None:
             teacher_rows.append(cmp[0])
         for r in mine:
@@ -277,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
     t = teacher_rows[0] if teacher_rows else None
-    a = anchors[0]
+    a = anchor
+    assert a is not None  # argparse requires at least one --student
     result = {
         "schema_version": SCHEMA_VERSION,
         "kind": "deploy",

@@ -48,14 +48,10 @@ POINT_METRICS = ("bleu", "chrf")
 """Metrics written in points (0–100, as sacreBLEU gives them) rather than as a fraction of 1."""
 
 
-def in_points(metric: str) -> bool:
-    """Whether scores of ``metric`` are written in points (BLEU, chrF) rather than as a fraction of 1."""
-    return metric.lower().startswith(POINT_METRICS)
-
-
 def points_scale(metric: str) -> float:
-    """The factor that turns a score of ``metric`` into points: 1 for BLEU / chrF, 100 for a fraction."""
-    return 1.0 if in_points(metric) else 100.0
+    """The factor that turns a score of ``metric`` into points: 1 for one already in points (BLEU, chrF:
+    :data:`POINT_METRICS`), 100 for a fraction of 1."""
+    return 1.0 if metric.lower().startswith(POINT_METRICS) else 100.0
 
 
 def max_score_drop(metric: str) -> float:
@@ -571,7 +567,6 @@ __all__ = [
     "ThroughputRow",
     "TrainedRow",
     "check",
-    "in_points",
     "is_legacy",
     "max_score_drop",
     "points_scale",
