@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -222,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(ROWS),
     )
     p.add_argument("--max-train", type=int, default=None, help="subsample of train (smoke runs); default all")
-    p.add_argument("--work", default=None, help="where the runs go (default a fresh temp dir)")
+    p.add_argument(
+        "--work",
+        default=None,
+        help="where the runs go, kept for a re-invocation (default: a temp dir removed at exit)",
+    )
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row and print JSON
     args = p.parse_args(argv)
     from bertdistill.hub import resolve_model_path
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not {"textbrewer", "bertdistill_cached"} <= set(args.rows):
         p.error("--rows must include textbrewer and bertdistill_cached (the headline ratio)")
-    args.work = args.work or tempfile.mkdtemp(prefix="bd-e2e-")
+    args.work = args.work or str(H.scratch_dir("bd-e2e-"))
     # a row whose record exists already ran (a re-invocation with the same --work only evaluates and merges)
     pending = [r for r in args.rows if not Path(args.work, f"{r}.json").exists()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}

@@ -18,6 +18,7 @@ Every script under ``benchmarks/`` is a short table of :class:`Row` s run throug
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime as _dt
 import functools
@@ -26,8 +27,10 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -463,6 +466,20 @@ def provenance(
         "steps": steps,
         "train_examples": train_examples,
     }
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary work dir for runs that are only timed, removed when the process exits.
+
+    The timing benchmarks write teacher caches and checkpoints (several GB a run); left behind they fill
+    the disk. Removal runs at a normal exit, on an exception and on SIGTERM (turned into ``SystemExit``
+    here); only a SIGKILL leaves the dir behind.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    return path
 
 
 def write_result(name: str, result: Mapping[str, Any], results_dir: str | Path | None = None) -> Path:

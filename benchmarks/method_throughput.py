@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     H.quiet()
     torch.set_num_threads(args.threads)
     rows = [H.parse_row(v) for v in args.rows]
-    work = Path(tempfile.mkdtemp(prefix="bd-mthroughput-"))
+    work = H.scratch_dir("bd-mthroughput-")
     cache = work / "cache"
     # (key, row, cached)
     plans: list[tuple[str, H.Row, bool]] = []

@@ -19,8 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from benchmarks import harness as H
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     H.quiet()
     torch.set_num_threads(args.threads)
     teacher = resolve_model_path(args.teacher)
-    work = Path(tempfile.mkdtemp(prefix="bd-profile-"))
+    work = H.scratch_dir("bd-profile-")
     cache = work / "cache"
     for bf16 in (False, True):  # build the caches first (not part of a step)
         distill(

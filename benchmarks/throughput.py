@@ -33,7 +33,6 @@ import logging
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("Distillation").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     teacher = resolve_model_path(args.teacher)
-    work = Path(tempfile.mkdtemp(prefix="bd-throughput-"))
+    work = H.scratch_dir("bd-throughput-")
     cache = work / "cache"
     batches, _ = textbrewer_batches(teacher, args.data, args.steps, args.seed)
     # build the teacher cache once (not timed), as a real run would reuse it across epochs and runs

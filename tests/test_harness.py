@@ -9,6 +9,9 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -453,3 +456,24 @@ def test_run_pinned_runs_every_command_and_names_the_failures(tmp_path):
     bad = [sys.executable, "-c", "raise SystemExit(3)"]
     assert H.run_pinned({"ok": ok, "bad": bad}, 2, cwd=tmp_path, log=lambda m: None) == ["bad"]
     assert (tmp_path / "a").read_text() == "1"  # pinned to one core
+
+
+@pytest.mark.parametrize("how", ["exit", "raise", "sigterm"])
+def test_scratch_dir_is_removed_when_the_benchmark_ends(tmp_path, how):
+    """Timing benchmarks write GBs into their scratch dir: it must not outlive the process."""
+    end = {
+        "exit": "pass",
+        "raise": "raise RuntimeError('boom')",
+        "sigterm": "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)",
+    }[how]
+    code = (
+        "import sys; from benchmarks import harness as H\n"
+        "d = H.scratch_dir('bd-test-'); (d / 'big').write_bytes(b'x' * 1000)\n"
+        "print(d, flush=True)\n" + end
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    made = Path(done.stdout.strip())
+    assert made.parent == tmp_path and made.name.startswith("bd-test-")
+    assert not made.exists(), f"{how}: scratch dir left behind ({done.stderr[-300:]})"
+    assert (done.returncode == 0) == (how == "exit")
