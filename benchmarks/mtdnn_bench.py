@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +67,18 @@ def shared_init_dir(source: str, num_layers: int, out: Path) -> Path:
 
     model = AutoModelForSequenceClassification.from_pretrained(source)
     small = copy_layers(model, list(range(num_layers)))
-    tmp = out.with_name(out.name + ".tmp")
+    # a private temp dir, renamed into place: runs of other seeds started at the same time may build it too
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     base = getattr(small, small.base_model_prefix)
     base.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process renamed its copy first (the same weights): keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise
     return out
 
 
