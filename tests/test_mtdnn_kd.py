@@ -2,6 +2,7 @@
 regression, a task without teachers, resume mid-epoch."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -225,3 +226,23 @@ def test_benchmark_single_task_row_starts_from_the_multitask_encoder(
         goals(result, 0.8, 0.81, ["kd_single_stsb", "kd_single_steps_stsb"], True)["mt_kd_ge_kd_single"]
         is False
     )
+
+
+def test_shared_init_dir_survives_a_concurrent_builder(teacher_dir, tmp_path, monkeypatch):
+    """Seeds started together each build the shared init: the one whose rename loses keeps the winner's copy
+    and leaves no temp dir (it used to crash on a shared `.tmp` name)."""
+    from pathlib import Path
+
+    from benchmarks.mtdnn_bench import shared_init_dir
+
+    out = tmp_path / "shared-init"
+    real_rename = Path.rename
+
+    def rival_first(self, target):  # another process lands its copy between our save and our rename
+        shutil.copytree(self, target)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rival_first)
+    assert shared_init_dir(str(teacher_dir), 1, out) == out
+    assert (out / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["shared-init"]  # our temp copy removed
