@@ -72,6 +72,22 @@ def extraction(run_dir: Path) -> dict[str, Any] | None:
     return {**{k: rec.get(k) for k in keys}, "sharpness": rec.get("soft_labels")}
 
 
+def teacher_training(rec: Any) -> dict[str, Any] | None:
+    """How the C-MLM teacher was trained (pairs, epochs, steps, precision, threads, median s/step), from its run; ``None``
+    for a teacher dir that is not a run (e.g. a full run's ``stages/teacher``)."""
+    if rec is None:
+        return None
+    c = rec.config
+    return {
+        "train_examples": H.train_examples(c),
+        "epochs": c.method.teacher_epochs,
+        "steps": rec.stage_steps.get("teacher", rec.steps),
+        "precision": H.precision_of(c),
+        "threads": c.train.cpu_threads,
+        "sec_per_step": rec.sec_per_step,
+    }
+
+
 def score(run_dir: Path, beams: list[int], split: str, max_examples: int | None) -> dict[str, Any]:
     """Test metrics of a student with each beam size, and its size."""
     from bertdistill import evaluate
@@ -145,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     work = H.WORK / (args.name + ("-smoke" if args.smoke else ""))
     common = common_overrides(args, work)
     if args.teacher:
-        teacher, teacher_rec = Path(args.teacher), None
+        teacher = Path(args.teacher).expanduser()
+        # a teacher-only run dir (not a stages/teacher dir) says how the teacher was trained: record it
+        teacher_rec = H.read_run(teacher) if H.is_finished(teacher) else None
     else:
         cfg = load_config(RECIPE, [*common, "method.stages=[teacher]"])
         teacher_rec = H.run_or_reuse(cfg, work / "teacher", on_mismatch=args.on_mismatch)
@@ -215,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_train_pairs_per_s": pairs_per_s(teacher, teacher_rec.config, "teacher")
         if teacher_rec
         else None,
+        "teacher_training": teacher_training(teacher_rec),
         "primary_row": "kd",
         "baseline_row": "no_kd",
         **{k: prim[k] for k in ("student_score", "student_score_std", "student_scores")},

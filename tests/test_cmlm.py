@@ -687,3 +687,25 @@ def test_extraction_progress_bar(tok, mlm, tmp_path):
         label="soft_labels",
     )
     assert bar.tasks == [("soft_labels", 4)] and bar.advanced == 4
+
+
+def test_bench_records_how_a_reused_teacher_was_trained(tmp_path, mlm_teacher_dir, parallel_dir):
+    """``cmlm_bench --teacher RUN``: the result says how that teacher was trained (pairs, steps, precision,
+    threads), read from the teacher-only run; a teacher dir that is not a run gives ``None``."""
+    from benchmarks import cmlm_bench
+    from benchmarks import harness as H
+
+    r = cmlm_recipe(mlm_teacher_dir, parallel_dir, tmp_path, method={"stages": ["teacher"]})
+    r["data"]["max_train_examples"] = 40
+    r["train"]["cpu_threads"] = 1
+    out = distill(load_config(r), quiet=True).output_dir
+    got = cmlm_bench.teacher_training(H.read_run(out))
+    assert got is not None and got["sec_per_step"] > 0
+    assert {k: v for k, v in got.items() if k != "sec_per_step"} == {
+        "train_examples": 40,
+        "epochs": load_config(r).method.teacher_epochs,
+        "steps": 3,
+        "precision": "fp32",
+        "threads": 1,
+    }
+    assert cmlm_bench.teacher_training(None) is None
