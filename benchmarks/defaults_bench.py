@@ -88,7 +88,12 @@ def weak_teacher(task: str, on_mismatch: H.OnMismatch = "retrain") -> Path:
         "train.cpu_threads=1",
     ]
     config = load_config(H.with_shared_data(read_recipe(f"finetune/{task}")), overrides)
-    return H.run_or_reuse(config, TEACHERS / f"minilm-l6-{task}-weak", on_mismatch=on_mismatch).dir
+    return H.run_or_reuse(config, weak_teacher_dir(task), on_mismatch=on_mismatch).dir
+
+
+def weak_teacher_dir(task: str) -> Path:
+    """Where :func:`weak_teacher` keeps ``task``'s weak teacher."""
+    return TEACHERS / f"minilm-l6-{task}-weak"
 
 
 def variants_argv(
@@ -154,15 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", help="only these candidate rows (default: all; no_kd always runs)")
     args, extra = p.parse_known_args(argv)
     if args.strength == "weak":
-        teacher = weak_teacher(args.task)
+        teacher = weak_teacher_dir(args.task)
     else:
         teacher = Path(args.teacher).expanduser() if args.teacher else TEACHERS / f"minilm-l6-{args.task}"
-    if not (teacher / "model.safetensors").exists():
-        raise SystemExit(
-            f"no teacher at {teacher}: run `bertdistill finetune finetune/{args.task} --output {teacher} "
-            f"--set data.path=<GLUE dir>` first"
-        )
-    return run_variants.main(variants_argv(args.method, args.task, args.strength, teacher, extra, args.rows))
+
+    def teacher_exists() -> None:
+        # once every flag has parsed (run_variants' too): build the weak teacher, or check the strong one is there
+        if args.strength == "weak" and weak_teacher(args.task) != teacher:
+            raise AssertionError(f"the weak teacher was not built at {teacher}")
+        if not (teacher / "model.safetensors").exists():
+            raise SystemExit(
+                f"no teacher at {teacher}: run `bertdistill finetune finetune/{args.task} --output {teacher} "
+                f"--set data.path=<GLUE dir>` first"
+            )
+
+    argv_rv = variants_argv(args.method, args.task, args.strength, teacher, extra, args.rows)
+    return run_variants.main(argv_rv, before_run=teacher_exists)
 
 
 if __name__ == "__main__":

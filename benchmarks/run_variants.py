@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks import harness as H
@@ -85,7 +86,9 @@ def run(table: H.Table, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, before_run: Callable[[], None] | None = None) -> int:
+    """``before_run``: a caller's own checks (e.g. that the teacher exists), run once the flags have parsed, so a
+    mistyped flag is reported first."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_table_flags(p)
     p.add_argument(
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline=baseline,
         method=args.method_label,
     )
+    if before_run is not None:
+        before_run()
     return run(table, args)
 
 

@@ -76,3 +76,22 @@ def test_the_weak_teacher_is_the_task_recipe_on_a_slice_of_train(monkeypatch, tm
     cfg = seen["config"]
     assert cfg.method.name == "finetune" and cfg.data.task == "mrpc" and cfg.data.path
     assert (cfg.data.max_train_examples, cfg.train.epochs, cfg.train.cpu_threads) == (1200, 3, 1)
+
+
+def test_flags_are_checked_before_the_teacher_is_looked_for_or_built(monkeypatch, tmp_path):
+    """A mistyped run_variants flag is reported before a missing strong teacher, and before a weak teacher is
+    trained; with good flags, a missing strong teacher names the command that makes it and nothing runs."""
+    built, ran = [], []
+    monkeypatch.setattr(defaults_bench, "TEACHERS", tmp_path)
+    monkeypatch.setattr(defaults_bench, "weak_teacher", lambda task: built.append(task))
+    monkeypatch.setattr(defaults_bench.run_variants, "run", lambda table, args: ran.append(table))
+    for strength in ("strong", "weak"):
+        with pytest.raises(SystemExit) as e:
+            defaults_bench.main(["kd", "mrpc", strength, "--no-such-flag"])
+        assert e.value.code == 2
+    assert built == [] and ran == []
+    with pytest.raises(
+        SystemExit, match=r"no teacher at .*minilm-l6-mrpc: run `bertdistill finetune finetune/mrpc"
+    ):
+        defaults_bench.main(["kd", "mrpc", "strong", "--seeds", "1"])
+    assert ran == []
