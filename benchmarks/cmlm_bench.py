@@ -124,6 +124,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], help="extra recipe overrides (all runs)"
     )
+    p.add_argument(
+        "--kd-set",
+        dest="kd_overrides",
+        action="append",
+        default=[],
+        help="overrides of the kd row only (e.g. method.temperature=2): the no_kd control stays as it was, "
+        "so --link-from can reuse it",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny settings (see above)")
     H.add_run_flags(p)
     args = p.parse_args(argv)
@@ -153,6 +161,14 @@ def common_overrides(args: argparse.Namespace, work: Path) -> list[str]:
     return [*common, *args.overrides]
 
 
+def bench_rows(args: argparse.Namespace, teacher: Path) -> list[H.Row]:
+    """The student with the KD term (plus the ``--kd-set`` overrides) and its control without it."""
+    return [
+        H.Row("kd", RECIPE, (f"method.teacher_path={teacher}", *args.kd_overrides), baseline="no_kd"),
+        H.Row("no_kd", RECIPE, ("method.alpha=0.0",)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     from bertdistill import evaluate, load_config
 
@@ -170,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = teacher_rec.dir
     teacher_row = evaluate(teacher, split=args.test_split, max_examples=args.max_test_pairs, batch_size=64)
 
-    rows = [
-        H.Row("kd", RECIPE, (f"method.teacher_path={teacher}",), baseline="no_kd"),
-        H.Row("no_kd", RECIPE, ("method.alpha=0.0",)),
-    ]
+    rows = bench_rows(args, teacher)
     runs = H.run_rows(rows, args.seeds, work, common, on_mismatch=args.on_mismatch, link_from=args.link_from)
     beams = sorted({args.beam, 1})
     key = f"beam{args.beam}"

@@ -709,3 +709,23 @@ def test_bench_records_how_a_reused_teacher_was_trained(tmp_path, mlm_teacher_di
         "threads": 1,
     }
     assert cmlm_bench.teacher_training(None) is None
+
+
+def test_bench_kd_set_changes_the_kd_row_only(tmp_path):
+    """``cmlm_bench --kd-set``: the override reaches the kd row's config and leaves the no_kd control as it was,
+    so a control trained for another KD setting can be linked."""
+    from benchmarks import cmlm_bench
+
+    base = ["--data", str(tmp_path), "--set", "train.batch_size=4"]
+    teacher = tmp_path / "teacher"
+    plain = cmlm_bench.bench_rows(cmlm_bench.parse_args(base), teacher)
+    hot = cmlm_bench.bench_rows(cmlm_bench.parse_args([*base, "--kd-set", "method.temperature=2"]), teacher)
+    assert [r.name for r in hot] == ["kd", "no_kd"]
+    assert hot[0].overrides == (*plain[0].overrides, "method.temperature=2")
+    assert hot[1].overrides == plain[1].overrides == ("method.alpha=0.0",)
+    args = cmlm_bench.parse_args(base)
+    common = cmlm_bench.common_overrides(args, tmp_path / "work")
+    kd, no_kd = (row.config(1, common, tmp_path / row.name) for row in hot)
+    assert kd.method.temperature == 2 and kd.method.alpha == 0.5
+    assert no_kd.method.temperature == plain[1].config(1, common, tmp_path / "n").method.temperature == 10
+    assert no_kd.method.alpha == 0.0

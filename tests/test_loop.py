@@ -279,3 +279,36 @@ def test_build_optimizer_uses_fused_kernel_on_cpu():
     groups = [{"params": list(lin.named_parameters())}]
     assert build_optimizer(groups, TrainConfig(), 1e-3).defaults["fused"] is True
     assert not build_optimizer(groups, TrainConfig(fused_adam=False), 1e-3).defaults.get("fused")
+
+
+def test_compiled_student_trains_like_eager_and_saves_plain_weights(teacher_dir, sst2_dir, tmp_path):
+    """``train.compile: true`` wraps the student in torch.compile for training only: the run gives the eager
+    run's weights up to kernel rounding, the saved state dict has the eager names (no ``_orig_mod.``), and an
+    unknown mode is a config error."""
+    runs = {}
+    for compiled in (False, True):
+        cfg = _cfg(
+            "kd",
+            teacher_dir,
+            sst2_dir,
+            tmp_path,
+            out=f"c{compiled}",
+            train={"max_steps": 3, "compile": compiled, "eval_every": 3},
+        )
+        tr = Trainer(cfg, quiet=True)
+        assert isinstance(tr.bundle, torch._dynamo.eval_frame.OptimizedModule) is compiled
+        assert not isinstance(tr.unwrapped(), torch._dynamo.eval_frame.OptimizedModule)
+        res = tr.train()
+        runs[compiled] = _weights(res.output_dir)
+        assert all(math.isfinite(r["loss"]) for r in res.history if "loss" in r)
+    assert runs[True].keys() == runs[False].keys()
+    assert not any("_orig_mod" in k for k in runs[True])
+    for k, w in runs[True].items():
+        torch.testing.assert_close(w, runs[False][k], rtol=1e-3, atol=1e-4)
+    assert load_config({**_raw_kd(teacher_dir, sst2_dir, tmp_path), "train": {"compile": "max-autotune"}})
+    with pytest.raises(ConfigError, match="train.compile must be true, false or a torch.compile mode"):
+        load_config({**_raw_kd(teacher_dir, sst2_dir, tmp_path), "train": {"compile": "fastest"}})
+
+
+def _raw_kd(teacher_dir, data_dir, tmp_path):
+    return recipe("kd", teacher_dir, data_dir, tmp_path / "o", tmp_path / "c")

@@ -150,6 +150,9 @@ class DataConfig:
             raise ConfigError(f"data.max_length must be at least 8, got {self.max_length}")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     epochs: float = 3.0
@@ -177,6 +180,11 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
     """``no`` | ``fp16`` | ``bf16`` (accelerate)."""
+    compile: bool | str = False
+    """Compile the student's training forward and backward with ``torch.compile`` (inductor, through
+    accelerate's dynamo plugin): ``true`` (the default mode) or a mode name (``max-autotune``,
+    ``max-autotune-no-cudagraphs``, ``reduce-overhead``). The first batches of each new shape pay the compile
+    time; evaluation, saving and export use the eager module. See docs/speed.md."""
     seed: int = 42
     eval_every: int | None = None
     """Evaluate every N optimizer steps; unset = at the end of each epoch."""
@@ -206,6 +214,11 @@ class TrainConfig:
             raise ConfigError(f"train.optimizer must be adamw, adadelta or sgd, got {self.optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
+            raise ConfigError(
+                f"train.compile must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)}), "
+                f"got {self.compile!r}"
+            )
         for name in ("batch_size", "eval_batch_size", "grad_accum", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")

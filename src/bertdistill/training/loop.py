@@ -230,7 +230,8 @@ class Trainer:
             or any(s.param_groups is not None for s in self.stages)
             or type(self.method).sparse_parameters
         )
-        _allow_new_precision(run.train.mixed_precision)
+        dynamo = _dynamo_plugin(run.train.compile)
+        _fresh_state_if_changed(run.train.mixed_precision, dynamo)
         self.acc = Accelerator(
             mixed_precision=run.train.mixed_precision,
             gradient_accumulation_steps=run.train.grad_accum,
@@ -240,6 +241,7 @@ class Trainer:
             # the schedule counts optimizer steps of this process's loader (already sharded): accelerate's
             # default would step it num_processes times per update, decaying the lr N× too fast under DDP
             step_scheduler_with_optimizer=False,
+            dynamo_plugin=dynamo,
         )
         if run.train.mixed_precision == "bf16" and self.acc.device.type == "cpu":
             from ..precision import cpu_bf16
@@ -276,7 +278,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def unwrapped(self) -> nn.Module:
-        return unwrap(self.acc.unwrap_model(self.bundle))
+        # the eager module: evaluation, saving and export never see torch.compile's wrapper (whose state dict
+        # would carry an ``_orig_mod.`` prefix), whether train.compile or `accelerate launch --dynamo_backend` set it
+        return unwrap(self.acc.unwrap_model(self.bundle, keep_torch_compile=False))
 
     def print(self, msg: str) -> None:
         if not self.quiet and self.acc.is_main_process:
@@ -868,14 +872,30 @@ class Trainer:
         raise NonFiniteLossError(msg)
 
 
-def _allow_new_precision(mixed_precision: str) -> None:
-    """accelerate keeps one process-wide AcceleratorState; a second run in the same process (a notebook, a
-    benchmark) with another mixed-precision setting would be refused. Reset only that part — the
-    process group (PartialState) is kept."""
+def _dynamo_plugin(compile: bool | str) -> Any:
+    """accelerate's dynamo plugin for ``train.compile``: inductor with the mode asked for (``prepare`` then wraps
+    the student in ``torch.compile``); when off, accelerate's own default, which reads the environment, so
+    `accelerate launch --dynamo_backend` still works."""
+    from accelerate.utils import TorchDynamoPlugin
+
+    if compile is False:
+        return TorchDynamoPlugin()
+    return TorchDynamoPlugin(backend="inductor", mode="default" if compile is True else compile)
+
+
+def _fresh_state_if_changed(mixed_precision: str, dynamo: Any) -> None:
+    """accelerate keeps one process-wide AcceleratorState and sets it up once: a second run in the same process
+    (a notebook, a benchmark) with another mixed-precision setting would be refused, and one with another
+    ``train.compile`` would silently keep the first run's. Reset only that part — the process group
+    (PartialState) is kept."""
     from accelerate.state import AcceleratorState
 
     shared = AcceleratorState._shared_state
-    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
+    if not shared:
+        return
+    old = shared.get("dynamo_plugin")
+    same_dynamo = old is not None and (old.backend, old.mode) == (dynamo.backend, dynamo.mode)
+    if str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision or not same_dynamo:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
