@@ -718,12 +718,12 @@ def test_bench_kd_set_changes_the_kd_row_only(tmp_path):
 
     base = ["--data", str(tmp_path), "--set", "train.batch_size=4"]
     teacher = tmp_path / "teacher"
-    plain = cmlm_bench.bench_rows(cmlm_bench.parse_args(base), teacher)
+    args = cmlm_bench.parse_args(base)
+    plain = cmlm_bench.bench_rows(args, teacher)
     hot = cmlm_bench.bench_rows(cmlm_bench.parse_args([*base, "--kd-set", "method.temperature=2"]), teacher)
     assert [r.name for r in hot] == ["kd", "no_kd"]
     assert hot[0].overrides == (*plain[0].overrides, "method.temperature=2")
     assert hot[1].overrides == plain[1].overrides == ("method.alpha=0.0",)
-    args = cmlm_bench.parse_args(base)
     common = cmlm_bench.common_overrides(args, tmp_path / "work")
     kd, no_kd = (row.config(1, common, tmp_path / row.name) for row in hot)
     assert kd.method.temperature == 2 and kd.method.alpha == 0.5

@@ -252,6 +252,10 @@ class Trainer:
             self.teacher.to(self.acc.device)
         self._stage_teachers: dict[str, Teacher] = {}
         self.bundle = self.acc.prepare(built.bundle)
+        # the eager module inside the wrappers (DDP, torch.compile's — whose state dict would carry an
+        # ``_orig_mod.`` prefix — whether train.compile or `accelerate launch --dynamo_backend` set it): what
+        # evaluation, saving, export and the loss see. Found once: accelerate's unwrap walks every submodule.
+        self._eager = unwrap(self.acc.unwrap_model(self.bundle, keep_torch_compile=False))
         log.info(
             "process %d/%d: student %s, teacher %s (inference only, never wrapped)",
             self.acc.process_index,
@@ -278,9 +282,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def unwrapped(self) -> nn.Module:
-        # the eager module: evaluation, saving and export never see torch.compile's wrapper (whose state dict
-        # would carry an ``_orig_mod.`` prefix), whether train.compile or `accelerate launch --dynamo_backend` set it
-        return unwrap(self.acc.unwrap_model(self.bundle, keep_torch_compile=False))
+        return self._eager
 
     def print(self, msg: str) -> None:
         if not self.quiet and self.acc.is_main_process:
