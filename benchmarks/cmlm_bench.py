@@ -133,6 +133,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so --link-from can reuse it",
     )
     p.add_argument("--smoke", action="store_true", help="tiny settings (see above)")
+    p.add_argument(
+        "--train-only",
+        nargs="+",
+        choices=["kd", "no_kd"],
+        metavar="ROW",
+        help="train only these rows (kd, no_kd) and write no result: one core's share of a parallel sweep; "
+        "run again without it (same --name, or --link-from) to score both rows and write the result",
+    )
     H.add_run_flags(p)
     args = p.parse_args(argv)
     if args.smoke:
@@ -184,6 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(RECIPE, [*common, "method.stages=[teacher]"])
         teacher_rec = H.run_or_reuse(cfg, work / "teacher", on_mismatch=args.on_mismatch)
         teacher = teacher_rec.dir
+    if args.train_only:
+        rows = bench_rows(args, teacher)
+        H.run_rows(
+            rows,
+            args.seeds,
+            work,
+            common,
+            only=args.train_only,
+            on_mismatch=args.on_mismatch,
+            link_from=args.link_from,
+        )
+        print(f"trained {args.train_only} in {work}; no result written (--train-only)")
+        return 0
     teacher_row = evaluate(teacher, split=args.test_split, max_examples=args.max_test_pairs, batch_size=64)
 
     rows = bench_rows(args, teacher)

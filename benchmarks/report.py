@@ -377,6 +377,31 @@ def _recipe_method(recipe: str, default: str) -> str:
     return parts[-2] if len(parts) >= 2 else default
 
 
+def _override_note(x: Mapping[str, Any], r: Mapping[str, Any]) -> str:
+    """A generation row's settings beyond its teacher (e.g. ``cmlm_bench --kd-set method.temperature=1``), so
+    rows of one method told apart only by an override are labelled by it, not only by their file name."""
+    if r.get("kind") != "generation":
+        return ""
+    extra = [o for o in x.get("overrides") or () if not o.startswith("method.teacher_path=")]
+    return f" ({', '.join(extra)})" if extra and not _is_no_kd(x, r.get("baseline_row")) else ""
+
+
+def _merge_rows(rows: list[TaskRow], new: Sequence[TaskRow]) -> None:
+    """Append ``new`` to ``rows``; a row of the same label and the same run dirs as one already listed (a
+    control linked into several files with ``--link-from``) and the same figures is listed once, naming every file
+    it came from; the same runs timed apart in two files stay two rows."""
+
+    def same_figures(t: TaskRow) -> tuple[Any, ...]:
+        return (t.label, t.runs, t.score, t.std, t.latency_speedup, t.params)
+
+    for row in new:
+        same = next((t for t in rows if row.runs and same_figures(t) == same_figures(row)), None)
+        if same is None:
+            rows.append(row)
+        else:
+            same.source = f"{same.source}, {row.source}"
+
+
 def _file_rows(name: str, r: Mapping[str, Any]) -> list[TaskRow]:
     """Every student of one result file as task-table rows (the teacher is added by :func:`task_tables`)."""
     metric = r["metric"]
@@ -394,7 +419,7 @@ def _file_rows(name: str, r: Mapping[str, Any]) -> list[TaskRow]:
         out.append(
             TaskRow(
                 group="no-KD" if no_kd else ("kd" if label_method == "kd" else "student"),
-                label=f"{method} / {row}" if row else method,
+                label=(f"{method} / {row}" if row else method) + _override_note(x, r),
                 source=name,
                 metric=metric,
                 student=_shape(x, r),
@@ -477,7 +502,7 @@ def task_tables(results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TaskTa
         if r.get("kind") == "generation":
             untimed.add(name)
         if r.get("kind") != "deploy":  # its students are matched to these rows below
-            t.rows += _file_rows(name, r)
+            _merge_rows(t.rows, _file_rows(name, r))
     for (key, teacher, score, metric), sources in teachers.items():
         t = by_task[key]
         params = {

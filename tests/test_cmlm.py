@@ -729,3 +729,23 @@ def test_bench_kd_set_changes_the_kd_row_only(tmp_path):
     assert kd.method.temperature == 2 and kd.method.alpha == 0.5
     assert no_kd.method.temperature == plain[1].config(1, common, tmp_path / "n").method.temperature == 10
     assert no_kd.method.alpha == 0.0
+
+
+def test_bench_train_only_trains_the_named_row_and_writes_no_result(tmp_path, monkeypatch):
+    """``cmlm_bench --train-only no_kd``: one core's share of a parallel sweep trains that row alone (no teacher
+    needed for the control) and writes no result file; a later run without it scores the linked rows."""
+    from benchmarks import cmlm_bench
+    from benchmarks import harness as H
+
+    monkeypatch.setattr(H, "WORK", tmp_path / "work")
+    data = write_pair_files(tmp_path / "toy")
+    results = tmp_path / "results"
+    argv = ["--smoke", "--data", str(data), "--teacher", str(tmp_path / "absent-teacher"), "--seeds", "1"]
+    argv += ["--name", "t", "--results-dir", str(results), "--threads", "1", "--train-only", "no_kd"]
+    assert cmlm_bench.main(argv) == 0
+    work = tmp_path / "work" / "t-smoke"
+    assert H.is_finished(work / "no_kd-seed1")
+    assert not (work / "kd-seed1").exists()
+    assert not results.exists()
+    with pytest.raises(SystemExit):
+        cmlm_bench.parse_args(["--data", str(data), "--train-only", "teacher"])

@@ -394,6 +394,28 @@ def test_generation_result_validates_and_renders(tmp_path):
     assert "| tiny_cmlm | cmlm |" not in text  # not a row of the distillation table (no retention, no timing)
 
 
+def test_task_table_labels_kd_overrides_and_lists_a_linked_control_once(tmp_path):
+    """Two C-MLM files told apart only by a ``--kd-set`` override, sharing one no-KD control (``--link-from``):
+    each kd row is labelled by its override, and the control appears once, naming both files."""
+    base = _generation_result()
+    hot = _generation_result()
+    hot["rows"][0] = {**hot["rows"][0], "overrides": ["method.teacher_path=/t", "method.temperature=1"]}
+    hot["rows"][0]["runs"] = ["/c", "/d"]
+    H.write_result("cmlm_t10", base, tmp_path)
+    H.write_result("cmlm_t1", hot, tmp_path)
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert [line for line in lines if line.startswith("| no-KD / no_kd |")] == [
+        "| no-KD / no_kd | cmlm_t1, cmlm_t10 | M2M100 | 19.50 ± 0.71 (n=2) | - | 0.00M | - | - |"
+    ]
+    labelled = [line for line in lines if line.startswith("| cmlm / kd")]
+    assert [line.split(" | ")[0:2] for line in labelled] == [
+        ["| cmlm / kd (method.temperature=1)", "cmlm_t1"],
+        ["| cmlm / kd", "cmlm_t10"],
+    ]
+
+
 def test_committed_results_pass_validation():
     """Every file in benchmarks/results (legacy ones included) passes the schema, so `make bench` renders."""
     results, problems = report.load_results(H.RESULTS)

@@ -182,6 +182,23 @@ def test_bf16_mixed_precision_runs(teacher_dir, sst2_dir, tmp_path):
     assert [(m["compute"], m["dtype"]) for m in metas] == [("bf16", "bfloat16")]
 
 
+def test_precision_switches_between_runs_in_one_process(teacher_dir, sst2_dir, tmp_path):
+    """fp32, then bf16, then fp32 again in one process (as run_variants and the benchmarks do): the bf16 run
+    really trains under autocast (its weights differ from fp32's), and the process-wide accelerate state does
+    not leak it into the next fp32 run (bit-identical to the first)."""
+    runs = []
+    for i, precision in enumerate(["no", "bf16", "no"]):
+        train = {"max_steps": 4, "mixed_precision": precision, "eval_every": None}
+        cfg = _cfg(
+            "kd", teacher_dir, sst2_dir, tmp_path, out=f"run{i}", train=train, teacher={"cache": False}
+        )
+        runs.append(_weights(distill(cfg, quiet=True).output_dir))
+    fp32, bf16, again = runs
+    assert fp32.keys() == bf16.keys() == again.keys()
+    assert all(torch.equal(fp32[k], again[k]) for k in fp32)
+    assert max((fp32[k] - bf16[k]).abs().max().item() for k in fp32) > 1e-6
+
+
 def test_progress_bars_with_teacher_cache(teacher_dir, sst2_dir, tmp_path, capsys):
     """Not quiet: rich progress for the cache build and the training stage, loss terms shown live."""
     res = distill(
