@@ -88,6 +88,14 @@ def teacher_training(rec: Any) -> dict[str, Any] | None:
     }
 
 
+def dev_bleu(run_dir: Path) -> float | None:
+    """The dev BLEU (greedy, the run's own model selection) of the checkpoint the run kept: what a choice between
+    settings (e.g. the temperature) may be made on, where the test BLEU may not. ``None`` when the run kept no
+    evaluation."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()).get("bleu") if path.is_file() else None
+
+
 def score(run_dir: Path, beams: list[int], split: str, max_examples: int | None) -> dict[str, Any]:
     """Test metrics of a student with each beam size, and its size."""
     from bertdistill import evaluate
@@ -229,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 **H.score_fields("student_score", bleu[row.name]),
                 **H.score_fields("greedy_score", [s["beam1"]["bleu"] for s in scored[row.name]]),
                 "test_metrics": [s[key] for s in scored[row.name]],
+                "dev_scores": [dev_bleu(r.dir) for r in recs],
                 "steps": first.steps,
                 "stage_steps": first.stage_steps,
                 "train_examples": H.train_examples(first.config),

@@ -181,14 +181,16 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
             f"Teacher {r['teacher_metric']}: {pct(r['teacher_score'])}. Students: {r['student']}; {r['metric']}; "
             f"decoding {r['decoding']}.",
             "",
-            "| row | method | overrides | score | params | steps | precision | optimizer | seeds |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| row | method | overrides | score | dev (greedy, selection) | params | steps | precision | optimizer | "
+            "seeds |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for x in r["rows"]:
             scores = ", ".join(f"{v:.2f}" for v in x["student_scores"])
+            dev = ", ".join("-" if v is None else f"{v:.2f}" for v in x.get("dev_scores") or []) or "-"
             lines.append(
                 f"| {x['row']} | {x['method']} | {' '.join(x['overrides']) or '-'} | {num(x['student_score'])} "
-                f"({scores}) | {x['student_params'] / 1e6:.2f}M | {fmt_steps(x)} | {x['precision']} | "
+                f"({scores}) | {dev} | {x['student_params'] / 1e6:.2f}M | {fmt_steps(x)} | {x['precision']} | "
                 f"{x['optimizer']} | {len(x['seeds'])} |"
             )
     for name, r in deploy:

@@ -749,3 +749,13 @@ def test_bench_train_only_trains_the_named_row_and_writes_no_result(tmp_path, mo
     assert not results.exists()
     with pytest.raises(SystemExit):
         cmlm_bench.parse_args(["--data", str(data), "--train-only", "teacher"])
+
+
+def test_bench_dev_bleu_is_the_kept_checkpoints_selection_score(tmp_path):
+    """Rows record the dev BLEU the run selected its checkpoint on (metrics.json), so a setting can be chosen on
+    dev rather than on the test BLEU the table reports; a run that kept no evaluation gives ``None``."""
+    from benchmarks import cmlm_bench
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"step": 1000, "bleu": 23.83, "chrf": 45.0}))
+    assert cmlm_bench.dev_bleu(tmp_path) == 23.83
+    assert cmlm_bench.dev_bleu(tmp_path / "absent") is None

@@ -351,6 +351,7 @@ def _generation_result() -> dict:
         "train_threads": 1,
         "student_params": 1000,
         "runs": ["/a", "/b"],
+        "dev_scores": [21.0, 22.5],
     }
     prov = H.provenance(
         "generation",
@@ -391,6 +392,7 @@ def test_generation_result_validates_and_renders(tmp_path):
     assert report.main(["--results", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
     assert "## tiny_cmlm: cmlm, translation" in text and "| no_kd | cmlm |" in text
+    assert "| 21.00 (20.00, 22.00) | 21.00, 22.50 |" in text  # test BLEU, then the dev BLEU selection used
     assert "| tiny_cmlm | cmlm |" not in text  # not a row of the distillation table (no retention, no timing)
 
 
