@@ -44,23 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import bertdistill
-from benchmarks.harness import ROOT, command, machine, quiet, today, write_result
+from benchmarks.harness import command, git_commit, machine, quiet, today, write_result
 from benchmarks.schema import SCHEMA_VERSION, max_score_drop, points_scale
 
 PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 
 log = logging.getLogger("deploy_bench")
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout that measures (``None`` outside a git checkout)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 def method_of(student_dir: str | Path) -> str:

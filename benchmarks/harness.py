@@ -441,6 +441,25 @@ def today() -> str:
     return _dt.date.today().isoformat()
 
 
+def git_commit() -> str | None:
+    """The commit of the checkout that measures, with ``+dirty`` when tracked files differ from it (so a figure
+    from uncommitted code says so); ``None`` outside a git checkout."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = status is not None and bool(status.stdout.strip())
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def provenance(
     kind: str,
     *,
@@ -452,13 +471,18 @@ def provenance(
     train_threads: int | None,
     timing_threads: int | None,
 ) -> dict[str, Any]:
-    """The fields every result file starts with (:class:`benchmarks.schema.Provenance`)."""
+    """The fields every result file starts with (:class:`benchmarks.schema.Provenance`), and the code that
+    measured: bertdistill's ``version`` and the checkout's ``commit`` (:func:`git_commit`)."""
+    from bertdistill import __version__
+
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "command": command(),
         "date": today(),
         "machine": machine(),
+        "version": __version__,
+        "commit": git_commit(),
         "threads": {"train": train_threads, "timing": timing_threads},
         "precision": precision,
         "optimizer": optimizer,

@@ -95,16 +95,18 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
         "",
         "## How each result was made",
         "",
-        "Files written before the benchmark harness (schema 1) do not record threads, precision or optimizer.",
+        "Files written before the benchmark harness (schema 1) do not record threads, precision or optimizer; "
+        "code = the bertdistill version and commit that measured (`+dirty`: uncommitted changes to tracked "
+        "files), recorded since 2026-12-05 (deploy files: since they exist).",
         "",
-        "| result | date | schema | threads | precision | optimizer |",
-        "|---|---|---|---|---|---|",
+        "| result | date | code | schema | threads | precision | optimizer |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results:
         legacy = is_legacy(r)
         deployed = r.get("kind") == "deploy"  # precision per row, nothing trained
         lines.append(
-            f"| {name} | {r['date']} | {1 if legacy else r['schema_version']} | {fmt_threads(r)} | "
+            f"| {name} | {r['date']} | {fmt_code(r)} | {1 if legacy else r['schema_version']} | {fmt_threads(r)} | "
             f"{r.get('precision', 'per row' if deployed else 'not recorded')} | "
             f"{r.get('optimizer', '-' if deployed else 'not recorded')} |"
         )
@@ -369,6 +371,15 @@ def _is_no_kd(x: Mapping[str, Any], baseline: str | None) -> bool:
     if baseline is not None:
         return name == baseline
     return x.get("method") == "finetune" or name.replace("_", "").replace("-", "").startswith("nokd")
+
+
+def fmt_code(r: Mapping[str, Any]) -> str:
+    """``0.9.0 @ 60df23b`` (the short commit, ``+dirty`` kept); ``not recorded`` for files older than the field."""
+    if "version" not in r and "commit" not in r:
+        return "not recorded"
+    commit = r.get("commit")
+    short = "no checkout" if not commit else commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+    return f"{r.get('version', '?')} @ {short}"
 
 
 def _recipe_method(recipe: str, default: str) -> str:

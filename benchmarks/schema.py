@@ -68,7 +68,10 @@ class Threads(TypedDict):
 
 
 class Provenance(TypedDict):
-    """What made the file: recorded by every writer (:func:`benchmarks.harness.provenance`)."""
+    """What made the file: recorded by every writer (:func:`benchmarks.harness.provenance`). Files written since
+    2026-12-05 also name the code that measured: ``version`` (bertdistill's) and ``commit`` (the checkout's, with
+    ``+dirty`` when tracked files differed from it; ``None`` outside a checkout) — checked where present (older
+    files lack them), see :data:`CODE_FIELDS`."""
 
     schema_version: int
     kind: str
@@ -415,6 +418,10 @@ def _check_stats(obj: Mapping[str, Any], where: str, legacy: bool) -> list[str]:
     return problems
 
 
+CODE_FIELDS: dict[str, Any] = {"version": str, "commit": str | None}
+"""Provenance fields optional for older files: type-checked where present."""
+
+
 def validate(result: Mapping[str, Any]) -> list[str]:
     """Everything wrong with a result: missing fields, wrong types, means / stds that disagree with the
     per-seed lists. An empty list = valid."""
@@ -424,7 +431,15 @@ def validate(result: Mapping[str, Any]) -> list[str]:
             return [f"schema_version {result.get('schema_version')!r}: this code reads {SCHEMA_VERSION}"]
         if result.get("kind") not in KINDS:
             return [f"kind {result.get('kind')!r}: expected one of {list(KINDS)}"]
-    problems = _check_fields(result, schema_of(result))
+    schema = schema_of(result)
+    problems = _check_fields(result, schema)
+    for k, tp in CODE_FIELDS.items():
+        if (
+            k in result
+            and k not in typing.get_type_hints(schema)
+            and not _type_ok(result[k], tp, k, problems)
+        ):
+            problems.append(f"{k}: {result[k]!r} is not {_name(tp)}")
     problems += _check_stats(result, "", legacy)
     for table in ("rows", "variants"):
         entries = result.get(table)

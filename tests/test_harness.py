@@ -418,6 +418,41 @@ def test_task_table_labels_kd_overrides_and_lists_a_linked_control_once(tmp_path
     ]
 
 
+def test_results_name_the_code_that_measured(tmp_path, monkeypatch):
+    """Every result records bertdistill's version and the checkout's commit (``+dirty`` with uncommitted
+    changes to tracked files), the schema type-checks them where present, and RESULTS.md shows them."""
+    import re
+
+    from bertdistill import __version__
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "f.txt").write_text("a\n")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(H, "ROOT", repo)
+    clean = H.git_commit()
+    assert clean is not None and re.fullmatch(r"[0-9a-f]{40}", clean)
+    (repo / "untracked.txt").write_text("x")  # untracked files do not make it dirty
+    assert H.git_commit() == clean
+    (repo / "f.txt").write_text("b\n")
+    assert H.git_commit() == clean + "+dirty"
+    monkeypatch.setattr(H, "ROOT", tmp_path / "not-a-checkout")
+    assert H.git_commit() is None
+
+    result = _generation_result()
+    assert result["version"] == __version__ and "commit" in result
+    result["commit"] = "0123456789abcdef0123456789abcdef01234567+dirty"
+    assert validate(result) == []
+    assert any("commit" in p for p in validate({**result, "commit": 7}))
+    H.write_result("tiny_cmlm", result, tmp_path)
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    assert f"| tiny_cmlm | {result['date']} | {__version__} @ 0123456+dirty |" in out.read_text()
+
+
 def test_committed_results_pass_validation():
     """Every file in benchmarks/results (legacy ones included) passes the schema, so `make bench` renders."""
     results, problems = report.load_results(H.RESULTS)
