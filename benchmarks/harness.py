@@ -442,8 +442,9 @@ def today() -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the checkout that measures, with ``+dirty`` when tracked files differ from it (so a figure
-    from uncommitted code says so); ``None`` outside a git checkout."""
+    """The commit of the checkout that measures, with ``+dirty`` when tracked code differs from it (so a figure
+    from uncommitted code says so; the package, the benchmarks and the recipes count, result files and docs do
+    not); ``None`` outside a git checkout."""
     import subprocess
 
     def git(*args: str) -> subprocess.CompletedProcess[str] | None:
@@ -455,7 +456,8 @@ def git_commit() -> str | None:
     head = git("rev-parse", "HEAD")
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return None
-    status = git("status", "--porcelain", "--untracked-files=no")
+    code = ["src", "benchmarks", ":(exclude)benchmarks/results", ":(exclude)benchmarks/RESULTS.md"]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *code)
     dirty = status is not None and bool(status.stdout.strip())
     return head.stdout.strip() + ("+dirty" if dirty else "")
 

@@ -96,8 +96,8 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
         "## How each result was made",
         "",
         "Files written before the benchmark harness (schema 1) do not record threads, precision or optimizer; "
-        "code = the bertdistill version and commit that measured (`+dirty`: uncommitted changes to tracked "
-        "files), recorded since 2026-12-05 (deploy files: since they exist).",
+        "code = the bertdistill version and commit that measured (`+dirty`: uncommitted changes to tracked code, "
+        "not results or docs), recorded since 2026-12-05 (deploy files: since they exist).",
         "",
         "| result | date | code | schema | threads | precision | optimizer |",
         "|---|---|---|---|---|---|---|",

@@ -70,7 +70,7 @@ class Threads(TypedDict):
 class Provenance(TypedDict):
     """What made the file: recorded by every writer (:func:`benchmarks.harness.provenance`). Files written since
     2026-12-05 also name the code that measured: ``version`` (bertdistill's) and ``commit`` (the checkout's, with
-    ``+dirty`` when tracked files differed from it; ``None`` outside a checkout) — checked where present (older
+    ``+dirty`` when tracked code differed from it; ``None`` outside a checkout) — checked where present (older
     files lack them), see :data:`CODE_FIELDS`."""
 
     schema_version: int

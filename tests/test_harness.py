@@ -420,7 +420,7 @@ def test_task_table_labels_kd_overrides_and_lists_a_linked_control_once(tmp_path
 
 def test_results_name_the_code_that_measured(tmp_path, monkeypatch):
     """Every result records bertdistill's version and the checkout's commit (``+dirty`` with uncommitted
-    changes to tracked files), the schema type-checks them where present, and RESULTS.md shows them."""
+    changes to tracked code), the schema type-checks them where present, and RESULTS.md shows them."""
     import re
 
     from bertdistill import __version__
@@ -429,15 +429,19 @@ def test_results_name_the_code_that_measured(tmp_path, monkeypatch):
     repo.mkdir()
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    (repo / "f.txt").write_text("a\n")
-    subprocess.run([*git, "add", "f.txt"], check=True)
+    for name in ("src/f.py", "benchmarks/results/r.json", "README.md"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("a\n")
+    subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "c"], check=True)
     monkeypatch.setattr(H, "ROOT", repo)
     clean = H.git_commit()
     assert clean is not None and re.fullmatch(r"[0-9a-f]{40}", clean)
-    (repo / "untracked.txt").write_text("x")  # untracked files do not make it dirty
+    (repo / "src" / "untracked.py").write_text("x")  # untracked files do not make it dirty,
+    (repo / "benchmarks" / "results" / "r.json").write_text("b\n")  # nor changed results or docs
+    (repo / "README.md").write_text("b\n")
     assert H.git_commit() == clean
-    (repo / "f.txt").write_text("b\n")
+    (repo / "src" / "f.py").write_text("b\n")  # changed code does
     assert H.git_commit() == clean + "+dirty"
     monkeypatch.setattr(H, "ROOT", tmp_path / "not-a-checkout")
     assert H.git_commit() is None
