@@ -88,12 +88,11 @@ def teacher_training(rec: Any) -> dict[str, Any] | None:
     }
 
 
-def dev_bleu(run_dir: Path) -> float | None:
-    """The dev BLEU (greedy, the run's own model selection) of the checkpoint the run kept: what a choice between
-    settings (e.g. the temperature) may be made on, where the test BLEU may not. ``None`` when the run kept no
-    evaluation."""
-    path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()).get("bleu") if path.is_file() else None
+def dev_bleu(rec: H.RunRecord) -> float | None:
+    """The dev BLEU (greedy, the run's own model selection) of the checkpoint the run kept (its ``metrics.json``,
+    already read into the record): what a choice between settings (e.g. the temperature) may be made on, where the
+    test BLEU may not. ``None`` when the run kept no evaluation."""
+    return rec.metrics.get("bleu")
 
 
 def score(run_dir: Path, beams: list[int], split: str, max_examples: int | None) -> dict[str, Any]:
@@ -200,23 +199,20 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(RECIPE, [*common, "method.stages=[teacher]"])
         teacher_rec = H.run_or_reuse(cfg, work / "teacher", on_mismatch=args.on_mismatch)
         teacher = teacher_rec.dir
+    rows = bench_rows(args, teacher)
+    runs = H.run_rows(
+        rows,
+        args.seeds,
+        work,
+        common,
+        only=args.train_only,
+        on_mismatch=args.on_mismatch,
+        link_from=args.link_from,
+    )
     if args.train_only:
-        rows = bench_rows(args, teacher)
-        H.run_rows(
-            rows,
-            args.seeds,
-            work,
-            common,
-            only=args.train_only,
-            on_mismatch=args.on_mismatch,
-            link_from=args.link_from,
-        )
         print(f"trained {args.train_only} in {work}; no result written (--train-only)")
         return 0
     teacher_row = evaluate(teacher, split=args.test_split, max_examples=args.max_test_pairs, batch_size=64)
-
-    rows = bench_rows(args, teacher)
-    runs = H.run_rows(rows, args.seeds, work, common, on_mismatch=args.on_mismatch, link_from=args.link_from)
     beams = sorted({args.beam, 1})
     key = f"beam{args.beam}"
     scored = {
@@ -237,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 **H.score_fields("student_score", bleu[row.name]),
                 **H.score_fields("greedy_score", [s["beam1"]["bleu"] for s in scored[row.name]]),
                 "test_metrics": [s[key] for s in scored[row.name]],
-                "dev_scores": [dev_bleu(r.dir) for r in recs],
+                "dev_scores": [dev_bleu(r) for r in recs],
                 "steps": first.steps,
                 "stage_steps": first.stage_steps,
                 "train_examples": H.train_examples(first.config),

@@ -755,7 +755,10 @@ def test_bench_dev_bleu_is_the_kept_checkpoints_selection_score(tmp_path):
     """Rows record the dev BLEU the run selected its checkpoint on (metrics.json), so a setting can be chosen on
     dev rather than on the test BLEU the table reports; a run that kept no evaluation gives ``None``."""
     from benchmarks import cmlm_bench
+    from benchmarks import harness as H
 
-    (tmp_path / "metrics.json").write_text(json.dumps({"step": 1000, "bleu": 23.83, "chrf": 45.0}))
-    assert cmlm_bench.dev_bleu(tmp_path) == 23.83
-    assert cmlm_bench.dev_bleu(tmp_path / "absent") is None
+    def record(metrics):
+        return H.RunRecord(tmp_path, None, metrics, metrics, 1, 1000, {"student": 1000}, None, True)
+
+    assert cmlm_bench.dev_bleu(record({"step": 1000, "bleu": 23.83, "chrf": 45.0})) == 23.83
+    assert cmlm_bench.dev_bleu(record({})) is None
