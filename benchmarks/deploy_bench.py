@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import bertdistill
-from benchmarks.harness import command, git_commit, machine, quiet, today, write_result
+from benchmarks.harness import command, commit_at_start, machine, quiet, today, write_result
 from benchmarks.schema import SCHEMA_VERSION, max_score_drop, points_scale
 
 PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": today(),
         "machine": machine(),
         "version": bertdistill.__version__,
-        "commit": git_commit(),
+        "commit": commit_at_start(),
         "threads": {"train": None, "timing": args.threads},
         "task": a["task"],
         "split": a["split"],

@@ -462,6 +462,24 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
+_started: list[str | None] = []
+
+
+def commit_at_start() -> str | None:
+    """:func:`git_commit` as it was when this benchmark started, which is what a result records.
+
+    A benchmark imports the harness first, so the value is read then: the code a run loads at its start is
+    the code that measures it. A commit or an edit made while it trains (results committed beside a running
+    sweep, a doc fixed) is not its code and does not change what it records.
+    """
+    if not _started:
+        _started.append(git_commit())
+    return _started[0]
+
+
+commit_at_start()
+
+
 def provenance(
     kind: str,
     *,
@@ -474,7 +492,8 @@ def provenance(
     timing_threads: int | None,
 ) -> dict[str, Any]:
     """The fields every result file starts with (:class:`benchmarks.schema.Provenance`), and the code that
-    measured: bertdistill's ``version`` and the checkout's ``commit`` (:func:`git_commit`)."""
+    measured: bertdistill's ``version`` and the checkout's ``commit`` when the run started
+    (:func:`commit_at_start`)."""
     from bertdistill import __version__
 
     return {
@@ -484,7 +503,7 @@ def provenance(
         "date": today(),
         "machine": machine(),
         "version": __version__,
-        "commit": git_commit(),
+        "commit": commit_at_start(),
         "threads": {"train": train_threads, "timing": timing_threads},
         "precision": precision,
         "optimizer": optimizer,

@@ -445,6 +445,24 @@ def test_results_name_the_code_that_measured(tmp_path, monkeypatch):
     assert H.git_commit() == clean + "+dirty"
     monkeypatch.setattr(H, "ROOT", tmp_path / "not-a-checkout")
     assert H.git_commit() is None
+    # a result records the code at the benchmark's start, read once: not what the checkout holds by its end
+    started = H.commit_at_start()
+    assert started is None or re.fullmatch(
+        r"[0-9a-f]{40}(\+dirty)?", started
+    )  # None: not run from a checkout
+    assert (
+        H.provenance(
+            "x",
+            seeds=[1],
+            steps=1,
+            train_examples=1,
+            precision="fp32",
+            optimizer="o",
+            train_threads=1,
+            timing_threads=1,
+        )["commit"]
+        == started
+    )
 
     result = _generation_result()
     assert result["version"] == __version__ and "commit" in result
