@@ -462,9 +462,7 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-_started: list[str | None] = []
-
-
+@functools.cache
 def commit_at_start() -> str | None:
     """:func:`git_commit` as it was when this benchmark started, which is what a result records.
 
@@ -472,9 +470,7 @@ def commit_at_start() -> str | None:
     the code that measures it. A commit or an edit made while it trains (results committed beside a running
     sweep, a doc fixed) is not its code and does not change what it records.
     """
-    if not _started:
-        _started.append(git_commit())
-    return _started[0]
+    return git_commit()
 
 
 commit_at_start()
