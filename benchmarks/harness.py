@@ -466,8 +466,8 @@ def git_commit() -> str | None:
 def commit_at_start() -> str | None:
     """:func:`git_commit` as it was when this benchmark started, which is what a result records.
 
-    A benchmark imports the harness first, so the value is read then: the code a run loads at its start is
-    the code that measures it. A commit or an edit made while it trains (results committed beside a running
+    Read once, when the harness is imported (every benchmark imports it at its start): the code a run loads
+    then is the code that measures it. A commit or an edit made while it trains (results committed beside a running
     sweep, a doc fixed) is not its code and does not change what it records.
     """
     return git_commit()

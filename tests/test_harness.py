@@ -446,10 +446,8 @@ def test_results_name_the_code_that_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(H, "ROOT", tmp_path / "not-a-checkout")
     assert H.git_commit() is None
     # a result records the code at the benchmark's start, read once: not what the checkout holds by its end
-    started = H.commit_at_start()
-    assert started is None or re.fullmatch(
-        r"[0-9a-f]{40}(\+dirty)?", started
-    )  # None: not run from a checkout
+    started = H.commit_at_start()  # None: the tests are not run from a checkout
+    assert started is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", started)
     assert (
         H.provenance(
             "x",
