@@ -485,3 +485,54 @@ def test_diverged_weights_are_never_checkpointed(kd_reference, teacher_dir, sst2
     monkeypatch.setattr(AcceleratedOptimizer, "step", original)
     distill(_recipe_file(r), resume=True, quiet=True)
     _assert_bit_identical(kd_reference, out)
+
+
+# --------------------------------------------------------------------------------------- one trainer per run dir
+def test_a_busy_run_dir_stops_a_second_process_and_is_left_as_it_was(teacher_dir, sst2_dir, tmp_path):
+    """While one process trains into a dir (it holds ``<dir>.lock``), ``bertdistill distill`` into the same dir
+    from another process exits 1 with one line naming the dir and the holder's pid, and writes nothing there."""
+    r = _kd(teacher_dir, sst2_dir, tmp_path)
+    out = Path(r["output_dir"])
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "marker").write_text("the first process's")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    with ckpt.run_dir_lock(out):
+        busy = _cli(r)
+        assert busy.returncode == 1, busy.stderr[-2000:]
+        line = busy.stderr.strip().splitlines()[-1]
+        assert line.startswith("bertdistill: ") and "is in use" in line
+        assert str(out.resolve()) in line and f"pid {os.getpid()}" in line
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+        # the library entry point stops the same way, before it clears the unfinished dir
+        from bertdistill.training.runs import run_or_reuse
+
+        lock_path = out.resolve().with_name(out.name + ".lock")
+        held = ckpt._HELD_RUN_LOCKS.pop(
+            lock_path
+        )  # look like another process: this one no longer counts as holder
+        try:
+            with pytest.raises(ckpt.RunDirBusyError, match="is in use"):
+                run_or_reuse(_recipe_file(r), out)
+        finally:
+            ckpt._HELD_RUN_LOCKS[lock_path] = held
+        assert (out / "checkpoints" / "marker").read_text() == "the first process's"
+
+
+def test_run_dir_lock_is_reentrant_released_and_beside_the_dir(tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    lock_path = tmp_path / "run.lock"
+    with ckpt.run_dir_lock(out), ckpt.run_dir_lock(out):  # run_or_reuse holds it around the trainer
+        assert lock_path.read_text().strip() == str(os.getpid())
+        assert not out.exists()  # the lock does not create (or live in) the run dir
+        with open(lock_path) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock_path) as other:  # released on exit
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # held elsewhere: this process cannot take it, and is told who holds it
+        lock_path.write_text("4242\n")
+        with pytest.raises(ckpt.RunDirBusyError, match=r"pid 4242"), ckpt.run_dir_lock(out):
+            pass
+    with ckpt.run_dir_lock(out):  # free again once the other holder closed it
+        pass

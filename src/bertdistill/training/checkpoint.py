@@ -13,6 +13,7 @@ lists what was tested.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -22,7 +23,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,62 @@ _LEFTOVER = re.compile(r"^\.(.+)\.(?:old|tmp)-[^.]+$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written; the message names the earlier one that is still intact."""
+
+
+class RunDirBusyError(CheckpointError):
+    """Another process holds the run dir's lock (:func:`run_dir_lock`): it is training into that dir."""
+
+
+_HELD_RUN_LOCKS: dict[Path, Any] = {}
+"""Lock files this process holds (path → open file), so that :func:`run_dir_lock` is re-entrant."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<out>.lock`` while this process trains into ``out``.
+
+    A second process asked to train, resume or clear the same dir stops at once with :class:`RunDirBusyError`
+    (naming the holder's pid) instead of writing over the first one's checkpoints. The lock file sits beside the
+    dir, as the teacher cache's build lock does, so clearing, exporting or uploading the dir leaves it alone.
+    Re-entrant within a process (``run_or_reuse`` holds it around the trainer, which takes it again). The OS drops
+    the lock when its process dies, so a killed run leaves no stale lock. Where ``fcntl`` is missing (Windows)
+    there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    out = Path(out).resolve()
+    path = out.with_name(out.name + ".lock")
+    if path in _HELD_RUN_LOCKS:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the whole context
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise RunDirBusyError(
+            f"{out} is in use: another bertdistill process{who} is training into it (lock {path}). Wait for it "
+            "to finish, stop it, or choose another output dir."
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _HELD_RUN_LOCKS[path] = fh
+    try:
+        yield
+    finally:
+        del _HELD_RUN_LOCKS[path]
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:

@@ -395,6 +395,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ main
     def train(self, resume: bool = False) -> RunResult:
+        # one process trains into a dir at a time: a second one stops with RunDirBusyError before it touches it
+        if not self.acc.is_main_process:
+            return self._train_run(resume)
+        with ckpt.run_dir_lock(self.out):
+            return self._train_run(resume)
+
+    def _train_run(self, resume: bool) -> RunResult:
         run, acc = self.run, self.acc
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt_root = self.out / "checkpoints"

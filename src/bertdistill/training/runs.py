@@ -11,8 +11,10 @@ killed sweep or benchmark, run again with the same arguments, skips what finishe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -209,8 +211,7 @@ def run_or_reuse(
     - unfinished, same config, with a checkpoint → resumed (``resume``); anything else there → removed, trained.
     """
     from ..recipes import load_config
-    from . import loop
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import run_dir_lock
 
     cfg = load_config(config)
     out = Path(out_dir) if out_dir is not None else cfg.resolved_output_dir()
@@ -222,6 +223,26 @@ def run_or_reuse(
         except Exception as e:  # an older or hand-edited file that no longer loads
             return [(CONFIG_FILE, f"unreadable: {e}", "a loadable config")]
         return config_diff(saved, cfg) + inputs_diff(out, cfg)
+
+    # held from the first look at the dir to the end of training: another process training into it now would
+    # otherwise be cleared or resumed under it (the trainer takes the same lock again)
+    lock = run_dir_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
+        return _run_locked(cfg, out, saved_diff, on_mismatch=on_mismatch, resume=resume, quiet=quiet, log=log)
+
+
+def _run_locked(
+    cfg: Any,
+    out: Path,
+    saved_diff: Callable[[], list[tuple[str, Any, Any]]],
+    *,
+    on_mismatch: OnMismatch,
+    resume: bool,
+    quiet: bool,
+    log: Callable[[str], None],
+) -> Trained:
+    from . import loop
+    from .checkpoint import latest_checkpoint
 
     resuming = False
     if is_finished(out):
