@@ -536,3 +536,29 @@ def test_run_dir_lock_is_reentrant_released_and_beside_the_dir(tmp_path):
             pass
     with ckpt.run_dir_lock(out):  # free again once the other holder closed it
         pass
+
+
+def test_run_dir_lock_degrades_to_a_warning_where_it_cannot_lock(tmp_path, monkeypatch, caplog):
+    """A file system without flock, or a read-only parent of a writable run dir: the run goes on, unguarded,
+    and the log says so (it must not fail where it trained before the lock existed)."""
+    import fcntl
+
+    def no_flock(*_a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    ran = []
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with caplog.at_level(logging.WARNING), ckpt.run_dir_lock(tmp_path / "run"):
+        ran.append("no flock")
+    assert "no run-dir lock" in caplog.text
+    monkeypatch.undo()
+
+    def read_only(*_a, **_k):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(ckpt, "open", read_only, raising=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), ckpt.run_dir_lock(tmp_path / "run2"):
+        ran.append("read-only parent")
+    assert "cannot write" in caplog.text
+    assert ran == ["no flock", "read-only parent"]

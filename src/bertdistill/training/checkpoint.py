@@ -75,8 +75,15 @@ def run_dir_lock(out: Path) -> Iterator[None]:
     if path in _HELD_RUN_LOCKS:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")  # noqa: SIM115 - held open for the whole context
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 - held open for the whole context
+    except OSError as e:  # a read-only parent of a writable run dir: train as before, unguarded
+        log.warning(
+            "no run-dir lock: cannot write %s (%s); make sure no other process trains into %s", path, e, out
+        )
+        yield
+        return
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -84,7 +91,10 @@ def run_dir_lock(out: Path) -> Iterator[None]:
         holder = fh.read().strip()
         fh.close()
         if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise
+            # a file system without flock (some network or FUSE mounts): train as before, unguarded
+            log.warning("no run-dir lock on %s (%s); make sure no other process trains into %s", path, e, out)
+            yield
+            return
         who = f" (pid {holder})" if holder.isdigit() else ""
         raise RunDirBusyError(
             f"{out} is in use: another bertdistill process{who} is training into it (lock {path}). Wait for it "
