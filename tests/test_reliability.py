@@ -506,7 +506,7 @@ def test_a_busy_run_dir_stops_a_second_process_and_is_left_as_it_was(teacher_dir
         # the library entry point stops the same way, before it clears the unfinished dir
         from bertdistill.training.runs import run_or_reuse
 
-        lock_path = out.resolve().with_name(out.name + ".lock")
+        lock_path = out.resolve().with_name(f".{out.name}.lock")
         held = ckpt._HELD_RUN_LOCKS.pop(
             lock_path
         )  # look like another process: this one no longer counts as holder
@@ -522,20 +522,39 @@ def test_run_dir_lock_is_reentrant_released_and_beside_the_dir(tmp_path):
     import fcntl
 
     out = tmp_path / "run"
-    lock_path = tmp_path / "run.lock"
+    lock_path = tmp_path / ".run.lock"
     with ckpt.run_dir_lock(out), ckpt.run_dir_lock(out):  # run_or_reuse holds it around the trainer
         assert lock_path.read_text().strip() == str(os.getpid())
         assert not out.exists()  # the lock does not create (or live in) the run dir
         with open(lock_path) as other, pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with open(lock_path) as other:  # released on exit
+    assert not lock_path.exists()  # let go: removed, nothing left beside the dir
+    with open(
+        lock_path, "w"
+    ) as other:  # held elsewhere: this process cannot take it, and is told who holds it
+        other.write("4242\n")
+        other.flush()
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # held elsewhere: this process cannot take it, and is told who holds it
-        lock_path.write_text("4242\n")
         with pytest.raises(ckpt.RunDirBusyError, match=r"pid 4242"), ckpt.run_dir_lock(out):
             pass
-    with ckpt.run_dir_lock(out):  # free again once the other holder closed it
-        pass
+    with ckpt.run_dir_lock(out):  # a stale file (its holder gone, e.g. killed) is taken over
+        assert lock_path.read_text().strip() == str(os.getpid())
+    # a holder that let go between our open and our flock removed the file we opened: the lock follows the path
+    real_open, opened = open, []
+
+    def open_then_released(path, mode="r", *a, **k):
+        fh = real_open(path, mode, *a, **k)
+        opened.append(path)
+        if len(opened) == 1:
+            os.unlink(path)  # the holder before lets go (and removes the file) just after our open
+        return fh
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ckpt, "open", open_then_released, raising=False)
+        with ckpt.run_dir_lock(out):
+            assert len(opened) == 2 and lock_path.exists()  # re-opened and locked at the path
+            with open(lock_path) as other, pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_run_dir_lock_degrades_to_a_warning_where_it_cannot_lock(tmp_path, monkeypatch, caplog):

@@ -55,51 +55,76 @@ _HELD_RUN_LOCKS: dict[Path, Any] = {}
 """Lock files this process holds (path → open file), so that :func:`run_dir_lock` is re-entrant."""
 
 
+def _lock_file(path: Path, out: Path) -> Any:
+    """Open and lock ``path`` (exclusive, not waiting); the open file, or ``None`` where it cannot lock at all."""
+    import fcntl
+
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a+")  # noqa: SIM115 - held open while the lock is held
+        except OSError as e:  # a read-only parent of a writable run dir
+            log.warning(
+                "no run-dir lock: cannot write %s (%s); make sure no other process trains into %s",
+                path,
+                e,
+                out,
+            )
+            return None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            if e.errno not in (
+                errno.EAGAIN,
+                errno.EACCES,
+                errno.EWOULDBLOCK,
+            ):  # no flock (some network mounts)
+                log.warning(
+                    "no run-dir lock on %s (%s); make sure no other process trains into %s", path, e, out
+                )
+                return None
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunDirBusyError(
+                f"{out} is in use: another bertdistill process{who} is training into it (lock {path}). Wait for "
+                "it to finish, stop it, or choose another output dir."
+            ) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fh
+        fh.close()  # the holder before removed this file as it let go: lock the one at the path now
+
+
 @contextlib.contextmanager
 def run_dir_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<out>.lock`` while this process trains into ``out``.
+    """Hold an exclusive lock on ``.<name>.lock`` beside the run dir ``out`` while this process trains into it.
 
     A second process asked to train, resume or clear the same dir stops at once with :class:`RunDirBusyError`
     (naming the holder's pid) instead of writing over the first one's checkpoints. The lock file sits beside the
-    dir, as the teacher cache's build lock does, so clearing, exporting or uploading the dir leaves it alone.
-    Re-entrant within a process (``run_or_reuse`` holds it around the trainer, which takes it again). The OS drops
-    the lock when its process dies, so a killed run leaves no stale lock. Where ``fcntl`` is missing (Windows)
-    there is no lock."""
+    dir, hidden, so clearing, exporting or uploading the dir, or a glob of its parent, leaves it alone; it is
+    removed when the lock is let go (a killed run leaves it, unlocked: the OS drops a dead process's lock, and the
+    next run takes it). Re-entrant within a process (``run_or_reuse`` holds it around the trainer, which takes it
+    again). No lock where ``fcntl`` is missing (Windows), where the file cannot be written or where the file
+    system has no ``flock``: the run goes on unguarded and logs a warning."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
     out = Path(out).resolve()
-    path = out.with_name(out.name + ".lock")
+    path = out.with_name(f".{out.name}.lock")
     if path in _HELD_RUN_LOCKS:
         yield
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")  # noqa: SIM115 - held open for the whole context
-    except OSError as e:  # a read-only parent of a writable run dir: train as before, unguarded
-        log.warning(
-            "no run-dir lock: cannot write %s (%s); make sure no other process trains into %s", path, e, out
-        )
+    fh = _lock_file(path, out)
+    if fh is None:
         yield
         return
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        fh.seek(0)
-        holder = fh.read().strip()
-        fh.close()
-        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            # a file system without flock (some network or FUSE mounts): train as before, unguarded
-            log.warning("no run-dir lock on %s (%s); make sure no other process trains into %s", path, e, out)
-            yield
-            return
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise RunDirBusyError(
-            f"{out} is in use: another bertdistill process{who} is training into it (lock {path}). Wait for it "
-            "to finish, stop it, or choose another output dir."
-        ) from None
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")
@@ -109,6 +134,9 @@ def run_dir_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         del _HELD_RUN_LOCKS[path]
+        path.unlink(
+            missing_ok=True
+        )  # still locked: a process that opened it before finds it gone and retries
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 
