@@ -206,3 +206,20 @@ def test_seq2seq_cmlm_matches_one_process_under_ddp(mlm_teacher_dir, parallel_di
     # rank 1's in stage soft_labels, and both ranks' in stage student
     assert proc.stderr.count("building teacher cache") == 1, proc.stderr[-3000:]
     assert proc.stderr.count("teacher cache hit") == 3, proc.stderr[-3000:]
+
+
+def test_a_busy_run_dir_stops_every_rank(teacher_dir, sst2_dir, tmp_path):
+    """Rank 0 finds the run dir locked by another process: every rank stops with the same one-line error (the
+    other ranks do not wait at a barrier for the process group's timeout), and the dir is left as it was."""
+    from bertdistill.training import checkpoint as ckpt
+
+    r = recipe("kd", teacher_dir, sst2_dir, tmp_path / "out", tmp_path / "cache")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bertdistill.cli"]
+    cmd += ["distill", str(tmp_path / "r.yaml"), "--quiet"]
+    with ckpt.run_dir_lock(tmp_path / "out"):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert proc.stderr.count("is in use: another bertdistill process") == 2, proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,10 +395,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ main
     def train(self, resume: bool = False) -> RunResult:
-        # one process trains into a dir at a time: a second one stops with RunDirBusyError before it touches it
-        if not self.acc.is_main_process:
-            return self._train_run(resume)
-        with ckpt.run_dir_lock(self.out):
+        # one process trains into a dir at a time: a second one stops with RunDirBusyError before it touches it.
+        # Under DDP rank 0 holds the lock and tells the other ranks whether it got it, so all of them stop together
+        with ExitStack() as held:
+            busy: str | None = None
+            if self.acc.is_main_process:
+                try:
+                    held.enter_context(ckpt.run_dir_lock(self.out))
+                except ckpt.RunDirBusyError as e:
+                    busy = str(e)
+            if self.acc.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                busy = broadcast_object_list([busy], from_process=0)[0]
+            if busy is not None:
+                raise ckpt.RunDirBusyError(busy)
             return self._train_run(resume)
 
     def _train_run(self, resume: bool) -> RunResult:
