@@ -56,20 +56,16 @@ _HELD_RUN_LOCKS: dict[Path, Any] = {}
 
 
 def _lock_file(path: Path, out: Path) -> Any:
-    """Open and lock ``path`` (exclusive, not waiting); the open file, or ``None`` where it cannot lock at all."""
+    """Open and lock ``path`` (exclusive, not waiting); the open file, or ``None`` where it cannot lock at all
+    (a read-only parent of a writable run dir, a file system without ``flock``): the run then goes on unguarded."""
     import fcntl
 
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(path, "a+")  # noqa: SIM115 - held open while the lock is held
-        except OSError as e:  # a read-only parent of a writable run dir
-            log.warning(
-                "no run-dir lock: cannot write %s (%s); make sure no other process trains into %s",
-                path,
-                e,
-                out,
-            )
+        except OSError as e:
+            log.warning("no run-dir lock at %s (%s); make sure no other process trains into %s", path, e, out)
             return None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,13 +73,9 @@ def _lock_file(path: Path, out: Path) -> Any:
             fh.seek(0)
             holder = fh.read().strip()
             fh.close()
-            if e.errno not in (
-                errno.EAGAIN,
-                errno.EACCES,
-                errno.EWOULDBLOCK,
-            ):  # no flock (some network mounts)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 log.warning(
-                    "no run-dir lock on %s (%s); make sure no other process trains into %s", path, e, out
+                    "no run-dir lock at %s (%s); make sure no other process trains into %s", path, e, out
                 )
                 return None
             who = f" (pid {holder})" if holder.isdigit() else ""
@@ -134,9 +126,8 @@ def run_dir_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         del _HELD_RUN_LOCKS[path]
-        path.unlink(
-            missing_ok=True
-        )  # still locked: a process that opened it before finds it gone and retries
+        # removed while still locked: a process that opened it before finds it gone and opens it again
+        path.unlink(missing_ok=True)
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 
