@@ -63,6 +63,27 @@ def test_overrides_are_typed_by_field():
     assert cfg.student.config_overrides == {"hidden_size": 64}
 
 
+def test_a_dotted_override_into_a_mapping_is_typed_like_the_rest():
+    # `--set student.config_overrides.KEY=VALUE` used to store the text "0.3", which a model config then
+    # received as a string
+    cfg = load_config(
+        base(),
+        [
+            "student.config_overrides={hidden_size: 64}",
+            "student.config_overrides.hidden_dropout_prob=0.3",
+            "student.config_overrides.num_hidden_layers=2",
+            "student.config_overrides.hidden_act=gelu_new",
+        ],
+    )
+    assert cfg.student.config_overrides == {
+        "hidden_size": 64,
+        "hidden_dropout_prob": 0.3,
+        "num_hidden_layers": 2,
+        "hidden_act": "gelu_new",
+    }
+    assert isinstance(cfg.student.config_overrides["hidden_dropout_prob"], float)
+
+
 def test_bad_values_are_clear_errors():
     with pytest.raises(ConfigError, match="train.batch_size: expected an integer"):
         load_config(base(), ["train.batch_size=lots"])

@@ -328,7 +328,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             value = _parse_scalar(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        # a value set by a dotted override (`student.config_overrides.dropout=0.3`) arrives as text: type it
+        # as the mapping's value type says (Any: YAML-parsed, as an `Any` field is)
+        _, value_tp = typing.get_args(tp) or (str, Any)
+        return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -397,6 +400,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         node = raw
         for k in keys[:-1]:
             child = node.setdefault(k, {})
+            if isinstance(child, str) and isinstance(parsed := _parse_scalar(child), dict):
+                # an earlier override set this mapping whole (`student.config_overrides={...}`)
+                child = node[k] = parsed
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {k!r} is not a section")
             node = child
