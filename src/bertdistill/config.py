@@ -400,7 +400,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         node = raw
         for k in keys[:-1]:
             child = node.setdefault(k, {})
-            if isinstance(child, str) and isinstance(parsed := _parse_scalar(child), dict):
+            if (
+                isinstance(child, str)
+                and child.lstrip().startswith("{")
+                and isinstance(parsed := _parse_scalar(child), dict)
+            ):
                 # an earlier override set this mapping whole (`student.config_overrides={...}`)
                 child = node[k] = parsed
             if not isinstance(child, dict):
