@@ -55,6 +55,11 @@ _HELD_RUN_LOCKS: dict[Path, Any] = {}
 """Lock files this process holds (path → open file), so that :func:`run_dir_lock` is re-entrant."""
 
 
+def _unguarded(path: Path, error: OSError, out: Path) -> None:
+    """Where the run-dir lock cannot be taken at all: say so, and let the run go on without it."""
+    log.warning("no run-dir lock at %s (%s); make sure no other process trains into %s", path, error, out)
+
+
 def _lock_file(path: Path, out: Path) -> Any:
     """Open and lock ``path`` (exclusive, not waiting); the open file, or ``None`` where it cannot lock at all
     (a read-only parent of a writable run dir, a file system without ``flock``): the run then goes on unguarded."""
@@ -65,8 +70,7 @@ def _lock_file(path: Path, out: Path) -> Any:
             path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(path, "a+")  # noqa: SIM115 - held open while the lock is held
         except OSError as e:
-            log.warning("no run-dir lock at %s (%s); make sure no other process trains into %s", path, e, out)
-            return None
+            return _unguarded(path, e, out)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -74,10 +78,7 @@ def _lock_file(path: Path, out: Path) -> Any:
             holder = fh.read().strip()
             fh.close()
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                log.warning(
-                    "no run-dir lock at %s (%s); make sure no other process trains into %s", path, e, out
-                )
-                return None
+                return _unguarded(path, e, out)
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise RunDirBusyError(
                 f"{out} is in use: another bertdistill process{who} is training into it (lock {path}). Wait for "
