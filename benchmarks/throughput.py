@@ -54,6 +54,7 @@ def recipe(
     seed: int,
     fused: bool = True,
     bf16: bool = False,
+    persistent: bool = True,
 ) -> dict:
     m = (
         {
@@ -90,6 +91,7 @@ def recipe(
             "weight_decay": 0.0,
             "fused_adam": fused,
             "mixed_precision": "bf16" if bf16 else "no",
+            "persistent_embedding_grad": persistent,
         },
         "output_dir": str(out),
     }
@@ -154,18 +156,22 @@ def textbrewer_batches(teacher_dir: str, data: str, steps: int, seed: int) -> tu
 
 
 TEXTBREWER_OPTIMIZERS = {False: "AdamW (per-tensor loop)", True: "AdamW fused"}
-# row -> (tool, method, teacher cache, fused AdamW, bf16 autocast). Every tool gets the same kernel (fused) in
-# the headline rows; the *_plain pair has both on torch's per-tensor AdamW loop. TextBrewer has no CPU autocast
-# path, so its best setting is fp32 + fused AdamW; bertdistill's best supported one is bf16 + the cache.
-ROWS: dict[str, tuple[str, str, bool, bool, bool]] = {
-    "textbrewer": ("textbrewer", "kd", False, True, False),
-    "bertdistill": ("bertdistill", "kd", False, True, False),
-    "bertdistill_cached": ("bertdistill", "kd", True, True, False),
-    "finetune": ("bertdistill", "finetune", False, True, False),
-    "bertdistill_bf16": ("bertdistill", "kd", False, True, True),
-    "bertdistill_best": ("bertdistill", "kd", True, True, True),
-    "textbrewer_plain": ("textbrewer", "kd", False, False, False),
-    "bertdistill_plain": ("bertdistill", "kd", False, False, False),
+# row -> (tool, method, teacher cache, fused AdamW, bf16 autocast, persistent embedding gradient). Every tool gets
+# the same kernel (fused) in the headline rows; the *_plain pair has both on torch's per-tensor AdamW loop.
+# TextBrewer has no CPU autocast path, so its best setting is fp32 + fused AdamW; bertdistill's best supported one
+# is bf16 + the cache. The *_dense_grad rows turn bertdistill's persistent embedding gradient off
+# (``train.persistent_embedding_grad: false``, autograd's per-step dense gradient): its own effect, same run.
+ROWS: dict[str, tuple[str, str, bool, bool, bool, bool]] = {
+    "textbrewer": ("textbrewer", "kd", False, True, False, False),
+    "bertdistill": ("bertdistill", "kd", False, True, False, True),
+    "bertdistill_cached": ("bertdistill", "kd", True, True, False, True),
+    "finetune": ("bertdistill", "finetune", False, True, False, True),
+    "bertdistill_bf16": ("bertdistill", "kd", False, True, True, True),
+    "bertdistill_best": ("bertdistill", "kd", True, True, True, True),
+    "textbrewer_plain": ("textbrewer", "kd", False, False, False, False),
+    "bertdistill_plain": ("bertdistill", "kd", False, False, False, True),
+    "bertdistill_cached_dense_grad": ("bertdistill", "kd", True, True, False, False),
+    "bertdistill_best_dense_grad": ("bertdistill", "kd", True, True, True, False),
 }
 
 
@@ -238,29 +244,24 @@ def main(argv: list[str] | None = None) -> int:
             recipe(teacher, args.data, 1, work / f"warm{bf16}", cache, "kd", True, args.seed, bf16=bf16),
             quiet=True,
         )
+
+    def row_recipe(key: str, out: Path) -> dict:
+        _tool, method, cached, fused, bf16, persistent = ROWS[key]
+        return recipe(
+            teacher, args.data, args.steps, out, cache, method, cached, args.seed, fused, bf16, persistent
+        )
+
     rng = random.Random(args.seed)
     results: dict[str, list[float]] = {k: [] for k in ROWS}
     for r in range(args.rounds):
         order = list(ROWS)
         rng.shuffle(order)  # no row always runs first (warm caches) or last (a tired machine)
         for key in order:
-            tool, method, cached, fused, bf16 = ROWS[key]
+            tool, _method, _cached, fused, _bf16, _persistent = ROWS[key]
             if tool == "textbrewer":
                 sps = time_textbrewer(teacher, batches, args.steps, args.warmup, work / f"{key}{r}", fused)
             else:
-                raw = recipe(
-                    teacher,
-                    args.data,
-                    args.steps,
-                    work / f"{key}{r}",
-                    cache,
-                    method,
-                    cached,
-                    args.seed,
-                    fused,
-                    bf16,
-                )
-                sps = time_bertdistill(raw, args.warmup)
+                sps = time_bertdistill(row_recipe(key, work / f"{key}{r}"), args.warmup)
             results[key].append(sps)
         print(
             f"round {r + 1} ({', '.join(order)}): "
@@ -268,13 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     med = {k: statistics.median(v) for k, v in results.items()}
-    cfg = {
-        key: load_config(
-            recipe(teacher, args.data, args.steps, work, cache, method, cached, args.seed, fused, bf16)
-        )
-        for key, (tool, method, cached, fused, bf16) in ROWS.items()
-        if tool == "bertdistill"
-    }
+    cfg = {key: load_config(row_recipe(key, work)) for key, row in ROWS.items() if row[0] == "bertdistill"}
     rows = [
         {
             "row": key,
@@ -286,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "teacher_cache": cached,
             "method": method,
+            "persistent_embedding_grad": persistent,
         }
-        for key, (tool, method, cached, fused, _bf16) in ROWS.items()
+        for key, (tool, method, cached, fused, _bf16, persistent) in ROWS.items()
     ]
     out = {
         **H.provenance(
@@ -320,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         # our best supported setting (bf16 autocast + the cache) vs TextBrewer's best (fused AdamW, fp32)
         "ratio_best": med["bertdistill_best"] / med["textbrewer"],
         "bf16_vs_fp32_live": med["bertdistill_bf16"] / med["bertdistill"],
+        # train.persistent_embedding_grad on vs off, the same settings otherwise
+        "persistent_grad_speedup_cached": med["bertdistill_cached"] / med["bertdistill_cached_dense_grad"],
+        "persistent_grad_speedup_best": med["bertdistill_best"] / med["bertdistill_best_dense_grad"],
         "bf16_cpu": __import__("bertdistill.precision", fromlist=["cpu_bf16"]).cpu_bf16()[1],
         "timed_steps_per_run": args.steps - args.warmup,
         "rounds": args.rounds,

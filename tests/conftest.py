@@ -42,6 +42,16 @@ WORDS = POS + NEG + FILL
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+@pytest.fixture(autouse=True)
+def _persistent_embedding_grad_on_tiny_vocabularies(monkeypatch):
+    """The tiny test vocabularies are far below ``embedding_grad.MIN_ROWS``: lower it so that every in-process
+    training in the suite runs the persistent embedding gradient, as a real WordPiece vocabulary would
+    (``tests/test_embedding_grad.py`` checks the threshold itself)."""
+    from bertdistill.training import embedding_grad
+
+    monkeypatch.setattr(embedding_grad, "MIN_ROWS", 1)
+
+
 def tiny_bert_config(**kw) -> BertConfig:
     base = dict(
         vocab_size=len(SPECIAL) + len(WORDS) + 20,

@@ -45,7 +45,7 @@ from ..protocol import Features, Method, Needs, Stage, unwrap
 from ..registry import get_method
 from ..teachers import CachedTeacher, EnsembleTeacher, GroupedSource, Teacher
 from . import checkpoint as ckpt
-from . import tracking
+from . import embedding_grad, tracking
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -619,6 +619,30 @@ class Trainer:
 
     def run_stage(self, sr: StageRun, state: TrainerState, ckpt_root: Path, progress: Any) -> None:
         """Epochs of one stage until its step budget is spent or early stopping says stop."""
+        tables = self._persistent_embedding_grads()
+        try:
+            self._run_stage(sr, state, ckpt_root, progress)
+        finally:
+            if tables:
+                embedding_grad.uninstall(self._eager)
+
+    def _persistent_embedding_grads(self) -> list[nn.Embedding]:
+        """``train.persistent_embedding_grad``: a persistent gradient buffer for the student's large trainable
+        embedding tables (:mod:`.embedding_grad`), in a single process without torch.compile (``self.bundle`` is
+        the eager module itself: no DDP or dynamo wrapper)."""
+        if not self.run.train.persistent_embedding_grad or self.acc.num_processes > 1:
+            return []
+        if self.bundle is not self._eager:
+            return []
+        tables = embedding_grad.install(self._eager)
+        if tables:
+            log.info(
+                "persistent embedding gradient for %s",
+                ", ".join(f"{m.num_embeddings}×{m.embedding_dim}" for m in tables),
+            )
+        return tables
+
+    def _run_stage(self, sr: StageRun, state: TrainerState, ckpt_root: Path, progress: Any) -> None:
         self.bundle.train()
         stop = False
         while not stop and state.stage_step < sr.total:
