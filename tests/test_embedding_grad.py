@@ -171,3 +171,25 @@ def test_training_loop_installs_it_and_trains_the_same(teacher_dir, sst2_dir, tm
     assert weights[True].keys() == weights[False].keys()
     for k in weights[True]:
         assert torch.equal(weights[True][k], weights[False][k]), k
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adadelta", "sgd"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_optimizer_steps_and_clipping_leave_zero_rows_of_the_gradient_zero(kind, fused):
+    """What the buffer relies on: the optimizers bertdistill builds (weight decay on, SGD with momentum), gradient
+    clipping never write a nonzero into a gradient row that was zero, nor replace the gradient tensor."""
+    from bertdistill.config import TrainConfig
+    from bertdistill.training.optim import build_optimizer
+
+    weight = nn.Parameter(torch.randn(VOCAB, 8))
+    tr = TrainConfig(weight_decay=0.1, momentum=0.9, fused_adam=fused)
+    opt = build_optimizer([{"params": [("word_embeddings.weight", weight)]}], tr, 1e-2, kind)
+    grad = torch.zeros_like(weight)
+    weight.grad = grad
+    for _ in range(2):
+        grad[[3, 7]] = 5.0
+        torch.nn.utils.clip_grad_norm_([weight], 1.0)
+        opt.step()
+        assert weight.grad is grad
+        grad[[3, 7]] = 0.0
+        assert not grad.any()

@@ -19,6 +19,11 @@ dense anyway), without ``max_norm`` / ``scale_grad_by_freq`` / ``sparse``; and o
 without ``torch.compile`` (DDP's reducer needs the gradient to arrive through autograd's hooks; dynamo cannot
 trace the in-place backward). :func:`uninstall` restores the tables at the end of training, so evaluation,
 saving and export see plain modules.
+
+What it relies on: between two forwards, nothing writes the gradient's *other* rows in place. bertdistill's
+optimizers (AdamW, Adadelta, SGD: weight decay and ``maximize`` work on copies), gradient clipping and
+mixed-precision unscaling (which scale every row, and a zero row stays zero) do not; a custom step that did (noise
+added to every gradient element, say) would leak into the next step — turn the option off for it.
 """
 
 from __future__ import annotations
@@ -69,9 +74,9 @@ class _Buffer:
             # the padding row never receives a gradient (as in the dense backward); only padding ids write it
             buf[pad].zero_()
         self.written.append(flat)
-        if (
-            len(self.written) > 64
-        ):  # zero_grad(set_to_none=False) never detaches the buffer: keep the list short
+        # zero_grad(set_to_none=False) zeroes the buffer without detaching it, so attach() may not come for a long
+        # time: keep the list of written rows short
+        if len(self.written) > 64:
             self.written = [torch.cat(self.written).unique()]
 
 
