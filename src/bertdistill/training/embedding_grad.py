@@ -29,6 +29,7 @@ added to every gradient element, say) would leak into the next step — turn the
 from __future__ import annotations
 
 import types
+from collections import Counter
 from typing import Any
 
 import torch
@@ -50,9 +51,11 @@ class _Buffer:
         self.written: list[Tensor] = []
 
     def attach(self) -> None:
-        """Make the buffer ``weight.grad`` again after ``zero_grad(set_to_none=True)``: zero the rows written
-        since it was last attached (everything else is zero already)."""
+        """Make the buffer ``weight.grad`` if it is not (the first lookup, or ``zero_grad(set_to_none=True)`` /
+        another assignment since): zero the rows written since it was last attached (the rest is zero already)."""
         weight = self.module.weight
+        if self.grad is not None and weight.grad is self.grad:
+            return
         if self.grad is None or self.grad.shape != weight.shape or self.grad.device != weight.device:
             self.grad = torch.zeros_like(weight, memory_format=torch.contiguous_format)
             self.written.clear()
@@ -63,8 +66,7 @@ class _Buffer:
 
     def add(self, ids: Tensor, grad_out: Tensor) -> None:
         """Add one lookup's output gradient into the buffer: row ``ids[i]`` += ``grad_out[i]``."""
-        if self.grad is None or self.module.weight.grad is not self.grad:
-            self.attach()  # the gradient was reset or replaced between the forward and this backward
+        self.attach()  # in case the gradient was reset or replaced between the forward and this backward
         buf = self.grad
         assert buf is not None
         flat = ids.reshape(-1)
@@ -100,16 +102,13 @@ def _forward(self: nn.Embedding, input: Tensor) -> Tensor:
     buffer: _Buffer = getattr(self, _STATE)
     if not (torch.is_grad_enabled() and self.weight.requires_grad):
         return F.embedding(input, self.weight, self.padding_idx)
-    if buffer.grad is None or self.weight.grad is not buffer.grad:
-        buffer.attach()
+    buffer.attach()
     return _Lookup.apply(input, self.weight, buffer)
 
 
 def eligible(model: nn.Module) -> list[nn.Embedding]:
     """The embedding tables of ``model`` that get a persistent gradient buffer (see the module docstring)."""
-    owners: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        owners[id(p)] = owners.get(id(p), 0) + 1
+    owners = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     found = []
     for m in model.modules():
         if (
@@ -119,7 +118,7 @@ def eligible(model: nn.Module) -> list[nn.Embedding]:
             and not m.scale_grad_by_freq
             and not m.sparse
             and m.weight.requires_grad
-            and owners.get(id(m.weight), 0) == 1
+            and owners[id(m.weight)] == 1
             and not hasattr(m, _STATE)
         ):
             found.append(m)
