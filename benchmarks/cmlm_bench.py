@@ -173,7 +173,9 @@ def common_overrides(args: argparse.Namespace, work: Path) -> list[str]:
         common.append(f"data.max_train_examples={args.max_train_pairs}")
     if args.threads:
         common.append(f"train.cpu_threads={args.threads}")
-    return [*common, *args.overrides]
+    # a --set of the same key replaces the default here, so the result file lists each key once
+    mine = {o.split("=", 1)[0] for o in args.overrides}
+    return [*(o for o in common if o.split("=", 1)[0] not in mine), *args.overrides]
 
 
 def bench_rows(args: argparse.Namespace, teacher: Path) -> list[H.Row]:

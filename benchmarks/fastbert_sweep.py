@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--kd-result",
-        default=str(RESULTS / "kd_sst2_3layer.json"),
-        help="a kd result file to compare against (static student)",
+        help="a kd result file of the same task to compare against (static student; default "
+        "benchmarks/results/kd_<task>_3layer.json when it exists)",
     )
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--eval-examples", type=int, help="dev subsample (default: all)")
@@ -90,6 +90,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", required=True)
     H.add_run_flags(p)
     return p.parse_args(argv)
+
+
+def static_kd_student(path: str | None, task: str) -> dict[str, Any] | None:
+    """The static ``kd`` student to set beside the sweep: from ``path`` (default ``kd_<task>_3layer.json``), only
+    when that file measured the same task; with the file and the commit it came from, so a reader can tell
+    whether it is of this run's code."""
+    file = Path(path) if path else RESULTS / f"kd_{task}_3layer.json"
+    if not file.is_file():
+        return None
+    kd = json.loads(file.read_text())
+    if kd.get("task") != task:
+        print(f"{file} measured {kd.get('task')!r}, not {task!r}: no static kd student in this result")
+        return None
+    keys = ("student_score", "latency_speedup", "throughput_speedup", "student_layers")
+    source = str(file.relative_to(ROOT)) if file.is_relative_to(ROOT) else str(file)
+    return {k: kd[k] for k in keys} | {"source": source, "commit": kd.get("commit")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         students["fastbert_labels"] = {k: chosen[k] for k in ("params", "layers", "hidden")}
     result = H.table_result(table, runs, teacher_row, students, scores)
 
-    kd = json.loads(Path(args.kd_result).read_text()) if Path(args.kd_result).is_file() else None
+    kd = static_kd_student(args.kd_result, chosen["task"])
     results_dir = Path(args.results_dir)
     plot = results_dir / f"{args.name}.png"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -203,11 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for r in sweep
         ],
-        static_kd_student={
-            k: kd[k] for k in ("student_score", "latency_speedup", "throughput_speedup", "student_layers")
-        }
-        if kd
-        else None,
+        static_kd_student=kd,
         plot=str(plot.relative_to(ROOT)) if plot.is_relative_to(ROOT) else str(plot),
         latency_sentences=args.latency_sentences,
         model_selection="each run's final model, scored at the chosen speed",

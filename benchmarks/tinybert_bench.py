@@ -19,6 +19,10 @@ benchmarks/results/<name>.json: the headline row's REQUIRED fields at the top le
 
 Tiny smoke (a few minutes on 1 core): --steps 8 --general-steps 4 --max-train-examples 256 --aug-examples 16
 --eval-examples 64 --latency-sentences 20 --name tinybert_smoke.
+
+Two cores: one ``--train-only --rows ... --name tinybert_sst2_c0`` job per core (each its own rows), then the full
+command with ``--link-from ~/.cache/bertdistill/bench/tinybert_sst2_c0 --link-from ..._c1`` scores them without
+retraining (``--on-mismatch error`` to be sure). The augmented files are shared by every name.
 """
 
 from __future__ import annotations
@@ -97,12 +101,10 @@ def _recipe(kind: str, preset: str, args: argparse.Namespace) -> dict:
 
 
 def _aug_path(args: argparse.Namespace, seed: int | str) -> Path:
-    return (
-        WORK
-        / args.name
-        / f"aug-{args.max_train_examples}-{args.aug_examples}-n{args.aug_n}-seed{seed}"
-        / "train.tsv"
-    )
+    """Where a seed's augmented training file lives: named by what it holds, not by ``--name``, so that
+    ``--train-only`` jobs under other names (one per core) and the scoring run share one file and one config."""
+    part = f"{args.task}-{args.max_train_examples}-{args.aug_examples}-n{args.aug_n}-seed{seed}"
+    return WORK / "tinybert_aug" / part / "train.tsv"
 
 
 def _augment(args: argparse.Namespace, seed: int) -> Path:
@@ -207,6 +209,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--cache-dir", help="teacher cache dir (default: bertdistill's)")
     p.add_argument("--name", help="result name (default: tinybert_TASK)")
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train (or reuse) the rows and write no result: one core's share of a table scored later with "
+        "--link-from",
+    )
     H.add_run_flags(p)
     args = p.parse_args(argv)
     defaults = TASK_DEFAULTS[args.task]
@@ -265,10 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             max_examples=args.eval_examples,
             max_length=args.max_length,
         ),
+        train_only=args.train_only,
         on_mismatch=args.on_mismatch,
         link_from=args.link_from,
     )
-    assert result is not None
+    if result is None:
+        print(f"trained {args.rows} in {WORK / args.name}; no result written (--train-only)")
+        return 0
     for x in result["rows"]:
         x["task_steps"] = sum(v for k, v in x["stage_steps"].items() if k != "general")
         x["general_steps"] = x["stage_steps"].get("general", 0)

@@ -731,6 +731,20 @@ def test_bench_kd_set_changes_the_kd_row_only(tmp_path):
     assert no_kd.method.alpha == 0.0
 
 
+def test_bench_set_replaces_a_default_override_of_the_same_key(tmp_path):
+    """``cmlm_bench --set teacher.cache_dir=DIR``: the user's value replaces the benchmark's default, and the
+    overrides (which the result file records) list the key once, with the value the runs used."""
+    from benchmarks import cmlm_bench
+
+    mine = f"teacher.cache_dir={tmp_path / 'shared-cache'}"
+    args = cmlm_bench.parse_args(["--data", str(tmp_path), "--threads", "1", "--set", mine])
+    common = cmlm_bench.common_overrides(args, tmp_path / "work")
+    assert [o for o in common if o.startswith("teacher.cache_dir=")] == [mine]
+    assert f"data.path={tmp_path}" in common and "train.cpu_threads=1" in common
+    default = cmlm_bench.common_overrides(cmlm_bench.parse_args(["--data", str(tmp_path)]), tmp_path / "work")
+    assert f"teacher.cache_dir={tmp_path / 'work' / 'cache'}" in default
+
+
 def test_bench_train_only_trains_the_named_row_and_writes_no_result(tmp_path, monkeypatch):
     """``cmlm_bench --train-only no_kd``: one core's share of a parallel sweep trains that row alone (no teacher
     needed for the control) and writes no result file; a later run without it scores the linked rows."""

@@ -3,6 +3,7 @@ monotone exits, batched == per-sample exits, Auto-class round trip."""
 
 import copy
 import itertools
+import json
 
 import pytest
 import torch
@@ -210,3 +211,25 @@ def test_two_stages_final_model_comes_from_the_last_stage(teacher_dir, sst2_dir,
         for r in res.history
         if r.get("stage") == "finetune" and "loss" in r
     )
+
+
+def test_sweep_sets_a_static_kd_student_of_the_same_task_only(tmp_path):
+    """``fastbert_sweep``: the static ``kd`` student beside the sweep comes from a kd result of the SAME task,
+    with its file and commit; an MRPC sweep gets none from an SST-2 file (it once carried SST-2's score)."""
+    from benchmarks.fastbert_sweep import static_kd_student
+
+    kd = {"task": "sst2", "student_score": 0.87, "latency_speedup": 1.9, "throughput_speedup": 2.0}
+    kd |= {"student_layers": 3, "commit": "abc", "rows": []}
+    f = tmp_path / "kd.json"
+    f.write_text(json.dumps(kd))
+    got = static_kd_student(str(f), "sst2")
+    assert got == {
+        "student_score": 0.87,
+        "latency_speedup": 1.9,
+        "throughput_speedup": 2.0,
+        "student_layers": 3,
+        "source": str(f),
+        "commit": "abc",
+    }
+    assert static_kd_student(str(f), "mrpc") is None
+    assert static_kd_student(str(tmp_path / "absent.json"), "sst2") is None

@@ -718,3 +718,37 @@ def test_prediction_stage_fits_the_teacher(teacher_dir, sst2_dir, tmp_path):
         losses[-5:],
         floor,
     )  # excess over the floor halved
+
+
+def test_bench_train_only_shares_runs_and_augmented_files_across_names(
+    tmp_path, monkeypatch, teacher_dir, sst2_dir
+):
+    """``tinybert_bench --train-only``: one core's share of the table trains its rows and writes no result; the
+    augmented training file is named by its content, not by ``--name``, so the rows of another name (the scoring
+    run's) have the same full config and a run trained under one name is linked, not retrained."""
+    from benchmarks import harness as H
+    from benchmarks import tinybert_bench
+
+    monkeypatch.setattr(tinybert_bench, "WORK", tmp_path / "work")
+    monkeypatch.setattr(H, "WORK", tmp_path / "work")
+    common = ["--teacher", str(teacher_dir), "--data", str(sst2_dir), "--steps", "2", "--threads", "1"]
+    common += ["--max-train-examples", "32", "--aug-examples", "4", "--eval-examples", "16"]
+
+    def configs(name: str) -> dict:
+        args = tinybert_bench.parse_args(
+            [*common, "--rows", "tinybert_aug-2x192", "nokd-2x192", "--name", name]
+        )
+        table = tinybert_bench.build_table(args)
+        out = {}
+        for row in table.rows:
+            cfg = row.config(1, table.common, tmp_path / "x").to_dict()
+            cfg.pop("output_dir")
+            out[row.name] = cfg
+        return out
+
+    assert configs("tinybert_sst2_c0") == configs("tinybert_sst2")
+    results = tmp_path / "results"
+    argv = [*common, "--rows", "nokd-2x192", "--name", "c0", "--results-dir", str(results), "--train-only"]
+    assert tinybert_bench.main(argv) == 0
+    assert H.is_finished(tmp_path / "work" / "c0" / "nokd-2x192-seed1")
+    assert not results.exists()
