@@ -266,3 +266,35 @@ def _examples():
     from bertdistill.data.loading import Examples
 
     return Examples([("a fine film",), ("dull and long",)], [1, 0], "test")
+
+
+def test_native_bf16_on_x86_means_amx_or_avx512_bf16(monkeypatch):
+    """``cpu_bf16`` (what ``train.mixed_precision=bf16`` logs and the demo's ``--precision auto`` reads): on x86,
+    native bf16 is AMX or AVX-512 BF16. oneDNN's "bf16 supported" also holds on AVX-512 CPUs that have neither
+    (bf16 emulated, several times slower than fp32), so it must not decide there."""
+    from types import SimpleNamespace
+
+    from bertdistill import precision
+
+    def cpu(amx: bool, avx512_bf16: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            _is_amx_tile_supported=lambda: amx, _is_avx512_bf16_supported=lambda: avx512_bf16
+        )
+
+    assert precision._x86_bf16_sets(cpu(False, False)) == []
+    assert precision._x86_bf16_sets(cpu(True, True)) == ["AMX", "AVX-512 BF16"]
+    assert precision._x86_bf16_sets(cpu(False, True)) == ["AVX-512 BF16"]
+    assert precision._x86_bf16_sets(SimpleNamespace()) is None  # a torch without the probes
+
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for amx, native in ((False, False), (True, True)):
+        monkeypatch.setattr(precision, "_x86_bf16_sets", lambda probe=None, amx=amx: ["AMX"] if amx else [])
+        precision.cpu_bf16.cache_clear()
+        got, why = precision.cpu_bf16()
+        assert got is native
+        assert ("natively (AMX" in why) if native else ("no native bf16" in why and "emulated" in why)
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")  # no x86 probes: oneDNN's check
+    precision.cpu_bf16.cache_clear()
+    assert precision.cpu_bf16()[0] is True
+    precision.cpu_bf16.cache_clear()
