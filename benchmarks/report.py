@@ -267,7 +267,9 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
                 "",
                 f"## {name}",
                 "",
-                f"{r['what']}. Ratios against `{r['reference']}`; {r['steps']} steps per run, seed(s) {r['seeds']}.",
+                f"{r['what']}. Ratios against `{r['reference']}`; {r['steps']} steps per run, seed(s) {r['seeds']}."
+                # bf16 rows mean little without it: emulated bf16 is several times slower than fp32
+                + (f" bf16: {r['bf16_cpu']}." if r.get("bf16_cpu") else ""),
                 "",
                 "| row | samples/s (median) | × reference | precision | optimizer | threads |",
                 "|---|---|---|---|---|---|",

@@ -55,7 +55,7 @@ def cpu_bf16() -> tuple[bool, str]:
     """Whether this CPU computes bf16 natively, and a sentence saying what was found.
 
     On x86 that means AMX or AVX-512 BF16. oneDNN's own "bf16 supported" is not the test there: it also holds on
-    AVX-512 CPUs without either, where bf16 is emulated — measured 3-5× slower than fp32 for a training step on
+    AVX-512 CPUs without either, where bf16 is emulated — a training step ran 3.4× slower than fp32 on
     such a Xeon. Elsewhere (e.g. Arm) oneDNN's check is what there is."""
     capability = torch.backends.cpu.get_cpu_capability()
     sets = _x86_bf16_sets() if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86") else None
