@@ -92,10 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.jobs is None:
         args.jobs = max(1, min(len(args.seeds), len(os.sched_getaffinity(0))))
+    args.precision_why = None  # what --precision auto found, said when the demo starts
     if args.precision == "auto":
         from bertdistill.precision import cpu_bf16
 
-        args.precision = "bf16" if cpu_bf16()[0] else "fp32"
+        native, args.precision_why = cpu_bf16()
+        args.precision = "bf16" if native else "fp32"
     return args
 
 
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"SST-2 from {args.data or '$BERTDISTILL_DATA_DIR or the HF hub'}. THE DEMO SUBSAMPLES the training set: the teacher is fine-tuned on "
             f"{args.teacher_examples} sentences (1 epoch), the students train {args.steps} steps on "
-            f"{args.student_examples}; seeds {args.seeds}, {args.jobs} at a time; training in {args.precision}. "
+            f"{args.student_examples}; seeds {args.seeds}, {args.jobs} at a time; training in {args.precision}"
+            f"{f' (auto: {args.precision_why})' if args.precision_why else ''}. "
             f"Runs are kept in {out} and reused."
         )
     import torch

@@ -42,3 +42,15 @@ def test_a_seeds_child_trains_exactly_the_runs_the_parent_then_reuses(tmp_path, 
                 kind, parent, Path("/t"), tmp_path
             )
         assert demo.teacher_config(child, tmp_path) == demo.teacher_config(parent, tmp_path)
+
+
+def test_precision_auto_follows_native_bf16_and_says_why(monkeypatch):
+    """``--precision auto`` trains in bf16 only where the CPU computes it natively, and keeps the sentence that
+    says what was found (printed when the demo starts); an explicit precision is taken as given."""
+    from bertdistill import precision
+
+    for native, want in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(precision, "cpu_bf16", lambda native=native: (native, f"native={native}"))
+        args = demo.parse_args(["--seeds", "1"])
+        assert (args.precision, args.precision_why) == (want, f"native={native}")
+    assert demo.parse_args(["--seeds", "1", "--precision", "bf16"]).precision_why is None
