@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: train one seed's rows
     p.add_argument("--latency-sentences", type=int, default=100)
-    p.add_argument("--record", action="store_true", help="write benchmarks/results/demo.json")
+    p.add_argument("--record", action="store_true", help="write benchmarks/results/<--name>.json")
+    p.add_argument("--name", default="demo", help="the result file's name with --record (e.g. another CPU's run)")
     args = p.parse_args(argv)
     if args.jobs is None:
         args.jobs = max(1, min(len(args.seeds), len(os.sched_getaffinity(0))))
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     result["total_seconds"] = round(time.time() - t0, 1)
     print_summary(result, per_seed)
     if args.record:
-        print(f"wrote {H.write_result('demo', result)}")
+        print(f"wrote {H.write_result(args.name, result)}")
     print(
         f"\ntotal {time.time() - t0:.0f}s. At full size, with the CLI:\n"
         "  bertdistill finetune finetune/sst2 --output runs/teacher-sst2\n"
