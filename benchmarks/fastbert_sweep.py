@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness as H
-from benchmarks.harness import RESULTS, ROOT
+from benchmarks.harness import RESULTS
 
 SWEEP_KEYS = ("speed", "score", "mean_exit_layer", "flops_speedup", "latency_speedup", "throughput_speedup")
 
@@ -104,8 +104,7 @@ def static_kd_student(path: str | None, task: str) -> dict[str, Any] | None:
         print(f"{file} measured {kd.get('task')!r}, not {task!r}: no static kd student in this result")
         return None
     keys = ("student_score", "latency_speedup", "throughput_speedup", "student_layers")
-    source = str(file.relative_to(ROOT)) if file.is_relative_to(ROOT) else str(file)
-    return {k: kd[k] for k in keys} | {"source": source, "commit": kd.get("commit")}
+    return {k: kd[k] for k in keys} | {"source": H.repo_path(file), "commit": kd.get("commit")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in sweep
         ],
         static_kd_student=kd,
-        plot=str(plot.relative_to(ROOT)) if plot.is_relative_to(ROOT) else str(plot),
+        plot=H.repo_path(plot),
         latency_sentences=args.latency_sentences,
         model_selection="each run's final model, scored at the chosen speed",
     )

@@ -59,6 +59,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path(os.environ.get("BERTDISTILL_BENCH_DIR", "~/.cache/bertdistill/bench")).expanduser()
 
 
+def repo_path(p: str | Path) -> str:
+    """``p`` as result files write it: relative to the repository when it lies inside it, else as given."""
+    p = Path(p)
+    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else str(p)
+
+
 def _shared_data() -> Path:
     """The shared data dir: ``$BERTDISTILL_SHARED_DATA``, else the first ``shared/data`` above the checkout."""
     env = os.environ.get("BERTDISTILL_SHARED_DATA")
@@ -126,8 +132,7 @@ class Row:
         elif isinstance(self.recipe, Mapping):
             base = "inline"
         else:
-            p = Path(self.recipe)
-            base = str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else str(p)
+            base = repo_path(self.recipe)
         return f"finetune:{base}" if self.finetune else base
 
     def config(self, seed: int, common: Sequence[str] = (), out_dir: str | Path | None = None) -> Any:

@@ -728,6 +728,7 @@ def test_bench_train_only_shares_runs_and_augmented_files_across_names(
     run's) have the same full config and a run trained under one name is linked, not retrained."""
     from benchmarks import harness as H
     from benchmarks import tinybert_bench
+    from bertdistill.training.runs import comparable
 
     monkeypatch.setattr(tinybert_bench, "WORK", tmp_path / "work")
     monkeypatch.setattr(H, "WORK", tmp_path / "work")
@@ -739,12 +740,8 @@ def test_bench_train_only_shares_runs_and_augmented_files_across_names(
             [*common, "--rows", "tinybert_aug-2x192", "nokd-2x192", "--name", name]
         )
         table = tinybert_bench.build_table(args)
-        out = {}
-        for row in table.rows:
-            cfg = row.config(1, table.common, tmp_path / "x").to_dict()
-            cfg.pop("output_dir")
-            out[row.name] = cfg
-        return out
+        # what decides reuse (everything but the output paths), as run_or_reuse compares it
+        return {row.name: comparable(row.config(1, table.common, tmp_path / name)) for row in table.rows}
 
     assert configs("tinybert_sst2_c0") == configs("tinybert_sst2")
     results = tmp_path / "results"
