@@ -12,8 +12,9 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
         "throughput: batch 32).",
         "",
         *render_task_tables(task_tables(results), plots or {}),
+        *render_headlines(results),
         "## Every result file",
         "",
         "| result | method | task | metric | teacher | student | no-KD | retention | params T → S | "
@@ -627,6 +629,87 @@ def render_task_tables(tables: Sequence[TaskTable], plots: Mapping[str, str]) ->
             )
         lines.append("")
     return lines
+
+
+# ----------------------------------------------------------------------------------------- headline versions
+
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "kd": ("kd_sst2_3layer",),
+    "distilbert": ("distilbert_sst2",),
+    "cmlm": ("cmlm_5k_t29k_T1_s1", "cmlm_5k_t29k_T1_s2", "cmlm_5k_t29k_T1_s3"),
+    "tinybert": ("tinybert_sst2", "tinybert_mrpc"),
+    "fastbert": ("fastbert_sst2", "fastbert_mrpc"),
+    "bilstm": ("bilstm_sst2", "bilstm_mrpc"),
+    "pkd": ("pkd_sst2_3layer", "pkd_mrpc_3layer"),
+    "mobilebert": ("mobilebert_sst2", "mobilebert_sst2_tiny", "mobilebert_mrpc"),
+    "mtdnn_kd": ("mtdnn_kd_5ep_sst2", "mtdnn_kd_5ep_mrpc", "mtdnn_kd_5ep_stsb"),
+}
+"""Each method's headline result files: the ones README's results and its method table quote."""
+
+
+def _git(*args: str) -> str | None:
+    """``git args`` in this checkout: its stdout, or ``None`` where there is no git, no checkout or no such commit."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def commit_time(commit: str) -> int | None:
+    """The commit's time (seconds since the epoch), ``None`` where this checkout does not have it."""
+    out = _git("show", "-s", "--format=%ct", f"{commit}^{{commit}}")
+    return int(out) if out and out.strip().isdigit() else None
+
+
+def src_changes(old: str, new: str) -> list[str] | None:
+    """The files under ``src/`` (the library and its recipes) that differ between two commits."""
+    out = _git("diff", "--name-only", old, new, "--", "src/")
+    return None if out is None else out.split()
+
+
+def render_headlines(
+    results: Sequence[tuple[str, Mapping[str, Any]]],
+    when: Callable[[str], int | None] = commit_time,
+    changes: Callable[[str, str], list[str] | None] = src_changes,
+) -> list[str]:
+    """Which code made each method's headline files, and what in the library differs between that code and the
+    newest of them (``when`` / ``changes``: :func:`commit_time` / :func:`src_changes`, replaced in tests)."""
+    files = dict(results)
+    present = [(m, n, files[n]) for m, names in HEADLINES.items() for n in names if n in files]
+    if not present:
+        return []
+    commits = {n: str(r.get("commit") or "").removesuffix("+dirty") for _, n, r in present}
+    times = {c: when(c) for c in set(commits.values()) if c}
+    known = sorted((t, c) for c, t in times.items() if t is not None)
+    newest = known[-1][1] if known else None
+    lines = [
+        "## Headline results and their code",
+        "",
+        "Each method's headline result files (those README quotes), the code that measured each, and the files "
+        "under `src/` (the library and its recipes) that differ between that commit and the newest of them"
+        + (f", {newest[:7]}" if newest else "")
+        + ": none means the same library code. What the changes are: `git log <commit>..<newest> -- src/`.",
+        "",
+        "| method | result | code | `src/` changed since |",
+        "|---|---|---|---|",
+    ]
+    for method, name, r in present:
+        commit = commits[name]
+        if not commit:
+            diff = "commit not recorded"
+        elif newest is None or times.get(commit) is None:
+            diff = "commit not in this checkout"
+        else:
+            changed = changes(commit, newest)
+            if changed is None:
+                diff = "git failed"
+            else:
+                diff = ", ".join(f"`{f.removeprefix('src/bertdistill/')}`" for f in changed) or "none"
+        if str(r.get("commit") or "").endswith("+dirty"):
+            diff += " (and uncommitted changes at the time)"
+        lines.append(f"| {method} | {name} | {fmt_code(r)} | {diff} |")
+    return [*lines, ""]
 
 
 # ----------------------------------------------------------------------------------------------- plots

@@ -430,3 +430,49 @@ def test_a_deploy_file_without_a_teacher_is_reported_against_the_students_fp32(r
     assert rows[0][3] == "15.10 (n=1)" and rows[0][7] == "1.25 (bf16, vs its fp32, e_cmlm)"
     assert "| cmlm | `/deploy/cmlm/student` | int8 | 14.0 | -1.30 | 2.50 | 2.00 | - | 400.0 |  |" in text
     assert "No teacher that does this task" in text
+
+
+def test_headline_files_name_their_code_and_the_library_changes_since():
+    """Each headline file names its commit and the src/ files changed between it and the newest headline commit;
+    files without a commit, or with one this checkout lacks, say so instead of being compared."""
+    teacher = 0.9
+    base = _distill("kd", TEACHER_A, teacher, [_row("kd", "kd", [0.8], [0.7], 2.0, teacher)])
+    results = [
+        ("kd_sst2_3layer", {**base, "version": "0.1.0", "commit": "a" * 40}),
+        ("pkd_sst2_3layer", {**base, "version": "0.1.0", "commit": "b" * 40 + "+dirty"}),
+        ("pkd_mrpc_3layer", base),  # no commit recorded
+        ("bilstm_sst2", {**base, "version": "0.1.0", "commit": "c" * 40}),  # not in this checkout
+        ("not_a_headline", {**base, "version": "0.1.0", "commit": "d" * 40}),
+    ]
+    times = {"a" * 40: 1, "b" * 40: 2, "d" * 40: 3}
+    asked = []
+
+    def changes(old: str, new: str) -> list[str]:
+        asked.append((old, new))
+        return [] if old == new else ["src/bertdistill/training/loop.py", "src/bertdistill/config.py"]
+
+    lines = report.render_headlines(results, when=times.get, changes=changes)
+    body = "\n".join(lines)
+    assert lines[0] == "## Headline results and their code"
+    assert "newest of them, bbbbbbb:" in body  # d is newest but not a headline file's commit
+    assert "| kd | kd_sst2_3layer | 0.1.0 @ aaaaaaa | `training/loop.py`, `config.py` |" in lines
+    assert (
+        "| pkd | pkd_sst2_3layer | 0.1.0 @ bbbbbbb+dirty | none (and uncommitted changes at the time) |"
+        in lines
+    )
+    assert "| pkd | pkd_mrpc_3layer | not recorded | commit not recorded |" in lines
+    assert "| bilstm | bilstm_sst2 | 0.1.0 @ ccccccc | commit not in this checkout |" in lines
+    assert not any("not_a_headline" in x for x in lines)
+    assert sorted(asked) == [("a" * 40, "b" * 40), ("b" * 40, "b" * 40)]
+    assert report.render_headlines([("not_a_headline", base)]) == []
+
+
+def test_src_changes_reads_this_checkout():
+    """The real git helpers on this repository: a commit is dated, and it differs from itself in nothing."""
+    head = report._git("rev-parse", "HEAD")
+    if head is None:
+        pytest.skip("not a git checkout")
+    head = head.strip()
+    assert report.commit_time(head) is not None
+    assert report.commit_time("0" * 40) is None
+    assert report.src_changes(head, head) == []
