@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gitinfo import git
 from benchmarks.schema import SCHEMA_VERSION, check, sample_std
 from bertdistill.training.runs import (
     CONFIG_FILE,
@@ -450,21 +451,12 @@ def git_commit() -> str | None:
     """The commit of the checkout that measures, with ``+dirty`` when tracked code differs from it (so a figure
     from uncommitted code says so; the package, the benchmarks and the recipes count, result files and docs do
     not); ``None`` outside a git checkout."""
-    import subprocess
-
-    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
-        try:
-            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-
-    head = git("rev-parse", "HEAD")
-    if head is None or head.returncode != 0 or not head.stdout.strip():
+    head = (git("rev-parse", "HEAD") or "").strip()
+    if not head:
         return None
     code = ["src", "benchmarks", ":(exclude)benchmarks/results", ":(exclude)benchmarks/RESULTS.md"]
     status = git("status", "--porcelain", "--untracked-files=no", "--", *code)
-    dirty = status is not None and bool(status.stdout.strip())
-    return head.stdout.strip() + ("+dirty" if dirty else "")
+    return head + ("+dirty" if status and status.strip() else "")
 
 
 @functools.cache

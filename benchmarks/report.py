@@ -12,13 +12,13 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gitinfo import git
 from benchmarks.schema import BEST_MAX_SCORE_DROP, is_legacy, points_scale, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -647,24 +647,15 @@ HEADLINES: dict[str, tuple[str, ...]] = {
 """Each method's headline result files: the ones README's results and its method table quote."""
 
 
-def _git(*args: str) -> str | None:
-    """``git args`` in this checkout: its stdout, or ``None`` where there is no git, no checkout or no such commit."""
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
 def commit_time(commit: str) -> int | None:
     """The commit's time (seconds since the epoch), ``None`` where this checkout does not have it."""
-    out = _git("show", "-s", "--format=%ct", f"{commit}^{{commit}}")
+    out = git("show", "-s", "--format=%ct", f"{commit}^{{commit}}")
     return int(out) if out and out.strip().isdigit() else None
 
 
 def src_changes(old: str, new: str) -> list[str] | None:
     """The files under ``src/`` (the library and its recipes) that differ between two commits."""
-    out = _git("diff", "--name-only", old, new, "--", "src/")
+    out = git("diff", "--name-only", old, new, "--", "src/")
     return None if out is None else out.split()
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import gitinfo, report
 from benchmarks import harness as H
-from benchmarks import report
 from benchmarks.schema import SCHEMA_VERSION, check, validate
 from bertdistill import load_config
 from conftest import recipe
@@ -434,7 +434,7 @@ def test_results_name_the_code_that_measured(tmp_path, monkeypatch):
         (repo / name).write_text("a\n")
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "c"], check=True)
-    monkeypatch.setattr(H, "ROOT", repo)
+    monkeypatch.setattr(gitinfo, "ROOT", repo)  # the one git runner of the benchmarks
     clean = H.git_commit()
     assert clean is not None and re.fullmatch(r"[0-9a-f]{40}", clean)
     (repo / "src" / "untracked.py").write_text("x")  # untracked files do not make it dirty,
@@ -443,7 +443,7 @@ def test_results_name_the_code_that_measured(tmp_path, monkeypatch):
     assert H.git_commit() == clean
     (repo / "src" / "f.py").write_text("b\n")  # changed code does
     assert H.git_commit() == clean + "+dirty"
-    monkeypatch.setattr(H, "ROOT", tmp_path / "not-a-checkout")
+    monkeypatch.setattr(gitinfo, "ROOT", tmp_path / "not-a-checkout")
     assert H.git_commit() is None
     # a result records the code at the benchmark's start, read once: not what the checkout holds by its end
     started = H.commit_at_start()  # None: the tests are not run from a checkout

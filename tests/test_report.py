@@ -469,7 +469,7 @@ def test_headline_files_name_their_code_and_the_library_changes_since():
 
 def test_src_changes_reads_this_checkout():
     """The real git helpers on this repository: a commit is dated, and it differs from itself in nothing."""
-    head = report._git("rev-parse", "HEAD")
+    head = report.git("rev-parse", "HEAD")
     if head is None:
         pytest.skip("not a git checkout")
     head = head.strip()
