@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,23 +85,30 @@ def build(root: Path, out: Path) -> dict[str, int]:
     stats: dict[str, int] = {}
     dropped = 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for name, lines in train_sources(root).items():
-            n = 0
-            for line in lines:
-                text = " ".join(line.split())
-                key = _norm(text)
-                if not text or key in seen:
-                    continue
-                seen.add(key)
-                if key in banned:
-                    dropped += 1
-                    continue
-                f.write(text + "\n")
-                n += 1
-            stats[name] = n
-    tmp.replace(out)
+    # a temporary file of this build's own, renamed over ``out`` when complete: benchmarks started together (one per
+    # core) may all find the corpus missing and build it at once; each then writes the same text and the last
+    # rename wins, where one shared temporary name had one build truncate and then move away another's file
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            for name, lines in train_sources(root).items():
+                n = 0
+                for line in lines:
+                    text = " ".join(line.split())
+                    key = _norm(text)
+                    if not text or key in seen:
+                        continue
+                    seen.add(key)
+                    if key in banned:
+                        dropped += 1
+                        continue
+                    f.write(text + "\n")
+                    n += 1
+                stats[name] = n
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     stats["dropped_as_dev_or_test"] = dropped
     stats["total"] = sum(v for k, v in stats.items() if "/" in k)
     return stats
