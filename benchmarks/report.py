@@ -674,6 +674,19 @@ def render_headlines(
     times = {c: when(c) for c in set(commits.values()) if c}
     known = sorted((t, c) for c, t in times.items() if t is not None)
     newest = known[-1][1] if known else None
+    # one comparison per distinct commit (several files share one)
+    changed = {c: changes(c, newest) for _, c in known} if newest else {}
+
+    def describe(commit: str) -> str:
+        if not commit:
+            return "commit not recorded"
+        if commit not in changed:
+            return "commit not in this checkout"
+        diff = changed[commit]
+        if diff is None:
+            return "git failed"
+        return ", ".join(f"`{f.removeprefix('src/bertdistill/')}`" for f in diff) or "none"
+
     lines = [
         "## Headline results and their code",
         "",
@@ -686,17 +699,7 @@ def render_headlines(
         "|---|---|---|---|",
     ]
     for method, name, r in present:
-        commit = commits[name]
-        if not commit:
-            diff = "commit not recorded"
-        elif newest is None or times.get(commit) is None:
-            diff = "commit not in this checkout"
-        else:
-            changed = changes(commit, newest)
-            if changed is None:
-                diff = "git failed"
-            else:
-                diff = ", ".join(f"`{f.removeprefix('src/bertdistill/')}`" for f in changed) or "none"
+        diff = describe(commits[name])
         if str(r.get("commit") or "").endswith("+dirty"):
             diff += " (and uncommitted changes at the time)"
         lines.append(f"| {method} | {name} | {fmt_code(r)} | {diff} |")
