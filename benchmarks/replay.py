@@ -167,6 +167,20 @@ def common_fields(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
 
 
+DRIVER = """
+import sys
+from pathlib import Path
+import bertdistill
+src = Path(sys.argv.pop(1)).resolve()
+if not Path(bertdistill.__file__).resolve().is_relative_to(src):  # else both sides would run the same code
+    sys.exit(f"replay: bertdistill was imported from {bertdistill.__file__}, not from {src}")
+from bertdistill.cli import main
+sys.exit(main())
+"""
+"""The subprocess's program: the CLI, after checking that ``bertdistill`` comes from the tree being replayed
+(``PYTHONPATH``) and not from an installed copy — an import from elsewhere would compare a commit with itself."""
+
+
 def run_case(tree: Path, steps: Sequence[Step], out: Path, args: argparse.Namespace, fixtures: Path) -> float:
     """Every step of a case from ``tree``'s code, into ``out/<label>``; the seconds it took."""
     env = dict(
@@ -184,7 +198,7 @@ def run_case(tree: Path, steps: Sequence[Step], out: Path, args: argparse.Namesp
         out.mkdir(parents=True, exist_ok=True)
         recipe = out / f"{step.label}.yaml"
         recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
-        cmd = [sys.executable, "-c", "import sys; from bertdistill.cli import main; sys.exit(main())"]
+        cmd = [sys.executable, "-c", DRIVER, str(tree / "src")]
         cmd += ["distill", str(recipe), "-o", str(dest), "--quiet"]
         log = out / f"{step.label}.log"
         with log.open("w") as f:

@@ -157,3 +157,13 @@ def test_the_result_validates_and_the_report_shows_it():
     assert "| kd_x | e0610e3 | bit-identical | 1 | 114 | accuracy 0.5 / 0.5 |" in text
     assert "**different** (4 of 4 tensors differ)" in text
     json.dumps(r)  # written as JSON
+
+
+def test_a_tree_whose_src_is_not_imported_is_refused(tmp_path):
+    """A tree without the package (or shadowed by an installed copy) would replay today's code on both sides: the
+    driver stops instead of comparing a commit with itself."""
+    fake = tmp_path / "tree"
+    (fake / "src/bertdistill/recipe_files/kd").mkdir(parents=True)
+    (fake / "src/bertdistill/recipe_files/kd/sst2.yaml").write_text("method: {name: kd}\n")
+    with pytest.raises(RuntimeError, match="was imported from .* not from"):
+        replay.run_case(fake, [replay.Step("kd", "kd/sst2")], tmp_path / "out", _args(tmp_path), tmp_path)
