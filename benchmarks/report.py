@@ -766,7 +766,7 @@ def render_replay(name: str, r: Mapping[str, Any]) -> list[str]:
         keys = [k for k in a if k in b and k not in ("step", "majority_baseline", "top_class_share")]
         shown = ", ".join(f"{k} {a[k]:.4g} / {b[k]:.4g}" for k in keys[:3])
         lines.append(
-            f"| {x['file']} | {str(x.get('commit') or 'not recorded')[:7]} | {x['outcome']} | "
+            f"| {x['file']} | {str(x.get('commit') or '')[:7] or 'not recorded'} | {x['outcome']} | "
             f"{len(x.get('models', [])) or ''} | {x.get('tensors', '')} | {shown} |"
         )
     return lines

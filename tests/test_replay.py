@@ -155,6 +155,7 @@ def test_the_result_validates_and_the_report_shows_it():
     assert report.describe_replay(replays, "kd_x", "e0610e3") == "different (replay_b)"
     text = "\n".join(report.render_replay("replay_a", r))
     assert "| kd_x | e0610e3 | bit-identical | 1 | 114 | accuracy 0.5 / 0.5 |" in text
+    assert "| cm_x | not recorded | not replayed: no commit |  |  |  |" in text
     assert "**different** (4 of 4 tensors differ)" in text
     json.dumps(r)  # written as JSON
 
