@@ -264,6 +264,9 @@ def render(results: list[tuple[str, dict[str, Any]]], plots: Mapping[str, str] |
                     f"{pct(x['dev_accuracy'])} | {x['precision']} | {x['optimizer']} | {x['threads']} |"
                 )
             continue
+        if not is_legacy(r) and r["kind"] == "replay":
+            lines += render_replay(name, r)
+            continue
         if not is_legacy(r) and r["kind"] == "throughput":
             lines += [
                 "",
@@ -674,6 +677,7 @@ def render_headlines(
     times = {c: when(c) for c in set(commits.values()) if c}
     known = sorted((t, c) for c, t in times.items() if t is not None)
     newest = known[-1][1] if known else None
+    replays = newest_replays(results)
     # one comparison per distinct commit (several files share one)
     changed = {c: changes(c, newest) for _, c in known} if newest else {}
 
@@ -693,17 +697,79 @@ def render_headlines(
         "Each method's headline result files (those README quotes), the code that measured each, and the files "
         "under `src/` (the library and its recipes) that differ between that commit and the newest of them"
         + (f", {newest[:7]}" if newest else "")
-        + ": none means the same library code. What the changes are: `git log <commit>..<newest> -- src/`.",
+        + ": none means the same library code. What the changes are: `git log <commit>..<newest> -- src/`. "
+        "Replayed: the file's recipe trained for a few steps by its commit and by a later one "
+        "(`python -m benchmarks.replay`), every saved tensor compared.",
         "",
-        "| method | result | code | `src/` changed since |",
-        "|---|---|---|---|",
+        "| method | result | code | `src/` changed since | replayed |",
+        "|---|---|---|---|---|",
     ]
     for method, name, r in present:
         diff = describe(commits[name])
         if str(r.get("commit") or "").endswith("+dirty"):
             diff += " (and uncommitted changes at the time)"
-        lines.append(f"| {method} | {name} | {fmt_code(r)} | {diff} |")
+        lines.append(
+            f"| {method} | {name} | {fmt_code(r)} | {diff} | {describe_replay(replays, name, commits[name])} |"
+        )
     return [*lines, ""]
+
+
+def newest_replays(
+    results: Sequence[tuple[str, Mapping[str, Any]]],
+) -> dict[str, tuple[str, Mapping, Mapping]]:
+    """Each file's newest replay (``kind: "replay"`` files, by date then name): file → (replay file, its row,
+    the replay result)."""
+    found: dict[str, tuple[str, Mapping, Mapping]] = {}
+    replays = sorted((r.get("date", ""), n, r) for n, r in results if r.get("kind") == "replay")
+    for _, n, r in replays:
+        for x in r["rows"]:
+            found[x["file"]] = (n, x, r)
+    return found
+
+
+def describe_replay(replays: Mapping[str, tuple[str, Mapping, Mapping]], name: str, commit: str) -> str:
+    """The headline table's replay cell: what the newest replay of ``name`` found, if it replayed the commit the
+    file records now (a file measured again since has no replay yet)."""
+    if name not in replays:
+        return "-"
+    source, x, r = replays[name]
+    if not commit or not str(x.get("commit", "")).startswith(commit):
+        return "-"
+    against = str(r["against"])[:7]
+    if x["outcome"] == "bit-identical":
+        return (
+            f"bit-identical to `{against}` ({x['tensors']} tensors, {r['steps_per_stage']} steps per stage; "
+            f"{source})"
+        )
+    if x["outcome"] == "same library code":
+        return f"same `src/` as `{against}` ({source})"
+    return f"{x['outcome']} ({source})"
+
+
+def render_replay(name: str, r: Mapping[str, Any]) -> list[str]:
+    """A replay file's own section: every row, the reference commit and the control."""
+    lines = [
+        "",
+        f"## {name}",
+        "",
+        f"{r['what']}: against `{str(r['against'])[:7]}`, {r['steps_per_stage']} steps per stage, "
+        f"{r['train_examples']} training examples, {r['threads']['train']} thread(s). Control: {r['sanity']['what']} "
+        f"— **{r['sanity']['outcome']}** ({r['sanity']['differing_count']} of {r['sanity']['tensors']} tensors "
+        "differ).",
+        "",
+        "| file | code | outcome | models | tensors | dev metrics (file's code / reference) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in r["rows"]:
+        metrics = x.get("metrics") or {}
+        a, b = metrics.get("commit") or {}, metrics.get("against") or {}
+        keys = [k for k in a if k in b and k not in ("step", "majority_baseline", "top_class_share")]
+        shown = ", ".join(f"{k} {a[k]:.4g} / {b[k]:.4g}" for k in keys[:3])
+        lines.append(
+            f"| {x['file']} | {str(x.get('commit') or '')[:7] or 'not recorded'} | {x['outcome']} | "
+            f"{len(x.get('models', [])) or ''} | {x.get('tensors', '')} | {shown} |"
+        )
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------- plots

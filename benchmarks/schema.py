@@ -1,7 +1,7 @@
 """The one schema of ``benchmarks/results/*.json``: the fields every result file must have, checked by every
 writer (:func:`benchmarks.harness.write_result`) and by ``make bench`` (:mod:`benchmarks.report`).
 
-Five kinds of result, one provenance block:
+Six kinds of result, one provenance block:
 
 * :class:`DistillResult` (``kind: "distill"``): a teacher, a table of student ``rows`` (each trained over the
   same seeds), the headline (``primary``) row's scores at the top level;
@@ -10,6 +10,8 @@ Five kinds of result, one provenance block:
   without the KD term, against a teacher measured by its own metric (no retention, no timing);
 * :class:`EndToEndResult` (``kind: "end_to_end"``): wall time from start to a saved student (cache build included)
   of the same distillation in several tools / settings, with the dev score of each saved student;
+* :class:`ReplayResult` (``kind: "replay"``): each headline file's recipe trained for a few steps by the code
+  that measured the file and by a later commit, the saved weights compared exactly (:mod:`benchmarks.replay`);
 * :class:`DeployResult` (``kind: "deploy"``): trained students measured in their deployed forms (fp32 / bf16 /
   int8 eager, ONNX fp32 / int8), each form's score change and speed-ups, one ``best`` form per student. Nothing is
   trained there, so it has its own provenance block (:class:`DeployProvenance`: no seeds, steps or optimizer).
@@ -35,7 +37,7 @@ from typing import Any, TypedDict, Union
 
 SCHEMA_VERSION = 2
 
-KINDS = ("distill", "throughput", "generation", "deploy", "end_to_end")
+KINDS = ("distill", "throughput", "generation", "deploy", "end_to_end", "replay")
 
 DEPLOY_PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 """The deployed forms of a student: eager torch in fp32 / bf16 / dynamic int8, ONNX Runtime fp32 / int8."""
@@ -201,6 +203,32 @@ class EndToEndResult(Provenance):
     bertdistill_dev_accuracy: float
 
 
+class ReplayRow(TypedDict):
+    """One headline file: whether its commit and ``against`` train the same weights."""
+
+    file: str
+    """The headline result's name (``benchmarks/results/<file>.json``)."""
+    method: str | None
+    task: str | None
+    commit: str
+    """The commit the file records (full), ``""`` when it records none."""
+    outcome: str
+    """``bit-identical`` | ``different`` | ``same library code`` (``src/`` equal: nothing to run) |
+    ``not replayed: <why>`` | ``failed: <why>``. Replayed rows also give ``models``, ``tensors`` and the
+    ``differing`` tensors."""
+
+
+class ReplayResult(Provenance):
+    what: str
+    against: str
+    """The reference commit (full)."""
+    steps_per_stage: int
+    rows: list[ReplayRow]
+    sanity: dict[str, Any]
+    """The same comparison between two runs of the reference code that differ on purpose (another seed): it
+    must find them ``different``, or an ``identical`` above would mean nothing."""
+
+
 class GenerationResult(ScoredResult):
     """Students that generate text (C-MLM): ``metric`` is theirs (BLEU, 0–100); the teacher is not a generator,
     so ``teacher_score`` is in its own ``teacher_metric`` and there is no retention (and no timing)."""
@@ -307,6 +335,7 @@ SCHEMAS: dict[str, type] = {
     "generation": GenerationResult,
     "deploy": DeployResult,
     "end_to_end": EndToEndResult,
+    "replay": ReplayResult,
 }
 
 
@@ -573,6 +602,8 @@ __all__ = [
     "LegacyDistillResult",
     "LegacyOtherResult",
     "Provenance",
+    "ReplayResult",
+    "ReplayRow",
     "ScoredResult",
     "Threads",
     "ThroughputResult",

@@ -443,7 +443,10 @@ def test_headline_files_name_their_code_and_the_library_changes_since():
         ("pkd_mrpc_3layer", base),  # no commit recorded
         ("bilstm_sst2", {**base, "version": "0.1.0", "commit": "c" * 40}),  # not in this checkout
         ("not_a_headline", {**base, "version": "0.1.0", "commit": "d" * 40}),
-    ]
+        # a replay of kd_sst2_3layer's commit (the table's last column)
+        ("replay_x", {"kind": "replay", "date": "2026-12-06", "against": "e" * 40, "steps_per_stage": 6, "rows": [
+            {"file": "kd_sst2_3layer", "commit": "a" * 40, "outcome": "bit-identical", "tensors": 114}]}),
+    ]  # fmt: skip
     times = {"a" * 40: 1, "b" * 40: 2, "d" * 40: 3}
     asked = []
 
@@ -455,13 +458,16 @@ def test_headline_files_name_their_code_and_the_library_changes_since():
     body = "\n".join(lines)
     assert lines[0] == "## Headline results and their code"
     assert "newest of them, bbbbbbb:" in body  # d is newest but not a headline file's commit
-    assert "| kd | kd_sst2_3layer | 0.1.0 @ aaaaaaa | `training/loop.py`, `config.py` |" in lines
     assert (
-        "| pkd | pkd_sst2_3layer | 0.1.0 @ bbbbbbb+dirty | none (and uncommitted changes at the time) |"
+        "| kd | kd_sst2_3layer | 0.1.0 @ aaaaaaa | `training/loop.py`, `config.py` | bit-identical to `eeeeeee` "
+        "(114 tensors, 6 steps per stage; replay_x) |" in lines
+    )
+    assert (
+        "| pkd | pkd_sst2_3layer | 0.1.0 @ bbbbbbb+dirty | none (and uncommitted changes at the time) | - |"
         in lines
     )
-    assert "| pkd | pkd_mrpc_3layer | not recorded | commit not recorded |" in lines
-    assert "| bilstm | bilstm_sst2 | 0.1.0 @ ccccccc | commit not in this checkout |" in lines
+    assert "| pkd | pkd_mrpc_3layer | not recorded | commit not recorded | - |" in lines
+    assert "| bilstm | bilstm_sst2 | 0.1.0 @ ccccccc | commit not in this checkout | - |" in lines
     assert not any("not_a_headline" in x for x in lines)
     assert sorted(asked) == [("a" * 40, "b" * 40), ("b" * 40, "b" * 40)]
     assert report.render_headlines([("not_a_headline", base)]) == []
