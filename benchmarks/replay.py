@@ -76,6 +76,14 @@ def cases(sst2_teacher: Path, mrpc_teacher: Path) -> dict[tuple[str, str], list[
         ("tinybert", "sst2"): [Step("tinybert", "tinybert/sst2", sst2)],
         ("tinybert", "mrpc"): [Step("tinybert", "tinybert/mrpc", mrpc)],
         ("mobilebert", "sst2"): [Step("mobilebert", "mobilebert/sst2", {**sst2, **_mobilebert_steps()})],
+        # a file of its own shape: the preset with one FFN and attention on the bottleneck
+        ("mobilebert", "mobilebert_sst2_tiny"): [
+            Step(
+                "mobilebert",
+                "mobilebert/sst2",
+                {**sst2, **_mobilebert_steps(), "method.preset": "minilm-l6-tiny"},
+            )
+        ],
         ("mobilebert", "mrpc"): [Step("mobilebert", "mobilebert/mrpc", {**mrpc, **_mobilebert_steps()})],
         ("distilbert", "sst2"): [
             Step(
@@ -111,8 +119,12 @@ def _mobilebert_steps() -> dict[str, Any]:
     return {"method.layer_steps": "{steps}", "method.task_steps": "{steps}"}
 
 
-def case_key(method: str, task: str, table: Mapping[tuple[str, str], Any]) -> tuple[str, str] | None:
-    for key in ((method, task), (method, "*")):
+def case_key(
+    method: str, task: str, table: Mapping[tuple[str, str], Any], file: str = ""
+) -> tuple[str, str] | None:
+    """The case that replays a file: its own (``(method, file)``), else its method's on its task, else its
+    method's for every task (``(method, "*")``)."""
+    for key in ((method, file), (method, task), (method, "*")):
         if key in table:
             return key
     return None
@@ -288,12 +300,22 @@ def make_fixtures(dest: Path, base: str, corpus: Path | None, lines: int) -> Pat
 # ----------------------------------------------------------------------------------------------- main
 
 
+def src_tree(commit: str) -> str:
+    """The git tree of ``commit``'s ``src/``: what a run depends on (commits with the same ``src/`` share runs)."""
+    out = git("rev-parse", f"{commit}:src")
+    if out is None:
+        raise SystemExit(f"replay: {commit} has no src/ in this checkout")
+    return out.strip()
+
+
 def train(commit: str, label: str, steps: Sequence[Step], args: argparse.Namespace, fixtures: Path) -> Path:
-    """A case trained by ``commit``'s code under ``<work>/runs/<commit>/<label>``, or the finished one there."""
+    """A case trained by ``commit``'s code under ``<work>/runs/<settings>/<src tree>/<label>``, or the finished
+    one there (keyed by the ``src/`` tree, not the commit: a later commit that leaves ``src/`` alone reuses it)."""
     settings = f"s{args.steps}-n{args.train_examples}-e{args.eval_examples}-t{args.threads}"
-    out = args.work / "runs" / settings / commit[:12] / label
+    tree_id = src_tree(commit)[:12]
+    out = args.work / "runs" / settings / tree_id / label
     if not (out / ".complete").is_file():
-        tree = extract_tree(commit, args.work / "trees" / commit[:12])
+        tree = extract_tree(commit, args.work / "trees" / tree_id)
         if out.exists():  # an interrupted earlier try: start over
             shutil.rmtree(out)
         seconds = run_case(tree, steps, out, args, fixtures)
@@ -361,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if changed == []:
             row["outcome"] = "same library code"
             continue
-        key = case_key(str(r.get("method")), str(r.get("task")), table)
+        key = case_key(str(r.get("method")), str(r.get("task")), table, name)
         if key is None:
             row["outcome"] = f"not replayed: no case for {r.get('method')}/{r.get('task')}"
             continue

@@ -58,9 +58,17 @@ def test_every_headline_file_has_a_case():
         for name in names:
             if name in results:
                 r = results[name]
-                assert replay.case_key(str(r["method"]), str(r["task"]), table), name
+                assert replay.case_key(str(r["method"]), str(r["task"]), table, name), name
                 checked += 1
     assert checked >= 15
+    # a file with a shape of its own has a case of its own; the others share their method's
+    assert replay.case_key("mobilebert", "sst2", table, "mobilebert_sst2_tiny") == (
+        "mobilebert",
+        "mobilebert_sst2_tiny",
+    )
+    assert replay.case_key("mobilebert", "sst2", table, "mobilebert_sst2") == ("mobilebert", "sst2")
+    assert replay.case_key("mtdnn_kd", "stsb", table, "mtdnn_kd_5ep_stsb") == ("mtdnn_kd", "*")
+    assert replay.case_key("nope", "sst2", table, "x") is None
     for steps in table.values():
         for step in steps:  # each names a shipped recipe
             assert (H.ROOT / "src/bertdistill/recipe_files" / f"{step.recipe}.yaml").is_file(), step.recipe
