@@ -156,11 +156,16 @@ def set_field(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def substitute(value: Any, names: Mapping[str, str]) -> Any:
+def substitute(value: Any, names: Mapping[str, Any]) -> Any:
+    """``{name}`` placeholders filled in: a string that is one placeholder becomes its value as it is (``{steps}``
+    → an int); one that holds several, or other text, gets them as text."""
     if isinstance(value, str):
+        whole = value.removeprefix("{").removesuffix("}")
+        if value == "{" + whole + "}" and whole in names:
+            return names[whole]
         for k, v in names.items():
-            value = value.replace("{" + k + "}", v)
-        return int(value) if value.isdigit() else value
+            value = value.replace("{" + k + "}", str(v))
+        return value
     if isinstance(value, list):
         return [substitute(v, names) for v in value]
     if isinstance(value, dict):
@@ -199,11 +204,11 @@ def run_case(tree: Path, steps: Sequence[Step], out: Path, args: argparse.Namesp
         os.environ, PYTHONPATH=str(tree / "src"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads)
     )
     env.setdefault("BERTDISTILL_DATA_DIR", str(H._shared_data()))
+    names: dict[str, Any] = {"fixtures": str(fixtures), "steps": args.steps}
+    names |= {f"out:{s.label}": str(out / s.label) for s in steps}
     start = time.perf_counter()
     for step in steps:
         dest = out / step.label
-        names = {"fixtures": str(fixtures), "steps": str(args.steps)}
-        names |= {f"out:{s.label}": str(out / s.label) for s in steps}
         raw = yaml.safe_load((tree / "src/bertdistill/recipe_files" / f"{step.recipe}.yaml").read_text())
         for k, v in {**common_fields(args, out), **step.fields}.items():
             set_field(raw, k, substitute(v, names))
@@ -300,12 +305,17 @@ def make_fixtures(dest: Path, base: str, corpus: Path | None, lines: int) -> Pat
 # ----------------------------------------------------------------------------------------------- main
 
 
+def rev_parse(rev: str, what: str) -> str:
+    """``git rev-parse rev`` in this checkout; a clear stop when it is not there (``what`` says what was sought)."""
+    out = git("rev-parse", "--verify", rev)
+    if out is None:
+        raise SystemExit(f"replay: no {what} {rev!r} in this checkout")
+    return out.strip()
+
+
 def src_tree(commit: str) -> str:
     """The git tree of ``commit``'s ``src/``: what a run depends on (commits with the same ``src/`` share runs)."""
-    out = git("rev-parse", f"{commit}:src")
-    if out is None:
-        raise SystemExit(f"replay: {commit} has no src/ in this checkout")
-    return out.strip()
+    return rev_parse(f"{commit}:src", "src/ tree")
 
 
 def train(commit: str, label: str, steps: Sequence[Step], args: argparse.Namespace, fixtures: Path) -> Path:
@@ -342,16 +352,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def full_commit(rev: str) -> str:
-    out = git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    if out is None:
-        raise SystemExit(f"replay: {rev!r} is not a commit of this checkout")
-    return out.strip()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    against = full_commit(args.against)
+    against = rev_parse(f"{args.against}^{{commit}}", "commit")
     results, _ = load_results(H.RESULTS)
     by_name = dict(results)
     wanted = args.files or [n for names in HEADLINES.values() for n in names]
@@ -376,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not recorded:
             row["outcome"] = "not replayed: the file records no commit"
             continue
-        commit = full_commit(recorded)
+        commit = rev_parse(f"{recorded}^{{commit}}", "commit")
         row["commit"] = commit
         changed = src_changes(commit, against)
         row["src_changed"] = changed

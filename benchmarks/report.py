@@ -730,9 +730,7 @@ def newest_replays(
 def describe_replay(replays: Mapping[str, tuple[str, Mapping, Mapping]], name: str, commit: str) -> str:
     """The headline table's replay cell: what the newest replay of ``name`` found, if it replayed the commit the
     file records now (a file measured again since has no replay yet)."""
-    if name not in replays:
-        return "-"
-    source, x, r = replays[name]
+    source, x, r = replays.get(name, ("", {}, {}))
     if not commit or not str(x.get("commit", "")).startswith(commit):
         return "-"
     against = str(r["against"])[:7]

@@ -76,7 +76,7 @@ def test_every_headline_file_has_a_case():
 
 def test_fields_are_set_and_substituted():
     raw = {"train": {"lr": 1e-4}}
-    names = {"steps": "6", "out:pretrain": "/runs/pretrain", "fixtures": "/fx"}
+    names = {"steps": 6, "out:pretrain": "/runs/pretrain", "fixtures": "/fx"}
     replay.set_field(raw, "train.max_steps", replay.substitute("{steps}", names))
     replay.set_field(raw, "student.path", replay.substitute("{out:pretrain}", names))
     replay.set_field(raw, "method.corpus", replay.substitute(["{fixtures}/corpus.txt"], names))
