@@ -23,7 +23,7 @@ from transformers import BertTokenizerFast, DistilBertConfig, DistilBertForMaske
 
 from bertdistill.cli import main
 from bertdistill.config import DataConfig, TrainConfig
-from bertdistill.registry import list_methods
+from bertdistill.registry import get_method, list_methods
 from conftest import (
     SPECIAL,
     WORDS,
@@ -32,6 +32,7 @@ from conftest import (
     recipe,
     save_teacher,
     write_sst2,
+    write_stsb,
 )
 
 PREFIX = "bertdistill: configuration error: "
@@ -43,6 +44,16 @@ DISTILBERT = {
     "teacher": {"path": "{mlm_teacher}"},
     "data": {"task": "mlm", "path": None, "max_length": 24},
 }
+
+
+def method_sections(name: str) -> dict[str, Any]:
+    """Recipe edits that switch the base recipe to ``name`` at its own tiny test size (``Method.test_config``)."""
+    sections = copy.deepcopy(dict(get_method(name).test_config.sections))
+    sections["method"] = {"name": name, **sections.get("method", {})}
+    return sections
+
+
+BILSTM, MOBILEBERT = method_sections("bilstm"), method_sections("mobilebert")
 CUSTOM = {"task": "custom", "text_fields": ["text"], "labels": ["neg", "pos"], "eval_split": ""}
 
 
@@ -210,6 +221,24 @@ CASES = [
         "'cls.predictions.transform.LayerNorm.weight'] …), so AutoModelForMaskedLM would give it random head "
         "weights. Train the head first: `bertdistill finetune --task mlm --model {encoder} --corpus FILE -o DIR` "
         "(add --train-body to adapt the encoder too), then set teacher.path to DIR."),
+    # ---- a teacher fine-tuned for another task: caught before training, for every kind of student
+    row("teacher of another task (kd)", DISTILL, {"teacher": {"path": "{teacher3}"}},
+        "teacher '{teacher3}' has 3 output(s) but task 'sst2' needs 2 (['0', '1']); set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"),
+    row("teacher of another task (fastbert)", DISTILL, {"method": {"name": "fastbert"}, "teacher": {"path": "{teacher3}"}},
+        "teacher '{teacher3}' has 3 output(s) but task 'sst2' needs 2 (['0', '1']); set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"),
+    row("teacher of another task (bilstm)", DISTILL, {**BILSTM, "teacher": {"path": "{teacher3}"}},
+        "teacher '{teacher3}' has 3 output(s) but task 'sst2' needs 2 (['0', '1']); set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"),
+    row("teacher of another task (mobilebert)", DISTILL, {**MOBILEBERT, "teacher": {"path": "{teacher3}"}},
+        "teacher '{teacher3}' has 3 output(s) but task 'sst2' needs 2 (['0', '1']); set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"),
+    row("regression teacher on a classification task", DISTILL, {"teacher": {"path": "{teacher_reg}"}},
+        "teacher '{teacher_reg}' has 1 output(s) but task 'sst2' needs 2 (['0', '1']); set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"),
+    row("classifier teacher on a regression task", DISTILL,
+        {"teacher": {"path": "{teacher3}"}, "data": {"task": "stsb", "path": "{stsb}"}},
+        "teacher '{teacher3}' has 3 output(s) but task 'stsb' needs 1 (a regression score); set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"),
+    row("fastbert on a regression task", DISTILL,
+        {"method": {"name": "fastbert"}, "teacher": {"path": "{teacher_reg}"}, "data": {"task": "stsb", "path": "{stsb}"}},
+        "fastbert exits on classification entropy; it does not apply to a regression task ('stsb'): distil it with "
+        "kd, pkd or tinybert"),
     # ---- resuming into another run's output dir
     row("resume with another method", RESUME, {"method": {"name": "pkd", "init_from": "teacher"},
                                                "output_dir": "{finished}"},
@@ -275,7 +304,7 @@ def _write_bad_data(root: Path, good: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def names(
-    tmp_path_factory, _teacher_session, tiny_tokenizer_dir, mlm_teacher_dir, encoder_dir
+    tmp_path_factory, _teacher_session, tiny_tokenizer_dir, mlm_teacher_dir, encoder_dir, glove_file
 ) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("bad_inputs")
     sst2 = write_sst2(tmp / "sst2", n_train=16, n_dev=8)
@@ -291,6 +320,9 @@ def names(
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(other)
     save_teacher(classifier_teacher(vocab_size=45), tmp / "small_vocab", tiny_tokenizer_dir)
     save_teacher(classifier_teacher(), tmp / "other_vocab", other)
+    # classifiers of other tasks: three classes; one regression score
+    save_teacher(classifier_teacher(num_labels=3), tmp / "teacher3", tiny_tokenizer_dir)
+    save_teacher(classifier_teacher(num_labels=1), tmp / "teacher_reg", tiny_tokenizer_dir)
     torch.manual_seed(0)
     shape = {"n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_position_embeddings": 64}
     for name, kw in (
@@ -303,6 +335,10 @@ def names(
         "tmp": str(tmp),
         "bad": str(tmp / "bad"),
         "sst2": str(sst2),
+        "stsb": str(write_stsb(tmp / "stsb", n_train=16, n_dev=8)),
+        "teacher3": str(tmp / "teacher3"),
+        "teacher_reg": str(tmp / "teacher_reg"),
+        "glove": str(glove_file),
         "teacher": str(_teacher_session),
         "mlm_teacher": str(mlm_teacher_dir),
         "encoder": str(encoder_dir),

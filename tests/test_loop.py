@@ -257,6 +257,48 @@ def test_stage_teacher_and_stage_outputs(teacher_dir, sst2_dir, tmp_path):
     assert all(torch.equal(final[k], second[k]) for k in final)
 
 
+@pytest.mark.parametrize(
+    ("own", "cap", "expected"), [(5, None, 5), (None, 3, 3), (5, 3, 3), (2, 3, 2), (None, None, None)]
+)
+def test_train_max_steps_caps_a_stage_with_its_own_step_count(own, cap, expected):
+    """``train.max_steps`` (``--max-steps``) shortens every stage, also one whose method sets its length (as
+    mobilebert's ``layer_steps``): a quick run of any recipe is quick; None = the stage runs by epochs."""
+    from bertdistill.config import TrainConfig
+    from bertdistill.protocol import Stage
+    from bertdistill.training.loop import stage_step_count
+
+    assert stage_step_count(Stage("s", max_steps=own), TrainConfig(max_steps=cap)) == expected
+
+
+def test_max_steps_reaches_every_stage_of_a_run(teacher_dir, sst2_dir, tmp_path):
+    """Through the loop: two stages of 5 and 4 own steps run 3 and 3 under ``train.max_steps=3``."""
+    from bertdistill.methods.kd import KD
+    from bertdistill.protocol import Stage
+    from bertdistill.registry import METHODS
+
+    class TwoStages(KD):
+        name = "two_stages_test"
+
+        def stages(self):
+            return [Stage("first", max_steps=5, evaluate=False), Stage("second", max_steps=4)]
+
+    METHODS["two_stages_test"] = TwoStages
+    try:
+        steps = {}
+        for cap in (None, 3):
+            cfg = _cfg(
+                "kd", teacher_dir, sst2_dir, tmp_path / str(cap), train={"max_steps": cap, "log_every": 1}
+            )
+            cfg.method.name = "two_stages_test"
+            history = distill(cfg, quiet=True).history
+            steps[cap] = {
+                s: sum(1 for r in history if r.get("stage") == s and "loss" in r) for s in ("first", "second")
+            }
+    finally:
+        del METHODS["two_stages_test"]
+    assert steps == {None: {"first": 5, "second": 4}, 3: {"first": 3, "second": 3}}
+
+
 def test_resume_with_changed_config_warns(teacher_dir, sst2_dir, tmp_path, caplog):
     cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, train={"max_steps": 2, "save_every": 1})
     distill(cfg, quiet=True)

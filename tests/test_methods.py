@@ -250,3 +250,70 @@ def test_control_recipe_is_the_same_student_without_distillation(name, fixtures,
     if tr.method.name == name:  # the same method with its distillation terms off
         assert ctrl.method != cfg.method
     assert not tr.method.runs_teacher() or tr.method.name == name
+
+
+# ------------------------------------------------------------------- tasks the recipes were not written for
+
+LABELLED = [m for m in METHODS if "task" not in dict(get_method(m).test_config.sections).get("data", {})]
+"""The methods that train on a labelled task's data (not raw text, translation pairs or several tasks)."""
+TOPICS = ["sports", "films", "music"]
+
+
+@pytest.fixture(scope="module")
+def task_shapes(tmp_path_factory, tiny_tokenizer_dir, stsb_dir):
+    """A regression task on sentence pairs (STS-B) and a three-class single-sentence task from a JSONL file,
+    each with a tiny teacher that has the task's number of outputs."""
+    import json
+    import random
+
+    from conftest import classifier_teacher, make_sentence, save_teacher
+
+    tmp = tmp_path_factory.mktemp("task_shapes")
+    rng = random.Random(0)
+    topics = tmp / "topics"
+    topics.mkdir()
+    for split, n in (("train", 48), ("dev", 12)):
+        rows = [{"text": make_sentence(rng, i % 2), "label": TOPICS[i % 3]} for i in range(n)]
+        (topics / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {
+        "regression pairs": (
+            save_teacher(classifier_teacher(num_labels=1), tmp / "teacher-reg", tiny_tokenizer_dir),
+            {"task": "stsb", "path": str(stsb_dir)},
+        ),
+        "three classes": (
+            save_teacher(classifier_teacher(num_labels=3), tmp / "teacher-3", tiny_tokenizer_dir),
+            {"task": "custom", "path": str(topics), "text_fields": ["text"], "labels": TOPICS},
+        ),
+    }
+
+
+@pytest.mark.parametrize("shape", ["regression pairs", "three classes"])
+@pytest.mark.parametrize("name", LABELLED)
+def test_runs_on_task_shapes_its_recipes_were_not_written_for(name, shape, task_shapes, fixtures, tmp_path):
+    """Every method of labelled data on a regression task of sentence pairs and on a three-class task of single
+    sentences (its recipes are SST-2 / MRPC: two classes): it trains, is scored by the task's metric, and the
+    saved student predicts one score or three class probabilities per example — or the method refuses the task
+    with one clear line (FastBERT's early exit reads a class entropy)."""
+    from bertdistill.config import ConfigError
+    from bertdistill.inference import Predictor
+
+    teacher, data = task_shapes[shape]
+    cfg = _cfg(
+        name, {**fixtures, "teacher": teacher}, tmp_path, data=data, train={"max_steps": 2, "eval_every": 2}
+    )
+    cfg.teacher.path = str(teacher)
+    if name == "fastbert" and shape == "regression pairs":
+        with pytest.raises(ConfigError, match="does not apply to a regression task"):
+            distill(cfg, quiet=True)
+        return
+    result = distill(cfg, quiet=True)
+    metric = "pearson" if shape == "regression pairs" else "accuracy"
+    assert math.isfinite(result.metrics[metric])
+    texts = [("a good film", "a bad plot")] * 2 if shape == "regression pairs" else [("a good film",)] * 2
+    rows = list(Predictor(result.output_dir, max_length=32).predict(texts))
+    assert len(rows) == 2
+    for row in rows:
+        if shape == "regression pairs":
+            assert math.isfinite(row["score"])
+        else:
+            assert row["label"] in TOPICS and len(row["probs"]) == 3

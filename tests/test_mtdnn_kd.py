@@ -246,3 +246,17 @@ def test_shared_init_dir_survives_a_concurrent_builder(teacher_dir, tmp_path, mo
     assert shared_init_dir(str(teacher_dir), 1, out) == out
     assert (out / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["shared-init"]  # our temp copy removed
+
+
+def test_a_task_teacher_with_another_label_count_is_refused(
+    teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path
+):
+    """A classifier given as the teacher of a regression task (or of a task with another number of classes)
+    stops the run with one line naming the teacher and the task, before a step is taken."""
+    cfg = _cfg(teacher_dir, second_teacher_dir, sst2_dir, stsb_dir, tmp_path)
+    cfg.method.tasks[1].teachers = [str(teacher_dir)]
+    with pytest.raises(
+        ConfigError, match=r"has 2 output\(s\) but task 'stsb' needs 1 \(a regression score\)"
+    ):
+        distill(cfg, quiet=True)
+    assert not list((tmp_path / "out").glob("checkpoints/*"))

@@ -6,9 +6,11 @@ import copy
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForSequenceClassification,
@@ -610,6 +612,51 @@ def test_augmentation_deterministic_p_and_n_respected(augmenter_parts):
     for (r,) in full.examples.texts[1:]:  # p = 1: every candidate word replaced, stop words never
         w = r.split()
         assert w[0] == "the" and w[2] == "was" and w[3] in {"hilarious", "witty", "comic", "movie"}
+
+
+def test_cli_augment_a_custom_task_through_its_recipe(augmenter_parts, teacher_dir, tmp_path, capsys):
+    """Your own JSONL data: ``augment --recipe`` reads the task, files, text field and train split from the recipe
+    of the run the file is for, writes that field, and the run trains on it; without --task or --recipe, or on
+    the recipe's evaluation split, it refuses."""
+    from conftest import make_sentence
+
+    *_, d = augmenter_parts
+    data = tmp_path / "reviews"
+    data.mkdir()
+    rng = random.Random(0)
+    for split, n in (("train", 16), ("valid", 8)):
+        rows = [{"review": make_sentence(rng, i % 2), "stars": ["low", "high"][i % 2]} for i in range(n)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    custom = {"task": "custom", "path": str(data), "text_fields": ["review"], "label_field": "stars",
+              "labels": ["low", "high"], "eval_split": "valid"}  # fmt: skip
+    cfg = _cfg(teacher_dir, data, tmp_path, data=custom, train={"max_steps": 2})
+    rec = tmp_path / "reviews.yaml"
+    rec.write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "aug.jsonl"
+    common = ["--mlm", str(d / "mlm"), "--glove", str(d / "glove.txt"), "--n", "3", "--quiet"]
+    assert cli_main(["augment", "--recipe", str(rec), "--output", str(out), *common]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == summary["augmented_examples"] > 16 and all(
+        set(r) == {"review", "source_index"} for r in rows
+    )
+    prov = json.loads(Path(str(out) + ".provenance.json").read_text())["source"]
+    assert prov == {
+        "task": "custom",
+        "recipe": str(rec),
+        "data": str(data),
+        "split": "train",
+        "max_examples": None,
+    }
+    for argv, message in (
+        (["augment", "--output", str(tmp_path / "x.jsonl")], "give --task (a GLUE task) or --recipe"),
+        (["augment", "--recipe", str(rec), "--split", "valid", "--output", str(tmp_path / "x.jsonl")],
+         "never augment evaluation data"),
+    ):  # fmt: skip
+        assert cli_main([*argv, *common]) == 2 and message in capsys.readouterr().err
+    tr = Trainer(_cfg(teacher_dir, data, tmp_path, data=custom, method={"train_data": str(out)}), quiet=True)
+    assert tr.datasets["train"].labels is None and len(tr.datasets["train"]) == len(rows)
+    assert tr.datasets["eval"].labels is not None
 
 
 def test_sentence_pairs_augment_each_side_with_the_other_original(augmenter_parts):

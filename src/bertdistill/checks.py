@@ -86,11 +86,35 @@ def _auto_tokenizer() -> Any:
     return AutoTokenizer
 
 
-def check_teacher_outputs(teacher: Any, needs: Needs) -> None:
+def check_teacher_labels(teacher: Any, task: Any) -> None:
+    """A sequence-classification teacher must have one output per label of ``task`` (one for regression): a
+    model fine-tuned on another task would otherwise fail mid-step on a shape error, or — where the student
+    copies its head — train a student that predicts classes the task does not have. Tasks without labels
+    (raw text, translation) and teachers that are not sequence classifiers are not checked."""
+    n = getattr(task, "num_labels", 0)
+    if not n:
+        return
+    for member in getattr(teacher, "members", None) or [teacher]:
+        model = getattr(member, "model", member)
+        if not type(model).__name__.endswith("ForSequenceClassification"):
+            continue
+        have = model.config.num_labels
+        if have != n:
+            path = getattr(model, "name_or_path", "") or "teacher.path"
+            wants = "1 (a regression score)" if task.regression else f"{n} ({list(task.labels)})"
+            raise ConfigError(
+                f"teacher {path!r} has {have} output(s) but task {task.name!r} needs {wants}; set teacher.path "
+                "to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"
+            )
+
+
+def check_teacher_outputs(teacher: Any, needs: Needs, task: Any = None) -> None:
     """Refuse to read logits from a teacher whose head ``from_pretrained`` initialised at random (a bare
-    encoder or a masked LM given where a fine-tuned classifier is needed): its soft targets would be noise."""
+    encoder or a masked LM given where a fine-tuned classifier is needed): its soft targets would be noise;
+    or from a classifier with another number of outputs than ``task`` has labels (:func:`check_teacher_labels`)."""
     if not needs.logits:
         return
+    check_teacher_labels(teacher, task)
     for member in getattr(teacher, "members", None) or [teacher]:
         model = getattr(member, "model", member)
         missing = getattr(model, UNTRAINED_ATTR, None)

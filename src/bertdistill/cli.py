@@ -15,15 +15,15 @@ EPILOG = (
 )
 
 
-def _common_train_flags(p: argparse.ArgumentParser) -> None:
+def _set_flag(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE`` (repeatable), collected in ``args.overrides``."""
     p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field, typed by the field (repeatable), e.g. --set train.lr=3e-5",
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
     )
+
+
+def _common_train_flags(p: argparse.ArgumentParser) -> None:
+    _set_flag(p, "override a recipe field, typed by the field (repeatable), e.g. --set train.lr=3e-5")
     p.add_argument("--output", "-o", help="output dir (overrides output_dir)")
     p.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in the output dir"
@@ -356,18 +356,37 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _augment_source(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The task and the (seeded, subsampled) training examples to augment; never dev or test."""
+def _augment_source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """The task, the (seeded, subsampled) training examples to augment — never dev or test — and where they
+    come from (for the provenance file)."""
+    import dataclasses
+
     from .config import ConfigError, DataConfig
     from .data.loading import load_examples, resolve_task, subsample
 
-    if args.split.startswith(("dev", "test", "validation")):
+    if args.recipe:  # the data section of the run the file is for: a custom task's fields, labels, format
+        from .recipes import load_config
+
+        dcfg = load_config(args.recipe, args.overrides).data
+        given = {k: v for k, v in (("task", args.task), ("path", args.data)) if v is not None}
+        dcfg = dataclasses.replace(dcfg, **given)
+        args.split = args.split or dcfg.train_split
+    elif args.task:
+        dcfg = DataConfig(task=args.task, path=args.data)
+    else:
+        raise ConfigError(
+            "augment: give --task (a GLUE task) or --recipe (the recipe of the run the file is for; its data "
+            "section names a custom task's files and fields)"
+        )
+    args.split = args.split or "train"
+    if args.split.startswith(("dev", "test", "validation")) or args.split == dcfg.eval_split:
         raise ConfigError(
             f"augment reads training text only (got --split {args.split}); never augment evaluation data"
         )
-    dcfg = DataConfig(task=args.task, path=args.data)
     task = resolve_task(dcfg)
-    return task, subsample(load_examples(dcfg, task, args.split), args.max_examples, args.seed)
+    origin = {"task": task.name, "recipe": args.recipe, "data": dcfg.path, "split": args.split}
+    examples = subsample(load_examples(dcfg, task, args.split), args.max_examples, args.seed)
+    return task, examples, {**origin, "max_examples": args.max_examples}
 
 
 def _augment_summary(result: Any, n_source: int, out: Path, prov_path: Path) -> int:
@@ -403,7 +422,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    task, source = _augment_source(args)
+    task, source, origin = _augment_source(args)
     cfg = AugmentConfig(
         p=args.p,
         k=args.k,
@@ -429,7 +448,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
         cfg,
         result,
         len(source),
-        source={"task": task.name, "data": args.data, "split": args.split, "max_examples": args.max_examples},
+        source=origin,
         mlm=args.mlm,
         tokenizer=args.tokenizer or args.mlm,
         mode=augmentation_mode(args.mlm, args.glove),
@@ -447,7 +466,7 @@ def _augment_tang(args: argparse.Namespace) -> int:
     from .data.augment import write_augmented
     from .data.augment_tang import TangAugmentConfig, augment_tang, load_tagger, provenance_record
 
-    task, source = _augment_source(args)
+    task, source, origin = _augment_source(args)
     cfg = TangAugmentConfig(
         n_iter=args.n if args.n is not None else 20,
         p_mask=args.p_mask,
@@ -463,7 +482,7 @@ def _augment_tang(args: argparse.Namespace) -> int:
         result,
         len(source),
         tagger.name,
-        source={"task": task.name, "data": args.data, "split": args.split, "max_examples": args.max_examples},
+        source=origin,
         bertdistill_version=__version__,
     )
     out, prov_path = write_augmented(result, task, Path(args.output), prov)
@@ -533,14 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2",
         help="one axis of the grid (repeatable), e.g. --grid method.temperature=1,2,4",
     )
-    s.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field for every run (repeatable)",
-    )
+    _set_flag(s, "override a recipe field for every run (repeatable)")
     s.add_argument("--seeds", type=int, nargs="+", help="train each point at each seed; rank by the mean")
     s.add_argument(
         "--selection-fraction",
@@ -685,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--max-train-examples", type=int)
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _set_flag(s, "override a recipe field (repeatable)")
     s.add_argument("--output", "-o", required=True, help="parent dir of the teachers")
     s.add_argument("--resume", action="store_true")
     s.add_argument("--quiet", "-q", action="store_true")
@@ -764,9 +776,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="tinybert",
         help="tinybert (Jiao et al. 2020) or tang (Tang et al. 2019; needs nltk: pip install 'bertdistill[bilstm]')",
     )
-    s.add_argument("--task", required=True, help="GLUE task name (sst2, mrpc, ...)")
+    s.add_argument("--task", help="GLUE task name (sst2, mrpc, ...); for your own data use --recipe")
+    s.add_argument(
+        "--recipe",
+        help="the recipe of the run the file is for (YAML or shipped name): its data section gives the task, "
+        "files, text fields and train split (--task / --data / --split given here win)",
+    )
+    _set_flag(s, "override a key of --recipe (repeatable)")
     s.add_argument("--data", help="task data dir / file (default: $BERTDISTILL_DATA_DIR, else the HF hub)")
-    s.add_argument("--split", default="train")
+    s.add_argument(
+        "--split", help="the training split to augment (default: the recipe's train_split, or train)"
+    )
     s.add_argument("--output", "-o", required=True, help="output .tsv (GLUE header, no labels) or .jsonl")
     s.add_argument("--mlm", help="a masked LM (HF dir / hub name) whose tokenizer splits words (recommended)")
     s.add_argument(

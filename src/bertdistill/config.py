@@ -157,7 +157,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 class TrainConfig:
     epochs: float = 3.0
     max_steps: int | None = None
-    """Optimizer steps of each stage; when set it overrides ``epochs`` (and the stages' own epochs)."""
+    """Optimizer steps of each stage; when set it overrides ``epochs`` (and the stages' own epochs) and caps a
+    stage that has its own step count (mobilebert's ``method.layer_steps``, tinybert's ``method.*_steps``, …)."""
     batch_size: int = 32
     eval_batch_size: int = 128
     lr: float = 5e-5

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
+from .checks import check_teacher_labels
 from .config import ConfigError, StudentConfig
 from .data.tasks import TaskSpec
 from .hub import from_pretrained
@@ -141,11 +142,7 @@ def build_student(
                 "from the teacher's; use init: random (or a method with projections, e.g. tinybert)"
             )
         n_t = num_layers(teacher)
-        if teacher.config.num_labels != task.num_labels:
-            raise ConfigError(
-                f"the teacher has {teacher.config.num_labels} outputs but task {task.name!r} needs {task.num_labels}; "
-                "is teacher.path a model fine-tuned on this task?"
-            )
+        check_teacher_labels(teacher, task)
         extra = {k: v for k, v in overrides.items() if k != "num_hidden_layers"}
         try:
             layers = cfg.layers or select_layers(

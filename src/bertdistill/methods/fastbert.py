@@ -36,6 +36,7 @@ from transformers import (
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import ModelOutput
 
+from ..checks import check_teacher_labels
 from ..config import ConfigError, MethodConfig
 from ..losses import hard_ce, soft_target_kl
 from ..protocol import (
@@ -51,6 +52,7 @@ from ..protocol import (
     Stage,
 )
 from ..registry import register
+from ..students import label_kwargs
 
 # ----------------------------------------------------------------------------------------------- the model
 
@@ -372,9 +374,13 @@ class FastBert(Method):
             )
         if self.task.regression:
             raise ConfigError(
-                "fastbert exits on classification entropy; it does not apply to regression tasks"
+                "fastbert exits on classification entropy; it does not apply to a regression task "
+                f"({self.task.name!r}): distil it with kd, pkd or tinybert"
             )
+        check_teacher_labels(teacher, self.task)  # the student keeps the teacher's classifier
         model = from_classifier(teacher, self.cfg.branch_hidden, self.cfg.branch_heads, self.cfg.speed)
+        for k, v in label_kwargs(self.task).items():  # the task's label names, as every other student has
+            setattr(model.config, k, v)
         info = {"init": "fastbert", "layers": model.config.num_hidden_layers, "branches": len(model.branches)}
         return BuiltStudent(model, info)
 

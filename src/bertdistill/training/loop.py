@@ -34,7 +34,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from .. import checks
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, TrainConfig
 from ..data.loading import TokenizedDataset, resolve_task, teacher_view
 from ..data.rows import skipped_rows
 from ..data.tasks import collapse_warning
@@ -219,6 +219,11 @@ class Trainer:
         seed_everything(run.train.seed)
         built = self.method.build_student(teacher_model, self.datasets)
         self.student_info = built.info
+        if teacher_model is not None and any(  # a classifier of another task stops here, not stages later
+            s.uses_teacher and s.teacher is None and self.method.teacher_needs(s, built.bundle).logits
+            for s in self.stages
+        ):
+            checks.check_teacher_labels(teacher_model, self.task)
         checks.check_positions(run.data.max_length, {"teacher": teacher_model, "student": built.bundle})
         student_model = self.method.export_model(built.bundle, None)
         checks.check_shared_vocab(run, self.tokenizer, self.student_tokenizer, student_model)
@@ -328,13 +333,13 @@ class Trainer:
                 members = [self._teacher_at(p, stage, keep) for p in paths]
                 regression = bool(getattr(parts[group], "regression", False))
                 teacher: Any = members[0] if len(members) == 1 else EnsembleTeacher(members, regression)
-                checks.check_teacher_outputs(teacher, needs)
+                checks.check_teacher_outputs(teacher, needs, getattr(parts[group], "spec", None))
                 sources[group] = self._maybe_cached(teacher, stage, parts[group], needs, progress, label)
             return GroupedSource(sources)
         teacher = self.teacher if stage.teacher is None else self._teacher_at(stage.teacher, stage, keep)
         if teacher is None:
             raise ConfigError(f"stage {stage.name!r} uses a teacher, but none is set (teacher.path)")
-        checks.check_teacher_outputs(teacher, needs)
+        checks.check_teacher_outputs(teacher, needs, self.task)
         return self._maybe_cached(teacher, stage, data, needs, progress, label)
 
     def _maybe_cached(
@@ -571,7 +576,7 @@ class Trainer:
             )
         )
         updates_per_epoch = max(1, math.ceil(len(loader) / tr.grad_accum))
-        max_steps = stage.max_steps or tr.max_steps
+        max_steps = stage_step_count(stage, tr)
         epochs = stage.epochs if stage.epochs is not None else tr.epochs
         total = max_steps or max(1, math.ceil(epochs * updates_per_epoch))
         lr = stage.lr or tr.lr
@@ -950,6 +955,14 @@ def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
             out += _dict_diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def stage_step_count(stage: Stage, train: TrainConfig) -> int | None:
+    """The stage's optimizer steps, or None to run by epochs: its own step count (a method's per-stage option,
+    such as mobilebert's ``layer_steps``), capped by ``train.max_steps`` when both are set, so that
+    ``--max-steps N`` shortens every stage of every method; else whichever of the two is set."""
+    steps = [n for n in (stage.max_steps, train.max_steps) if n]
+    return min(steps) if steps else None
 
 
 def distill(
