@@ -353,6 +353,11 @@ def other_teachers(tmp_path_factory, tiny_tokenizer_dir):
                 if p.ndim == 2 and p.shape[0] == 2:
                     p.mul_(30.0)
         out[arch] = save_teacher(model, tmp / arch, tiny_tokenizer_dir)
+        mlm = getattr(tf, model_cls.__name__.replace("SequenceClassification", "MaskedLM"))
+        torch.manual_seed(0)
+        out[f"{arch}-mlm"] = save_teacher(
+            mlm(config_cls(**common, **kw)), tmp / f"{arch}-mlm", tiny_tokenizer_dir
+        )
     return out
 
 
@@ -377,3 +382,23 @@ def test_a_teacher_of_another_encoder_family(name, arch, other_teachers, fixture
     assert math.isfinite(result.metrics["accuracy"])
     rows = list(Predictor(result.output_dir, max_length=32).predict([("a good film",), ("a dull plot",)]))
     assert [len(r["probs"]) for r in rows] == [2, 2]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", ["cmlm", "distilbert", "mtdnn_kd"])
+def test_raw_text_translation_and_multitask_methods_with_another_encoder_family(
+    name, arch, other_teachers, fixtures, tmp_path
+):
+    """C-MLM with a RoBERTa / DistilBERT / ELECTRA (its generator's head) / DeBERTa-v2 masked LM as teacher, and
+    MT-DNN KD with a shared encoder and task teachers of those families, train; DistilBERT says that it copies
+    layers from a BERT only (its student is a DistilBERT of the teacher's layers)."""
+    from bertdistill.config import ConfigError
+
+    names = {**fixtures, "teacher": other_teachers[arch], "mlm_teacher": other_teachers[f"{arch}-mlm"]}
+    cfg = _cfg(name, names, tmp_path, train={"max_steps": 2})
+    if name == "distilbert":
+        with pytest.raises(ConfigError, match="from a BERT-architecture teacher"):
+            distill(cfg, quiet=True)
+        return
+    metrics = distill(cfg, quiet=True).metrics
+    assert math.isfinite(metrics["bleu" if name == "cmlm" else "average"])
