@@ -477,15 +477,23 @@ def test_optional_task_stage_in_the_same_run(mlm_teacher_dir, corpus_file, teach
     assert not torch.equal(final.state_dict()[w], pre.state_dict()[w])
 
 
-@pytest.mark.parametrize("kind", ["bert", "distilbert", "unknown-head"])
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta", "electra", "unknown-head"])
 def test_masked_token_logits_equal_the_full_forward_at_the_predicted_positions(kind):
+    from transformers import ElectraConfig, ElectraForMaskedLM, RobertaConfig, RobertaForMaskedLM
+
     from bertdistill.mlm_head import SparseMLM, masked_token_logits, split_mlm
 
     torch.manual_seed(0)
     bert = BertForMaskedLM(tiny_bert_config()).eval()
-    model = (
-        bert if kind == "bert" else DistilBertForMaskedLM(distilbert_from_teacher(bert, [0, 3]).config).eval()
-    )
+    shape = {k: getattr(bert.config, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers")}
+    shape.update(num_attention_heads=4, intermediate_size=64, pad_token_id=0)
+    model = {
+        "roberta": lambda: RobertaForMaskedLM(RobertaConfig(**shape)),
+        "electra": lambda: ElectraForMaskedLM(
+            ElectraConfig(**shape, embedding_size=16)
+        ),  # a generator's head
+        "distilbert": lambda: DistilBertForMaskedLM(distilbert_from_teacher(bert, [0, 3]).config),
+    }.get(kind, lambda: bert)().eval()
     if kind == "unknown-head":  # a layout split_mlm does not know: the full forward is used and indexed
         model.base_model_prefix = "no_such_body"
         assert split_mlm(model) is None

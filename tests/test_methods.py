@@ -317,3 +317,88 @@ def test_runs_on_task_shapes_its_recipes_were_not_written_for(name, shape, task_
             assert math.isfinite(row["score"])
         else:
             assert row["label"] in TOPICS and len(row["probs"]) == 3
+
+
+# ------------------------------------------------------------------- teachers that are not BERT
+
+ARCHS = ["roberta", "distilbert", "electra", "deberta-v2"]
+
+
+@pytest.fixture(scope="module")
+def other_teachers(tmp_path_factory, tiny_tokenizer_dir):
+    """Tiny random classifiers of four other encoder families, on the tiny tokenizer (pad id 0), width 32."""
+    import transformers as tf
+
+    from conftest import save_teacher, tiny_bert_config
+
+    common = {"vocab_size": tiny_bert_config().vocab_size, "max_position_embeddings": 72, "pad_token_id": 0}
+    bert = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64}
+    shapes = {
+        "roberta": (tf.RobertaConfig, tf.RobertaForSequenceClassification, bert),
+        "distilbert": (
+            tf.DistilBertConfig,
+            tf.DistilBertForSequenceClassification,
+            {"dim": 32, "n_layers": 4, "n_heads": 4, "hidden_dim": 64},
+        ),
+        "electra": (tf.ElectraConfig, tf.ElectraForSequenceClassification, {**bert, "embedding_size": 32}),
+        "deberta-v2": (tf.DebertaV2Config, tf.DebertaV2ForSequenceClassification, bert),
+    }
+    tmp = tmp_path_factory.mktemp("other_teachers")
+    out = {}
+    for arch, (config_cls, model_cls, kw) in shapes.items():
+        torch.manual_seed(0)
+        model = model_cls(config_cls(**common, **kw))
+        with torch.no_grad():
+            for p in model.parameters():  # confident logits, as a trained teacher's
+                if p.ndim == 2 and p.shape[0] == 2:
+                    p.mul_(30.0)
+        out[arch] = save_teacher(model, tmp / arch, tiny_tokenizer_dir)
+        mlm = getattr(tf, model_cls.__name__.replace("SequenceClassification", "MaskedLM"))
+        torch.manual_seed(0)
+        out[f"{arch}-mlm"] = save_teacher(
+            mlm(config_cls(**common, **kw)), tmp / f"{arch}-mlm", tiny_tokenizer_dir
+        )
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", LABELLED)
+def test_a_teacher_of_another_encoder_family(name, arch, other_teachers, fixtures, tmp_path):
+    """README: "a teacher: any HF encoder". Every method of labelled data trains from a RoBERTa, DistilBERT,
+    ELECTRA or DeBERTa-v2 teacher (finetune: that model as the student) and its saved student predicts — except
+    FastBERT, whose student is the teacher's own BERT with branches: it says it needs a BERT classifier."""
+    from bertdistill.config import ConfigError
+    from bertdistill.inference import Predictor
+
+    teacher = other_teachers[arch]
+    student = {"init": "pretrained", "path": str(teacher)} if name == "finetune" else {}
+    cfg = _cfg(name, {**fixtures, "teacher": teacher}, tmp_path, student=student, train={"max_steps": 2})
+    cfg.teacher.path = str(teacher)
+    if name == "fastbert":
+        with pytest.raises(ConfigError, match="fastbert needs a BERT-style classifier"):
+            distill(cfg, quiet=True)
+        return
+    result = distill(cfg, quiet=True)
+    assert math.isfinite(result.metrics["accuracy"])
+    rows = list(Predictor(result.output_dir, max_length=32).predict([("a good film",), ("a dull plot",)]))
+    assert [len(r["probs"]) for r in rows] == [2, 2]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", ["cmlm", "distilbert", "mtdnn_kd"])
+def test_raw_text_translation_and_multitask_methods_with_another_encoder_family(
+    name, arch, other_teachers, fixtures, tmp_path
+):
+    """C-MLM with a RoBERTa / DistilBERT / ELECTRA (its generator's head) / DeBERTa-v2 masked LM as teacher, and
+    MT-DNN KD with a shared encoder and task teachers of those families, train; DistilBERT says that it copies
+    layers from a BERT only (its student is a DistilBERT of the teacher's layers)."""
+    from bertdistill.config import ConfigError
+
+    names = {**fixtures, "teacher": other_teachers[arch], "mlm_teacher": other_teachers[f"{arch}-mlm"]}
+    cfg = _cfg(name, names, tmp_path, train={"max_steps": 2})
+    if name == "distilbert":
+        with pytest.raises(ConfigError, match="from a BERT-architecture teacher"):
+            distill(cfg, quiet=True)
+        return
+    metrics = distill(cfg, quiet=True).metrics
+    assert math.isfinite(metrics["bleu" if name == "cmlm" else "average"])

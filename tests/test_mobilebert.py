@@ -294,6 +294,53 @@ def test_svd_embeddings_fold_the_teacher_layernorm(tiny_model):
     assert (w - approx).pow(2).sum().item() == pytest.approx(sv[8:].pow(2).sum().item(), rel=1e-3)
 
 
+def _other_encoder(arch: str):
+    """A tiny random RoBERTa (positions numbered after the padding id, one token type) or DistilBERT (no
+    token-type table) classifier, width 32 like ``tiny_model``."""
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    torch.manual_seed(5)
+    vocab = tiny_bert_config().vocab_size
+    if arch == "roberta":
+        cfg = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=66, pad_token_id=0, type_vocab_size=1)  # fmt: skip
+        return RobertaForSequenceClassification(cfg).eval()
+    cfg = DistilBertConfig(
+        vocab_size=vocab, dim=32, n_layers=4, n_heads=4, hidden_dim=64, max_position_embeddings=64
+    )
+    return DistilBertForSequenceClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert"])
+def test_svd_embeddings_from_a_roberta_or_distilbert_teacher(arch):
+    """RoBERTa numbers positions after its padding id: the student's position i gets the teacher's row for
+    position i, and its table is the teacher's usable range; DistilBERT adds no token-type embedding, so the
+    student's token-type table is zero. Either way each token's embedding has the teacher's direction."""
+    from bertdistill.checks import max_positions
+
+    teacher = _other_encoder(arch)
+    shape = {"num_hidden_layers": 4, "hidden_size": 32, **SHAPE, "embedding_size": 32}
+    shape["max_position_embeddings"] = max_positions(teacher)
+    student = MobileBertForSequenceClassification(student_config(teacher.config, shape, {}))
+    ids = torch.randint(5, 45, (3, 9))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    svd_embeddings(student, teacher, embedding_scale(teacher, inputs))
+    t_emb = teacher.base_model.embeddings
+    with torch.no_grad():
+        s, t = student.mobilebert.embeddings(input_ids=ids), t_emb(input_ids=ids)
+    beta = t_emb.LayerNorm.bias
+    cos = torch.nn.functional.cosine_similarity(s - beta, t - beta, dim=-1)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-4)
+    assert student.config.max_position_embeddings == {"roberta": 65, "distilbert": 64}[arch]
+    if arch == "distilbert":
+        assert not student.mobilebert.embeddings.token_type_embeddings.weight.any()
+
+
 def _ib_bert_teacher(tmp_path, tokenizer_dir):
     """A tiny IB-BERT teacher: a MobileBERT with LayerNorm, GELU and an *inverted* bottleneck (intra 64 > 32).
     HF's MobileBERT reads queries and keys at the intra-block width, so an inverted bottleneck needs the shared

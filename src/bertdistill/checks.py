@@ -25,9 +25,14 @@ def max_positions(model: nn.Module) -> int | None:
     (sinusoidal positions, a BiLSTM)."""
     for name, mod in model.named_modules():
         if name.rsplit(".", 1)[-1] == "position_embeddings" and isinstance(mod, nn.Embedding):
-            offset = mod.padding_idx + 1 if mod.padding_idx is not None else 0
-            return int(mod.num_embeddings) - offset
+            return int(mod.num_embeddings) - position_offset(mod)
     return None
+
+
+def position_offset(table: nn.Embedding) -> int:
+    """The row of position 0 in a learned position table: 0 (BERT), or the padding id + 1 for models that
+    number positions after it (RoBERTa: ``padding_idx`` set)."""
+    return table.padding_idx + 1 if table.padding_idx is not None else 0
 
 
 def check_positions(max_length: int, models: dict[str, nn.Module | None]) -> None:

@@ -26,7 +26,7 @@ Head = Callable[[Tensor], Tensor]
 
 def split_mlm(model: nn.Module) -> tuple[nn.Module, Head] | None:
     """``(encoder, head)`` of an HF masked LM whose head maps final hidden states position-wise to vocabulary
-    logits (BERT, DistilBERT, RoBERTa-style ``lm_head``), or ``None`` when the layout is unknown."""
+    logits (BERT, DistilBERT, RoBERTa-style ``lm_head``, ELECTRA's generator), or ``None`` when the layout is unknown."""
     prefix = getattr(model, "base_model_prefix", "")
     m: Any = model
     body = getattr(model, prefix, None) if prefix else None
@@ -41,8 +41,15 @@ def split_mlm(model: nn.Module) -> tuple[nn.Module, Head] | None:
             return m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(h))))  # type: ignore[no-any-return]
 
         return body, distilbert_head
-    if isinstance(getattr(model, "lm_head", None), nn.Module):  # RoBERTa / XLM-R / Electra-style heads
+    if isinstance(getattr(model, "lm_head", None), nn.Module):  # RoBERTa / XLM-R-style heads
         return body, m.lm_head
+    generator = ("generator_predictions", "generator_lm_head")
+    if all(isinstance(getattr(model, n, None), nn.Module) for n in generator):  # ElectraForMaskedLM
+
+        def electra_head(h: Tensor) -> Tensor:
+            return m.generator_lm_head(m.generator_predictions(h))  # type: ignore[no-any-return]
+
+        return body, electra_head
     return None
 
 

@@ -56,6 +56,7 @@ from transformers import (
 )
 from transformers.utils import ModelOutput
 
+from ..checks import max_positions, position_offset
 from ..config import ConfigError, MethodConfig
 from ..data.corpus import CorpusConfig, MLMCollator, corpus_datasets
 from ..data.loading import Collator
@@ -285,6 +286,8 @@ def student_config(
     inherited = {
         k: getattr(teacher_config, k) for k in _INHERITED if getattr(teacher_config, k, None) is not None
     }
+    if not inherited.get("type_vocab_size", 1):  # DeBERTa-v2: 0 = no segment table; the student keeps one
+        del inherited["type_vocab_size"]
     known = {f.name for f in dataclasses.fields(MobileBertConfig)}
     unknown = sorted(set(shape) - known)
     if unknown:
@@ -350,6 +353,27 @@ def _embeddings(model: nn.Module) -> Any:
     return getattr(model, "base_model", model).embeddings
 
 
+def _table(emb: Any, name: str) -> nn.Embedding | None:
+    """``emb``'s learned ``position_embeddings`` / ``token_type_embeddings`` table; None where the model has
+    none (DistilBERT: no token types; DeBERTa-v2: relative positions only)."""
+    table = getattr(emb, name, None)
+    return table if isinstance(table, nn.Embedding) else None
+
+
+def factorise_problem(teacher: nn.Module) -> str | None:
+    """Why the teacher's embeddings cannot seed a MobileBERT student's (word, position, token-type tables and a
+    LayerNorm summed as in BERT), or None when they can. A missing token-type table is fine (the student's is
+    zeroed: the teacher adds none); a missing absolute position table or LayerNorm is not."""
+    emb = _embeddings(teacher)
+    if not isinstance(getattr(emb, "word_embeddings", None), nn.Embedding):
+        return "no word_embeddings table"
+    if _table(emb, "position_embeddings") is None:
+        return "no learned absolute position table (relative positions)"
+    if not isinstance(getattr(emb, "LayerNorm", None), nn.LayerNorm):
+        return "no embedding LayerNorm"
+    return None
+
+
 def _norm_type(module: nn.Module) -> str:
     return "layer_norm" if isinstance(module, nn.LayerNorm) else "no_norm"
 
@@ -362,8 +386,11 @@ def embedding_scale(teacher: nn.Module, inputs: Mapping[str, Tensor]) -> float:
     emb: Any = _embeddings(teacher)
     captured: list[Tensor] = []
     hook = emb.LayerNorm.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    kwargs: dict[str, Tensor | None] = {"input_ids": inputs["input_ids"]}
+    if _table(emb, "token_type_embeddings") is not None:  # DistilBERT's embeddings take no token types
+        kwargs["token_type_ids"] = inputs.get("token_type_ids")
     try:
-        emb(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
+        emb(**kwargs)
     finally:
         hook.remove()
     z = captured[0].float()
@@ -383,8 +410,17 @@ def _copy_tables(s_emb: Any, t_emb: Any, sigma: float | None) -> None:
     NoNorm weight ``γ/σ̄`` and bias ``β``."""
     fold = sigma is not None
     for name in ("position_embeddings", "token_type_embeddings"):
-        w = getattr(t_emb, name).weight.float()
-        getattr(s_emb, name).weight.copy_(_centre_rows(w) if fold else w)
+        s_tab, t_tab = getattr(s_emb, name).weight, _table(t_emb, name)
+        if (
+            t_tab is None
+        ):  # no token types (DistilBERT): the teacher adds nothing, so neither does the student
+            s_tab.zero_()
+            continue
+        start = (
+            position_offset(t_tab) if name == "position_embeddings" else 0
+        )  # RoBERTa: after the padding id
+        w = t_tab.weight[start : start + s_tab.shape[0]].float()
+        s_tab[: w.shape[0]].copy_(_centre_rows(w) if fold else w)
     s_norm, t_norm = s_emb.LayerNorm, t_emb.LayerNorm
     s_norm.weight.copy_(t_norm.weight / sigma if fold else t_norm.weight)
     s_norm.bias.copy_(t_norm.bias)
@@ -447,6 +483,8 @@ def can_factorise_embeddings(student: nn.Module, teacher: nn.Module) -> bool:
     """Whether the teacher's word embeddings live in the student's inter-block width and reach its layers
     without a transformation (a BERT; a MobileBERT without trigram input and with ``embedding_size`` =
     ``hidden_size``): then :func:`svd_embeddings` applies."""
+    if factorise_problem(teacher) is not None:
+        return False
     t_emb = _embeddings(teacher)
     width = int(getattr(student.config, "hidden_size"))  # noqa: B009
     transformed = bool(getattr(t_emb, "trigram_input", False)) or (
@@ -717,6 +755,9 @@ class MobileBert(Method):
             )
         t_cfg: Any = teacher.config
         shape = self._shape()
+        positions = max_positions(teacher)  # RoBERTa: its table less the rows before the padding id
+        if positions is not None and "max_position_embeddings" not in shape:
+            shape["max_position_embeddings"] = positions
         if "classifier_activation" not in shape:
             pooler = getattr(getattr(teacher, "base_model", teacher), "pooler", None)
             shape["classifier_activation"] = isinstance(getattr(pooler, "dense", None), nn.Linear)
@@ -739,9 +780,12 @@ class MobileBert(Method):
                 "the same embedding_size, trigram_input and width); use svd or random"
             )
         if want == "svd" and not factorable:
+            problem = factorise_problem(teacher)
             raise ConfigError(
                 "method.embedding_init svd needs a teacher whose word embeddings have the student's inter-block "
-                "width and feed its layers directly (a BERT of that width); use copy or random"
+                "width and feed its layers directly (a BERT of that width)"
+                + (f"; the teacher's embeddings have {problem}" if problem else "")
+                + "; use copy or random"
             )
         if want == "random":
             return want
