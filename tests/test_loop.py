@@ -373,3 +373,17 @@ def test_compiled_student_trains_like_eager_and_saves_plain_weights(teacher_dir,
 
 def _raw_kd(teacher_dir, data_dir, tmp_path):
     return recipe("kd", teacher_dir, data_dir, tmp_path / "o", tmp_path / "c")
+
+
+def test_a_run_without_evaluation_data_says_so(teacher_dir, sst2_dir, tmp_path, caplog):
+    """data.eval_split empty: the run trains and saves, and says that its model is unscored and how to score it."""
+    cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, data={"eval_split": ""}, train={"max_steps": 2})
+    with caplog.at_level("WARNING", logger="bertdistill.training.loop"):
+        res = distill(cfg, quiet=True)
+    assert "accuracy" not in res.metrics and (res.output_dir / "model.safetensors").is_file()
+    assert "no labelled evaluation data (data.eval_split '')" in caplog.text
+    assert f"bertdistill evaluate {res.output_dir} --data FILE" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bertdistill.training.loop"):
+        distill(_cfg("kd", teacher_dir, sst2_dir, tmp_path, out="o2", train={"max_steps": 2}), quiet=True)
+    assert "no labelled evaluation data" not in caplog.text

@@ -370,7 +370,6 @@ def _augment_source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
         dcfg = load_config(args.recipe, args.overrides).data
         given = {k: v for k, v in (("task", args.task), ("path", args.data)) if v is not None}
         dcfg = dataclasses.replace(dcfg, **given)
-        args.split = args.split or dcfg.train_split
     elif args.task:
         dcfg = DataConfig(task=args.task, path=args.data)
     else:
@@ -378,14 +377,14 @@ def _augment_source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
             "augment: give --task (a GLUE task) or --recipe (the recipe of the run the file is for; its data "
             "section names a custom task's files and fields)"
         )
-    args.split = args.split or "train"
-    if args.split.startswith(("dev", "test", "validation")) or args.split == dcfg.eval_split:
+    split = args.split or dcfg.train_split
+    if split.startswith(("dev", "test", "validation")) or split == dcfg.eval_split:
         raise ConfigError(
-            f"augment reads training text only (got --split {args.split}); never augment evaluation data"
+            f"augment reads training text only (got --split {split}); never augment evaluation data"
         )
     task = resolve_task(dcfg)
-    origin = {"task": task.name, "recipe": args.recipe, "data": dcfg.path, "split": args.split}
-    examples = subsample(load_examples(dcfg, task, args.split), args.max_examples, args.seed)
+    origin = {"task": task.name, "recipe": args.recipe, "data": dcfg.path, "split": split}
+    examples = subsample(load_examples(dcfg, task, split), args.max_examples, args.seed)
     return task, examples, {**origin, "max_examples": args.max_examples}
 
 

@@ -411,14 +411,12 @@ def _copy_tables(s_emb: Any, t_emb: Any, sigma: float | None) -> None:
     fold = sigma is not None
     for name in ("position_embeddings", "token_type_embeddings"):
         s_tab, t_tab = getattr(s_emb, name).weight, _table(t_emb, name)
-        if (
-            t_tab is None
-        ):  # no token types (DistilBERT): the teacher adds nothing, so neither does the student
+        if t_tab is None:
+            # no token types (DistilBERT): the teacher adds nothing, so neither does the student
             s_tab.zero_()
             continue
-        start = (
-            position_offset(t_tab) if name == "position_embeddings" else 0
-        )  # RoBERTa: after the padding id
+        # RoBERTa numbers positions after its padding id: the student's position i is the teacher's row i + offset
+        start = position_offset(t_tab) if name == "position_embeddings" else 0
         w = t_tab.weight[start : start + s_tab.shape[0]].float()
         s_tab[: w.shape[0]].copy_(_centre_rows(w) if fold else w)
     s_norm, t_norm = s_emb.LayerNorm, t_emb.LayerNorm

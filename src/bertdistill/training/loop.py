@@ -284,6 +284,14 @@ class Trainer:
                     generator=torch.Generator().manual_seed(run.train.seed),
                 )
             )
+        elif self.task.num_labels and any(s.evaluate and s.trains for s in self.stages):
+            log.warning(
+                "no labelled evaluation data (data.eval_split %r): the run saves its last model unscored and "
+                "selects no best model; set data.eval_split (or data.selection_fraction), or score it later with "
+                "`bertdistill evaluate %s --data FILE`",
+                run.data.eval_split,
+                self.out,
+            )
 
     # ------------------------------------------------------------------ helpers
     def unwrapped(self) -> nn.Module:
