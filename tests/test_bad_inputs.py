@@ -235,6 +235,12 @@ CASES = [
     row("classifier teacher on a regression task", DISTILL,
         {"teacher": {"path": "{teacher3}"}, "data": {"task": "stsb", "path": "{stsb}"}},
         "teacher '{teacher3}' has 3 output(s) but task 'stsb' needs 1 (a regression score); set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"),
+    row("teacher with the task's labels in another order", DISTILL,
+        {"teacher": {"path": "{teacher_swapped}"}, "data": {**CUSTOM, "path": "{bad}/good.csv"}},
+        "teacher '{teacher_swapped}' orders its labels ['pos', 'neg'], task 'custom' ['neg', 'pos']: its logits "
+        "would be read against the wrong classes (e.g. roberta-large-mnli against GLUE MNLI). For your own data "
+        "set data.labels in the teacher's order; else use a teacher fine-tuned with the task's order "
+        "(`bertdistill finetune`)"),
     row("fastbert on a regression task", DISTILL,
         {"method": {"name": "fastbert"}, "teacher": {"path": "{teacher_reg}"}, "data": {"task": "stsb", "path": "{stsb}"}},
         "fastbert exits on classification entropy; it does not apply to a regression task ('stsb'): distil it with "
@@ -294,6 +300,7 @@ def _write_bad_data(root: Path, good: list[str]) -> None:
     tsv("label_name", "\n".join([head, *body[:2], "a good film\tpositive", *body[2:]]) + "\n")
     tsv("header_only", head + "\n")
     tsv("empty", "")
+    (root / "good.csv").write_text("text,label\ngood film,pos\nbad film,neg\nfine plot,pos\ndull plot,neg\n")
     (root / "extra.csv").write_text("text,label\ngood film,pos\nbad film,neg,extra\n")
     (root / "header_only.csv").write_text("text,label\n")
     (root / "score.csv").write_text("text,label\ngood film,4.5\nbad film,high\n")
@@ -323,6 +330,8 @@ def names(
     # classifiers of other tasks: three classes; one regression score
     save_teacher(classifier_teacher(num_labels=3), tmp / "teacher3", tiny_tokenizer_dir)
     save_teacher(classifier_teacher(num_labels=1), tmp / "teacher_reg", tiny_tokenizer_dir)
+    swapped = {"id2label": {0: "pos", 1: "neg"}, "label2id": {"pos": 0, "neg": 1}}
+    save_teacher(classifier_teacher(**swapped), tmp / "teacher_swapped", tiny_tokenizer_dir)
     torch.manual_seed(0)
     shape = {"n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_position_embeddings": 64}
     for name, kw in (
@@ -338,6 +347,7 @@ def names(
         "stsb": str(write_stsb(tmp / "stsb", n_train=16, n_dev=8)),
         "teacher3": str(tmp / "teacher3"),
         "teacher_reg": str(tmp / "teacher_reg"),
+        "teacher_swapped": str(tmp / "teacher_swapped"),
         "glove": str(glove_file),
         "teacher": str(_teacher_session),
         "mlm_teacher": str(mlm_teacher_dir),
@@ -405,3 +415,33 @@ def test_skipped_rows_are_counted_in_metrics_and_the_summary(names, capsys, tmp_
 
 def test_rows_are_errors_by_default_for_glue_and_custom_data():
     assert DataConfig().bad_rows == "error" and DataConfig(task="custom").bad_rows == "error"
+
+
+def test_label_order_check_catches_roberta_large_mnli_and_passes_placeholders():
+    """Our MNLI orders its classes contradiction, entailment, neutral (GLUE's files, BERT's run_classifier);
+    roberta-large-mnli names its outputs CONTRADICTION, NEUTRAL, ENTAILMENT, and the hub's GLUE dataset orders them
+    entailment, neutral, contradiction: both refused. Placeholder names (LABEL_0 …), other names, and the task's
+    own order (any case) pass."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bertdistill.checks import check_teacher_labels
+    from bertdistill.config import ConfigError
+    from bertdistill.data.tasks import get_task
+
+    mnli = get_task("mnli")
+    assert list(mnli.labels) == ["contradiction", "entailment", "neutral"]
+
+    def teacher(names):
+        cfg = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
+                         vocab_size=10, id2label=dict(enumerate(names)))  # fmt: skip
+        return BertForSequenceClassification(cfg)
+
+    for names in (["CONTRADICTION", "NEUTRAL", "ENTAILMENT"], ["entailment", "neutral", "contradiction"]):
+        with pytest.raises(ConfigError, match="orders its labels .* against the wrong classes"):
+            check_teacher_labels(teacher(names), mnli)
+    for names in (
+        ["LABEL_0", "LABEL_1", "LABEL_2"],
+        ["Contradiction", "Entailment", "Neutral"],
+        ["no", "yes", "maybe"],
+    ):
+        check_teacher_labels(teacher(names), mnli)

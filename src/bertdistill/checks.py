@@ -8,6 +8,7 @@ head counts, kd's hidden MSE widths, DistilBERT's pre-trained student) live in t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,36 @@ def check_teacher_labels(teacher: Any, task: Any) -> None:
         if not type(model).__name__.endswith("ForSequenceClassification"):
             continue
         have = model.config.num_labels
+        path = getattr(model, "name_or_path", "") or "teacher.path"
         if have != n:
-            path = getattr(model, "name_or_path", "") or "teacher.path"
             wants = "1 (a regression score)" if task.regression else f"{n} ({list(task.labels)})"
             raise ConfigError(
                 f"teacher {path!r} has {have} output(s) but task {task.name!r} needs {wants}; set teacher.path "
                 "to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"
             )
+        theirs = teacher_label_names(model.config)
+        ours = list(task.labels)
+        if (
+            theirs
+            and theirs != [x.lower() for x in ours]
+            and sorted(theirs) == sorted(x.lower() for x in ours)
+        ):
+            raise ConfigError(
+                f"teacher {path!r} orders its labels {theirs}, task {task.name!r} {ours}: its logits would be read "
+                f"against the wrong classes (e.g. roberta-large-mnli against GLUE MNLI). For your own data set "
+                f"data.labels in the teacher's order; else use a teacher fine-tuned with the task's order "
+                "(`bertdistill finetune`)"
+            )
+
+
+def teacher_label_names(config: Any) -> list[str]:
+    """The teacher's class names in output order, lowercased; empty when it has only HF's placeholders
+    (``LABEL_0`` …), which say nothing about the order."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), ""))).lower() for i in range(len(id2label))]
+    if not names or all(re.fullmatch(r"label_\d+", x) for x in names):
+        return []
+    return names
 
 
 def check_teacher_outputs(teacher: Any, needs: Needs, task: Any = None) -> None:
