@@ -169,6 +169,13 @@ CASES = [
     row("custom task without labels", DISTILL, {"data": {**CUSTOM, "path": "{bad}/extra.csv", "labels": []}},
         "data: custom task 'custom': a classification task needs `labels` (at least 2 names, in index order); "
         "for a real-valued target set `regression: true`"),
+    row("metric that does not fit the task", DISTILL,
+        {"data": {**CUSTOM, "path": "{bad}/good.csv", "labels": ["neg", "pos", "mixed"], "metrics": ["f1"]}},
+        "data: custom task 'custom': f1 is the binary F1 of the second label; this task has 3 labels (use "
+        "macro_f1)"),
+    row("metrics for a GLUE task", DISTILL, {"data": {"metrics": ["macro_f1"]}},
+        "data.metrics applies to custom tasks; 'sst2' is scored by its official metrics (for other ones, use "
+        "data.task: custom with its files and fields)"),
     row("predict input not found", ["predict", "{teacher}", "{tmp}/no-input.txt"], None,
         "[Errno 2] No such file or directory: '{tmp}/no-input.txt'"),
     # ---- models that do not fit the method or the data

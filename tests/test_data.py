@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -136,3 +137,32 @@ def test_tokenized_lengths_are_computed_once():
     ds = TokenizedDataset([[1, 2, 3], [4], [5, 6]], None, [0, 1, 0])
     assert ds.lengths == [3, 1, 2]
     assert ds.lengths is ds.lengths
+
+
+def test_custom_task_metrics_choose_what_is_reported_and_selected():
+    """``data.metrics`` for your own task: the first one is the main metric (model selection, the majority
+    baseline, retention); macro F1 for an imbalanced or multi-class task; mismatches are one clear line."""
+    labels = ["spam", "ham", "other"]
+    task = resolve_task(
+        DataConfig(task="custom", text_fields=["text"], labels=labels, metrics=["macro_f1", "accuracy"])
+    )
+    assert task.main_metric == "macro_f1" and task.metrics == ("macro_f1", "accuracy")
+    preds, gold = np.array([0, 0, 0, 0, 1]), np.array([0, 0, 0, 1, 2])
+    got = task.compute_metrics(preds, gold)
+    # per class F1: spam 2·3/(4+3) = 6/7, ham 0, other 0 → macro 2/7; accuracy 3/5
+    assert got == pytest.approx({"macro_f1": 2 / 7, "accuracy": 0.6})
+    default = resolve_task(DataConfig(task="custom", text_fields=["text"], labels=labels))
+    assert default.metrics == ("accuracy",)
+    for cfg, message in (
+        (
+            {"labels": labels, "metrics": ["f1"]},
+            "f1 is the binary F1 of the second label; this task has 3 labels",
+        ),
+        ({"labels": labels, "metrics": ["pearson"]}, "metrics ['pearson'] for a classification task"),
+        ({"regression": True, "metrics": ["accuracy"]}, "metrics ['accuracy'] for a regression task"),
+        ({"labels": labels, "metrics": ["auc"]}, "unknown metric(s) ['auc']"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            resolve_task(DataConfig(task="custom", text_fields=["text"], **cfg))
+    with pytest.raises(ConfigError, match="data.metrics applies to custom tasks; 'sst2'"):
+        resolve_task(DataConfig(task="sst2", metrics=["macro_f1"]))

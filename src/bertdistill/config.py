@@ -123,6 +123,10 @@ class DataConfig:
     label_field: str = "label"
     labels: list[str] = field(default_factory=list)
     regression: bool = False
+    metrics: list[str] = field(default_factory=list)
+    """Custom tasks: the metrics reported, the first one selecting the best model; unset = accuracy (pearson,
+    spearman for regression). Classification: accuracy, f1 (binary: the second label is the positive class),
+    macro_f1, matthews; regression: pearson, spearman. GLUE tasks keep their official metrics."""
     max_length: int = 128
     max_train_examples: int | None = None
     """Subsample the training set (seeded) — for quick runs; the full recipe leaves it unset."""

@@ -54,7 +54,14 @@ def resolve_task(cfg: DataConfig) -> TaskSpec:
         if cfg.task == "custom":
             if not cfg.text_fields:
                 raise ConfigError("data.task: custom needs data.text_fields (one or two column names)")
-            return custom_task("custom", cfg.text_fields, cfg.label_field, cfg.labels, cfg.regression)
+            return custom_task(
+                "custom", cfg.text_fields, cfg.label_field, cfg.labels, cfg.regression, cfg.metrics
+            )
+        if cfg.metrics:
+            raise ConfigError(
+                f"data.metrics applies to custom tasks; {cfg.task!r} is scored by its official metrics "
+                "(for other ones, use data.task: custom with its files and fields)"
+            )
         return get_task(cfg.task)
     except ConfigError:
         raise

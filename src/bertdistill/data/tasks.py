@@ -28,6 +28,13 @@ def f1(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(f1_score(labels, preds, average="binary", zero_division=0))
 
 
+def macro_f1(preds: np.ndarray, labels: np.ndarray) -> float:
+    """F1 averaged over the classes, each weighing the same (for imbalanced or multi-class tasks)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, preds, average="macro", zero_division=0))
+
+
 def matthews(preds: np.ndarray, labels: np.ndarray) -> float:
     from sklearn.metrics import matthews_corrcoef
 
@@ -50,9 +57,12 @@ def spearman(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(spearmanr(preds, labels)[0])
 
 
+REGRESSION_METRICS = {"pearson", "spearman"}
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,
     "f1": f1,
+    "macro_f1": macro_f1,
     "matthews": matthews,
     "pearson": pearson,
     "spearman": spearman,
@@ -336,11 +346,22 @@ def custom_task(
             f"custom task {name!r}: a classification task needs `labels` (at least 2 names, in index order); "
             "for a real-valued target set `regression: true`"
         )
-    if metrics is None:
+    if not metrics:
         metrics = ("pearson", "spearman") if regression else ("accuracy",)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    fits = REGRESSION_METRICS if regression else set(METRICS) - REGRESSION_METRICS
+    if any(m not in fits for m in metrics):
+        kind = "a regression" if regression else "a classification"
+        raise ValueError(
+            f"custom task {name!r}: metrics {list(metrics)} for {kind} task; choose from {sorted(fits)}"
+        )
+    if "f1" in metrics and len(labels) != 2:
+        raise ValueError(
+            f"custom task {name!r}: f1 is the binary F1 of the second label; this task has {len(labels)} labels "
+            "(use macro_f1)"
+        )
     return TaskSpec(
         name=name,
         text_fields=tuple(text_fields),
