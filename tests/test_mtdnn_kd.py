@@ -260,3 +260,13 @@ def test_a_task_teacher_with_another_label_count_is_refused(
     ):
         distill(cfg, quiet=True)
     assert not list((tmp_path / "out").glob("checkpoints/*"))
+
+
+def test_a_custom_task_entry_keeps_its_metrics(tmp_path):
+    """A custom task in ``method.tasks`` is scored by its own ``metrics``; the first is its share of the average."""
+    entry = TaskEntry(task="custom", name="tickets", text_fields=["text"], labels=["bug", "question", "feature"],
+                      metrics=["macro_f1", "accuracy"])  # fmt: skip
+    spec = entry.spec()
+    assert (spec.name, spec.main_metric, spec.metrics) == ("tickets", "macro_f1", ("macro_f1", "accuracy"))
+    with pytest.raises(ConfigError, match="f1 is the binary F1 of the second label"):
+        TaskEntry(task="custom", text_fields=["text"], labels=["a", "b", "c"], metrics=["f1"]).spec()

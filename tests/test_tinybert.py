@@ -30,6 +30,7 @@ from bertdistill.data.augment import (
     GloVeNeighbours,
     augment_examples,
     is_candidate_word,
+    non_wordpiece,
 )
 from bertdistill.data.loading import Collator, Examples, tokenize
 from bertdistill.layer_map import tinybert_layer_maps
@@ -657,6 +658,35 @@ def test_cli_augment_a_custom_task_through_its_recipe(augmenter_parts, teacher_d
     tr = Trainer(_cfg(teacher_dir, data, tmp_path, data=custom, method={"train_data": str(out)}), quiet=True)
     assert tr.datasets["train"].labels is None and len(tr.datasets["train"]) == len(rows)
     assert tr.datasets["eval"].labels is not None
+
+
+@pytest.mark.parametrize("kind", ["BPE", "Unigram"])
+def test_augmentation_refuses_a_tokenizer_that_is_not_wordpiece(kind, augmenter_parts):
+    """A RoBERTa-style byte-level BPE or a SentencePiece-style Unigram tokenizer: its pre-tokenised words ("Ġgreat",
+    "▁great") are never candidate words, so the augmenter used to return the originals only, silently; refused
+    with what to do instead."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    mlm, _, glove, _ = augmenter_parts
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+    if kind == "BPE":
+        backend = Tokenizer(models.BPE(unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials)
+    else:
+        backend = Tokenizer(models.Unigram())
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=60, special_tokens=specials, unk_token="<unk>")
+    backend.train_from_iterator(SENTS * 20, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", cls_token="<s>", sep_token="</s>",
+                                  unk_token="<unk>", mask_token="<mask>")  # fmt: skip
+    assert non_wordpiece(tok) == kind and non_wordpiece(augmenter_parts[1]) is None
+    for model in (mlm, None):  # with an MLM, and GloVe-only with --tokenizer
+        with pytest.raises(
+            ConfigError, match=f"is {kind}: its words .* so it would write the original sentences only"
+        ):
+            Augmenter(model, tok, glove, AugmentConfig())
 
 
 def test_sentence_pairs_augment_each_side_with_the_other_original(augmenter_parts):

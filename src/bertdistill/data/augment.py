@@ -349,6 +349,14 @@ class Augmenter:
         self.stats = {"mlm_words": 0, "glove_words": 0, "kept_words": 0}
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self._special = special
+        kind = non_wordpiece(tokenizer)
+        if kind is not None:
+            raise ConfigError(
+                f"TinyBERT-style augmentation reads words the way a WordPiece tokenizer splits them (a first piece "
+                f"and ## continuations, as the paper's BERT); this tokenizer ({type(tokenizer).__name__}) is "
+                f"{kind}: its words (e.g. 'Ġgreat', '▁great') are none the augmenter can replace, so it would write "
+                "the original sentences only. Give a BERT-family --mlm (or --tokenizer), or use --style tang"
+            )
         if mlm is not None and getattr(tokenizer, "mask_token_id", None) is None:
             raise ConfigError(
                 "the MLM's tokenizer has no [MASK] token; --mlm must be a masked language model"
@@ -488,6 +496,15 @@ class Augmenter:
                         rows.append(row)
             out.append(rows)
         return out
+
+
+def non_wordpiece(tokenizer: Any) -> str | None:
+    """None for a WordPiece tokenizer (fast or slow); else what it is (e.g. ``BPE``, ``Unigram``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        kind = type(backend.model).__name__
+        return None if kind == "WordPiece" else kind
+    return None if hasattr(tokenizer, "wordpiece_tokenizer") else type(tokenizer).__name__
 
 
 def load_augmenter(

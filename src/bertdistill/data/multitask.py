@@ -53,6 +53,8 @@ class TaskEntry:
     label_field: str = "label"
     labels: list[str] = field(default_factory=list)
     regression: bool = False
+    metrics: list[str] = field(default_factory=list)
+    """A custom task's metrics (``data.metrics``); the first is its main metric in the run's average."""
     teachers: list[str] = field(default_factory=list)
     """Fine-tuned teacher dirs of this task; several = an ensemble (the mean of their probabilities);
     none = the task trains on its labels only."""
@@ -73,6 +75,7 @@ class TaskEntry:
             label_field=self.label_field,
             labels=list(self.labels),
             regression=self.regression,
+            metrics=list(self.metrics),
             max_length=max_length,
         )
 
