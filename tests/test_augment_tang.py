@@ -171,3 +171,43 @@ def test_cli_augment_style_tang(tmp_path, sst2_dir, capsys):
     assert prov["parameters"]["n_iter"] == 20 and prov["parameters"]["p_ng"] == 0.25
     assert "labels" in prov and "nltk" in prov["tagger"]
     assert main([*args, "--split", "dev", "--nltk-data", str(NLTK_DATA)]) == 2  # never dev / test
+
+
+def test_cli_augment_says_when_nothing_changed(tmp_path, sst2_dir, capsys):
+    """Probabilities of 0 (or an augmenter that knows none of the words): the file holds the originals only, and
+    the command says so on stderr, --quiet or not."""
+    _need_tagger()
+    out = tmp_path / "aug.tsv"
+    args = [
+        "augment",
+        "--style",
+        "tang",
+        "--task",
+        "sst2",
+        "--data",
+        str(sst2_dir),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    zero = [
+        "--p-mask",
+        "0",
+        "--p-pos",
+        "0",
+        "--p-ng",
+        "0",
+        "--max-examples",
+        "10",
+        "--nltk-data",
+        str(NLTK_DATA),
+    ]
+    assert main([*args, *zero]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["augmented_examples"] == 10
+    assert (
+        f"augment made no new sentence from 10 source example(s): {out} holds the originals only"
+        in captured.err
+    )
+    assert main([*args, "--max-examples", "10", "--nltk-data", str(NLTK_DATA)]) == 0
+    assert "no new sentence" not in capsys.readouterr().err

@@ -228,6 +228,22 @@ def test_glove_initialises_the_embeddings(teacher_dir, sst2_dir, glove_file, tmp
     assert model.embedding.weight[0].abs().sum() == 0
 
 
+def test_a_vectors_file_that_misses_the_words_is_warned_about(
+    teacher_dir, sst2_dir, glove_file, tmp_path, caplog
+):
+    """A GloVe file of another language or casing covers few training words: the run says so (the toy file,
+    which covers most of them, does not)."""
+    sparse = tmp_path / "other-language.txt"
+    sparse.write_text("".join(line + "\n" for line in glove_file.read_text().splitlines()[:2]))
+    with caplog.at_level("WARNING", logger="bertdistill.methods.bilstm"):
+        Trainer(load_config(bilstm_recipe(teacher_dir, sst2_dir, tmp_path / "a", glove_file)), quiet=True)
+    assert "have a vector in" not in caplog.text
+    with caplog.at_level("WARNING", logger="bertdistill.methods.bilstm"):
+        tr = Trainer(load_config(bilstm_recipe(teacher_dir, sst2_dir, tmp_path / "b", sparse)), quiet=True)
+    n = len(tr.datasets["train"].vocab) - 2
+    assert f"only {100 * 2 / n:.1f}% of the {n} training words have a vector in {sparse}" in caplog.text
+
+
 # ----------------------------------------------------------------------------------------------- resume and inference
 
 

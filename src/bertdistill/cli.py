@@ -398,6 +398,13 @@ def _augment_summary(result: Any, n_source: int, out: Path, prov_path: Path) -> 
         "source_sentences_per_s": round(result.sentences_per_s, 2),
     }
     print(json.dumps(summary, indent=1))
+    if n_source and len(result.examples) <= n_source:  # printed even with --quiet: the file holds no new text
+        print(
+            f"bertdistill: augment made no new sentence from {n_source} source example(s): {out} holds the "
+            "originals only; check that the augmenter knows the text's words (--mlm / --glove, the tagger) and "
+            "its probabilities (--p, --p-mask, --p-pos, --p-ng)",
+            file=sys.stderr,
+        )
     return 0
 
 

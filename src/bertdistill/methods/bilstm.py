@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -59,6 +60,7 @@ from ..data.tasks import TaskSpec
 from ..data.words import (
     UNK_INIT_RANGE,
     WordDataset,
+    WordVectors,
     WordVocab,
     load_word_vectors,
     split_segments,
@@ -257,6 +259,24 @@ def has_label(labels: Tensor) -> Tensor:
 def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """``mean((z_S − z_T)²)`` over rows and logits — Tang et al.'s distillation objective (``nn.MSELoss``)."""
     return F.mse_loss(student_logits.float(), teacher_logits.float())
+
+
+LOW_COVERAGE = 0.5
+"""Below this share of the vocabulary with a pre-trained vector, the run warns: the embeddings are mostly random."""
+
+
+def warn_low_coverage(vectors: WordVectors, vocab: WordVocab) -> None:
+    """Warn when few of the training words have a vector in ``method.vectors`` (a file of another language or
+    casing, or a subset that misses the task's words): most of the student's embeddings then start at random."""
+    info = vectors.describe(vocab)
+    if info["coverage"] < LOW_COVERAGE:
+        logging.getLogger(__name__).warning(
+            "only %.1f%% of the %d training words have a vector in %s: most of the BiLSTM's embeddings start at "
+            "random; check that the file matches the text's language and casing",
+            100 * info["coverage"],
+            max(1, len(vocab) - 2),
+            vectors.path,
+        )
 
 
 def partial_label_loss(logits: Tensor, labels: Tensor, regression: bool) -> Tensor:
@@ -463,6 +483,8 @@ class BiLSTM(Method):
             if cfg.vectors
             else None
         )
+        if vectors is not None:
+            warn_low_coverage(vectors, vocab)
         dim = vectors.dim if vectors is not None else cfg.embedding_dim or PAPER_EMBEDDING_DIM
         model = BiLSTMClassifier(
             BiLSTMModelConfig(
