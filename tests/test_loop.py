@@ -419,3 +419,28 @@ def test_a_custom_task_is_selected_and_reported_on_its_own_metric(tmp_path):
     # always predicting the majority class: F1 of 2·p/(1+p) for that class, 0 for the others, over 3 classes
     p = 4 / 12
     assert res.metrics["majority_baseline"] == pytest.approx((2 * p / (1 + p)) / 3)
+
+
+def test_heavy_truncation_is_warned_about(teacher_dir, sst2_dir, tmp_path, caplog):
+    """A max_length that cuts more than a tenth of the training examples is said, with the share; the tiny
+    recipe's 32 tokens cut none of the toy sentences."""
+    from bertdistill.data.loading import Examples, load_examples, tokenize
+
+    cfg = _cfg("kd", teacher_dir, sst2_dir, tmp_path, data={"max_length": 8}, train={"max_steps": 1})
+    with caplog.at_level("WARNING", logger="bertdistill.training.loop"):
+        tr = Trainer(cfg, quiet=True)
+    train = tr.datasets["train"]
+    texts = load_examples(cfg.data, tr.task, "train").texts
+    full = tokenize(Examples(texts, None), tr.tokenizer, 512)
+    cut = sum(len(ids) > 8 for ids in full.input_ids)
+    assert train.truncated == cut and cut / len(train) > 0.1
+    assert (
+        f"% of the {len(train)} training examples ({cut}) are longer than data.max_length 8 tokens"
+        in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bertdistill.training.loop"):
+        tr = Trainer(
+            _cfg("kd", teacher_dir, sst2_dir, tmp_path, out="o2", train={"max_steps": 1}), quiet=True
+        )
+    assert tr.datasets["train"].truncated == 0 and "are longer than data.max_length" not in caplog.text

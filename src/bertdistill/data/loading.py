@@ -396,6 +396,8 @@ class TokenizedDataset(Dataset):
     labels: list[int | float] | None
     texts: list[tuple[str, ...]] = field(default_factory=list)
     teacher: TokenizedDataset | None = None
+    truncated: int | None = None
+    """Examples cut at ``max_length`` when tokenised (known with a fast tokenizer; None otherwise)."""
 
     def __post_init__(self) -> None:
         if self.teacher is not None and len(self.teacher) != len(self.input_ids):
@@ -485,7 +487,25 @@ def tokenize(examples: Examples, tokenizer: Any, max_length: int) -> TokenizedDa
     cols: list[Any] = list(zip(*examples.texts, strict=True)) if examples.texts else [[]]
     enc = tokenizer(*[list(c) for c in cols], truncation=True, max_length=max_length)
     tt = enc.get("token_type_ids")
-    return TokenizedDataset(enc["input_ids"], tt, examples.labels, examples.texts)
+    encodings = getattr(enc, "encodings", None)  # a fast tokenizer keeps what truncation cut off
+    cut = sum(1 for e in encodings if e.overflowing) if encodings is not None else None
+    return TokenizedDataset(enc["input_ids"], tt, examples.labels, examples.texts, truncated=cut)
+
+
+TRUNCATION_WARNING = 0.1
+"""Above this share of training examples cut at ``data.max_length``, the run warns."""
+
+
+def truncation_warning(data: Any, max_length: int) -> str | None:
+    """A warning when more than :data:`TRUNCATION_WARNING` of ``data``'s examples were cut at ``max_length``."""
+    cut, n = getattr(data, "truncated", None), len(data) if hasattr(data, "__len__") else 0
+    if not cut or not n or cut / n <= TRUNCATION_WARNING:
+        return None
+    return (
+        f"{100 * cut / n:.0f}% of the {n} training examples ({cut}) are longer than data.max_length {max_length} "
+        "tokens and are cut: the models see only their start; raise data.max_length (up to the teacher's "
+        "positions) if the rest matters"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- batching

@@ -241,7 +241,7 @@ def encode_pairs(examples: Examples, tokenizer: Any, max_length: int) -> Paralle
     pair_ids = [[*s, *t] for s, t in zip(inputs, targets, strict=True)]
     segments = [[0] * len(s) + [1] * len(t) for s, t in zip(inputs, targets, strict=True)]
     teacher = TokenizedDataset(pair_ids, segments, None, list(examples.texts))
-    return ParallelDataset(inputs, None, None, list(examples.texts), teacher, targets)
+    return ParallelDataset(inputs, None, None, list(examples.texts), teacher, target_ids=targets)
 
 
 class ParallelCollator:

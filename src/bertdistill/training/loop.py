@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from .. import checks
 from ..config import ConfigError, RunConfig, TrainConfig
-from ..data.loading import TokenizedDataset, resolve_task, teacher_view
+from ..data.loading import TokenizedDataset, resolve_task, teacher_view, truncation_warning
 from ..data.rows import skipped_rows
 from ..data.tasks import collapse_warning
 from ..hub import from_pretrained, save_hf_model
@@ -214,6 +214,9 @@ class Trainer:
         self.tokenizer = _load_tokenizer(run)
         with skipped_rows() as self.skipped_rows:  # data.bad_rows: skip -> counted in metrics.json
             self.datasets = self.method.datasets(self.tokenizer)
+        cut = truncation_warning(self.datasets.get("train"), run.data.max_length)
+        if cut:
+            log.warning(cut)
         self.collate = self.method.collator(self.tokenizer, self.datasets)
         self.student_tokenizer = self.method.student_tokenizer(self.tokenizer, self.datasets)
         seed_everything(run.train.seed)
