@@ -348,10 +348,9 @@ def other_teachers(tmp_path_factory, tiny_tokenizer_dir):
     for arch, (config_cls, model_cls, kw) in shapes.items():
         torch.manual_seed(0)
         model = model_cls(config_cls(**common, **kw))
-        with torch.no_grad():
-            for p in model.parameters():  # confident logits, as a trained teacher's
-                if p.ndim == 2 and p.shape[0] == 2:
-                    p.mul_(30.0)
+        with torch.no_grad():  # confident logits, as a trained teacher's: scale the head's output layer
+            [out_layer] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 2]
+            out_layer.weight.mul_(30.0)
         out[arch] = save_teacher(model, tmp / arch, tiny_tokenizer_dir)
         mlm = getattr(tf, model_cls.__name__.replace("SequenceClassification", "MaskedLM"))
         torch.manual_seed(0)
