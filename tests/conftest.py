@@ -103,6 +103,48 @@ def write_stsb(root: Path, n_train: int = 64, n_dev: int = 24, seed: int = 0) ->
     return root
 
 
+def write_jsonl_task(
+    root: Path, labels: list[str], n_train: int = 48, n_dev: int = 12, seed: int = 0
+) -> Path:
+    """``train.jsonl`` / ``dev.jsonl`` of a single-sentence custom task: ``{"text": ..., "label": ...}`` rows, the
+    labels in turn (row i has ``labels[i % len(labels)]``)."""
+    import json
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = [{"text": make_sentence(rng, i % 2), "label": labels[i % len(labels)]} for i in range(n)]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+_BERT_SHAPE = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64}
+OTHER_ENCODERS: dict[str, tuple[str, str, dict]] = {
+    "roberta": ("RobertaConfig", "Roberta", _BERT_SHAPE),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBert",
+        {"dim": 32, "n_layers": 4, "n_heads": 4, "hidden_dim": 64},
+    ),
+    "electra": ("ElectraConfig", "Electra", {**_BERT_SHAPE, "embedding_size": 32}),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2", _BERT_SHAPE),
+}
+"""Encoder families besides BERT: transformers' config class, model-class prefix, and the tiny shape (width 32,
+4 layers, 4 heads) in the family's own field names."""
+
+
+def other_encoder(arch: str, head: str = "ForSequenceClassification", **config) -> PreTrainedModel:
+    """A tiny random model of another encoder family (``OTHER_ENCODERS``) on the tiny vocabulary (pad id 0):
+    ``head`` picks the class (``ForSequenceClassification``, ``ForMaskedLM``); ``config`` overrides fields."""
+    import transformers
+
+    config_cls, prefix, shape = OTHER_ENCODERS[arch]
+    fields = {"vocab_size": tiny_bert_config().vocab_size, "max_position_embeddings": 72, "pad_token_id": 0}
+    return getattr(transformers, prefix + head)(
+        getattr(transformers, config_cls)(**{**fields, **shape, **config})
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tok")

@@ -389,26 +389,13 @@ def test_a_run_without_evaluation_data_says_so(teacher_dir, sst2_dir, tmp_path, 
     assert "no labelled evaluation data" not in caplog.text
 
 
-def test_a_custom_task_is_selected_and_reported_on_its_own_metric(tmp_path):
+def test_a_custom_task_is_selected_and_reported_on_its_own_metric(tiny_tokenizer_dir, tmp_path):
     """``data.metrics: [macro_f1, accuracy]``: the run evaluates both, keeps the best model by macro F1, and its
     majority-class baseline is a macro F1 too."""
-    import json
-    import random
+    from conftest import classifier_teacher, save_teacher, write_jsonl_task
 
-    from transformers import BertTokenizerFast
-
-    from conftest import SPECIAL, WORDS, classifier_teacher, make_sentence, save_teacher
-
-    tok = tmp_path / "tok"
-    vocab = SPECIAL + WORDS + [f"w{i}" for i in range(20)]
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(tok)
-    teacher = save_teacher(classifier_teacher(num_labels=3), tmp_path / "teacher", tok)
-    data = tmp_path / "topics"
-    data.mkdir()
-    rng = random.Random(0)
-    for split, n in (("train", 48), ("dev", 12)):
-        rows = [{"text": make_sentence(rng, i % 2), "label": ["a", "b", "c"][i % 3]} for i in range(n)]
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teacher = save_teacher(classifier_teacher(num_labels=3), tmp_path / "teacher", tiny_tokenizer_dir)
+    data = write_jsonl_task(tmp_path / "topics", ["a", "b", "c"])
     custom = {"task": "custom", "path": str(data), "text_fields": ["text"], "labels": ["a", "b", "c"],
               "metrics": ["macro_f1", "accuracy"]}  # fmt: skip
     cfg = _cfg("kd", teacher, data, tmp_path, data=custom, train={"max_steps": 4, "eval_every": 2})

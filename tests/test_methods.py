@@ -263,18 +263,10 @@ TOPICS = ["sports", "films", "music"]
 def task_shapes(tmp_path_factory, tiny_tokenizer_dir, stsb_dir):
     """A regression task on sentence pairs (STS-B) and a three-class single-sentence task from a JSONL file,
     each with a tiny teacher that has the task's number of outputs."""
-    import json
-    import random
-
-    from conftest import classifier_teacher, make_sentence, save_teacher
+    from conftest import classifier_teacher, save_teacher, write_jsonl_task
 
     tmp = tmp_path_factory.mktemp("task_shapes")
-    rng = random.Random(0)
-    topics = tmp / "topics"
-    topics.mkdir()
-    for split, n in (("train", 48), ("dev", 12)):
-        rows = [{"text": make_sentence(rng, i % 2), "label": TOPICS[i % 3]} for i in range(n)]
-        (topics / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    topics = write_jsonl_task(tmp / "topics", TOPICS)
     return {
         "regression pairs": (
             save_teacher(classifier_teacher(num_labels=1), tmp / "teacher-reg", tiny_tokenizer_dir),
@@ -326,36 +318,22 @@ ARCHS = ["roberta", "distilbert", "electra", "deberta-v2"]
 
 @pytest.fixture(scope="module")
 def other_teachers(tmp_path_factory, tiny_tokenizer_dir):
-    """Tiny random classifiers of four other encoder families, on the tiny tokenizer (pad id 0), width 32."""
-    import transformers as tf
+    """Tiny random classifiers and masked LMs of four other encoder families, on the tiny tokenizer (pad id 0),
+    width 32."""
+    from conftest import other_encoder, save_teacher
 
-    from conftest import save_teacher, tiny_bert_config
-
-    common = {"vocab_size": tiny_bert_config().vocab_size, "max_position_embeddings": 72, "pad_token_id": 0}
-    bert = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64}
-    shapes = {
-        "roberta": (tf.RobertaConfig, tf.RobertaForSequenceClassification, bert),
-        "distilbert": (
-            tf.DistilBertConfig,
-            tf.DistilBertForSequenceClassification,
-            {"dim": 32, "n_layers": 4, "n_heads": 4, "hidden_dim": 64},
-        ),
-        "electra": (tf.ElectraConfig, tf.ElectraForSequenceClassification, {**bert, "embedding_size": 32}),
-        "deberta-v2": (tf.DebertaV2Config, tf.DebertaV2ForSequenceClassification, bert),
-    }
     tmp = tmp_path_factory.mktemp("other_teachers")
     out = {}
-    for arch, (config_cls, model_cls, kw) in shapes.items():
+    for arch in ARCHS:
         torch.manual_seed(0)
-        model = model_cls(config_cls(**common, **kw))
+        model = other_encoder(arch)
         with torch.no_grad():  # confident logits, as a trained teacher's: scale the head's output layer
             [out_layer] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 2]
             out_layer.weight.mul_(30.0)
         out[arch] = save_teacher(model, tmp / arch, tiny_tokenizer_dir)
-        mlm = getattr(tf, model_cls.__name__.replace("SequenceClassification", "MaskedLM"))
         torch.manual_seed(0)
         out[f"{arch}-mlm"] = save_teacher(
-            mlm(config_cls(**common, **kw)), tmp / f"{arch}-mlm", tiny_tokenizer_dir
+            other_encoder(arch, "ForMaskedLM"), tmp / f"{arch}-mlm", tiny_tokenizer_dir
         )
     return out
 

@@ -297,23 +297,14 @@ def test_svd_embeddings_fold_the_teacher_layernorm(tiny_model):
 def _other_encoder(arch: str):
     """A tiny random RoBERTa (positions numbered after the padding id, one token type) or DistilBERT (no
     token-type table) classifier, width 32 like ``tiny_model``."""
-    from transformers import (
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-        RobertaConfig,
-        RobertaForSequenceClassification,
-    )
+    from conftest import other_encoder
 
     torch.manual_seed(5)
-    vocab = tiny_bert_config().vocab_size
-    if arch == "roberta":
-        cfg = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                            intermediate_size=64, max_position_embeddings=66, pad_token_id=0, type_vocab_size=1)  # fmt: skip
-        return RobertaForSequenceClassification(cfg).eval()
-    cfg = DistilBertConfig(
-        vocab_size=vocab, dim=32, n_layers=4, n_heads=4, hidden_dim=64, max_position_embeddings=64
-    )
-    return DistilBertForSequenceClassification(cfg).eval()
+    positions = {
+        "roberta": {"max_position_embeddings": 66, "type_vocab_size": 1},
+        "distilbert": {"max_position_embeddings": 64},
+    }
+    return other_encoder(arch, **positions[arch]).eval()
 
 
 @pytest.mark.parametrize("arch", ["roberta", "distilbert"])

@@ -137,7 +137,7 @@ def teacher_label_names(config: Any) -> list[str]:
     return names
 
 
-def check_teacher_outputs(teacher: Any, needs: Needs, task: Any = None) -> None:
+def check_teacher_outputs(teacher: Any, needs: Needs, task: Any) -> None:
     """Refuse to read logits from a teacher whose head ``from_pretrained`` initialised at random (a bare
     encoder or a masked LM given where a fine-tuned classifier is needed): its soft targets would be noise;
     or from a classifier with another number of outputs than ``task`` has labels (:func:`check_teacher_labels`)."""

@@ -498,9 +498,10 @@ TRUNCATION_WARNING = 0.1
 
 def truncation_warning(data: Any, max_length: int) -> str | None:
     """A warning when more than :data:`TRUNCATION_WARNING` of ``data``'s examples were cut at ``max_length``."""
-    cut, n = getattr(data, "truncated", None), len(data) if hasattr(data, "__len__") else 0
-    if not cut or not n or cut / n <= TRUNCATION_WARNING:
+    cut = getattr(data, "truncated", None)  # None: no training set, or not a tokenised one
+    if not cut or cut / len(data) <= TRUNCATION_WARNING:
         return None
+    n = len(data)
     return (
         f"{100 * cut / n:.0f}% of the {n} training examples ({cut}) are longer than data.max_length {max_length} "
         "tokens and are cut: the models see only their start; raise data.max_length (up to the teacher's "

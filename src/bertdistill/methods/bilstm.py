@@ -60,7 +60,6 @@ from ..data.tasks import TaskSpec
 from ..data.words import (
     UNK_INIT_RANGE,
     WordDataset,
-    WordVectors,
     WordVocab,
     load_word_vectors,
     split_segments,
@@ -265,17 +264,17 @@ LOW_COVERAGE = 0.5
 """Below this share of the vocabulary with a pre-trained vector, the run warns: the embeddings are mostly random."""
 
 
-def warn_low_coverage(vectors: WordVectors, vocab: WordVocab) -> None:
-    """Warn when few of the training words have a vector in ``method.vectors`` (a file of another language or
-    casing, or a subset that misses the task's words): most of the student's embeddings then start at random."""
-    info = vectors.describe(vocab)
-    if info["coverage"] < LOW_COVERAGE:
+def warn_low_coverage(described: Mapping[str, Any], n_words: int) -> None:
+    """Warn when few of the ``n_words`` training words have a vector in ``method.vectors`` (``described``:
+    :meth:`WordVectors.describe`) — a file of another language or casing, or a subset that misses the task's
+    words: most of the student's embeddings then start at random."""
+    if described["coverage"] < LOW_COVERAGE:
         logging.getLogger(__name__).warning(
             "only %.1f%% of the %d training words have a vector in %s: most of the BiLSTM's embeddings start at "
             "random; check that the file matches the text's language and casing",
-            100 * info["coverage"],
-            max(1, len(vocab) - 2),
-            vectors.path,
+            100 * described["coverage"],
+            n_words,
+            described["vectors"],
         )
 
 
@@ -483,8 +482,9 @@ class BiLSTM(Method):
             if cfg.vectors
             else None
         )
-        if vectors is not None:
-            warn_low_coverage(vectors, vocab)
+        described = vectors.describe(vocab) if vectors is not None else {}
+        if described:
+            warn_low_coverage(described, max(1, len(vocab) - 2))
         dim = vectors.dim if vectors is not None else cfg.embedding_dim or PAPER_EMBEDDING_DIM
         model = BiLSTMClassifier(
             BiLSTMModelConfig(
@@ -514,8 +514,7 @@ class BiLSTM(Method):
             "params": sum(p.numel() for p in model.parameters()),
             "train_rows": len(datasets["train"]),  # type: ignore[arg-type]
         }
-        if vectors is not None:
-            info.update(vectors.describe(vocab))
+        info.update(described)
         return BuiltStudent(model, info)
 
     def stages(self) -> list[Stage]:
