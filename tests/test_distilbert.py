@@ -37,13 +37,11 @@ from bertdistill.losses import masked_cosine, masked_soft_target_kl
 from bertdistill.methods.distilbert import (
     DistilBert,
     distilbert_from_teacher,
-    layer_stack,
     load_mlm_teacher,
-    same_family_from_teacher,
     student_layers,
     takes_token_types,
 )
-from bertdistill.students import copy_layers
+from bertdistill.students import copy_layers, encoder_layers
 from bertdistill.training.loop import Trainer, distill
 from conftest import (
     OTHER_ENCODERS,
@@ -51,6 +49,7 @@ from conftest import (
     kill_then_resume,
     other_encoder,
     save_teacher,
+    tiny_albert,
     tiny_bert_config,
 )
 
@@ -498,15 +497,15 @@ def test_a_teacher_of_another_family_gives_a_student_of_its_own_family(arch):
     ids = torch.randint(5, 40, (3, 11))
     mask = torch.ones_like(ids)
     mask[0, 7:] = 0
-    whole = same_family_from_teacher(teacher, list(range(n))).eval()
+    whole = copy_layers(teacher, list(range(n))).eval()
     assert torch.equal(
         whole(input_ids=ids, attention_mask=mask).logits, teacher(input_ids=ids, attention_mask=mask).logits
     )
 
-    half = same_family_from_teacher(teacher, [0, n - 1])
+    half = copy_layers(teacher, [0, n - 1])
     assert type(half) is type(teacher) and half.config.num_hidden_layers == 2
     assert half.config.bertdistill_copied_layers == [0, n - 1]
-    stack = layer_stack(teacher)
+    stack, _ = encoder_layers(teacher)
     t, s = teacher.state_dict(), half.state_dict()
     for key, value in s.items():
         if key.startswith(stack + "."):
@@ -517,21 +516,14 @@ def test_a_teacher_of_another_family_gives_a_student_of_its_own_family(arch):
     assert takes_token_types(half) == (arch != "distilbert")
 
 
-def test_albert_shares_its_layers_and_is_refused_with_the_way_round():
-    from transformers import AlbertConfig, AlbertForMaskedLM
-
-    albert = AlbertForMaskedLM(
-        AlbertConfig(
-            vocab_size=60,
-            embedding_size=16,
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=64,
-        )
-    )
-    with pytest.raises(ConfigError, match="ALBERT shares one layer across its depth.*student.init: random"):
-        same_family_from_teacher(albert, [0, 3])
+def test_albert_shares_its_layers_and_is_refused_with_the_way_round(
+    corpus_file, tiny_tokenizer_dir, tmp_path
+):
+    teacher = save_teacher(tiny_albert("ForMaskedLM"), tmp_path / "albert", tiny_tokenizer_dir)
+    with pytest.raises(
+        ConfigError, match="distilbert copies a selection of the teacher's layers: cannot find"
+    ):
+        distill(load_config(_recipe(teacher, corpus_file, tmp_path)), quiet=True)
 
 
 def test_task_stage_from_an_electra_teacher_keeps_segment_ids(corpus_file, tiny_tokenizer_dir, tmp_path):

@@ -70,6 +70,7 @@ from ..protocol import (
     Stage,
 )
 from ..registry import register
+from ..students import copy_layers
 
 log = logging.getLogger(__name__)
 
@@ -278,49 +279,6 @@ def distilbert_from_teacher(
     return student
 
 
-def layer_stack(model: nn.Module) -> str:
-    """The name of ``model``'s stack of encoder layers: its one ``nn.ModuleList`` with ``num_hidden_layers``
-    entries (``roberta.encoder.layer``, ``distilbert.transformer.layer``, ``deberta.encoder.layer``, ...)."""
-    cfg: Any = getattr(model, "config")  # noqa: B009
-    n = int(cfg.num_hidden_layers)
-    found = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    if len(found) != 1:
-        raise ConfigError(
-            f"distilbert copies a selection of the teacher's layers, but {type(model).__name__} has "
-            + (f"{len(found)} stacks of {n} modules ({found})" if found else f"no stack of its {n} layers")
-            + " (ALBERT shares one layer across its depth: there is nothing to select); set student.init: random "
-            "or distil with another method"
-        )
-    return found[0]
-
-
-@torch.no_grad()
-def same_family_from_teacher(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
-    """The teacher's own masked-LM class with ``len(layers)`` layers, initialised from it: every weight outside
-    the layer stack (embeddings, MLM head, relative-position tables) copied under its own name, student layer
-    ``i`` from teacher layer ``layers[i]`` — how DistilRoBERTa was made from RoBERTa."""
-    n_t = teacher.config.num_hidden_layers
-    if not layers or any(not 0 <= i < n_t for i in layers):
-        raise ConfigError(f"student layers {layers} are not valid 0-based layers of a {n_t}-layer teacher")
-    stack = layer_stack(teacher)
-    student = AutoModelForMaskedLM.from_config(student_config(teacher.config, len(layers)))
-    source = teacher.state_dict()
-    copied = {}
-    for key, value in student.state_dict().items():
-        name = key
-        if key.startswith(stack + "."):
-            index, rest = key[len(stack) + 1 :].split(".", 1)
-            name = f"{stack}.{layers[int(index)]}.{rest}"
-        if name not in source or source[name].shape != value.shape:
-            raise ConfigError(
-                f"cannot initialise the student's {key} from the teacher ({name} missing or reshaped)"
-            )
-        copied[key] = source[name]
-    student.load_state_dict(copied)
-    student.config.bertdistill_copied_layers = list(layers)
-    return student  # type: ignore[no-any-return]
-
-
 def student_layers(n_teacher: int, student_cfg: Any, selection: str) -> list[int]:
     """Teacher layers to copy: ``student.layers``, else ``selection`` over ``student.num_layers`` (default
     half the teacher's depth, at least 1)."""
@@ -493,8 +451,11 @@ class DistilBert(Method):
             return model, {"init": "random", "layers": len(layers)}
         if tcfg.model_type == "bert":
             model = distilbert_from_teacher(teacher, layers, self.cfg.fold_token_type)  # type: ignore[arg-type]
-        else:
-            model = same_family_from_teacher(teacher, layers)  # type: ignore[arg-type]
+        else:  # another family: its own masked LM with the selected layers (DistilRoBERTa's recipe)
+            try:
+                model = copy_layers(teacher, layers)  # type: ignore[arg-type]
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"distilbert copies a selection of the teacher's layers: {e}") from e
         return model, {"init": "teacher", "teacher_layers": layers, "teacher_depth": n_t}
 
     def stages(self) -> list[Stage]:
@@ -623,9 +584,7 @@ __all__ = [
     "distilbert_config",
     "distilbert_from_teacher",
     "drop_token_type_ids",
-    "layer_stack",
     "load_mlm_teacher",
-    "same_family_from_teacher",
     "student_config",
     "student_layers",
 ]
