@@ -145,6 +145,17 @@ def other_encoder(arch: str, head: str = "ForSequenceClassification", **config) 
     )
 
 
+def tiny_albert(head: str = "ForSequenceClassification") -> PreTrainedModel:
+    """A tiny random ALBERT (one layer shared across its 4-layer depth) on the tiny vocabulary."""
+    import transformers
+
+    shape = {"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4}
+    config = transformers.AlbertConfig(
+        vocab_size=tiny_bert_config().vocab_size, intermediate_size=64, pad_token_id=0, **shape
+    )
+    return getattr(transformers, "Albert" + head)(config)  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tok")

@@ -39,10 +39,19 @@ from bertdistill.methods.distilbert import (
     distilbert_from_teacher,
     load_mlm_teacher,
     student_layers,
+    takes_token_types,
 )
-from bertdistill.students import copy_layers
+from bertdistill.students import copy_layers, encoder_layers
 from bertdistill.training.loop import Trainer, distill
-from conftest import assert_same_run, kill_then_resume, tiny_bert_config
+from conftest import (
+    OTHER_ENCODERS,
+    assert_same_run,
+    kill_then_resume,
+    other_encoder,
+    save_teacher,
+    tiny_albert,
+    tiny_bert_config,
+)
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -475,6 +484,73 @@ def test_optional_task_stage_in_the_same_run(mlm_teacher_dir, corpus_file, teach
     # the task stage trained the distilled body further (it is shared by both heads)
     w = "distilbert.transformer.layer.0.ffn.lin1.weight"
     assert not torch.equal(final.state_dict()[w], pre.state_dict()[w])
+
+
+@pytest.mark.parametrize("arch", list(OTHER_ENCODERS))
+def test_a_teacher_of_another_family_gives_a_student_of_its_own_family(arch):
+    """From a RoBERTa / DistilBERT / ELECTRA / DeBERTa-v2 masked LM the student is that family's masked LM with
+    fewer layers (DistilRoBERTa's recipe): student layer i is teacher layer layers[i], everything outside the
+    stack is the teacher's. Every layer copied gives the teacher itself, to the bit."""
+    torch.manual_seed(0)
+    teacher = other_encoder(arch, "ForMaskedLM").eval()
+    n = teacher.config.num_hidden_layers
+    ids = torch.randint(5, 40, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    whole = copy_layers(teacher, list(range(n))).eval()
+    assert torch.equal(
+        whole(input_ids=ids, attention_mask=mask).logits, teacher(input_ids=ids, attention_mask=mask).logits
+    )
+
+    half = copy_layers(teacher, [0, n - 1])
+    assert type(half) is type(teacher) and half.config.num_hidden_layers == 2
+    assert half.config.bertdistill_copied_layers == [0, n - 1]
+    stack, _ = encoder_layers(teacher)
+    t, s = teacher.state_dict(), half.state_dict()
+    for key, value in s.items():
+        if key.startswith(stack + "."):
+            i, rest = key[len(stack) + 1 :].split(".", 1)
+            assert torch.equal(value, t[f"{stack}.{[0, n - 1][int(i)]}.{rest}"]), key
+        else:
+            assert torch.equal(value, t[key]), key
+    assert takes_token_types(half) == (arch != "distilbert")
+
+
+def test_albert_shares_its_layers_and_is_refused_with_the_way_round(
+    corpus_file, tiny_tokenizer_dir, tmp_path
+):
+    teacher = save_teacher(tiny_albert("ForMaskedLM"), tmp_path / "albert", tiny_tokenizer_dir)
+    with pytest.raises(
+        ConfigError, match="distilbert copies a selection of the teacher's layers: cannot find"
+    ):
+        distill(load_config(_recipe(teacher, corpus_file, tmp_path)), quiet=True)
+
+
+def test_task_stage_from_an_electra_teacher_keeps_segment_ids(corpus_file, tiny_tokenizer_dir, tmp_path):
+    """ELECTRA masked LM + an ELECTRA classifier for the task stage, on a pair task: the student is an ELECTRA at
+    half depth; it keeps its token-type embeddings, so the saved tokenizer still gives segment ids (a DistilBERT
+    student's stops)."""
+    torch.manual_seed(0)
+    mlm = save_teacher(other_encoder("electra", "ForMaskedLM"), tmp_path / "mlm", tiny_tokenizer_dir)
+    clf = save_teacher(other_encoder("electra"), tmp_path / "clf", tiny_tokenizer_dir)
+    mrpc = tmp_path / "MRPC"
+    mrpc.mkdir()
+    head = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    rows = ["1\t1\t2\ta good film\ta fine film\n", "0\t3\t4\ta dull plot\ta good film\n"] * 12
+    for split in ("train", "dev"):
+        (mrpc / f"{split}.tsv").write_text(head + "".join(rows))
+    r = _recipe(
+        mlm,
+        corpus_file,
+        tmp_path,
+        method={"task_teacher": str(clf), "pretrain_steps": 2, "task_steps": 2},
+        data={"task": "mrpc", "path": str(mrpc), "max_length": 32},
+        train={"max_steps": None},
+    )
+    result = distill(load_config(r), quiet=True)
+    final = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    assert type(final).__name__ == "ElectraForSequenceClassification" and final.config.num_hidden_layers == 2
+    assert "token_type_ids" in AutoTokenizer.from_pretrained(result.output_dir)("a", "b")
 
 
 @pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta", "electra", "unknown-head"])

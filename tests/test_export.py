@@ -19,7 +19,7 @@ from bertdistill.inference import Predictor, load_student
 from bertdistill.methods.bilstm import BiLSTMClassifier, BiLSTMModelConfig, PaddedBiLSTM
 from bertdistill.precision import with_precision
 from bertdistill.training.loop import distill
-from conftest import tiny_bert_config
+from conftest import OTHER_ENCODERS, other_encoder, tiny_bert_config
 from test_methods import _cfg
 
 pytest.importorskip("onnxruntime")
@@ -200,6 +200,45 @@ def test_fastbert_export_dir_exits_early_as_eager_does(fastbert_export, n):
         if speed is not None:
             layers |= set(a.extras["exit_layer"].tolist())
     assert layers >= {1, 4} and (n == 1 or len(layers) >= 3), layers  # early, middle and full-depth exits
+
+
+@pytest.mark.parametrize("arch", list(OTHER_ENCODERS))
+def test_fastbert_of_another_family_exports_and_exits_early_as_eager_does(
+    arch, tmp_path, tiny_tokenizer_dir, sst2_dir
+):
+    """A FastBERT student around a RoBERTa / DistilBERT / ELECTRA / DeBERTa-v2 backbone: its pieces (ELECTRA's
+    embedding projection, DeBERTa's masked embeddings and relative positions) export, and the graphs exit at
+    the layers eager does, with its logits."""
+    from transformers import BertTokenizerFast
+
+    from bertdistill.methods.fastbert import from_classifier
+
+    torch.manual_seed(0)
+    depth = {"n_layers": 2} if arch == "distilbert" else {"num_hidden_layers": 2}  # 5 graphs to export, not 9
+    model = from_classifier(other_encoder(arch, **depth))
+    with torch.no_grad():
+        for i, b in enumerate(model.branches):
+            b.out.weight.mul_(10.0 * (i + 1))
+    student = tmp_path / "student"
+    model.save_pretrained(student)
+    tok = BertTokenizerFast.from_pretrained(tiny_tokenizer_dir)
+    if arch == "distilbert":
+        tok.model_input_names = ["input_ids", "attention_mask"]
+    tok.save_pretrained(student)
+    recipe = {"method": {"name": "fastbert"}, "data": {"task": "sst2", "path": str(sst2_dir)}}
+    (student / "bertdistill.yaml").write_text(yaml.safe_dump(recipe))
+    _assert_passed(export(student, tmp_path / "onnx"))
+    eager, onnx = load_student(student), load_student(tmp_path / "onnx")
+    batch = _fastbert_batch(eager, 7)
+    layers = set()
+    for speed in (None, 0.0, 0.9, 1.0):
+        a, b = eager.predict(batch, speed=speed), onnx.predict(batch, speed=speed)
+        torch.testing.assert_close(b.logits, a.logits, atol=TOLERANCE, rtol=0)
+        for k, v in a.extras.items():
+            assert torch.equal(v, b.extras[k]), (speed, k)
+        if speed is not None:
+            layers |= set(a.extras["exit_layer"].tolist())
+    assert len(layers) >= 2, layers
 
 
 def test_fastbert_onnx_runs_only_the_graphs_of_the_rows_left(fastbert_export, monkeypatch):

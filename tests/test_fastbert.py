@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from bertdistill import load_config
+from bertdistill.config import ConfigError
 from bertdistill.methods.fastbert import (
     FastBertForSequenceClassification,
     FastBertRunner,
@@ -19,7 +20,15 @@ from bertdistill.methods.fastbert import (
     normalized_entropy,
 )
 from bertdistill.training.loop import Trainer, distill
-from conftest import DROPOUT, method_terms, recipe, tiny_bert_config
+from conftest import (
+    DROPOUT,
+    OTHER_ENCODERS,
+    method_terms,
+    other_encoder,
+    recipe,
+    tiny_albert,
+    tiny_bert_config,
+)
 
 
 @pytest.fixture
@@ -86,6 +95,54 @@ def test_batched_exit_equals_per_sample_exit(fast_model, speed):
         )
         assert one.exit_layer.item() == batched.exit_layer[r].item()
         torch.testing.assert_close(one.logits[0], batched.logits[r], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(params=list(OTHER_ENCODERS))
+def other_fast_model(request):
+    """FastBERT around a RoBERTa / DistilBERT / ELECTRA / DeBERTa-v2 classifier, branches of varied confidence."""
+    torch.manual_seed(0)
+    teacher = other_encoder(request.param).eval()
+    model = from_classifier(teacher).eval()
+    with torch.no_grad():
+        for i, b in enumerate(model.branches):
+            b.out.weight.mul_(10.0 * (i + 1))
+    return teacher, model
+
+
+def test_another_family_exits_early_as_bert_does(other_fast_model, tmp_path):
+    """Another family's classifier as the backbone: speed 0 is the teacher itself (its own head, run layer by
+    layer), rows leave at several layers, batched exits equal per-sample exits, and the saved dir reloads."""
+    teacher, model = other_fast_model
+    b = _batch()
+    with torch.no_grad():
+        ref = teacher(**b).logits
+    torch.testing.assert_close(early_exit(model, b, 0.0).logits, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(**b, branches=False).logits, ref, rtol=1e-5, atol=1e-6)
+    res = early_exit(model, b, 0.9)
+    assert len(set(res.exit_layer.tolist())) >= 2, res.exit_layer
+    for r in range(8):
+        k = int(b["attention_mask"][r].sum())
+        one = early_exit(model, {n: v[r : r + 1, :k] for n, v in b.items()}, 0.9)
+        assert one.exit_layer.item() == res.exit_layer[r].item()
+        torch.testing.assert_close(one.logits[0], res.logits[r], rtol=1e-4, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    again = early_exit(loaded, b, 0.9)
+    assert torch.equal(again.exit_layer, res.exit_layer)
+    torch.testing.assert_close(again.logits, res.logits)
+
+
+def test_a_backbone_fastbert_cannot_run_as_its_teacher_is_refused(monkeypatch):
+    """ALBERT shares one layer across its depth (no stack to exit from); and a head FastBERT would run
+    differently from the family's own classifier is caught by comparing logits, not trusted."""
+    from bertdistill.methods import fastbert
+
+    with pytest.raises(ConfigError, match="ALBERT shares one layer across its depth"):
+        from_classifier(tiny_albert())
+    monkeypatch.setattr(fastbert, "_head_kind", lambda model: "pooled")  # DeBERTa's head read as BERT's
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match=r"cannot wrap DebertaV2ForSequenceClassification.*logits differ"):
+        from_classifier(other_encoder("deberta-v2"))
 
 
 def test_exit_rule_uses_normalised_entropy():

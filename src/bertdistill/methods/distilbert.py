@@ -1,8 +1,10 @@
 """DistilBERT — Sanh, Debut, Chaumond & Wolf 2019, "DistilBERT, a distilled version of BERT: smaller, faster,
 cheaper and lighter".
 
-Task-agnostic distillation during *pre-training*, on raw text. The student is HF ``DistilBertForMaskedLM``:
-the teacher's width, half its layers (configurable), no token-type embeddings, no pooler. It starts from the
+Task-agnostic distillation during *pre-training*, on raw text. From a BERT teacher the student is HF
+``DistilBertForMaskedLM``: the teacher's width, half its layers (configurable), no token-type embeddings, no
+pooler. From a masked LM of another family (RoBERTa, ELECTRA's generator, DeBERTa-v2, DistilBERT, ...) it is
+that family's masked LM with fewer layers, as DistilRoBERTa was made from RoBERTa. It starts from the
 teacher's embeddings and an evenly spread selection of its layers that includes the first and the last one
 (12 → 6: the official ``[0, 2, 4, 7, 9, 11]``), and from the teacher's MLM head. The loss, on batches masked
 dynamically (15%, 80/10/10, positions drawn ∝ count^−0.7):
@@ -17,7 +19,7 @@ follows the official code: ``KLDivLoss(batchmean)`` over the selected token rows
 The teacher must be a masked LM with a *trained* MLM head; encoders without one (e.g. the MiniLM-L6 sentence
 encoder) are refused with the command that trains one (``bertdistill finetune --task mlm``).
 
-The exported model is a ``DistilBertForMaskedLM`` dir that ``AutoModelForSequenceClassification`` and
+The exported model is a masked-LM dir (``DistilBertForMaskedLM`` from a BERT teacher) that ``AutoModelForSequenceClassification`` and
 ``bertdistill finetune`` load directly. The paper's optional task-specific step (the student fine-tuned with
 a fine-tuned teacher's soft targets plus gold labels) is the second stage ``task`` when ``task_teacher`` is set:
 a classifier sharing the distilled body, trained with Hinton KD from that stage's own teacher on ``data.task``
@@ -29,6 +31,7 @@ Every difference from the paper and the official code is listed in ``docs/method
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from transformers import (
+    AutoConfig,
     AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
     DistilBertConfig,
     DistilBertForMaskedLM,
     DistilBertForSequenceClassification,
@@ -65,6 +70,7 @@ from ..protocol import (
     Stage,
 )
 from ..registry import register
+from ..students import copy_layers
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +166,9 @@ def distilbert_config(teacher_config: Any, n_layers: int) -> DistilBertConfig:
     tc = teacher_config
     if getattr(tc, "model_type", None) != "bert":
         raise ConfigError(
-            f"distilbert builds its student from a BERT-architecture teacher (model_type 'bert'), got "
-            f"{getattr(tc, 'model_type', None)!r}; other masked LMs (RoBERTa's position offsets, ...) are not mapped"
+            f"a DistilBERT student is built from a BERT-architecture teacher (model_type 'bert'), got "
+            f"{getattr(tc, 'model_type', None)!r}; student_config gives a masked LM of another family a student "
+            "of its own architecture"
         )
     act = tc.hidden_act
     if not isinstance(act, str) or act not in ACT2FN:
@@ -192,12 +199,22 @@ def distilbert_config(teacher_config: Any, n_layers: int) -> DistilBertConfig:
     )
 
 
-def _check_same_shape(student: DistilBertConfig, teacher: Any, path: str) -> None:
+def student_config(teacher_config: Any, n_layers: int) -> Any:
+    """The student's config: :func:`distilbert_config` from a BERT teacher (the paper's student); from a masked
+    LM of another family, the teacher's own config with ``n_layers`` layers (DistilRoBERTa's recipe)."""
+    if getattr(teacher_config, "model_type", None) == "bert":
+        return distilbert_config(teacher_config, n_layers)
+    cfg = copy.deepcopy(teacher_config)
+    cfg.num_hidden_layers = n_layers
+    return cfg
+
+
+def _check_same_shape(student: Any, teacher: Any, path: str) -> None:
     """The cosine loss compares student and teacher hidden states and the soft-target loss their vocabulary
     logits, position by position, with no projection in between: a pre-trained student must match the
     teacher's width and vocabulary."""
     pairs = {
-        "width": (student.dim, teacher.hidden_size),
+        "width": (student.hidden_size, teacher.hidden_size),
         "vocabulary": (student.vocab_size, teacher.vocab_size),
     }
     diffs = {k: v for k, v in pairs.items() if v[0] != v[1]}
@@ -276,12 +293,12 @@ def student_layers(n_teacher: int, student_cfg: Any, selection: str) -> list[int
 
 class DistilBertWithTaskHead(nn.Module):
     """The trainable bundle of a run with the ``task`` stage: the masked-LM student and a sequence classifier
-    that share one DistilBERT body (``classifier.distilbert is mlm.distilbert``). ``forward(head=...)`` runs
-    either, so a DDP wrapper around the bundle sees every step."""
+    that share one body (``classifier.distilbert is mlm.distilbert``; another family's ``base_model_prefix``
+    likewise). ``forward(head=...)`` runs either, so a DDP wrapper around the bundle sees every step."""
 
-    def __init__(self, mlm: DistilBertForMaskedLM, classifier: DistilBertForSequenceClassification) -> None:
+    def __init__(self, mlm: PreTrainedModel, classifier: PreTrainedModel) -> None:
         super().__init__()
-        classifier.distilbert = mlm.distilbert
+        setattr(classifier, classifier.base_model_prefix, getattr(mlm, mlm.base_model_prefix))
         self.mlm = mlm
         self.classifier = classifier
 
@@ -292,7 +309,7 @@ class DistilBertWithTaskHead(nn.Module):
 class DistilBertRunner(Runner):
     """DistilBERT students at inference: the masked LM of a pre-training run is scored by held-out perplexity
     (:class:`~bertdistill.mlm_head.MLMRunner`), a classifier (the ``task`` stage's export) by the task's
-    metrics; both take no ``token_type_ids``."""
+    metrics; a DistilBERT takes no ``token_type_ids`` (other families' students keep them)."""
 
     @classmethod
     def load(cls, path: Any, recipe: Mapping[str, Any], task: Any) -> Runner:
@@ -301,7 +318,9 @@ class DistilBertRunner(Runner):
         return super().load(path, recipe, task)
 
     def predict(self, batch: Batch, **options: Any) -> Any:
-        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        inputs = batch["inputs"]
+        if not takes_token_types(self.model):
+            inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
         return super().predict({**batch, "inputs": inputs}, **options)
 
 
@@ -310,7 +329,8 @@ class DistilBertRunner(Runner):
 
 @register("distilbert")
 class DistilBert(Method):
-    """DistilBERT: pre-training distillation on raw text into a half-depth DistilBERT (L_ce + L_mlm + L_cos)."""
+    """DistilBERT: pre-training distillation on raw text into a half-depth DistilBERT (another family's teacher:
+    its own masked LM at half depth), with L_ce + L_mlm + L_cos."""
 
     config_cls = DistilBertMethodConfig
 
@@ -360,17 +380,33 @@ class DistilBert(Method):
     def load_teacher_model(self, path: str, stage: Stage | None = None) -> nn.Module:
         if stage is not None and stage.name == "task":
             return super().load_teacher_model(path, stage)  # the fine-tuned classifier
-        return load_mlm_teacher(path, self.run.teacher.trust_remote_code)
+        teacher = load_mlm_teacher(path, self.run.teacher.trust_remote_code)
+        self._teacher_type = str(teacher.config.model_type)
+        return teacher
+
+    def _student_type(self) -> str:
+        """The student's ``model_type`` before it is built: a pre-trained student's own, else ``distilbert``
+        from a BERT teacher and the teacher's family otherwise."""
+        st = self.run.student
+        if st.init == "pretrained" and st.path:
+            return str(from_pretrained(AutoConfig, st.path).model_type)
+        teacher = getattr(self, "_teacher_type", "bert")
+        return "distilbert" if teacher == "bert" else teacher
 
     def build_student(self, teacher: nn.Module | None, datasets: Mapping[str, Dataset]) -> BuiltStudent:
         mlm, info = self._build_mlm_student(teacher)
         if self.cfg.task_teacher is None:
             return BuiltStudent(mlm, info)
-        cfg = copy.deepcopy(mlm.config)
+        cfg: Any = copy.deepcopy(mlm.config)
         cfg.num_labels = self.task.num_labels
         cfg.id2label = dict(enumerate(self.task.labels))
         cfg.label2id = {lab: i for i, lab in enumerate(self.task.labels)}
-        return BuiltStudent(DistilBertWithTaskHead(mlm, DistilBertForSequenceClassification(cfg)), info)
+        classifier = (
+            DistilBertForSequenceClassification(cfg)
+            if isinstance(mlm, DistilBertForMaskedLM)
+            else AutoModelForSequenceClassification.from_config(cfg)
+        )
+        return BuiltStudent(DistilBertWithTaskHead(mlm, classifier), info)
 
     def export_model(self, bundle: nn.Module, stage: Stage | None = None) -> Any:
         """After the ``pretrain`` stage the masked LM; after the ``task`` stage (and at the end of a run that
@@ -382,16 +418,21 @@ class DistilBert(Method):
 
     def runner(self, bundle: nn.Module, tokenizer: Any, stage: Stage | None) -> Runner:
         model = self.export_model(bundle, stage)
-        if isinstance(model, DistilBertForMaskedLM):
+        if not isinstance(bundle, DistilBertWithTaskHead) or model is bundle.mlm:
             return MLMRunner(model, tokenizer, self.task)
         return DistilBertRunner(model, tokenizer, self.task)
 
-    def _build_mlm_student(self, teacher: nn.Module | None) -> tuple[DistilBertForMaskedLM, dict[str, Any]]:
+    def _build_mlm_student(self, teacher: nn.Module | None) -> tuple[PreTrainedModel, dict[str, Any]]:
+        model, info = self._mlm_student(teacher)
+        self._student_takes_types = takes_token_types(model)
+        return model, info
+
+    def _mlm_student(self, teacher: nn.Module | None) -> tuple[PreTrainedModel, dict[str, Any]]:
         st = self.run.student
         if st.init == "pretrained":
             if not st.path:
-                raise ConfigError("student.init: pretrained needs student.path (a DistilBERT masked-LM dir)")
-            model = from_pretrained(DistilBertForMaskedLM, st.path)
+                raise ConfigError("student.init: pretrained needs student.path (a masked-LM dir)")
+            model = from_pretrained(AutoModelForMaskedLM, st.path)
             if teacher is not None:
                 _check_same_shape(model.config, getattr(teacher, "config"), st.path)  # noqa: B009
             return model, {"init": "pretrained", "path": st.path}
@@ -399,10 +440,22 @@ class DistilBert(Method):
             raise ConfigError("distilbert needs a teacher (teacher.path: a masked-LM dir)")
         n_t = int(getattr(teacher, "config").num_hidden_layers)  # noqa: B009
         layers = student_layers(n_t, st, self.cfg.layer_selection)
+        tcfg: Any = getattr(teacher, "config")  # noqa: B009
         if st.init == "random":
-            model = DistilBertForMaskedLM(distilbert_config(getattr(teacher, "config"), len(layers)))  # noqa: B009
+            cfg = student_config(tcfg, len(layers))
+            model = (
+                DistilBertForMaskedLM(cfg)
+                if isinstance(cfg, DistilBertConfig)
+                else AutoModelForMaskedLM.from_config(cfg)
+            )
             return model, {"init": "random", "layers": len(layers)}
-        model = distilbert_from_teacher(teacher, layers, self.cfg.fold_token_type)  # type: ignore[arg-type]
+        if tcfg.model_type == "bert":
+            model = distilbert_from_teacher(teacher, layers, self.cfg.fold_token_type)  # type: ignore[arg-type]
+        else:  # another family: its own masked LM with the selected layers (DistilRoBERTa's recipe)
+            try:
+                model = copy_layers(teacher, layers)  # type: ignore[arg-type]
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"distilbert copies a selection of the teacher's layers: {e}") from e
         return model, {"init": "teacher", "teacher_layers": layers, "teacher_depth": n_t}
 
     def stages(self) -> list[Stage]:
@@ -436,9 +489,10 @@ class DistilBert(Method):
         data = corpus
         if with_task:
             # the task's train / dev sets, tokenised before the tokenizer drops token_type_ids: a pair task's
-            # BERT teacher needs them (the DistilBERT student ignores them)
+            # BERT teacher needs them (a DistilBERT student ignores them)
             data = {**super().datasets(tokenizer), "pretrain": corpus["train"]}
-        drop_token_type_ids(tokenizer)
+        if self._student_type() == "distilbert":
+            drop_token_type_ids(tokenizer)
         return data
 
     def collator(self, tokenizer: Any, datasets: Mapping[str, Dataset]) -> Any:
@@ -456,7 +510,9 @@ class DistilBert(Method):
 
     # ------------------------------------------------------------------ step
     def student_inputs(self, batch: Batch, stage: Stage) -> dict[str, Any]:
-        inputs = {k: v for k, v in batch["inputs"].items() if k != "token_type_ids"}
+        inputs = batch["inputs"]
+        if not getattr(self, "_student_takes_types", False):
+            inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
         cos = self.cfg.alpha_cos > 0
         if self.cfg.task_teacher is None:
             return {**inputs, "output_hidden_states": cos}
@@ -508,6 +564,11 @@ def _without_position_embeddings(bundle: nn.Module) -> ParamGroups:
     ]
 
 
+def takes_token_types(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``token_type_ids`` (a DistilBERT does not)."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
 def drop_token_type_ids(tokenizer: Any) -> None:
     """The DistilBERT student takes no ``token_type_ids``: make the tokenizer saved next to it (and reloaded
     with it) stop producing them, as HF's DistilBERT tokenizers do."""
@@ -524,5 +585,6 @@ __all__ = [
     "distilbert_from_teacher",
     "drop_token_type_ids",
     "load_mlm_teacher",
+    "student_config",
     "student_layers",
 ]

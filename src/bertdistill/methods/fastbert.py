@@ -7,6 +7,11 @@ learns ``KL(p_teacher ‖ p_branch)`` — no labels needed). At inference a samp
 whose branch is certain enough: normalised entropy ``u = −Σ p log p / ln C`` below ``speed``
 (:func:`bertdistill.early_exit.early_exit`).
 
+The backbone is the teacher's own encoder, of any family the layer-by-layer runner knows
+(:class:`~bertdistill.layerwise.Layerwise`: BERT, RoBERTa / XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ...), with its
+own classification head as the teacher classifier; wrapping a teacher checks that the wrapped model computes the
+teacher's logits, at full depth and layer by layer.
+
 The saved model is a regular HF dir (``FastBertForSequenceClassification``, its config class registered
 with the Auto classes when bertdistill is imported — no ``trust_remote_code``). At inference its runner
 (:class:`FastBertRunner`) takes the option ``speed``: without it the model runs at full depth (the teacher
@@ -18,6 +23,7 @@ them (:class:`OnnxPieces`), so the exported student exits early too.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,11 +39,11 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import ModelOutput
 
 from ..checks import check_teacher_labels
 from ..config import ConfigError, MethodConfig
+from ..layerwise import Layerwise
 from ..losses import hard_ce, soft_target_kl
 from ..protocol import (
     Batch,
@@ -78,14 +84,14 @@ class FastBertConfig(PretrainedConfig):
         d = dict(self.backbone)
         return AutoConfig.for_model(d.pop("model_type"), **d)
 
-    # read by evaluation tables
+    # read by evaluation tables (a DistilBERT backbone names them n_layers and dim)
     @property
     def num_hidden_layers(self) -> int:  # type: ignore[override]
-        return int(self.backbone["num_hidden_layers"])
+        return int(self.backbone.get("num_hidden_layers", self.backbone.get("n_layers", 0)))
 
     @property
     def hidden_size(self) -> int:  # type: ignore[override]
-        return int(self.backbone["hidden_size"])
+        return int(self.backbone.get("hidden_size", self.backbone.get("dim", 0)))
 
 
 class Branch(nn.Module):
@@ -121,11 +127,20 @@ class FastBertForSequenceClassification(PreTrainedModel):
     def __init__(self, config: FastBertConfig) -> None:
         super().__init__(config)
         bcfg = config.backbone_config()
-        bcfg._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
-        self.bert = AutoModel.from_config(bcfg)
-        self.dropout = nn.Dropout(getattr(bcfg, "classifier_dropout", None) or bcfg.hidden_dropout_prob)
         n_labels = int(config.num_labels or 2)
-        self.classifier = nn.Linear(bcfg.hidden_size, n_labels)
+        if (
+            bcfg.model_type == "bert"
+        ):  # the paper's backbone: BertModel (with pooler), dropout, linear classifier
+            bcfg._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+            self.bert = AutoModel.from_config(bcfg)
+            self.dropout = nn.Dropout(getattr(bcfg, "classifier_dropout", None) or bcfg.hidden_dropout_prob)
+            self.classifier = nn.Linear(bcfg.hidden_size, n_labels)
+        else:  # another family: its own sequence classifier's encoder, and its head modules under their names
+            bcfg.num_labels = n_labels
+            full = AutoModelForSequenceClassification.from_config(bcfg)
+            for name, child in full.named_children():
+                setattr(self, "bert" if name == full.base_model_prefix else name, child)
+        self.head_kind = _head_kind(self)
         self.branches = nn.ModuleList(
             Branch(bcfg.hidden_size, config.branch_hidden, config.branch_heads, n_labels)
             for _ in range(bcfg.num_hidden_layers - 1)
@@ -142,8 +157,29 @@ class FastBertForSequenceClassification(PreTrainedModel):
             self.bert._init_weights(module)
 
     def teacher_head(self, last_hidden: Tensor) -> Tensor:
-        pooled = self.bert.pooler(last_hidden) if self.bert.pooler is not None else last_hidden[:, 0]
-        return self.classifier(self.dropout(pooled))
+        """The teacher classifier on the last layer's states, as the backbone family's own classifier runs it."""
+        kind = self.head_kind
+        m: Any = self  # the head modules are the family's, registered under their own names
+        if kind == "sequence":  # RoBERTa, ELECTRA: the head takes the sequence and reads its first token
+            return m.classifier(last_hidden)  # type: ignore[no-any-return]
+        if kind == "context_pooler":  # DeBERTa: its own pooler, then dropout and the classifier
+            return m.classifier(m.dropout(m.pooler(last_hidden)))  # type: ignore[no-any-return]
+        if kind == "first_token_mlp":  # DistilBERT: first token, linear, ReLU, dropout, classifier
+            return m.classifier(m.dropout(torch.relu(m.pre_classifier(last_hidden[:, 0]))))  # type: ignore[no-any-return]
+        pooler = getattr(self.bert, "pooler", None)  # BERT: the encoder's pooler, dropout, classifier
+        pooled = pooler(last_hidden) if pooler is not None else last_hidden[:, 0]
+        return m.classifier(m.dropout(pooled))  # type: ignore[no-any-return]
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Any:
+        """The encoder with every layer's states (a DistilBERT takes no token types)."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.bert(**kwargs, output_hidden_states=True)
+
+    @property
+    def _takes_token_types(self) -> bool:
+        return "token_type_ids" in inspect.signature(self.bert.forward).parameters
 
     def forward(
         self,
@@ -162,12 +198,7 @@ class FastBertForSequenceClassification(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if frozen_backbone:
             return self._self_distill_forward(input_ids, attention_mask, token_type_ids)
-        out = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            output_hidden_states=True,
-        )
+        out = self.encode(input_ids, attention_mask, token_type_ids)
         hs = out.hidden_states  # L+1 entries; hs[m] = output of layer m
         logits = self.teacher_head(hs[-1])
         branch_logits = (
@@ -179,21 +210,19 @@ class FastBertForSequenceClassification(PreTrainedModel):
     def _self_distill_forward(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None
     ) -> FastBertOutput:
-        was = (self.bert.training, self.dropout.training)
-        self.bert.eval()
-        self.dropout.eval()
+        frozen = [
+            m for name, m in self.named_children() if name != "branches"
+        ]  # backbone, teacher classifier
+        was = [m.training for m in frozen]
+        for m in frozen:
+            m.eval()
         try:
             with torch.no_grad():  # frozen backbone and teacher classifier: no graph needed
-                out = self.bert(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                    output_hidden_states=True,
-                )
+                out = self.encode(input_ids, attention_mask, token_type_ids)
                 teacher_logits = self.teacher_head(out.hidden_states[-1])
         finally:
-            self.bert.train(was[0])
-            self.dropout.train(was[1])
+            for m, mode in zip(frozen, was, strict=True):
+                m.train(mode)
         hs = out.hidden_states
         branch_logits = tuple(b(hs[i + 1], attention_mask) for i, b in enumerate(self.branches))
         return FastBertOutput(logits=teacher_logits, branch_logits=branch_logits)
@@ -203,17 +232,32 @@ AutoConfig.register(FastBertConfig.model_type, FastBertConfig)
 AutoModelForSequenceClassification.register(FastBertConfig, FastBertForSequenceClassification)
 
 
+def _head_kind(model: nn.Module) -> str:
+    """How the backbone family's classifier reads the last layer (see ``teacher_head``), from its modules."""
+    if hasattr(model, "pre_classifier"):
+        return "first_token_mlp"
+    if hasattr(model, "pooler"):
+        return "context_pooler"
+    return "pooled" if isinstance(getattr(model, "classifier", None), nn.Linear) else "sequence"
+
+
 def from_classifier(
     teacher: nn.Module, branch_hidden: int = 128, branch_heads: int = 2, speed: float = 0.5
 ) -> FastBertForSequenceClassification:
-    """Wrap a fine-tuned BERT-style sequence classifier (``.bert``, ``.classifier``): its encoder and head
-    are copied; the branches are new."""
+    """Wrap a fine-tuned sequence classifier of any family :class:`Layerwise` can run: its encoder and head
+    are copied; the branches are new. The wrapped model must compute the teacher's logits, at full depth and
+    layer by layer (:func:`check_wraps`), or the teacher is refused."""
     tcfg: Any = teacher.config
-    for attr in ("bert", "classifier"):
-        if not hasattr(teacher, attr):
-            raise ConfigError(
-                f"fastbert needs a BERT-style classifier with .bert and .classifier; got {type(teacher).__name__}"
-            )
+    prefix = getattr(teacher, "base_model_prefix", "")
+    if (
+        not prefix
+        or not isinstance(getattr(teacher, prefix, None), nn.Module)
+        or not hasattr(teacher, "classifier")
+    ):
+        raise ConfigError(
+            f"fastbert needs a sequence classifier (an encoder and a classifier head, as "
+            f"AutoModelForSequenceClassification loads); got {type(teacher).__name__}"
+        )
     bdict = tcfg.to_dict()
     for k in ("architectures", "id2label", "label2id", "num_labels", "problem_type", "_name_or_path"):
         bdict.pop(k, None)
@@ -227,9 +271,69 @@ def from_classifier(
         label2id=tcfg.label2id,
     )
     model = FastBertForSequenceClassification(cfg)
-    model.bert.load_state_dict(teacher.bert.state_dict())  # type: ignore[union-attr]
-    model.classifier.load_state_dict(teacher.classifier.state_dict())  # type: ignore[union-attr]
+    Layerwise(model.bert, "fastbert runs the teacher's encoder one layer at a time to exit early")
+    body = prefix + "."
+    state = {
+        ("bert." + k[len(body) :] if k.startswith(body) else k): v for k, v in teacher.state_dict().items()
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("branches.") and not k.endswith(_BUFFERS)]
+    unexpected = [k for k in unexpected if not k.endswith(_BUFFERS)]
+    if missing or unexpected:
+        raise ConfigError(
+            f"fastbert cannot wrap {type(teacher).__name__}: its weights do not map onto the FastBERT model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    check_wraps(model, teacher)
     return model
+
+
+_BUFFERS = ("position_ids", "token_type_ids")
+
+
+@torch.no_grad()
+def check_wraps(model: FastBertForSequenceClassification, teacher: nn.Module) -> None:
+    """The wrapped model, run whole and layer by layer (:func:`early_exit` at full depth), must give the teacher's
+    logits on a fixed two-row batch (one row padded); otherwise the family's head or layers are run in a way
+    FastBERT does not know, and the teacher is refused. Deterministic: no random state is drawn."""
+    tcfg: Any = teacher.config
+    vocab = int(tcfg.vocab_size)
+    ids = torch.arange(24).reshape(2, 12) % max(vocab - 3, 1) + min(3, vocab - 1)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    device = next(teacher.parameters()).device
+    dtype = next(teacher.parameters()).dtype
+    modes = (teacher.training, model.training)
+    teacher.eval()
+    model.eval()
+    try:
+        want = teacher(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
+        whole = model(**inputs, branches=False).logits.float()
+        stepped = early_exit(model, inputs, 0.0).logits.float()
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(
+            f"fastbert cannot wrap {type(teacher).__name__} ({tcfg.model_type}): the wrapped model fails to run "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {_SUPPORTED}"
+        ) from e
+    finally:
+        teacher.train(modes[0])
+        model.train(modes[1])
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    scale = float(want.abs().max()) + 1.0
+    for how, got in (("whole", whole), ("layer by layer", stepped)):
+        err = float((got - want).abs().max())
+        if err > tol * scale:
+            raise ConfigError(
+                f"fastbert cannot wrap {type(teacher).__name__} ({tcfg.model_type}): run {how}, the wrapped model's "
+                f"logits differ from the teacher's by {err:.3g}; {_SUPPORTED}"
+            )
+
+
+_SUPPORTED = (
+    "FastBERT supports classifiers whose encoder layers run one after another and whose head reads the last "
+    "layer as BERT's, RoBERTa's, ELECTRA's, DistilBERT's or DeBERTa-v2's does"
+)
 
 
 # ----------------------------------------------------------------------------------------------- method
@@ -321,13 +425,12 @@ class FastBertRunner(Runner):
         model: Any = self.model
         inputs = batch["inputs"]
         mask = inputs["attention_mask"]
-        embed = {k: inputs[k] for k in ("input_ids", "token_type_ids") if inputs.get(k) is not None}
-        graphs = [
-            OnnxGraph("embeddings", EmbeddingsGraph(model.bert, list(embed)), embed, ("hidden_states",))
-        ]
+        pieces = Layerwise(model.bert)
+        embed = {k: inputs[k] for k in pieces.embed_inputs if inputs.get(k) is not None}
+        graphs = [OnnxGraph("embeddings", EmbeddingsGraph(pieces, list(embed)), embed, ("hidden_states",))]
         hidden = graphs[0].module(*embed.values())
-        for i, layer in enumerate(model.bert.encoder.layer):
-            step = LayerGraph(model.bert.config, layer)
+        for i in range(len(pieces)):
+            step = LayerGraph(pieces, i)
             graphs.append(
                 OnnxGraph(
                     f"layer_{i + 1}",
@@ -453,33 +556,37 @@ def _branch_flops(t: int, h: int, b: int, c: int) -> float:
     return 2.0 * t * (h * b + 4 * b * b) + 4.0 * t * t * b + 2.0 * (b * b + b * c)
 
 
+def _ffn_size(config: Any) -> int:
+    """The feed-forward width (DistilBERT calls it ``hidden_dim``)."""
+    return int(getattr(config, "intermediate_size", None) or config.hidden_dim)
+
+
 def full_flops(model: Any, t: int) -> float:
     """FLOPs of the full model without branches (the teacher) for t tokens."""
     bc = model.bert.config
-    return bc.num_hidden_layers * _layer_flops(t, bc.hidden_size, bc.intermediate_size) + 2.0 * (
+    return bc.num_hidden_layers * _layer_flops(t, bc.hidden_size, _ffn_size(bc)) + 2.0 * (
         bc.hidden_size * bc.hidden_size + bc.hidden_size * model.config.num_labels
     )
 
 
 class EagerPieces:
     """A FastBERT student run piece by piece, as :func:`early_exit` runs it: the embeddings, layer ``i``,
-    branch ``i``, the teacher classifier. Eager torch; :class:`OnnxPieces` runs the exported graphs instead. The
-    layers' extended mask is made once and loses the rows that leave (:meth:`keep`)."""
+    branch ``i``, the teacher classifier. Eager torch; :class:`OnnxPieces` runs the exported graphs instead. What
+    the layers take besides the states (the extended mask; DeBERTa's relative positions) is made once and loses
+    the rows that leave (:meth:`keep`)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.ext: Any = None
+        self.pieces = Layerwise(model.bert)
+        self.context: dict[str, Any] = {}
 
     def embed(self, inputs: Mapping[str, Tensor], mask: Tensor) -> Tensor:
-        bert = self.model.bert
-        hidden: Tensor = bert.embeddings(
-            input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids")
-        )
-        self.ext = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask)
+        hidden = self.pieces.embed(inputs["input_ids"], inputs.get("token_type_ids"), mask)
+        self.context = self.pieces.context(hidden, mask)
         return hidden
 
     def layer(self, i: int, hidden: Tensor, mask: Tensor) -> Tensor:
-        return self.model.bert.encoder.layer[i](hidden, self.ext)  # type: ignore[no-any-return]
+        return self.pieces.layer(i, hidden, self.context)
 
     def branch(self, i: int, hidden: Tensor, mask: Tensor) -> Tensor:
         return self.model.branches[i](hidden, mask)  # type: ignore[no-any-return]
@@ -488,8 +595,7 @@ class EagerPieces:
         return self.model.teacher_head(hidden)  # type: ignore[no-any-return]
 
     def keep(self, keep: Tensor) -> None:
-        if isinstance(self.ext, Tensor) and self.ext.shape[0] > 1:
-            self.ext = self.ext[keep]
+        self.context = Layerwise.keep(self.context, keep)
 
 
 class OnnxPieces:
@@ -516,30 +622,31 @@ class OnnxPieces:
 
 
 class EmbeddingsGraph(nn.Module):
-    """The backbone's embeddings as a function of positional tensors (``input_ids``, ``token_type_ids``)."""
+    """The backbone's embeddings as a function of positional tensors (``Layerwise.embed_inputs``: ``input_ids``,
+    ``token_type_ids``; DeBERTa also ``attention_mask``). The backbone is registered so that the export finds
+    its weights; only those the embeddings use are written."""
 
-    def __init__(self, bert: nn.Module, names: list[str]) -> None:
+    def __init__(self, pieces: Layerwise, names: list[str]) -> None:
         super().__init__()
-        self.embeddings = bert.embeddings
+        self.backbone = pieces.base
+        self.pieces = pieces
         self.names = names
 
     def forward(self, *tensors: Tensor) -> Tensor:
-        return self.embeddings(**dict(zip(self.names, tensors, strict=True)))  # type: ignore[operator,no-any-return]
+        return self.pieces.embed(**dict(zip(self.names, tensors, strict=True)))
 
 
 class LayerGraph(nn.Module):
-    """One encoder layer on ``hidden_states`` with its mask made from the 2-D ``attention_mask``."""
+    """Encoder layer ``i`` on ``hidden_states``, with what it takes made from the 2-D ``attention_mask``."""
 
-    def __init__(self, config: PretrainedConfig, layer: nn.Module) -> None:
+    def __init__(self, pieces: Layerwise, i: int) -> None:
         super().__init__()
-        self.config = config
-        self.layer = layer
+        self.backbone = pieces.base
+        self.pieces = pieces
+        self.i = i
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
-        ext = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
-        )
-        return self.layer(hidden_states, ext)  # type: ignore[no-any-return]
+        return self.pieces.layer(self.i, hidden_states, self.pieces.context(hidden_states, attention_mask))
 
 
 class HeadGraph(nn.Module):
@@ -575,9 +682,7 @@ def early_exit(
     exit_layer = torch.full((n,), n_layers, dtype=torch.long, device=ids.device)
     active = torch.arange(n, device=ids.device)
     lengths = mask.sum(-1)
-    per_layer = torch.tensor(
-        [_layer_flops(int(t), bc.hidden_size, bc.intermediate_size) for t in lengths.tolist()]
-    )
+    per_layer = torch.tensor([_layer_flops(int(t), bc.hidden_size, _ffn_size(bc)) for t in lengths.tolist()])
     per_branch = torch.tensor(
         [
             _branch_flops(int(t), bc.hidden_size, model.config.branch_hidden, model.config.num_labels)

@@ -1,0 +1,100 @@
+"""An HF encoder run one piece at a time: its embeddings, then one layer after another.
+
+FastBERT's early exit needs this: rows leave the batch between layers, so the encoder cannot run as one call.
+:class:`Layerwise` wraps the base model of a sequence classifier (``BertModel``, ``RobertaModel``,
+``ElectraModel``, ``DistilBertModel``, ``DebertaV2Model``, ...) and calls its own modules in the order its
+``forward`` does — the embeddings (with ELECTRA's projection, DeBERTa's input mask), the attention mask each
+layer takes, and each layer (with DeBERTa's relative positions and its convolution after the first layer).
+Families whose layers are not a stack of distinct modules (ALBERT shares one layer across its depth) are
+refused. A caller that must be exact checks the result against the model's own forward
+(FastBERT does, when it wraps a teacher).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import Tensor, nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from .config import ConfigError
+from .students import encoder_layers
+
+
+class Layerwise:
+    """``base`` (an encoder without its task head) as pieces: :meth:`embed`, :meth:`context` (what every layer
+    takes besides the states: the attention mask in the form the layers expect; DeBERTa adds its relative
+    positions), :meth:`layer` and :meth:`keep` (the rows that stay). ``embed_inputs`` names the tensors
+    :meth:`embed` reads, in order."""
+
+    def __init__(self, base: nn.Module, purpose: str = "the encoder runs one layer at a time") -> None:
+        self.base: Any = base
+        try:
+            _, self.layers = encoder_layers(base)
+        except ValueError as e:
+            raise ConfigError(f"{purpose}: {e} (ALBERT shares one layer across its depth)") from e
+        self.encoder: Any = getattr(base, "encoder", None)
+        self.relative = self.encoder is not None and hasattr(self.encoder, "get_rel_pos")  # DeBERTa-v2
+        embeddings: Any = getattr(base, "embeddings")  # noqa: B009
+        params = inspect.signature(embeddings.forward).parameters
+        self._masked_embeddings = "mask" in params  # DeBERTa multiplies its embeddings by the input mask
+        names = ["input_ids"] + (["token_type_ids"] if "token_type_ids" in params else [])
+        self.embed_inputs = tuple(names + (["attention_mask"] if self._masked_embeddings else []))
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def embed(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        kwargs: dict[str, Any] = {"input_ids": input_ids}
+        if "token_type_ids" in self.embed_inputs:
+            kwargs["token_type_ids"] = token_type_ids
+        if self._masked_embeddings:
+            kwargs["mask"] = attention_mask
+        hidden: Tensor = self.base.embeddings(**kwargs)
+        project = getattr(self.base, "embeddings_project", None)  # ELECTRA: embedding size → hidden size
+        return project(hidden) if project is not None else hidden
+
+    def context(self, hidden: Tensor, attention_mask: Tensor) -> dict[str, Any]:
+        if self.relative:
+            enc = self.encoder
+            return {
+                "mask": enc.get_attention_mask(attention_mask),
+                "input_mask": attention_mask,
+                "relative_pos": enc.get_rel_pos(hidden),
+                "rel_embeddings": enc.get_rel_embedding(),
+            }
+        mask = create_bidirectional_mask(
+            config=self.base.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        return {"mask": mask}
+
+    def layer(self, i: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
+        if not self.relative:
+            out = self.layers[i](hidden, context["mask"])
+            return out[0] if isinstance(out, tuple) else out  # type: ignore[no-any-return]
+        out, _ = self.layers[i](
+            hidden,
+            context["mask"],
+            query_states=None,
+            relative_pos=context["relative_pos"],
+            rel_embeddings=context["rel_embeddings"],
+        )
+        conv = self.encoder.conv
+        if i == 0 and conv is not None:  # DeBERTa-v2's convolution on the embeddings after the first layer
+            out = conv(hidden, out, context["input_mask"])
+        return out  # type: ignore[no-any-return]
+
+    @staticmethod
+    def keep(context: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+        """``context`` for the rows ``rows`` (a boolean mask over the batch) of a batch that loses the others;
+        DeBERTa's relative positions and embeddings do not depend on the row."""
+        return {
+            k: v[rows] if k in ("mask", "input_mask") and isinstance(v, Tensor) and v.shape[0] > 1 else v
+            for k, v in context.items()
+        }
+
+
+__all__ = ["Layerwise"]
