@@ -128,6 +128,11 @@ OTHER_ENCODERS: dict[str, tuple[str, str, dict]] = {
     ),
     "electra": ("ElectraConfig", "Electra", {**_BERT_SHAPE, "embedding_size": 32}),
     "deberta-v2": ("DebertaV2Config", "DebertaV2", _BERT_SHAPE),
+    "albert": (
+        "AlbertConfig",
+        "Albert",
+        {**_BERT_SHAPE, "embedding_size": 16},
+    ),  # one layer shared by 4 depths
 }
 """Encoder families besides BERT: transformers' config class, model-class prefix, and the tiny shape (width 32,
 4 layers, 4 heads) in the family's own field names."""
@@ -143,17 +148,6 @@ def other_encoder(arch: str, head: str = "ForSequenceClassification", **config) 
     return getattr(transformers, prefix + head)(
         getattr(transformers, config_cls)(**{**fields, **shape, **config})
     )
-
-
-def tiny_albert(head: str = "ForSequenceClassification") -> PreTrainedModel:
-    """A tiny random ALBERT (one layer shared across its 4-layer depth) on the tiny vocabulary."""
-    import transformers
-
-    shape = {"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4}
-    config = transformers.AlbertConfig(
-        vocab_size=tiny_bert_config().vocab_size, intermediate_size=64, pad_token_id=0, **shape
-    )
-    return getattr(transformers, "Albert" + head)(config)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

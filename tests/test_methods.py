@@ -313,7 +313,7 @@ def test_runs_on_task_shapes_its_recipes_were_not_written_for(name, shape, task_
 
 # ------------------------------------------------------------------- teachers that are not BERT
 
-ARCHS = ["roberta", "distilbert", "electra", "deberta-v2"]
+ARCHS = ["roberta", "distilbert", "electra", "deberta-v2", "albert"]
 
 
 @pytest.fixture(scope="module")

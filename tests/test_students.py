@@ -57,3 +57,21 @@ def test_presets_and_errors(tiny_model):
         copy_layers(tiny_model, [7])
     with pytest.raises(ConfigError, match="needs a teacher"):
         build_student(StudentConfig(), None, get_task("sst2"))
+
+
+def test_an_albert_student_applies_the_shared_group_at_fewer_depths():
+    """ALBERT has one layer group for every depth: its student keeps every weight and runs it at fewer depths,
+    so the whole-depth copy is the teacher itself; a student shallower than its number of groups is refused."""
+    from conftest import other_encoder
+
+    torch.manual_seed(0)
+    teacher = other_encoder("albert").eval()
+    ids = torch.randint(5, 40, (2, 9))
+    whole = copy_layers(teacher, [0, 1, 2, 3]).eval()
+    assert torch.equal(whole(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    half = copy_layers(teacher, [0, 3])
+    assert half.config.num_hidden_layers == 2
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in half.state_dict().items())
+    grouped = other_encoder("albert", num_hidden_groups=2)
+    with pytest.raises(ValueError, match="an ALBERT with 2 layer groups needs at least 2 layers, got 1"):
+        copy_layers(grouped, [0])

@@ -2,11 +2,11 @@
 
 FastBERT's early exit needs this: rows leave the batch between layers, so the encoder cannot run as one call.
 :class:`Layerwise` wraps the base model of a sequence classifier (``BertModel``, ``RobertaModel``,
-``ElectraModel``, ``DistilBertModel``, ``DebertaV2Model``, ...) and calls its own modules in the order its
+``ElectraModel``, ``DistilBertModel``, ``DebertaV2Model``, ``AlbertModel``, ...) and calls its own modules in the order its
 ``forward`` does — the embeddings (with ELECTRA's projection, DeBERTa's input mask), the attention mask each
 layer takes, and each layer (with DeBERTa's relative positions and its convolution after the first layer).
-Families whose layers are not a stack of distinct modules (ALBERT shares one layer across its depth) are
-refused. A caller that must be exact checks the result against the model's own forward
+ALBERT, whose depths share one layer group, runs that group at each depth as its encoder does. Other
+families without a list of layers are refused. A caller that must be exact checks the result against the model's own forward
 (FastBERT does, when it wraps a teacher).
 """
 
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from .config import ConfigError
-from .students import encoder_layers
+from .students import encoder_layers, shared_layer_groups
 
 
 class Layerwise:
@@ -30,11 +30,18 @@ class Layerwise:
 
     def __init__(self, base: nn.Module, purpose: str = "the encoder runs one layer at a time") -> None:
         self.base: Any = base
-        try:
-            _, self.layers = encoder_layers(base)
-        except ValueError as e:
-            raise ConfigError(f"{purpose}: {e} (ALBERT shares one layer across its depth)") from e
-        self.encoder: Any = getattr(base, "encoder", None)
+        encoder: Any = getattr(base, "encoder", None)
+        self.encoder = encoder
+        self.groups = shared_layer_groups(base)
+        self.depth = int(getattr(base, "config").num_hidden_layers)  # noqa: B009
+        self.layers: Any
+        if self.groups is not None:  # ALBERT: depth i runs layer group int(i / (depth / groups)), shared
+            self.layers = encoder.albert_layer_groups
+        else:
+            try:
+                _, self.layers = encoder_layers(base)
+            except ValueError as e:
+                raise ConfigError(f"{purpose}: {e}") from e
         self.relative = self.encoder is not None and hasattr(self.encoder, "get_rel_pos")  # DeBERTa-v2
         embeddings: Any = getattr(base, "embeddings")  # noqa: B009
         params = inspect.signature(embeddings.forward).parameters
@@ -43,7 +50,7 @@ class Layerwise:
         self.embed_inputs = tuple(names + (["attention_mask"] if self._masked_embeddings else []))
 
     def __len__(self) -> int:
-        return len(self.layers)
+        return self.depth
 
     def embed(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
@@ -55,6 +62,8 @@ class Layerwise:
             kwargs["mask"] = attention_mask
         hidden: Tensor = self.base.embeddings(**kwargs)
         project = getattr(self.base, "embeddings_project", None)  # ELECTRA: embedding size → hidden size
+        if project is None and self.groups is not None:
+            project = self.encoder.embedding_hidden_mapping_in  # ALBERT's, the first step of its encoder
         return project(hidden) if project is not None else hidden
 
     def context(self, hidden: Tensor, attention_mask: Tensor) -> dict[str, Any]:
@@ -73,7 +82,8 @@ class Layerwise:
 
     def layer(self, i: int, hidden: Tensor, context: dict[str, Any]) -> Tensor:
         if not self.relative:
-            out = self.layers[i](hidden, context["mask"])
+            block = self.layers[i if self.groups is None else int(i / (self.depth / self.groups))]
+            out = block(hidden, context["mask"])
             return out[0] if isinstance(out, tuple) else out  # type: ignore[no-any-return]
         out, _ = self.layers[i](
             hidden,

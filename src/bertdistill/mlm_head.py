@@ -26,7 +26,7 @@ Head = Callable[[Tensor], Tensor]
 
 def split_mlm(model: nn.Module) -> tuple[nn.Module, Head] | None:
     """``(encoder, head)`` of an HF masked LM whose head maps final hidden states position-wise to vocabulary
-    logits (BERT, DistilBERT, RoBERTa-style ``lm_head``, ELECTRA's generator), or ``None`` when the layout is unknown."""
+    logits (BERT, DistilBERT, RoBERTa-style ``lm_head``, ELECTRA's generator, ALBERT), or ``None`` when the layout is unknown."""
     prefix = getattr(model, "base_model_prefix", "")
     m: Any = model
     body = getattr(model, prefix, None) if prefix else None
@@ -43,6 +43,8 @@ def split_mlm(model: nn.Module) -> tuple[nn.Module, Head] | None:
         return body, distilbert_head
     if isinstance(getattr(model, "lm_head", None), nn.Module):  # RoBERTa / XLM-R-style heads
         return body, m.lm_head
+    if isinstance(getattr(model, "predictions", None), nn.Module):  # AlbertForMaskedLM: AlbertMLMHead
+        return body, m.predictions
     generator = ("generator_predictions", "generator_lm_head")
     if all(isinstance(getattr(model, n, None), nn.Module) for n in generator):  # ElectraForMaskedLM
 

@@ -61,6 +61,13 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return found[0]
 
 
+def shared_layer_groups(model: nn.Module) -> int | None:
+    """ALBERT's number of layer groups (each shared by several depths), ``None`` for a model with a block per
+    layer. ALBERT's config says ``num_hidden_groups``; its encoder has no list of ``num_hidden_layers`` blocks."""
+    groups = getattr(model.config, "num_hidden_groups", None)
+    return int(groups) if groups is not None else None
+
+
 def num_layers(model: nn.Module) -> int:
     cfg: Any = model.config
     return int(cfg.num_hidden_layers)
@@ -74,11 +81,20 @@ def copy_layers(
 ) -> PreTrainedModel:
     """A model of the teacher's class and width with ``len(layers)`` blocks: student block i is a copy of
     teacher block ``layers[i]``; embeddings, pooler and head are copied too. ``config_overrides`` set
-    shape-neutral config fields (dropout, ...) of the student."""
+    shape-neutral config fields (dropout, ...) of the student.
+
+    ALBERT has no blocks of its own per layer: one layer group (``num_hidden_groups`` of them) is applied at
+    every depth. Its student is the same weights applied ``len(layers)`` times: shallower, so faster, but not
+    smaller, and which teacher layers ``layers`` names makes no difference."""
     n_t = num_layers(teacher)
     bad = [i for i in layers if not 0 <= i < n_t]
     if bad or not layers:
         raise ValueError(f"layers {layers} are not valid 0-based layer numbers of a {n_t}-layer teacher")
+    shared = shared_layer_groups(teacher)
+    if shared is not None and len(layers) < shared:
+        raise ValueError(
+            f"an ALBERT with {shared} layer groups needs at least {shared} layers, got {len(layers)}"
+        )
     cfg = copy.deepcopy(teacher.config)
     for k, v in config_overrides.items():
         setattr(cfg, k, v)
@@ -86,7 +102,7 @@ def copy_layers(
     if attn_implementation:
         cfg._attn_implementation = attn_implementation
     student = type(teacher)(cfg)
-    prefix, _ = encoder_layers(teacher)
+    prefix = encoder_layers(teacher)[0] if shared is None else "(shared)"  # ALBERT: every weight by its name
     t_state = teacher.state_dict()
     pat = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.*)$")
     new_state = {}

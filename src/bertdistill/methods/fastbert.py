@@ -167,7 +167,15 @@ class FastBertForSequenceClassification(PreTrainedModel):
         if kind == "first_token_mlp":  # DistilBERT: first token, linear, ReLU, dropout, classifier
             return m.classifier(m.dropout(torch.relu(m.pre_classifier(last_hidden[:, 0]))))  # type: ignore[no-any-return]
         pooler = getattr(self.bert, "pooler", None)  # BERT: the encoder's pooler, dropout, classifier
-        pooled = pooler(last_hidden) if pooler is not None else last_hidden[:, 0]
+        activation = getattr(
+            self.bert, "pooler_activation", None
+        )  # ALBERT: a linear pooler on the first token
+        if pooler is None:
+            pooled = last_hidden[:, 0]
+        elif activation is not None:
+            pooled = activation(pooler(last_hidden[:, 0]))
+        else:
+            pooled = pooler(last_hidden)
         return m.classifier(m.dropout(pooled))  # type: ignore[no-any-return]
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Any:
@@ -332,7 +340,7 @@ def check_wraps(model: FastBertForSequenceClassification, teacher: nn.Module) ->
 
 _SUPPORTED = (
     "FastBERT supports classifiers whose encoder layers run one after another and whose head reads the last "
-    "layer as BERT's, RoBERTa's, ELECTRA's, DistilBERT's or DeBERTa-v2's does"
+    "layer as BERT's, RoBERTa's, ELECTRA's, DistilBERT's, DeBERTa-v2's or ALBERT's does"
 )
 
 
