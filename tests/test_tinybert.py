@@ -31,6 +31,7 @@ from bertdistill.data.augment import (
     augment_examples,
     is_candidate_word,
     non_wordpiece,
+    word_start_mark,
 )
 from bertdistill.data.loading import Collator, Examples, tokenize
 from bertdistill.layer_map import tinybert_layer_maps
@@ -660,32 +661,93 @@ def test_cli_augment_a_custom_task_through_its_recipe(augmenter_parts, teacher_d
     assert tr.datasets["eval"].labels is not None
 
 
-@pytest.mark.parametrize("kind", ["BPE", "Unigram"])
-def test_augmentation_refuses_a_tokenizer_that_is_not_wordpiece(kind, augmenter_parts):
-    """A RoBERTa-style byte-level BPE or a SentencePiece-style Unigram tokenizer: its pre-tokenised words ("Ġgreat",
-    "▁great") are never candidate words, so the augmenter used to return the originals only, silently; refused
-    with what to do instead."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _marked_tokenizer(kind):
+    """A RoBERTa-style byte-level BPE (``Ġgreat``) or SentencePiece-style Unigram (``▁great``) tokenizer trained on
+    SENTS, with RoBERTa's pair template; ``WordLevel``: one that marks no word start."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    mlm, _, glove, _ = augmenter_parts
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
     if kind == "BPE":
         backend = Tokenizer(models.BPE(unk_token="<unk>"))
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials)
-    else:
-        backend = Tokenizer(models.Unigram())
+    elif kind == "Unigram":  # SentencePiece-style pieces given, not trained (too little text to learn words)
+        words = sorted({w for line in SENTS for w in line.split()})
+        chars = sorted({c for w in words for c in w} | set("tedious"))
+        pieces = [(t, 0.0) for t in specials] + [("▁" + w, -1.0) for w in words] + [("▁", -4.0)]
+        backend = Tokenizer(models.Unigram([*pieces, *((c, -5.0) for c in chars)], unk_id=3))
         backend.pre_tokenizer = pre_tokenizers.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=60, special_tokens=specials, unk_token="<unk>")
-    backend.train_from_iterator(SENTS * 20, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", cls_token="<s>", sep_token="</s>",
-                                  unk_token="<unk>", mask_token="<mask>")  # fmt: skip
-    assert non_wordpiece(tok) == kind and non_wordpiece(augmenter_parts[1]) is None
+        backend.decoder = decoders.Metaspace()
+        backend.add_special_tokens(specials)
+        trainer = None
+    else:
+        backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(special_tokens=specials)
+    if trainer is not None:
+        backend.train_from_iterator(SENTS * 20, trainer)
+    ids = {t: backend.token_to_id(t) for t in ("<s>", "</s>")}
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=list(ids.items())
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", cls_token="<s>", sep_token="</s>",
+                                   unk_token="<unk>", mask_token="<mask>")  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["BPE", "Unigram"])
+def test_augmentation_with_a_bpe_or_sentencepiece_mlm(kind, augmenter_parts):
+    """A RoBERTa-style byte-level BPE or SentencePiece-style Unigram MLM: words are plain text (no 'Ġ' / '▁'); a
+    one-token word takes the MLM's predicted whole words, decoded; a word of several tokens its GloVe neighbours;
+    the MLM reads the tokenizer's own pair encoding (<s> masked </s></s> original </s>) with the word masked."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tok = _marked_tokenizer(kind)
+    mark = "Ġ" if kind == "BPE" else "▁"
+    assert non_wordpiece(tok) == kind and word_start_mark(tok) == mark
+    torch.manual_seed(0)
+    shape = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    mlm = RobertaForMaskedLM(
+        RobertaConfig(vocab_size=len(tok), max_position_embeddings=130, type_vocab_size=1, **shape)
+    ).eval()
+    # the MLM's top 5 everywhere: three whole words (marked) and two pieces that start no word
+    top = [mark + "good", mark + "great", mark + "dull", "u", "e"]
+    with torch.no_grad():
+        for rank, t in enumerate(top):
+            mlm.lm_head.bias[tok.convert_tokens_to_ids(t)] += 100.0 - rank
+    aug = Augmenter(mlm, tok, augmenter_parts[2], AugmentConfig(k=5, n=10, seed=0))
+    sentence = "the movie was tedious ."
+    words = aug.split_words(sentence)
+    assert words == ["the", "movie", "was", "tedious", "."]
+    pieces = aug._pieces(words)
+    assert [len(p) for p in pieces[:3]] == [1, 1, 1] and len(pieces[3]) > 1  # "tedious" is not in the corpus
+    assert tok.decode([i for p in pieces for i in p]).strip() == sentence
+
+    ids, segs, pos = aug._marked_job(words, 1)
+    assert ids[pos] == tok.mask_token_id and ids.count(tok.mask_token_id) == 1
+    assert tok.decode(ids[pos + 1 :], skip_special_tokens=True).split()[-5:] == words  # then the original
+    assert set(segs) == {0}  # RoBERTa's pair template: no segment ids
+
+    [item] = aug.candidates([sentence])
+    assert item.candidates == {
+        1: ["good", "great", "dull"],  # "movie": the MLM's whole words, decoded; the pieces dropped
+        3: augmenter_parts[2].neighbours("tedious", 5),  # several tokens: GloVe
+    }  # "the", "was": stop words; ".": not a word
+    assert aug.stats["mlm_words"] == 1 and aug.stats["glove_words"] == 1
+    rows = aug.augment_texts([(sentence,)])[0]
+    assert rows[0] == (sentence,) and len(rows) > 1 and len(rows) == len(set(rows))
+    assert all(mark not in r[0] for r in rows)
+
+
+def test_augmentation_refuses_a_tokenizer_that_marks_no_word_start(augmenter_parts):
+    """A non-WordPiece tokenizer without a word-start mark (here WordLevel on whitespace): refused with what to
+    do instead, rather than guessing its words."""
+    tok = _marked_tokenizer("WordLevel")
+    mlm, _, glove, _ = augmenter_parts
+    assert non_wordpiece(tok) == "WordLevel" and word_start_mark(tok) is None
     for model in (mlm, None):  # with an MLM, and GloVe-only with --tokenizer
-        with pytest.raises(
-            ConfigError, match=f"is {kind}: its words .* so it would write the original sentences only"
-        ):
+        with pytest.raises(ConfigError, match="WordLevel\\) marks neither"):
             Augmenter(model, tok, glove, AugmentConfig())
 
 

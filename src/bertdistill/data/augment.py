@@ -8,6 +8,13 @@ alphabetic and not a stop word (:data:`STOP_WORDS`) a candidate set ``C(w)`` of 
   ``##`` continuation pieces dropped;
 * ``w`` splits into several pieces → its K nearest GloVe neighbours by cosine similarity.
 
+A masked LM with a byte-level BPE (RoBERTa, ``Ġ``) or SentencePiece (XLM-R, ALBERT, DeBERTa-v3, ``▁``) tokenizer
+works too (ours; the paper's MLM is BERT's): words are split from the normalised text (runs of word characters,
+single punctuation marks, as BERT's basic tokenizer does), a word is single-piece when the tokenizer gives it one
+token in the sentence, the MLM's input is the tokenizer's own pair encoding of the masked and the original
+sentence (its special tokens and segment ids), and a candidate is a predicted token that starts a word the way
+the masked one does (with the word-start mark, or without it for a first word that has none), decoded to text.
+
 Without a masked LM (``mlm=None``; e.g. offline with a teacher that has no MLM head, like MiniLM-L6) every
 candidate word takes the GloVe path — a fallback of ours, not the paper's method; provenance records it.
 
@@ -350,13 +357,21 @@ class Augmenter:
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self._special = special
         kind = non_wordpiece(tokenizer)
-        if kind is not None:
+        self.marker = word_start_mark(tokenizer) if kind is not None else None
+        if kind is not None and self.marker is None:
             raise ConfigError(
                 f"TinyBERT-style augmentation reads words the way a WordPiece tokenizer splits them (a first piece "
-                f"and ## continuations, as the paper's BERT); this tokenizer ({type(tokenizer).__name__}) is "
-                f"{kind}: its words (e.g. 'Ġgreat', '▁great') are none the augmenter can replace, so it would write "
-                "the original sentences only. Give a BERT-family --mlm (or --tokenizer), or use --style tang"
+                f"and ## continuations, as the paper's BERT) or by the word-start mark of a byte-level BPE or "
+                f"SentencePiece tokenizer ('Ġgreat', '▁great'); this tokenizer ({type(tokenizer).__name__}, {kind}) "
+                "marks neither, so its words would be none the augmenter can replace. Give a BERT-family --mlm "
+                "(or --tokenizer), or use --style tang"
             )
+        self.first_marked = (
+            False  # whether a sentence's first word carries the mark too (add_prefix_space, ▁)
+        )
+        if self.marker is not None:
+            first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"])
+            self.first_marked = bool(first) and first[0].startswith(self.marker)
         if mlm is not None and getattr(tokenizer, "mask_token_id", None) is None:
             raise ConfigError(
                 "the MLM's tokenizer has no [MASK] token; --mlm must be a masked language model"
@@ -364,8 +379,13 @@ class Augmenter:
 
     # ------------------------------------------------------------------ words
     def split_words(self, sentence: str) -> list[str]:
-        """The tokenizer's basic word split (normaliser — lower-casing, accents — then pre-tokeniser)."""
-        backend = getattr(self.tok, "backend_tokenizer", None)
+        """The tokenizer's basic word split (normaliser — lower-casing, accents — then pre-tokeniser). A BPE or
+        SentencePiece tokenizer's pre-tokens carry its word-start mark: there the normalised text is split into
+        runs of word characters and single punctuation marks instead."""
+        backend: Any = getattr(self.tok, "backend_tokenizer", None)
+        if self.marker is not None:
+            text = backend.normalizer.normalize_str(sentence) if backend.normalizer is not None else sentence
+            return _WORDS.findall(text.replace(self.marker, " "))
         if backend is not None:
             text = backend.normalizer.normalize_str(sentence) if backend.normalizer is not None else sentence
             if backend.pre_tokenizer is None:
@@ -377,12 +397,31 @@ class Augmenter:
         return sentence.split()
 
     def _pieces(self, words: list[str]) -> list[list[int]]:
+        if self.marker is not None:
+            return self._marked_pieces(words)
         enc = self.tok(words, is_split_into_words=True, add_special_tokens=False)
         ids: list[int] = enc["input_ids"]
         out: list[list[int]] = [[] for _ in words]
         for pos, w in enumerate(enc.word_ids()):
             if w is not None:
                 out[w].append(ids[pos])
+        return out
+
+    def _marked_pieces(self, words: list[str]) -> list[list[int]]:
+        """The token ids of each word of ``" ".join(words)`` by character offsets; a token that covers only the
+        space before a word (a lone word-start mark) belongs to that word."""
+        enc = self.tok(" ".join(words), add_special_tokens=False, return_offsets_mapping=True)
+        ends, at = [], 0
+        for w in words:
+            at += len(w)
+            ends.append(at)
+            at += 1
+        out: list[list[int]] = [[] for _ in words]
+        wi = 0
+        for i, (start, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+            while wi < len(words) - 1 and start >= ends[wi]:
+                wi += 1
+            out[wi].append(i)
         return out
 
     # ------------------------------------------------------------------ candidates
@@ -409,6 +448,14 @@ class Augmenter:
                     item.candidates[wi] = (self.glove.neighbours(w, cfg.k) if self.glove else []) or [w]
                     self.stats["glove_words" if len(item.candidates[wi]) > 1 else "kept_words"] += 1
                     continue
+                if self.marker is not None:
+                    job = self._marked_job(words, wi)
+                    if job is None:
+                        item.candidates[wi] = [w]  # masked position cut off (official: no candidates)
+                        self.stats["kept_words"] += 1
+                    else:
+                        jobs.append((si, wi, *job))
+                    continue
                 a = [tok.cls_token_id, *flat, tok.sep_token_id]
                 a[pos] = tok.mask_token_id
                 b = [*flat, tok.sep_token_id]
@@ -422,15 +469,42 @@ class Augmenter:
         for chunk in _chunks(jobs, cfg.batch_size):
             top = self._mlm_top_k([j[2] for j in chunk], [j[3] for j in chunk], [j[4] for j in chunk])
             for (si, wi, *_), ids in zip(chunk, top, strict=True):
-                toks = [
-                    t
-                    for t, i in zip(tok.convert_ids_to_tokens(ids), ids, strict=True)
-                    if not t.startswith("##") and i not in self._special
-                ]
                 w = parsed[si].words[wi]
+                if self.marker is not None:
+                    toks = self._marked_words(ids, starts=wi > 0 or self.first_marked)
+                else:
+                    toks = [
+                        t
+                        for t, i in zip(tok.convert_ids_to_tokens(ids), ids, strict=True)
+                        if not t.startswith("##") and i not in self._special
+                    ]
                 parsed[si].candidates[wi] = toks or [w]
                 self.stats["mlm_words" if toks else "kept_words"] += 1
         return parsed
+
+    def _marked_job(self, words: list[str], wi: int) -> tuple[list[int], list[int], int] | None:
+        """``(ids, segment ids, masked position)``: the tokenizer's own pair encoding of the sentence with word
+        ``wi`` masked and of the original (RoBERTa: ``<s> A </s></s> B </s>``), cut at ``max_length``; ``None``
+        when the masked position is cut off."""
+        tok = self.tok
+        masked = " ".join(tok.mask_token if j == wi else x for j, x in enumerate(words))
+        enc = tok(masked, " ".join(words))
+        ids = list(enc["input_ids"])[: self.cfg.max_length]
+        segs = list(enc.get("token_type_ids") or [0] * len(enc["input_ids"]))[: self.cfg.max_length]
+        pos = ids.index(tok.mask_token_id) if tok.mask_token_id in ids else len(ids)
+        return None if pos >= len(ids) - 1 else (ids, segs, pos)
+
+    def _marked_words(self, ids: list[int], starts: bool) -> list[str]:
+        """Predicted tokens that begin a word as the masked one did (``starts``: with the word-start mark),
+        decoded to their text; specials and pieces that are not a whole candidate word dropped."""
+        words = []
+        for t, i in zip(self.tok.convert_ids_to_tokens(ids), ids, strict=True):
+            if i in self._special or t.startswith(str(self.marker)) != starts:
+                continue
+            word = self.tok.convert_tokens_to_string([t]).strip()
+            if word and not any(c.isspace() for c in word):
+                words.append(word)
+        return words
 
     @torch.no_grad()
     def _mlm_top_k(self, ids: list[list[int]], segs: list[list[int]], pos: list[int]) -> list[list[int]]:
@@ -496,6 +570,23 @@ class Augmenter:
                         rows.append(row)
             out.append(rows)
         return out
+
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def word_start_mark(tokenizer: Any) -> str | None:
+    """The mark a BPE / SentencePiece tokenizer puts on a word that follows a space (``Ġ`` byte-level, ``▁``
+    Metaspace), read from its own normaliser and pre-tokeniser; ``None`` when it puts none."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    text = backend.normalizer.normalize_str(" a") if backend.normalizer is not None else " a"
+    pre = backend.pre_tokenizer
+    words = [w for w, _ in pre.pre_tokenize_str(text)] if pre is not None else text.split()
+    last = words[-1] if words else ""
+    mark = last[:-1] if len(last) > 1 and last.endswith("a") else ""  # what stands for the space before "a"
+    return mark if mark.strip() else None
 
 
 def non_wordpiece(tokenizer: Any) -> str | None:
