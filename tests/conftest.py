@@ -126,8 +126,21 @@ OTHER_ENCODERS: dict[str, tuple[str, str, dict]] = {
         "DistilBert",
         {"dim": 32, "n_layers": 4, "n_heads": 4, "hidden_dim": 64},
     ),
-    "electra": ("ElectraConfig", "Electra", {**_BERT_SHAPE, "embedding_size": 32}),
-    "deberta-v2": ("DebertaV2Config", "DebertaV2", _BERT_SHAPE),
+    "electra": ("ElectraConfig", "Electra", {**_BERT_SHAPE, "embedding_size": 16}),  # projected to the width
+    "deberta-v2": (  # DeBERTa-v3's layout: relative attention over position buckets, a convolution after layer 1
+        "DebertaV2Config",
+        "DebertaV2",
+        {
+            **_BERT_SHAPE,
+            "relative_attention": True,
+            "position_buckets": 8,
+            "max_relative_positions": -1,
+            "pos_att_type": ["p2c", "c2p"],
+            "norm_rel_ebd": "layer_norm",
+            "position_biased_input": False,
+            "conv_kernel_size": 3,
+        },
+    ),
     "albert": (
         "AlbertConfig",
         "Albert",

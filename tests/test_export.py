@@ -206,8 +206,9 @@ def test_fastbert_export_dir_exits_early_as_eager_does(fastbert_export, n):
 def test_fastbert_of_another_family_exports_and_exits_early_as_eager_does(
     arch, tmp_path, tiny_tokenizer_dir, sst2_dir
 ):
-    """A FastBERT student around a RoBERTa / DistilBERT / ELECTRA / DeBERTa-v2 backbone: its pieces (ELECTRA's
-    embedding projection, DeBERTa's masked embeddings and relative positions) export, and the graphs exit at
+    """A FastBERT student around a RoBERTa / DistilBERT / ELECTRA / DeBERTa-v2 / ALBERT backbone: its pieces
+    (ELECTRA's and ALBERT's embedding projections, DeBERTa's masked embeddings, relative positions and first-layer
+    convolution — the conftest shapes have each) export, and the graphs exit at
     the layers eager does, with its logits."""
     from transformers import BertTokenizerFast
 

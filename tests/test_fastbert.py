@@ -98,7 +98,8 @@ def test_batched_exit_equals_per_sample_exit(fast_model, speed):
 
 @pytest.fixture(params=list(OTHER_ENCODERS))
 def other_fast_model(request):
-    """FastBERT around a RoBERTa / DistilBERT / ELECTRA / DeBERTa-v2 classifier, branches of varied confidence."""
+    """FastBERT around a RoBERTa / DistilBERT / ELECTRA / DeBERTa-v2 / ALBERT classifier, branches of varied
+    confidence."""
     torch.manual_seed(0)
     teacher = other_encoder(request.param).eval()
     model = from_classifier(teacher).eval()
@@ -143,6 +144,30 @@ def test_a_head_fastbert_would_run_otherwise_than_its_teacher_is_refused(monkeyp
     torch.manual_seed(0)
     with pytest.raises(ConfigError, match=r"cannot wrap DebertaV2ForSequenceClassification.*logits differ"):
         from_classifier(other_encoder("deberta-v2"))
+
+
+def test_an_encoder_fastbert_cannot_step_through_is_refused():
+    """Layers that take positions their encoder computes once (MPNet's relative bias, RoFormer's rotary
+    positions), and an ALBERT with several layers per depth, would run wrong layer by layer: refused."""
+    from transformers import (
+        MPNetConfig,
+        MPNetForSequenceClassification,
+        RoFormerConfig,
+        RoFormerForSequenceClassification,
+    )
+
+    shape = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    for model, said in (
+        (MPNetForSequenceClassification(MPNetConfig(**shape)), r"MPNetLayer also takes \['position_bias'\]"),
+        (
+            RoFormerForSequenceClassification(RoFormerConfig(**shape)),
+            r"RoFormerLayer also takes \['sinusoidal_pos'\]",
+        ),
+        (other_encoder("albert", inner_group_num=2), "this ALBERT runs 2 layers per depth"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            from_classifier(model)
 
 
 def test_exit_rule_uses_normalised_entropy():

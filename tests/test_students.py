@@ -75,3 +75,5 @@ def test_an_albert_student_applies_the_shared_group_at_fewer_depths():
     grouped = other_encoder("albert", num_hidden_groups=2)
     with pytest.raises(ValueError, match="an ALBERT with 2 layer groups needs at least 2 layers, got 1"):
         copy_layers(grouped, [0])
+    with pytest.raises(ValueError, match="runs 2 layers per depth"):  # hidden states are not one per layer
+        copy_layers(other_encoder("albert", inner_group_num=2), [0, 3])

@@ -661,7 +661,7 @@ def test_cli_augment_a_custom_task_through_its_recipe(augmenter_parts, teacher_d
     assert tr.datasets["eval"].labels is not None
 
 
-def _marked_tokenizer(kind):
+def _marked_tokenizer(kind, pre_tokenizer=None):
     """A RoBERTa-style byte-level BPE (``Ġgreat``) or SentencePiece-style Unigram (``▁great``) tokenizer trained on
     SENTS, with RoBERTa's pair template; ``WordLevel``: one that marks no word start."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -670,7 +670,7 @@ def _marked_tokenizer(kind):
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
     if kind == "BPE":
         backend = Tokenizer(models.BPE(unk_token="<unk>"))
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        backend.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=True)
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials)
     elif kind == "Unigram":  # SentencePiece-style pieces given, not trained (too little text to learn words)
@@ -724,9 +724,12 @@ def test_augmentation_with_a_bpe_or_sentencepiece_mlm(kind, augmenter_parts):
     assert [len(p) for p in pieces[:3]] == [1, 1, 1] and len(pieces[3]) > 1  # "tedious" is not in the corpus
     assert tok.decode([i for p in pieces for i in p]).strip() == sentence
 
-    ids, segs, pos = aug._marked_job(words, 1)
-    assert ids[pos] == tok.mask_token_id and ids.count(tok.mask_token_id) == 1
-    assert tok.decode(ids[pos + 1 :], skip_special_tokens=True).split()[-5:] == words  # then the original
+    ids, segs, pos = aug._marked_job(words, 1)  # "movie": the sentence's token 1
+    pair = tok(sentence, sentence)[
+        "input_ids"
+    ]  # the tokenizer's own pair encoding of the original, twice ...
+    assert pos == 2 and tok.convert_ids_to_tokens(pair[pos]) == mark + "movie"
+    assert ids == [*pair[:pos], tok.mask_token_id, *pair[pos + 1 :]]  # ... with that one token masked
     assert set(segs) == {0}  # RoBERTa's pair template: no segment ids
 
     [item] = aug.candidates([sentence])
@@ -738,6 +741,25 @@ def test_augmentation_with_a_bpe_or_sentencepiece_mlm(kind, augmenter_parts):
     rows = aug.augment_texts([(sentence,)])[0]
     assert rows[0] == (sentence,) and len(rows) > 1 and len(rows) == len(set(rows))
     assert all(mark not in r[0] for r in rows)
+
+
+def test_a_first_word_without_the_mark_takes_unmarked_candidates(augmenter_parts):
+    """RoBERTa's own setting (add_prefix_space false): a sentence's first word has no word-start mark, so its
+    candidates are the predicted tokens without one, and a later word's are the marked ones."""
+    from tokenizers import pre_tokenizers
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tok = _marked_tokenizer("BPE", pre_tokenizers.ByteLevel(add_prefix_space=False))
+    torch.manual_seed(0)
+    shape = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    mlm = RobertaForMaskedLM(RobertaConfig(vocab_size=len(tok), max_position_embeddings=130, **shape)).eval()
+    with torch.no_grad():  # the top 4 everywhere: two words with the mark, two without
+        for rank, t in enumerate(["Ġgreat", "good", "Ġdull", "the"]):
+            mlm.lm_head.bias[tok.convert_tokens_to_ids(t)] += 100.0 - rank
+    aug = Augmenter(mlm, tok, None, AugmentConfig(k=4, n=10, seed=0))
+    assert not aug.first_marked
+    [item] = aug.candidates(["good movie"])
+    assert item.candidates == {0: ["good", "the"], 1: ["great", "dull"]}
 
 
 def test_augmentation_refuses_a_tokenizer_that_marks_no_word_start(augmenter_parts):

@@ -21,6 +21,26 @@ from transformers.masking_utils import create_bidirectional_mask
 from .config import ConfigError
 from .students import encoder_layers, shared_layer_groups
 
+_PLAIN_LAYER = frozenset(
+    {
+        "self",
+        "hidden_states",
+        "attention_mask",
+        "encoder_hidden_states",
+        "encoder_attention_mask",
+        "cache",
+        "past_key_value",
+        "past_key_values",
+        "cache_position",
+        "use_cache",
+        "head_mask",
+        "output_attentions",
+        "kwargs",
+    }
+)
+"""What a BERT-style layer takes (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, ALBERT's group in transformers 5):
+the states and the mask; the rest is for decoders or for outputs."""
+
 
 class Layerwise:
     """``base`` (an encoder without its task head) as pieces: :meth:`embed`, :meth:`context` (what every layer
@@ -36,6 +56,12 @@ class Layerwise:
         self.depth = int(getattr(base, "config").num_hidden_layers)  # noqa: B009
         self.layers: Any
         if self.groups is not None:  # ALBERT: depth i runs layer group int(i / (depth / groups)), shared
+            inner = int(getattr(base, "config").inner_group_num)  # noqa: B009
+            if inner != 1:
+                raise ConfigError(
+                    f"{purpose}: this ALBERT runs {inner} layers per depth (inner_group_num), so a depth is not one "
+                    "layer; ALBERT with inner_group_num 1 (every released ALBERT) is supported"
+                )
             self.layers = encoder.albert_layer_groups
         else:
             try:
@@ -43,7 +69,18 @@ class Layerwise:
             except ValueError as e:
                 raise ConfigError(f"{purpose}: {e}") from e
         self.relative = self.encoder is not None and hasattr(self.encoder, "get_rel_pos")  # DeBERTa-v2
-        embeddings: Any = getattr(base, "embeddings")  # noqa: B009
+        if (
+            not self.relative
+        ):  # a layer that takes more than the states and the mask is one we would run wrong
+            extra = set(inspect.signature(self.layers[0].forward).parameters) - _PLAIN_LAYER
+            if extra:
+                raise ConfigError(
+                    f"{purpose}: {type(self.layers[0]).__name__} also takes {sorted(extra)} (positions its encoder "
+                    "computes once for all layers), which running it layer by layer would leave out"
+                )
+        embeddings: Any = getattr(base, "embeddings", None)
+        if not isinstance(embeddings, nn.Module):
+            raise ConfigError(f"{purpose}: {type(base).__name__} has no .embeddings module to start from")
         params = inspect.signature(embeddings.forward).parameters
         self._masked_embeddings = "mask" in params  # DeBERTa multiplies its embeddings by the input mask
         names = ["input_ids"] + (["token_type_ids"] if "token_type_ids" in params else [])

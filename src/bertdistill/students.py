@@ -91,6 +91,12 @@ def copy_layers(
     if bad or not layers:
         raise ValueError(f"layers {layers} are not valid 0-based layer numbers of a {n_t}-layer teacher")
     shared = shared_layer_groups(teacher)
+    inner = int(getattr(teacher.config, "inner_group_num", 1) or 1)
+    if shared is not None and inner != 1:
+        raise ValueError(
+            f"this ALBERT runs {inner} layers per depth (inner_group_num), so its hidden states are not one per "
+            "layer; ALBERT with inner_group_num 1 (every released ALBERT) is supported"
+        )
     if shared is not None and len(layers) < shared:
         raise ValueError(
             f"an ALBERT with {shared} layer groups needs at least {shared} layers, got {len(layers)}"

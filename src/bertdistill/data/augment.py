@@ -45,6 +45,8 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..mlm_head import split_mlm
+from ..protocol import model_inputs
 from .loading import Examples
 from .tasks import TaskSpec
 
@@ -449,7 +451,7 @@ class Augmenter:
                     self.stats["glove_words" if len(item.candidates[wi]) > 1 else "kept_words"] += 1
                     continue
                 if self.marker is not None:
-                    job = self._marked_job(words, wi)
+                    job = self._marked_job(words, sum(len(q) for q in pieces[:wi]))
                     if job is None:
                         item.candidates[wi] = [w]  # masked position cut off (official: no candidates)
                         self.stats["kept_words"] += 1
@@ -482,16 +484,19 @@ class Augmenter:
                 self.stats["mlm_words" if toks else "kept_words"] += 1
         return parsed
 
-    def _marked_job(self, words: list[str], wi: int) -> tuple[list[int], list[int], int] | None:
-        """``(ids, segment ids, masked position)``: the tokenizer's own pair encoding of the sentence with word
-        ``wi`` masked and of the original (RoBERTa: ``<s> A </s></s> B </s>``), cut at ``max_length``; ``None``
-        when the masked position is cut off."""
-        tok = self.tok
-        masked = " ".join(tok.mask_token if j == wi else x for j, x in enumerate(words))
-        enc = tok(masked, " ".join(words))
-        ids = list(enc["input_ids"])[: self.cfg.max_length]
-        segs = list(enc.get("token_type_ids") or [0] * len(enc["input_ids"]))[: self.cfg.max_length]
-        pos = ids.index(tok.mask_token_id) if tok.mask_token_id in ids else len(ids)
+    def _marked_job(self, words: list[str], piece: int) -> tuple[list[int], list[int], int] | None:
+        """``(ids, segment ids, masked position)``: the tokenizer's own pair encoding of the sentence with itself
+        (RoBERTa: ``<s> A </s></s> B </s>``), the first copy's token number ``piece`` (the word's one token)
+        replaced by the mask id — the sentence is not tokenised again around a mask — cut at ``max_length``;
+        ``None`` when the masked position is cut off."""
+        sentence = " ".join(words)
+        enc = self.tok(sentence, sentence)
+        ids = list(enc["input_ids"])
+        first = [i for i, s in enumerate(enc.sequence_ids()) if s == 0]
+        pos = first[piece]
+        ids[pos] = self.tok.mask_token_id
+        segs = list(enc.get("token_type_ids") or [0] * len(ids))[: self.cfg.max_length]
+        ids = ids[: self.cfg.max_length]
         return None if pos >= len(ids) - 1 else (ids, segs, pos)
 
     def _marked_words(self, ids: list[int], starts: bool) -> list[str]:
@@ -501,8 +506,8 @@ class Augmenter:
         for t, i in zip(self.tok.convert_ids_to_tokens(ids), ids, strict=True):
             if i in self._special or t.startswith(str(self.marker)) != starts:
                 continue
-            word = self.tok.convert_tokens_to_string([t]).strip()
-            if word and not any(c.isspace() for c in word):
+            word = self.tok.convert_tokens_to_string([t]).strip()  # a partial UTF-8 byte decodes to U+FFFD
+            if word and "\ufffd" not in word and not any(c.isspace() for c in word):
                 words.append(word)
         return words
 
@@ -525,13 +530,15 @@ class Augmenter:
         }
         rows = torch.arange(n, device=device)
         at = torch.tensor(pos, device=device)
-        base = getattr(self.mlm, getattr(self.mlm, "base_model_prefix", ""), None)
-        head = getattr(self.mlm, "cls", None)
-        if base is not None and head is not None:  # BERT-style: LM head on the masked positions only
-            hidden = base(**inputs).last_hidden_state
+        parts = split_mlm(self.mlm)
+        if (
+            parts is not None
+        ):  # the LM head on the masked positions only (BERT, RoBERTa, ELECTRA, ALBERT, ...)
+            body, head = parts
+            hidden = body(**model_inputs(body, inputs)).last_hidden_state
             logits = head(hidden[rows, at])
         else:
-            logits = self.mlm(**inputs).logits[rows, at]
+            logits = self.mlm(**model_inputs(self.mlm, inputs)).logits[rows, at]
         return logits.float().topk(self.cfg.k, dim=-1).indices.cpu().tolist()  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ sentences

@@ -167,8 +167,8 @@ def distilbert_config(teacher_config: Any, n_layers: int) -> DistilBertConfig:
     if getattr(tc, "model_type", None) != "bert":
         raise ConfigError(
             f"a DistilBERT student is built from a BERT-architecture teacher (model_type 'bert'), got "
-            f"{getattr(tc, 'model_type', None)!r}; student_config gives a masked LM of another family a student "
-            "of its own architecture"
+            f"{getattr(tc, 'model_type', None)!r}; a masked LM of another family gets a student of its own family "
+            "(method.distilbert builds it)"
         )
     act = tc.hidden_act
     if not isinstance(act, str) or act not in ACT2FN:

@@ -8,7 +8,7 @@ whose branch is certain enough: normalised entropy ``u = −Σ p log p / ln C`` 
 (:func:`bertdistill.early_exit.early_exit`).
 
 The backbone is the teacher's own encoder, of any family the layer-by-layer runner knows
-(:class:`~bertdistill.layerwise.Layerwise`: BERT, RoBERTa / XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ...), with its
+(:class:`~bertdistill.layerwise.Layerwise`: BERT, RoBERTa / XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ALBERT), with its
 own classification head as the teacher classifier; wrapping a teacher checks that the wrapped model computes the
 teacher's logits, at full depth and layer by layer.
 
@@ -302,8 +302,10 @@ _BUFFERS = ("position_ids", "token_type_ids")
 @torch.no_grad()
 def check_wraps(model: FastBertForSequenceClassification, teacher: nn.Module) -> None:
     """The wrapped model, run whole and layer by layer (:func:`early_exit` at full depth), must give the teacher's
-    logits on a fixed two-row batch (one row padded); otherwise the family's head or layers are run in a way
-    FastBERT does not know, and the teacher is refused. Deterministic: no random state is drawn."""
+    logits on a fixed two-row batch (one row padded), and the layer-by-layer states the branches read at
+    inference must be the states they train on (the encoder's ``hidden_states``, one per layer, on the real
+    tokens); otherwise the family's head or layers are run in a way FastBERT does not know, and the teacher is
+    refused. Deterministic: no random state is drawn."""
     tcfg: Any = teacher.config
     vocab = int(tcfg.vocab_size)
     ids = torch.arange(24).reshape(2, 12) % max(vocab - 3, 1) + min(3, vocab - 1)
@@ -319,7 +321,14 @@ def check_wraps(model: FastBertForSequenceClassification, teacher: nn.Module) ->
         want = teacher(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
         whole = model(**inputs, branches=False).logits.float()
         stepped = early_exit(model, inputs, 0.0).logits.float()
-    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
+        trained_on = [h.float() for h in model.encode(ids, mask, None).hidden_states]
+        pieces = EagerPieces(model)
+        run_on = [pieces.embed(inputs, mask)]
+        for i in range(len(pieces.pieces)):
+            run_on.append(pieces.layer(i, run_on[-1], mask))
+    except ConfigError:
+        raise
+    except Exception as e:  # any failure of a family run in a way it does not support
         raise ConfigError(
             f"fastbert cannot wrap {type(teacher).__name__} ({tcfg.model_type}): the wrapped model fails to run "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {_SUPPORTED}"
@@ -335,6 +344,21 @@ def check_wraps(model: FastBertForSequenceClassification, teacher: nn.Module) ->
             raise ConfigError(
                 f"fastbert cannot wrap {type(teacher).__name__} ({tcfg.model_type}): run {how}, the wrapped model's "
                 f"logits differ from the teacher's by {err:.3g}; {_SUPPORTED}"
+            )
+    real = mask.bool()
+    if len(trained_on) != len(run_on):
+        raise ConfigError(
+            f"fastbert cannot wrap {type(teacher).__name__} ({tcfg.model_type}): its encoder reports "
+            f"{len(trained_on)} hidden states for {len(run_on) - 1} layers, so a branch would train on other states "
+            f"than it runs on; {_SUPPORTED}"
+        )
+    for layer, (a, b) in enumerate(zip(trained_on, run_on, strict=True)):
+        err = float((a[real] - b.float()[real]).abs().max())
+        if err > tol * (float(a[real].abs().max()) + 1.0):
+            raise ConfigError(
+                f"fastbert cannot wrap {type(teacher).__name__} ({tcfg.model_type}): run layer by layer, its state "
+                f"after layer {layer} differs from the encoder's own by {err:.3g}, so a branch would train on other "
+                f"states than it runs on; {_SUPPORTED}"
             )
 
 
