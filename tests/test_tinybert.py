@@ -661,7 +661,7 @@ def test_cli_augment_a_custom_task_through_its_recipe(augmenter_parts, teacher_d
     assert tr.datasets["eval"].labels is not None
 
 
-def _marked_tokenizer(kind, pre_tokenizer=None):
+def _marked_tokenizer(kind, pre_tokenizer=None, text=SENTS):
     """A RoBERTa-style byte-level BPE (``Ġgreat``) or SentencePiece-style Unigram (``▁great``) tokenizer trained on
     SENTS, with RoBERTa's pair template; ``WordLevel``: one that marks no word start."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -687,7 +687,7 @@ def _marked_tokenizer(kind, pre_tokenizer=None):
         backend.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(special_tokens=specials)
     if trainer is not None:
-        backend.train_from_iterator(SENTS * 20, trainer)
+        backend.train_from_iterator(text * 20, trainer)
     ids = {t: backend.token_to_id(t) for t in ("<s>", "</s>")}
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=list(ids.items())
@@ -745,18 +745,24 @@ def test_augmentation_with_a_bpe_or_sentencepiece_mlm(kind, augmenter_parts):
 
 def test_a_first_word_without_the_mark_takes_unmarked_candidates(augmenter_parts):
     """RoBERTa's own setting (add_prefix_space false): a sentence's first word has no word-start mark, so its
-    candidates are the predicted tokens without one, and a later word's are the marked ones."""
+    candidates are the predicted tokens without one that also start words after a space ("the": "Ġthe"), not
+    the middles of words; a later word's are the marked ones."""
     from tokenizers import pre_tokenizers
     from transformers import RobertaConfig, RobertaForMaskedLM
 
-    tok = _marked_tokenizer("BPE", pre_tokenizers.ByteLevel(add_prefix_space=False))
+    text = [*SENTS, "a good movie , the dull plot"]  # "good" and "the" also after a space
+    tok = _marked_tokenizer("BPE", pre_tokenizers.ByteLevel(add_prefix_space=False), text)
+    vocab = tok.get_vocab()
+    middle = next(
+        t for t in sorted(vocab) if t.isalpha() and len(t) > 1 and "Ġ" + t not in vocab
+    )  # e.g. "ny"
     torch.manual_seed(0)
     shape = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
     mlm = RobertaForMaskedLM(RobertaConfig(vocab_size=len(tok), max_position_embeddings=130, **shape)).eval()
-    with torch.no_grad():  # the top 4 everywhere: two words with the mark, two without
-        for rank, t in enumerate(["Ġgreat", "good", "Ġdull", "the"]):
+    with torch.no_grad():  # the top 5 everywhere: two words with the mark, two without, a word's middle
+        for rank, t in enumerate(["Ġgreat", "good", "Ġdull", "the", middle]):
             mlm.lm_head.bias[tok.convert_tokens_to_ids(t)] += 100.0 - rank
-    aug = Augmenter(mlm, tok, None, AugmentConfig(k=4, n=10, seed=0))
+    aug = Augmenter(mlm, tok, None, AugmentConfig(k=5, n=10, seed=0))
     assert not aug.first_marked
     [item] = aug.candidates(["good movie"])
     assert item.candidates == {0: ["good", "the"], 1: ["great", "dull"]}

@@ -11,9 +11,10 @@ alphabetic and not a stop word (:data:`STOP_WORDS`) a candidate set ``C(w)`` of 
 A masked LM with a byte-level BPE (RoBERTa, ``Ġ``) or SentencePiece (XLM-R, ALBERT, DeBERTa-v3, ``▁``) tokenizer
 works too (ours; the paper's MLM is BERT's): words are split from the normalised text (runs of word characters,
 single punctuation marks, as BERT's basic tokenizer does), a word is single-piece when the tokenizer gives it one
-token in the sentence, the MLM's input is the tokenizer's own pair encoding of the masked and the original
-sentence (its special tokens and segment ids), and a candidate is a predicted token that starts a word the way
-the masked one does (with the word-start mark, or without it for a first word that has none), decoded to text.
+token in the sentence, the MLM's input is the tokenizer's own pair encoding of the sentence with itself,
+the first copy with the word's token masked (its special tokens and segment ids), and a candidate is a predicted token
+that starts a word the way the masked one does (with the word-start mark; for a first word that has none, an
+unmarked token that also starts words after a space), decoded to text.
 
 Without a masked LM (``mlm=None``; e.g. offline with a teacher that has no MLM head, like MiniLM-L6) every
 candidate word takes the GloVe path — a fallback of ours, not the paper's method; provenance records it.
@@ -368,9 +369,9 @@ class Augmenter:
                 "marks neither, so its words would be none the augmenter can replace. Give a BERT-family --mlm "
                 "(or --tokenizer), or use --style tang"
             )
-        self.first_marked = (
-            False  # whether a sentence's first word carries the mark too (add_prefix_space, ▁)
-        )
+        self._vocab: set[str] | None = None  # the tokenizer's tokens, read when first needed
+        # whether a sentence's first word carries the mark too (add_prefix_space, SentencePiece's ▁)
+        self.first_marked = False
         if self.marker is not None:
             first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"])
             self.first_marked = bool(first) and first[0].startswith(self.marker)
@@ -501,10 +502,16 @@ class Augmenter:
 
     def _marked_words(self, ids: list[int], starts: bool) -> list[str]:
         """Predicted tokens that begin a word as the masked one did (``starts``: with the word-start mark),
-        decoded to their text; specials and pieces that are not a whole candidate word dropped."""
+        decoded to their text; specials and pieces that are not a whole candidate word dropped. An unmarked
+        first word's candidates are unmarked tokens that also start a word after a space (``Ġthe`` for ``the``):
+        a token without the mark is otherwise as likely the middle of a word (``ny`` of ``funny``)."""
+        if self._vocab is None:
+            self._vocab = set(self.tok.get_vocab())
         words = []
         for t, i in zip(self.tok.convert_ids_to_tokens(ids), ids, strict=True):
             if i in self._special or t.startswith(str(self.marker)) != starts:
+                continue
+            if not starts and f"{self.marker}{t}" not in self._vocab:
                 continue
             word = self.tok.convert_tokens_to_string([t]).strip()  # a partial UTF-8 byte decodes to U+FFFD
             if word and "\ufffd" not in word and not any(c.isspace() for c in word):
