@@ -146,6 +146,21 @@ def test_a_head_fastbert_would_run_otherwise_than_its_teacher_is_refused(monkeyp
         from_classifier(other_encoder("deberta-v2"))
 
 
+def test_deberta_v1_with_relative_attention_is_wrapped_too():
+    """DeBERTa (v1): relative attention like v2, without v2's convolution."""
+    from transformers import DebertaConfig, DebertaForSequenceClassification
+
+    shape = {"vocab_size": 60, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    cfg = DebertaConfig(intermediate_size=64, relative_attention=True, pos_att_type=["p2c", "c2p"], **shape)
+    teacher = DebertaForSequenceClassification(cfg).eval()
+    model = from_classifier(teacher).eval()
+    b = _batch()
+    with torch.no_grad():
+        ref = teacher(**b).logits
+    torch.testing.assert_close(early_exit(model, b, 0.0).logits, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_an_encoder_fastbert_cannot_step_through_is_refused():
     """Layers that take positions their encoder computes once (MPNet's relative bias, RoFormer's rotary
     positions), and an ALBERT with several layers per depth, would run wrong layer by layer: refused."""

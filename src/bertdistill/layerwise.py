@@ -2,11 +2,12 @@
 
 FastBERT's early exit needs this: rows leave the batch between layers, so the encoder cannot run as one call.
 :class:`Layerwise` wraps the base model of a sequence classifier (``BertModel``, ``RobertaModel``,
-``ElectraModel``, ``DistilBertModel``, ``DebertaV2Model``, ``AlbertModel``, ...) and calls its own modules in the order its
-``forward`` does — the embeddings (with ELECTRA's projection, DeBERTa's input mask), the attention mask each
-layer takes, and each layer (with DeBERTa's relative positions and its convolution after the first layer).
-ALBERT, whose depths share one layer group, runs that group at each depth as its encoder does. Other
-families without a list of layers are refused. A caller that must be exact checks the result against the model's own forward
+``ElectraModel``, ``DistilBertModel``, ``DebertaV2Model``, ``AlbertModel``, ...) and calls its own modules in the
+order its ``forward`` does — the embeddings (with ELECTRA's and ALBERT's projections, DeBERTa's input mask), the
+attention mask each layer takes, and each layer (with DeBERTa's relative positions and its convolution after the
+first layer; ALBERT's shared layer group at each depth). Refused: encoders without a list of layers, layers that
+take more than the states and the mask (positions computed once by their encoder: MPNet, RoFormer), and ALBERTs
+with several layers per depth. A caller that must be exact checks the result against the model's own forward
 (FastBERT does, when it wraps a teacher).
 """
 
@@ -69,9 +70,8 @@ class Layerwise:
             except ValueError as e:
                 raise ConfigError(f"{purpose}: {e}") from e
         self.relative = self.encoder is not None and hasattr(self.encoder, "get_rel_pos")  # DeBERTa-v2
-        if (
-            not self.relative
-        ):  # a layer that takes more than the states and the mask is one we would run wrong
+        # a layer that takes more than the states and the mask is one we would run wrong
+        if not self.relative:
             extra = set(inspect.signature(self.layers[0].forward).parameters) - _PLAIN_LAYER
             if extra:
                 raise ConfigError(
@@ -129,7 +129,7 @@ class Layerwise:
             relative_pos=context["relative_pos"],
             rel_embeddings=context["rel_embeddings"],
         )
-        conv = self.encoder.conv
+        conv = getattr(self.encoder, "conv", None)  # DeBERTa-v1 has none
         if i == 0 and conv is not None:  # DeBERTa-v2's convolution on the embeddings after the first layer
             out = conv(hidden, out, context["input_mask"])
         return out  # type: ignore[no-any-return]
