@@ -39,8 +39,8 @@ from bertdistill.methods.distilbert import (
     distilbert_from_teacher,
     load_mlm_teacher,
     student_layers,
-    takes_token_types,
 )
+from bertdistill.protocol import takes_token_types
 from bertdistill.students import copy_layers, encoder_layers
 from bertdistill.training.loop import Trainer, distill
 from conftest import (

@@ -239,6 +239,11 @@ class LogitsGraph(nn.Module):
         return self.model(**dict(zip(self.names, tensors, strict=True))).logits  # type: ignore[no-any-return]
 
 
+def takes_token_types(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``token_type_ids`` (a DistilBERT does not)."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
 def model_inputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, Tensor]:
     """The tensors of ``inputs`` that ``model.forward`` takes by name (DistilBERT: no ``token_type_ids``)."""
     params = inspect.signature(model.forward).parameters
@@ -588,5 +593,6 @@ __all__ = [
     "Stage",
     "TokenTopK",
     "model_inputs",
+    "takes_token_types",
     "unwrap",
 ]

@@ -369,12 +369,14 @@ class Augmenter:
                 "marks neither, so its words would be none the augmenter can replace. Give a BERT-family --mlm "
                 "(or --tokenizer), or use --style tang"
             )
-        self._vocab: set[str] | None = None  # the tokenizer's tokens, read when first needed
-        # whether a sentence's first word carries the mark too (add_prefix_space, SentencePiece's ▁)
+        # whether a sentence's first word carries the mark too (add_prefix_space, SentencePiece's ▁), and the
+        # tokens, which say whether an unmarked one also starts words after a space
         self.first_marked = False
+        self._vocab: set[str] = set()
         if self.marker is not None:
             first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"])
             self.first_marked = bool(first) and first[0].startswith(self.marker)
+            self._vocab = set(tokenizer.get_vocab())
         if mlm is not None and getattr(tokenizer, "mask_token_id", None) is None:
             raise ConfigError(
                 "the MLM's tokenizer has no [MASK] token; --mlm must be a masked language model"
@@ -505,8 +507,6 @@ class Augmenter:
         decoded to their text; specials and pieces that are not a whole candidate word dropped. An unmarked
         first word's candidates are unmarked tokens that also start a word after a space (``Ġthe`` for ``the``):
         a token without the mark is otherwise as likely the middle of a word (``ny`` of ``funny``)."""
-        if self._vocab is None:
-            self._vocab = set(self.tok.get_vocab())
         words = []
         for t, i in zip(self.tok.convert_ids_to_tokens(ids), ids, strict=True):
             if i in self._special or t.startswith(str(self.marker)) != starts:

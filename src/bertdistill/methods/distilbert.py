@@ -31,7 +31,6 @@ Every difference from the paper and the official code is listed in ``docs/method
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ from ..protocol import (
     ParamGroups,
     Runner,
     Stage,
+    takes_token_types,
 )
 from ..registry import register
 from ..students import copy_layers
@@ -562,11 +562,6 @@ def _without_position_embeddings(bundle: nn.Module) -> ParamGroups:
             ]
         }
     ]
-
-
-def takes_token_types(model: nn.Module) -> bool:
-    """Whether ``model.forward`` takes ``token_type_ids`` (a DistilBERT does not)."""
-    return "token_type_ids" in inspect.signature(model.forward).parameters
 
 
 def drop_token_type_ids(tokenizer: Any) -> None:

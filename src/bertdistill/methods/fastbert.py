@@ -23,7 +23,6 @@ them (:class:`OnnxPieces`), so the exported student exits early too.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from ..protocol import (
     Prediction,
     Runner,
     Stage,
+    takes_token_types,
 )
 from ..registry import register
 from ..students import label_kwargs
@@ -141,6 +141,7 @@ class FastBertForSequenceClassification(PreTrainedModel):
             for name, child in full.named_children():
                 setattr(self, "bert" if name == full.base_model_prefix else name, child)
         self.head_kind = _head_kind(self)
+        self._token_types = takes_token_types(self.bert)
         self.branches = nn.ModuleList(
             Branch(bcfg.hidden_size, config.branch_hidden, config.branch_heads, n_labels)
             for _ in range(bcfg.num_hidden_layers - 1)
@@ -181,13 +182,19 @@ class FastBertForSequenceClassification(PreTrainedModel):
     def encode(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Any:
         """The encoder with every layer's states (a DistilBERT takes no token types)."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and self._takes_token_types:
+        if token_type_ids is not None and self._token_types:
             kwargs["token_type_ids"] = token_type_ids
         return self.bert(**kwargs, output_hidden_states=True)
 
-    @property
-    def _takes_token_types(self) -> bool:
-        return "token_type_ids" in inspect.signature(self.bert.forward).parameters
+    def layerwise(self) -> Layerwise:
+        """The encoder as pieces for early exit (:class:`Layerwise`), built once per model, not per batch."""
+        pieces: Layerwise | None = self.__dict__.get("_layerwise")
+        if pieces is None:
+            pieces = Layerwise(
+                self.bert, "fastbert runs the teacher's encoder one layer at a time to exit early"
+            )
+            self.__dict__["_layerwise"] = pieces
+        return pieces
 
     def forward(
         self,
@@ -279,7 +286,7 @@ def from_classifier(
         label2id=tcfg.label2id,
     )
     model = FastBertForSequenceClassification(cfg)
-    Layerwise(model.bert, "fastbert runs the teacher's encoder one layer at a time to exit early")
+    model.layerwise()  # refuses an encoder it cannot step through before any weight is copied
     body = prefix + "."
     state = {
         ("bert." + k[len(body) :] if k.startswith(body) else k): v for k, v in teacher.state_dict().items()
@@ -457,7 +464,7 @@ class FastBertRunner(Runner):
         model: Any = self.model
         inputs = batch["inputs"]
         mask = inputs["attention_mask"]
-        pieces = Layerwise(model.bert)
+        pieces = model.layerwise()
         embed = {k: inputs[k] for k in pieces.embed_inputs if inputs.get(k) is not None}
         graphs = [OnnxGraph("embeddings", EmbeddingsGraph(pieces, list(embed)), embed, ("hidden_states",))]
         hidden = graphs[0].module(*embed.values())
@@ -609,7 +616,7 @@ class EagerPieces:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.pieces = Layerwise(model.bert)
+        self.pieces: Layerwise = model.layerwise()
         self.context: dict[str, Any] = {}
 
     def embed(self, inputs: Mapping[str, Tensor], mask: Tensor) -> Tensor:
