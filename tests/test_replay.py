@@ -176,3 +176,34 @@ def test_a_tree_whose_src_is_not_imported_is_refused(tmp_path):
     (fake / "src/bertdistill/recipe_files/kd/sst2.yaml").write_text("method: {name: kd}\n")
     with pytest.raises(RuntimeError, match="was imported from .* not from"):
         replay.run_case(fake, [replay.Step("kd", "kd/sst2")], tmp_path / "out", _args(tmp_path), tmp_path)
+
+
+def test_prune_removes_only_the_runs_of_unused_trees(tmp_path, capsys):
+    """The replay cache grows by a reference tree's runs every time the code moves; after a replay, runs and
+    extracted trees of src/ trees that neither the reference nor a headline file has are removed, at the replay's
+    settings only."""
+    args = _args(tmp_path)
+    settings = args.work / "runs" / "s3-n48-e16-t1"
+    other_settings = args.work / "runs" / "s6-n128-e32-t1"
+    for parent in (settings, other_settings, args.work / "trees"):
+        for tree in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):
+            (parent / tree / "kd-sst2").mkdir(parents=True)
+            (parent / tree / "kd-sst2" / "model.safetensors").write_bytes(b"x" * 10)
+    replay.prune(args, {"aaaaaaaaaaaa"})
+    assert sorted(p.name for p in settings.iterdir()) == ["aaaaaaaaaaaa"]
+    assert sorted(p.name for p in (args.work / "trees").iterdir()) == ["aaaaaaaaaaaa"]
+    assert sorted(p.name for p in other_settings.iterdir()) == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+    assert "bbbbbbbbbbbb" in capsys.readouterr().out
+
+
+def test_headline_commits_are_those_recorded_and_present():
+    results, _ = replay.load_results(H.RESULTS)
+    by_name = dict(results)
+    commits = replay.headline_commits(by_name)
+    recorded = {
+        str(by_name[n].get("commit") or "").removesuffix("+dirty")
+        for names in replay.HEADLINES.values()
+        for n in names
+        if n in by_name
+    }
+    assert commits and commits <= recorded

@@ -3,7 +3,7 @@
 Public API::
 
     from bertdistill import distill, load_config, load_student, get_method, list_methods, evaluate
-    result = distill("recipes/kd/sst2.yaml", ["teacher.path=runs/teacher-sst2"])
+    result = distill("kd/sst2", ["teacher.path=runs/teacher-sst2"])  # a shipped recipe, or a YAML path
 """
 
 from .config import ConfigError, RunConfig

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import ConfigError
 from .protocol import Features, Needs, TokenTopK
 
 
@@ -68,9 +69,36 @@ def token_topk(output: object, k: int) -> TokenTopK:
     return TokenTopK(values, indices, counts)
 
 
+def check_layer_outputs(model: nn.Module, output: object) -> None:
+    """The convention above, checked against what ``model`` returned: one hidden state per layer plus the
+    embeddings, one attention map per layer (``config.num_hidden_layers``). A model that records more — ALBERT
+    with ``inner_group_num`` > 1 records every inner layer of each depth — would have its maps read at the wrong
+    layers, silently; it is refused instead."""
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not isinstance(layers, int):
+        return
+    for name, got, want in (
+        ("hidden states", getattr(output, "hidden_states", None), layers + 1),
+        ("attention maps", getattr(output, "attentions", None), layers),
+    ):
+        if got and len(got) != want:
+            inner = getattr(model.config, "inner_group_num", 1)
+            why = (
+                f"this ALBERT runs {inner} layers per depth (inner_group_num) and records each; ALBERT with "
+                "inner_group_num 1 (every released ALBERT) is supported"
+                if inner not in (None, 1)
+                else "bertdistill's layer maps need one per layer"
+            )
+            raise ConfigError(
+                f"{type(model).__name__} returned {len(got)} {name} for its {layers} layers, where {want} were "
+                f"expected, so its layers cannot be matched to another model's: {why}"
+            )
+
+
 def forward_features(model: nn.Module, inputs: Mapping[str, Tensor], needs: Needs) -> tuple[object, Features]:
     """Run ``model`` asking for exactly what ``needs`` says; return the raw output and the selection."""
     out = model(**inputs, output_hidden_states=needs.hidden_states, output_attentions=needs.attentions)
+    check_layer_outputs(model, out)
     return out, select_features(out, needs)
 
 

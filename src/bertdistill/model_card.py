@@ -358,8 +358,8 @@ def build_card(run_dir: str | Path, repo_id: str | None = None) -> str:
     if "mean_exit_layer" in metrics:
         facts.append(f"- mean exit layer: {float(metrics['mean_exit_layer']):.2f}")
     facts.append(
-        "- latency / throughput speed-up over the teacher: not measured (`bertdistill compare TEACHER STUDENT "
-        "--timing` measures it)"
+        "- latency / throughput speed-up over the teacher: not measured (`bertdistill compare TEACHER STUDENT` "
+        "measures it)"
     )
     if "majority_baseline" in metrics and main:
         facts.append(f"- majority-class baseline {main}: {_fmt(float(metrics['majority_baseline']))}")

@@ -329,8 +329,10 @@ class DistilBertRunner(Runner):
 
 @register("distilbert")
 class DistilBert(Method):
-    """DistilBERT: pre-training distillation on raw text into a half-depth DistilBERT (another family's teacher:
-    its own masked LM at half depth), with L_ce + L_mlm + L_cos."""
+    """DistilBERT: pre-training distillation on raw text into a half-depth student, L_ce + L_mlm + L_cos.
+
+    From a BERT teacher the student is a DistilBERT; from another family's masked LM, that family's own masked LM
+    at half depth."""
 
     config_cls = DistilBertMethodConfig
 

@@ -5,7 +5,7 @@ A fine-tuned backbone keeps its own classifier as the *teacher classifier* on th
 teacher classifier on labels) then ``self_distill`` (backbone and teacher classifier frozen; every branch
 learns ``KL(p_teacher ‖ p_branch)`` — no labels needed). At inference a sample leaves at the first layer
 whose branch is certain enough: normalised entropy ``u = −Σ p log p / ln C`` below ``speed``
-(:func:`bertdistill.early_exit.early_exit`).
+(:func:`early_exit`).
 
 The backbone is the teacher's own encoder, of any family the layer-by-layer runner knows
 (:class:`~bertdistill.layerwise.Layerwise`: BERT, RoBERTa / XLM-R, ELECTRA, DistilBERT, DeBERTa-v2, ALBERT), with its
@@ -427,13 +427,15 @@ class FastBertRunner(Runner):
         speed = options.get("speed")
         if speed is None:
             return Prediction(self.model(**batch["inputs"], branches=False).logits)
-        return self._exits(batch, early_exit(self.model, batch["inputs"], float(speed)))
+        return self._exits(batch, early_exit(self.model, batch["inputs"], float(speed)), float(speed))
 
-    def _exits(self, batch: Batch, res: EarlyExitResult) -> Prediction:
-        """An early-exit run as a prediction: logits, each row's exit layer, its FLOPs and full depth's."""
-        lengths = batch["inputs"]["attention_mask"].sum(-1).tolist()
-        full = torch.tensor([full_flops(self.model, int(t)) for t in lengths], dtype=torch.float64)
-        return Prediction(res.logits, {"exit_layer": res.exit_layer, "flops": res.flops, "full_flops": full})
+    def _exits(self, batch: Batch, res: EarlyExitResult, speed: float) -> Prediction:
+        """An early-exit run as a prediction: logits, and per row the exit layer, the number of real tokens and
+        whether branches ran, from which :meth:`metrics` counts the FLOPs (outside what is timed)."""
+        lengths = batch["inputs"]["attention_mask"].sum(-1).cpu()
+        branched = torch.full_like(lengths, speed > 0, dtype=torch.bool)
+        extras = {"exit_layer": res.exit_layer.cpu(), "length": lengths, "branched": branched}
+        return Prediction(res.logits, extras)
 
     def metrics(
         self, logits: Tensor | None, targets: Tensor | None, extras: Mapping[str, Tensor]
@@ -441,7 +443,8 @@ class FastBertRunner(Runner):
         metrics = super().metrics(logits, targets, extras)
         if "exit_layer" in extras:
             metrics["mean_exit_layer"] = float(extras["exit_layer"].float().mean())
-            metrics["flops_speedup"] = float(extras["full_flops"].sum() / extras["flops"].sum())
+            spent, full = exit_flops(self.model, extras["length"], extras["exit_layer"], extras["branched"])
+            metrics["flops_speedup"] = float(full.sum() / spent.sum())
         return metrics
 
     def rows(self, pred: Prediction) -> list[dict[str, Any]]:
@@ -490,7 +493,7 @@ class FastBertRunner(Runner):
         as eager; without ``speed``, every layer and the teacher classifier (no branch runs)."""
         speed = options.get("speed")
         res = early_exit(self.model, batch["inputs"], float(speed or 0.0), OnnxPieces(run))
-        return Prediction(res.logits) if speed is None else self._exits(batch, res)
+        return Prediction(res.logits) if speed is None else self._exits(batch, res, float(speed))
 
 
 @register("fastbert")
@@ -583,29 +586,90 @@ def normalized_entropy(logits: Tensor) -> Tensor:
 class EarlyExitResult:
     logits: Tensor  # [B, C]
     exit_layer: Tensor  # [B], 1-based layer after which each row left (L = full depth)
-    flops: Tensor  # [B], estimated forward FLOPs of each row
 
 
-def _layer_flops(t: int, h: int, inter: int) -> float:
-    """Multiply-adds ×2 of one BERT layer over a sequence of t tokens."""
-    return 2.0 * t * (4 * h * h + 2 * h * inter) + 4.0 * t * t * h
+# ----------------------------------------------------------------------------------------------- FLOPs
 
 
-def _branch_flops(t: int, h: int, b: int, c: int) -> float:
-    return 2.0 * t * (h * b + 4 * b * b) + 4.0 * t * t * b + 2.0 * (b * b + b * c)
+def _cpu_attention_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    """``q·kᵀ`` and ``softmax·v`` of the CPU kernel scaled-dot-product attention picks (shapes ``[B, heads, T, d]``):
+    torch's FLOP counter knows only the GPU kernels' formulas."""
+    b, heads, t_q, d = query
+    t_k, d_v = key[-2], value[-1]
+    return 2 * b * heads * t_q * t_k * (d + d_v)
 
 
-def _ffn_size(config: Any) -> int:
-    """The feed-forward width (DistilBERT calls it ``hidden_dim``)."""
-    return int(getattr(config, "intermediate_size", None) or config.hidden_dim)
+def count_flops(fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
+    """FLOPs of ``fn(*args)``, and its output, as ``torch.utils.flop_counter`` counts them (2 per multiply-add of every matmul and
+    convolution; elementwise work is not counted), with two blind spots closed: the CPU attention kernel is
+    counted as attention, and ``nn.MultiheadAttention`` (the branches) runs its unfused path, whose matmuls the
+    counter sees."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-
-def full_flops(model: Any, t: int) -> float:
-    """FLOPs of the full model without branches (the teacher) for t tokens."""
-    bc = model.bert.config
-    return bc.num_hidden_layers * _layer_flops(t, bc.hidden_size, _ffn_size(bc)) + 2.0 * (
-        bc.hidden_size * bc.hidden_size + bc.hidden_size * model.config.num_labels
+    counter = FlopCounterMode(
+        display=False,
+        custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops},
     )
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        # not in inference mode, even when called from it: the counter's module hooks take views of parameters
+        with torch.inference_mode(False), torch.no_grad(), counter:
+            out = fn(*args)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return int(counter.get_total_flops()), out
+
+
+@dataclass(frozen=True)
+class PieceFlops:
+    """The FLOPs of each piece early exit runs (:class:`EagerPieces`) on one row of ``t`` real tokens."""
+
+    embed: int
+    layers: tuple[int, ...]  # layer 1 .. L
+    branches: tuple[int, ...]  # branch 1 .. L-1
+    head: int  # the teacher classifier
+
+    @property
+    def full(self) -> int:
+        """The model at full depth without branches: what the teacher computes."""
+        return self.embed + sum(self.layers) + self.head
+
+
+def piece_flops(model: Any, t: int) -> PieceFlops:
+    """Counted by running each piece of ``model`` on a row of ``t`` tokens (:func:`count_flops`): the family's
+    own layers as they run (DeBERTa's relative-position terms and first-layer convolution, ELECTRA's and ALBERT's
+    embedding projection, each head's pooler), not a formula of BERT's shape. Cached per model and length."""
+    table: dict[int, PieceFlops] = model.__dict__.setdefault("_piece_flops", {})
+    if t not in table:
+        pieces = EagerPieces(model)
+        ids = torch.zeros((1, t), dtype=torch.long, device=next(model.parameters()).device)
+        mask = torch.ones_like(ids)
+        embed, hidden = count_flops(pieces.embed, {"input_ids": ids, "attention_mask": mask}, mask)
+        layers, branches = [], []
+        for i in range(len(pieces.pieces)):
+            flops, hidden = count_flops(pieces.layer, i, hidden, mask)
+            layers.append(flops)
+            if i < len(model.branches):
+                branches.append(count_flops(pieces.branch, i, hidden, mask)[0])
+        head = count_flops(pieces.head, hidden)[0]
+        table[t] = PieceFlops(embed, tuple(layers), tuple(branches), head)
+    return table[t]
+
+
+def exit_flops(model: Any, lengths: Tensor, exit_layer: Tensor, branched: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row, the FLOPs early exit spent and those of the full model (:attr:`PieceFlops.full`). A row that left
+    at layer ``e < L`` ran the embeddings, layers 1..e and branches 1..e; a row that reached layer L ran every
+    layer and the teacher classifier, and branches 1..L-1 where branches ran (``branched``: ``speed > 0``)."""
+    spent, full = [], []
+    for t, e, b in zip(lengths.tolist(), exit_layer.tolist(), branched.tolist(), strict=True):
+        f = piece_flops(model, int(t))
+        if e < len(f.layers):
+            spent.append(f.embed + sum(f.layers[:e]) + sum(f.branches[:e]))
+        else:
+            spent.append(f.full + (sum(f.branches) if b else 0))
+        full.append(f.full)
+    return torch.tensor(spent, dtype=torch.float64), torch.tensor(full, dtype=torch.float64)
 
 
 class EagerPieces:
@@ -720,25 +784,14 @@ def early_exit(
     logits = torch.zeros((n, model.config.num_labels), dtype=hidden.dtype, device=ids.device)
     exit_layer = torch.full((n,), n_layers, dtype=torch.long, device=ids.device)
     active = torch.arange(n, device=ids.device)
-    lengths = mask.sum(-1)
-    per_layer = torch.tensor([_layer_flops(int(t), bc.hidden_size, _ffn_size(bc)) for t in lengths.tolist()])
-    per_branch = torch.tensor(
-        [
-            _branch_flops(int(t), bc.hidden_size, model.config.branch_hidden, model.config.num_labels)
-            for t in lengths.tolist()
-        ]
-    )
-    flops = torch.zeros(n, dtype=torch.float64)
     for i in range(n_layers):
         hidden = pieces.layer(i, hidden, mask)
-        flops[active.cpu()] += per_layer[active.cpu()].double()
         if i == n_layers - 1:
             logits[active] = pieces.head(hidden).to(logits.dtype)
             break
         if speed <= 0:
             continue
         z = pieces.branch(i, hidden, mask)
-        flops[active.cpu()] += per_branch[active.cpu()].double()
         done = normalized_entropy(z) < speed
         if done.any():
             rows = active[done]
@@ -749,4 +802,4 @@ def early_exit(
                 break
             active, hidden, mask = active[keep], hidden[keep], mask[keep]
             pieces.keep(keep)
-    return EarlyExitResult(logits=logits, exit_layer=exit_layer, flops=flops)
+    return EarlyExitResult(logits=logits, exit_layer=exit_layer)

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from transformers.utils import ModelOutput
 
 from ..config import ConfigError, MethodConfig
+from ..features import check_layer_outputs
 from ..hub import from_pretrained
 from ..losses import hinton_terms
 from ..protocol import Batch, BuiltStudent, Features, Method, MethodTestConfig, Needs, Stage
@@ -113,6 +114,7 @@ class PKDStudent(nn.Module):
 
     def forward(self, **inputs: Any) -> PKDOutput:
         out = self.model(**inputs, output_hidden_states=True)
+        check_layer_outputs(self.model, out)
         hs = out.hidden_states  # M+1 entries: embeddings, layers 1..M
         cls = torch.stack([hs[j][:, 0] for j in range(1, len(hs) - 1)], dim=1)
         return PKDOutput(logits=out.logits, cls=self.proj(cls) if self.proj is not None else cls)

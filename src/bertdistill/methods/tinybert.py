@@ -52,7 +52,7 @@ from ..data.loading import (
     without_selection,
 )
 from ..data.tasks import TaskSpec
-from ..features import SCORES_ATTENTION, register_score_attention, use_score_attention
+from ..features import SCORES_ATTENTION, check_layer_outputs, register_score_attention, use_score_attention
 from ..hub import from_pretrained
 from ..layer_map import tinybert_layer_maps
 from ..losses import (
@@ -238,6 +238,7 @@ class TinyBERTStudent(nn.Module):
         if not features:
             return TinyBERTOutput(logits=self.model(**inputs).logits)
         out = self.model(**inputs, output_hidden_states=True, output_attentions=True)
+        check_layer_outputs(self.model, out)
         hidden = {i: self.project(i, out.hidden_states[i]) for i in self.hidden_indices}
         att = {i: out.attentions[i] for i in self.attention_layers}
         return TinyBERTOutput(logits=out.logits, hidden=hidden, attentions=att)
