@@ -13,7 +13,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -39,6 +39,12 @@ class MethodConfig:
     """Base of every method's config; subclasses live in ``methods/<paper>.py``."""
 
     name: str = ""
+
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
+    """``train.*`` values of this method that replace :class:`TrainConfig`'s defaults where a recipe does not set
+    them (Tang et al.'s BiLSTM: AdaDelta's eps, no weight decay, no clipping, 30 epochs), so that a recipe that
+    leaves them out — or ``distill --method M --task T`` for a task without a shipped recipe — still trains the
+    method as its paper does."""
 
 
 @dataclass
@@ -434,7 +440,11 @@ def config_from_dict(raw: dict[str, Any], method_config: Callable[[str], type[Me
         raise ConfigError(
             "the recipe needs a `method:` section with a `name` (see `bertdistill methods` for the names)"
         )
-    method_cfg = build_dataclass(method_config(str(method_raw["name"])), method_raw, "method")
+    method_cls = method_config(str(method_raw["name"]))
+    method_cfg = build_dataclass(method_cls, method_raw, "method")
+    train_raw = raw.get("train")
+    if method_cls.train_defaults and (train_raw is None or isinstance(train_raw, dict)):
+        raw["train"] = {**method_cls.train_defaults, **(train_raw or {})}
     top = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(raw) - set(top))
     if unknown:
