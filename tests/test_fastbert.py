@@ -434,3 +434,11 @@ def test_sweep_sets_a_static_kd_student_of_the_same_task_only(tmp_path):
     }
     assert static_kd_student(str(f), "mrpc") is None
     assert static_kd_student(str(tmp_path / "absent.json"), "sst2") is None
+
+
+@pytest.mark.parametrize("speed", [-0.1, 1.5, float("nan")])
+def test_a_speed_outside_0_1_is_refused(fast_model, speed):
+    _, model = fast_model
+    with pytest.raises(ConfigError, match=r"--speed must be in \[0, 1\] \(0 = full depth\), got"):
+        FastBertRunner(model, tokenizer=None).check_options({"speed": speed})
+    assert FastBertRunner(model, tokenizer=None).check_options({"speed": 1.0}) == {"speed": 1.0}

@@ -9,6 +9,7 @@ head counts, kd's hidden MSE widths, DistilBERT's pre-trained student) live in t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,42 @@ def _auto_tokenizer() -> Any:
     return AutoTokenizer
 
 
-def check_teacher_labels(teacher: Any, task: Any) -> None:
+def vocab_difference(a: Any, b: Any) -> str | None:
+    """How two tokenizers' vocabularies differ (sizes and a few differing (token, id) pairs), ``None`` when they
+    are the same or either has no ``get_vocab`` (then the sizes are compared)."""
+    va = a.get_vocab() if callable(getattr(a, "get_vocab", None)) else None
+    vb = b.get_vocab() if callable(getattr(b, "get_vocab", None)) else None
+    if va is None or vb is None:
+        sa, sb = len(a), len(b)
+        return None if sa == sb else f"{sa} against {sb} tokens"
+    if va == vb:
+        return None
+    diff = sorted(set(va.items()) ^ set(vb.items()), key=lambda kv: (kv[1], kv[0]))[:3]
+    return f"{len(va)} against {len(vb)} tokens; e.g. differing (token, id) pairs {diff}"
+
+
+def check_teacher_vocab(path: str, tokenizer: Any, what: str) -> None:
+    """A teacher loaded from its own dir (a stage's or a task's teacher) reads the run's token ids: its tokenizer,
+    where the dir has one, must have the run's vocabulary, or it reads other tokens — silently, when the sizes
+    agree."""
+    try:
+        theirs = from_pretrained(_auto_tokenizer(), path)
+    except (ConfigError, OSError, ValueError):
+        return  # a model dir without a tokenizer: its embeddings are checked against the ids when they run
+    diff = vocab_difference(theirs, tokenizer)
+    if diff is not None:
+        raise ConfigError(
+            f"{what} {path!r} has another vocabulary than the run's tokenizer ({diff}): it would read the run's token "
+            "ids as other tokens; every teacher of a run must share one tokenizer"
+        )
+
+
+def check_teacher_labels(
+    teacher: Any,
+    task: Any,
+    role: str = "teacher",
+    fix: str = "set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)",
+) -> None:
     """A sequence-classification teacher must have one output per label of ``task`` (one for regression): a
     model fine-tuned on another task would otherwise fail mid-step on a shape error, or — where the student
     copies its head — train a student that predicts classes the task does not have. Tasks without labels
@@ -109,8 +145,7 @@ def check_teacher_labels(teacher: Any, task: Any) -> None:
         if have != n:
             wants = "1 (a regression score)" if task.regression else f"{n} ({list(task.labels)})"
             raise ConfigError(
-                f"teacher {path!r} has {have} output(s) but task {task.name!r} needs {wants}; set teacher.path "
-                "to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"
+                f"{role} {path!r} has {have} output(s) but task {task.name!r} needs {wants}; {fix}"
             )
         theirs = teacher_label_names(model.config)
         ours = list(task.labels)
@@ -173,3 +208,28 @@ def check_resume(out: Path, run: RunConfig, config_file: str) -> None:
                 f"--resume: {out} holds a run with {section}.{key} {was!r}, this recipe has {now!r}; resume with "
                 f"the recipe that made it ({prev_path}) or write this run to another --output"
             )
+
+
+RUN_MARKERS = ("model.safetensors", "pytorch_model.bin", "metrics.json", "checkpoints")
+"""What makes a dir hold work that would be lost: saved weights, a finished run's scores, its checkpoints (a run
+that stopped on a configuration error before its first checkpoint leaves only its ``bertdistill.yaml``)."""
+
+
+def refuse_occupied_output(
+    out: Path, what: str, how: str, ours: Callable[[Path], bool] | None = None
+) -> None:
+    """``what`` would write into ``out``: refuse when it already holds a run or a saved model (:data:`RUN_MARKERS`)
+    that is not an earlier output of the same command (``ours``), so that nothing finished is written over by
+    mistake; ``how`` says what to do instead."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a dir")
+    if not out.is_dir():
+        return
+    held = [
+        m for m in RUN_MARKERS if (out / m).is_file() or ((out / m).is_dir() and any((out / m).iterdir()))
+    ]
+    if held and not (ours is not None and ours(out)):
+        raise ConfigError(
+            f"--output {out} already holds a run or a model ({', '.join(held)}); {what} would write over it: {how}"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -239,12 +240,38 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "grad_accum", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a number > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ConfigError("train.epochs must be > 0 (or set train.max_steps)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                f"train.max_steps must be >= 1 (or null to run by train.epochs), got {self.max_steps}"
+            )
+        if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ConfigError(
+                f"train.epochs must be a number > 0 (or set train.max_steps), got {self.epochs}"
+            )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay must be a number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ConfigError(f"train.adam_eps must be a number > 0, got {self.adam_eps}")
+        betas = list(self.adam_betas)
+        if len(betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
+            raise ConfigError(
+                f"train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {betas}"
+            )
+        if not 0 <= self.adadelta_rho <= 1 or not (math.isfinite(self.momentum) and self.momentum >= 0):
+            raise ConfigError(
+                f"train.adadelta_rho must be in [0, 1] and train.momentum >= 0; got {self.adadelta_rho}, "
+                f"{self.momentum}"
+            )
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+        ):
+            raise ConfigError(
+                f"train.max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}"
+            )
         self.log_with = _tracker_names(self.log_with)
 
     @property
@@ -472,7 +499,34 @@ def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for key, line in duplicate_keys(path.read_text()):
+        raise ConfigError(
+            f"{path}:{line}: duplicate key {key!r}: YAML keeps only the last one, so the first would be ignored "
+            "without a word; merge them into one"
+        )
     return raw
+
+
+def duplicate_keys(text: str) -> list[tuple[str, int]]:
+    """Keys that repeat within one mapping of a YAML document, with the (1-based) line of each repeat. Read from
+    the document's node tree (``yaml.compose``: no object is constructed), since loading keeps the last one."""
+    found: list[tuple[str, int]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        found.append((key.value, key.start_mark.line + 1))
+                    seen.add(key.value)
+                walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader))
+    return found
 
 
 def deep_copy_dicts(d: dict[str, Any]) -> dict[str, Any]:

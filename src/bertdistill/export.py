@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import refuse_occupied_output
 from .config import ConfigError
 from .data.loading import Examples
 from .protocol import Batch, OnnxGraph, Prediction, Runner
@@ -561,6 +562,9 @@ def export(
         )
     if out.resolve() == src.resolve():
         raise ConfigError("--output must be a new dir, not the student's own (the export copies its files)")
+    refuse_occupied_output(
+        out, "the export", "give a new --output", ours=lambda d: (d / EXPORT_FILE).is_file()
+    )
     runner = load_student(src, device="cpu")
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():

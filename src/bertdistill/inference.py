@@ -70,6 +70,10 @@ def load_student(path: str | os.PathLike[str], task: str | None = None, device: 
 
     root, precision = split_onnx_path(path)
     recipe = read_recipe(root)
+    if recipe and not (root / "config.json").is_file():
+        from .hub import what_dir_holds
+
+        raise ConfigError(f"cannot load {str(path)!r}: {what_dir_holds(root)}")
     spec = recipe_task(recipe, task)
     runner = runner_class(recipe).load(str(root), recipe, spec)
     runner.model.eval()
@@ -170,11 +174,14 @@ class EnsembleRunner(Runner):
             torch.nn.ModuleList([m.model for m in members]), first.tokenizer, first.task, path, first.recipe
         )
         self.members = members
-        vocab = [getattr(m.tokenizer, "vocab_size", None) for m in members]
-        if len(set(vocab)) > 1:
-            raise ConfigError(
-                f"an ensemble's members must share a tokenizer; vocabulary sizes differ: {vocab}"
-            )
+        from .checks import vocab_difference
+
+        for m in members[1:]:
+            diff = vocab_difference(m.tokenizer, first.tokenizer)
+            if diff is not None:
+                raise ConfigError(
+                    f"an ensemble's members must share a tokenizer: {m.path} and {first.path} differ ({diff})"
+                )
 
     def predict(self, batch: Mapping[str, Any], **options: Any) -> Any:
         from .protocol import Prediction

@@ -28,6 +28,7 @@ Every hook but ``build_student`` and ``loss`` has a default that serves an HF se
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -153,6 +154,26 @@ class Stage:
     ensemble (:class:`~bertdistill.teachers.EnsembleTeacher`: the mean of their class probabilities, or of
     their predictions for regression); an empty list = no teacher for that group (``teacher_out`` is None)."""
 
+    def __post_init__(self) -> None:
+        # a stage's own settings come from its method's config (e.g. cmlm's method.student_batch_size, mobilebert's
+        # method.transfer_lr): 0 or a negative value would otherwise fall back to train.* without a word
+        bad = [
+            f"{name} {value}"
+            for name, value, ok in (
+                ("epochs", self.epochs, lambda v: math.isfinite(v) and v > 0),
+                ("max_steps", self.max_steps, lambda v: v >= 1),
+                ("lr", self.lr, lambda v: math.isfinite(v) and v > 0),
+                ("batch_size", self.batch_size, lambda v: v >= 1),
+                ("warmup_ratio", self.warmup_ratio, lambda v: 0 <= v < 1),
+            )
+            if value is not None and not ok(value)
+        ]
+        if bad:
+            raise ConfigError(
+                f"stage {self.name!r}: {', '.join(bad)}: a stage's epochs, steps, lr and batch size (set by the "
+                "method's config, `bertdistill recipes NAME` shows them) must be > 0 and its warm-up in [0, 1)"
+            )
+
 
 @dataclass(frozen=True)
 class MethodTestConfig:
@@ -193,6 +214,8 @@ class InferenceOption:
     type: type
     help: str
     default: Any = None
+    valid: tuple[Callable[[Any], bool], str] | None = None
+    """A check of a given value and the range it states (e.g. ``(lambda v: 0 <= v <= 1, "in [0, 1]")``)."""
 
     @property
     def flag(self) -> str:
@@ -295,6 +318,10 @@ class Runner:
                 f"{self.path or type(self.model).__name__}: option(s) {unknown} do not apply to this student "
                 f"({type(self).__name__}); it takes {sorted(known) or 'no options'}"
             )
+        for k, v in options.items():
+            check = known[k].valid if v is not None else None
+            if check is not None and not check[0](v):
+                raise ConfigError(f"{known[k].flag} must be {check[1]}, got {v}")
         return {k: options.get(k) if options.get(k) is not None else o.default for k, o in known.items()}
 
     def label(self, options: Mapping[str, Any]) -> str:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -622,9 +623,21 @@ class Seq2SeqRunner(_ParallelRunner):
     holding a C-MLM teacher (``stages/teacher``) loads as a :class:`CMLMTeacherRunner`."""
 
     options: ClassVar[tuple[InferenceOption, ...]] = (
-        InferenceOption("beam", int, "beam size of the decoder (1 = greedy)", 1),
-        InferenceOption("length_penalty", float, "beam search: score / length^penalty (HF)", 1.0),
-        InferenceOption("max_new_tokens", int, "tokens generated at most (0 = 1.5 × source + 10)", 0),
+        InferenceOption("beam", int, "beam size of the decoder (1 = greedy)", 1, (lambda v: v >= 1, ">= 1")),
+        InferenceOption(
+            "length_penalty",
+            float,
+            "beam search: score / length^penalty (HF)",
+            1.0,
+            (math.isfinite, "a finite number"),
+        ),
+        InferenceOption(
+            "max_new_tokens",
+            int,
+            "tokens generated at most (0 = 1.5 × source + 10)",
+            0,
+            (lambda v: v >= 0, ">= 0"),
+        ),
     )
 
     def __init__(self, *args: Any, references: Sequence[str] | None = None, **kwargs: Any) -> None:

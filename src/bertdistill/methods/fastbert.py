@@ -420,6 +420,7 @@ class FastBertRunner(Runner):
             "early-exit threshold in [0, 1] (0 = full depth): a row leaves at the first branch whose "
             "normalised entropy is below it; adds the exit layer, mean exit layer, FLOPs speed-up and (timed) "
             "the measured speed-up against the same model at full depth",
+            valid=(lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0 = full depth)"),
         ),
     )
 

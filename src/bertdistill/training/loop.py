@@ -312,6 +312,7 @@ class Trainer:
             if name not in keep:
                 del self._stage_teachers[name]
         if path not in self._stage_teachers:
+            checks.check_teacher_vocab(path, self.tokenizer, f"stage {stage.name!r}: teacher")
             model = self.method.load_teacher_model(path, stage)
             self._stage_teachers[path] = Teacher(model).to(self.acc.device)
         return self._stage_teachers[path]
