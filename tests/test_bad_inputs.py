@@ -210,6 +210,9 @@ CASES = [
         "student '{wide_mlm}' does not fit the teacher (width 48 vs the teacher's 32): distilbert's cosine and "
         "soft-target losses compare hidden states and vocabulary logits without a projection; use student.init: "
         "teacher or random (the teacher's widths)"),
+    row("kd hidden_map beyond the layers", DISTILL, {"method": {"hidden_weight": 1.0, "hidden_map": [[0, 9]]}},
+        "method.hidden_map [[0, 9]]: a pair is [student, teacher] hidden-state indices, 0 (embeddings) to 2 for the "
+        "student and 4 for the teacher"),
     row("width mismatch without projection (kd hidden MSE)", DISTILL,
         {"method": {"hidden_weight": 1.0},
          "student": {"init": "random", "config_overrides": {"hidden_size": 48, "num_attention_heads": 4}}},
@@ -255,17 +258,25 @@ CASES = [
         "kd, pkd or tinybert"),
     # ---- writing over a finished run or model
     row("a new run into a finished run's dir", [*DISTILL, "--set", "output_dir={finished}"], None,
-        "--output {finished} already holds a run or a model (model.safetensors, metrics.json, checkpoints); this "
+        "--output {finished} already holds a run or a model (model weights, metrics.json, checkpoints); this "
         "run would write over it: --resume to continue it, --overwrite to train over it, or give another --output"),
     row("export into a model dir", ["export", "{finished}", "-o", "{teacher}"], None,
-        "--output {teacher} already holds a run or a model (model.safetensors); the export would write over it: "
+        "--output {teacher} already holds a run or a model (model weights); the export would write over it: "
         "give a new --output"),
     row("export-task into a model dir", ["export-task", "{finished}", "sst2", "-o", "{teacher}"], None,
-        "--output {teacher} already holds a run or a model (model.safetensors); export-task would write over it: "
+        "--output {teacher} already holds a run or a model (model weights); export-task would write over it: "
         "give a new --output"),
     row("evaluate a model of another task", ["evaluate", "{teacher3}", "--task", "sst2", "--data", "{sst2}"], None,
         "model '{teacher3}' has 3 output(s) but task 'sst2' needs 2 (['0', '1']); evaluate it on the task it was "
         "trained for (--task, --data), or fine-tune it on this one"),
+    row("evaluate a model without a trained head", ["evaluate", "{encoder}", "--task", "sst2", "--data", "{sst2}"],
+        None,
+        "model '{encoder}' lacks trained weights for this task's outputs (['classifier.bias', 'classifier.weight'] are "
+        "not in its checkpoint, so they would be random); fine-tune it first (`bertdistill finetune --model "
+        "{encoder} --task TASK -o DIR`)"),
+    row("config_overrides value of the wrong type", DISTILL,
+        {"student": {"init": "random", "config_overrides": {"hidden_size": "big"}}},
+        "student.config_overrides.hidden_size: TypeError: Field 'hidden_size' expected int, got str (value: 'big')"),
     row("evaluate an unfinished run", ["evaluate", "{unfinished}"], None,
         "cannot load '{unfinished}': it is an unfinished bertdistill kd run (no final model; its checkpoints are "
         "under {unfinished}/checkpoints): finish it with `bertdistill distill ... -o {unfinished} --resume`"),
@@ -274,6 +285,13 @@ CASES = [
         "(no final model; its checkpoints are under {unfinished}/checkpoints): finish it with `bertdistill distill "
         "... -o {unfinished} --resume`. Details: Unrecognized model in {unfinished}. Should have a `model_type` key "
         "in its config.json."),
+    row("generate over its own input", ["generate", "{finished}", "{tmp}/lines.txt", "-o", "{tmp}/lines.txt"], None,
+        "generate: --output is the input file, which it would replace; give another file"),
+    row("finetune with a distillation recipe", ["finetune", "kd/sst2"], None,
+        "finetune: kd/sst2 is a kd recipe; `bertdistill finetune` runs finetune (or mlm) recipes: run this one with "
+        "`bertdistill distill`"),
+    row("empty output_dir", DISTILL, {"output_dir": ""},
+        "output_dir is empty; give a dir (or leave it unset for runs/<method>-<task>)"),
     # ---- numbers and recipes that would be ignored or misread
     row("duplicate key in a recipe", ["distill", "{tmp}/dup.yaml"], None,
         "{tmp}/dup.yaml:3: duplicate key 'train': YAML keeps only the last one, so the first would be ignored "
@@ -283,6 +301,10 @@ CASES = [
     row("lr not a number", [*DISTILL, "--set", "train.lr=nan"], None, "train.lr must be a number > 0, got nan"),
     row("adam_betas with one value", [*DISTILL, "--set", "train.adam_betas=[0.9]"], None,
         "train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got [0.9]"),
+    row("malformed --set value", [*DISTILL, "--set", "train.adam_betas=[0.9,"], None,
+        "cannot parse value '[0.9,' as YAML: expected the node content, but found '<stream end>'"),
+    row("dropout outside [0, 1) (bilstm)", DISTILL, {**BILSTM, "method": {**BILSTM["method"], "dropout": 2.0}},
+        "method.dropout must be in [0, 1), got 2.0"),
     row("a stage's own lr 0 (fastbert)", DISTILL, {"method": {"name": "fastbert", "distill_lr": 0.0}},
         "stage 'self_distill': lr 0.0: a stage's epochs, steps, lr and batch size (set by the method's config, "
         "`bertdistill recipes NAME` shows them) must be > 0 and its warm-up in [0, 1)"),
@@ -372,6 +394,7 @@ def names(
     _write_bad_data(tmp / "bad", (sst2 / "train.tsv").read_text().splitlines()[:6])
     (tmp / "broken.yaml").write_text("method: {name: kd\n")
     (tmp / "list.yaml").write_text("- kd\n")
+    (tmp / "lines.txt").write_text("ein hund\n")
     (tmp / "dup.yaml").write_text("method: {name: kd}\ntrain: {lr: 1.0e-4}\ntrain: {epochs: 1}\n")
     rng = random.Random(0)
     (tmp / "corpus.txt").write_text("\n".join(make_sentence(rng, i % 2) for i in range(40)) + "\n")

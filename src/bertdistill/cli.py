@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,22 @@ def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int
     if args.output:
         overrides = [*overrides, f"output_dir={args.output}"]
     cfg = load_config(cfg_source, overrides)
-    if not args.resume and not getattr(args, "overwrite", False):
+    # a new run does not write over a finished one unless asked (--overwrite); the API's default is to train. Checked
+    # here, before the teacher and the data load, in a single process, and again by the trainer under the run-dir
+    # lock, where a multi-process run's ranks stop together and a dir another process trains into says "in use"
+    overwrite = bool(getattr(args, "overwrite", False))
+    if not args.resume and not overwrite and os.environ.get("WORLD_SIZE", "1") == "1":
         from .checks import refuse_occupied_output
+        from .training import checkpoint as ckpt
+        from .training.loop import OCCUPIED_HOW
 
-        refuse_occupied_output(
-            cfg.resolved_output_dir(),
-            "this run",
-            "--resume to continue it, --overwrite to train over it, or give another --output",
-        )
-    result = distill(cfg, resume=args.resume, quiet=args.quiet)
+        out = cfg.resolved_output_dir()
+        try:
+            with ckpt.run_dir_lock(out):
+                refuse_occupied_output(out, "this run", OCCUPIED_HOW)
+        except ckpt.RunDirBusyError:
+            pass  # the trainer says so, with the holder's pid
+    result = distill(cfg, resume=args.resume, overwrite=overwrite, quiet=args.quiet)
     if result.main_process:
         print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=1))
         skipped = result.metrics.get("data", {}).get("skipped_rows")
@@ -193,6 +201,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             "data": {"task": args.task},
         }
         overrides = list(args.overrides)
+    if args.recipe:
+        from .recipes import read_recipe
+
+        method = str(((read_recipe(args.recipe).get("method") or {}) or {}).get("name", ""))
+        if method not in ("finetune", "mlm"):
+            raise ConfigError(
+                f"finetune: {args.recipe} is a {method or 'method-less'} recipe; `bertdistill finetune` runs "
+                "finetune (or mlm) recipes: run this one with `bertdistill distill`"
+            )
     if args.recipe and (args.corpus or args.train_body):
         raise ConfigError(
             "finetune: --corpus / --train-body go with --task mlm and no recipe (use --set in a recipe)"
@@ -305,8 +322,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Text in, text out: one output line per input line (a seq2seq student translates)."""
+    from .config import ConfigError
     from .inference import load_student
 
+    if args.input and args.input != "-" and Path(args.input).is_dir():
+        raise ConfigError(
+            f"generate: {args.input} is a dir; give a text file (one source per line) or - for stdin"
+        )
+    if args.output and Path(args.output).is_dir():
+        raise ConfigError(f"generate: --output {args.output} is a dir; give a file")
+    if (
+        args.output
+        and args.input
+        and args.input != "-"
+        and Path(args.output).resolve() == Path(args.input).resolve()
+    ):
+        raise ConfigError("generate: --output is the input file, which it would replace; give another file")
     runner = load_student(args.model, device=args.device or "cpu")
     options = runner.check_options(_inference_options(args))
     if args.input and args.input != "-":

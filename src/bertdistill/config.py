@@ -267,10 +267,10 @@ class TrainConfig:
                 f"{self.momentum}"
             )
         if self.max_grad_norm is not None and not (
-            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0
         ):
             raise ConfigError(
-                f"train.max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}"
+                f"train.max_grad_norm must be >= 0 (0 or null: no clipping), got {self.max_grad_norm}"
             )
         self.log_with = _tracker_names(self.log_with)
 
@@ -309,6 +309,10 @@ class RunConfig:
     output_dir: str | None = None
     """Default: ``runs/<method>-<task>``."""
 
+    def __post_init__(self) -> None:
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            raise ConfigError("output_dir is empty; give a dir (or leave it unset for runs/<method>-<task>)")
+
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.method.name}-{self.data.task}")
 
@@ -332,8 +336,9 @@ class RunConfig:
 def _parse_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse value {text!r}: {e}") from e
+    except yaml.YAMLError as e:  # one line, as a recipe's: the problem, not PyYAML's multi-line report
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"cannot parse value {text!r} as YAML: {problem}") from e
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,20 @@ def from_pretrained(cls: Any, path: str, *, mark_untrained: bool = False, **kwar
         ) from e
 
 
+def has_weights(path: str | os.PathLike[str]) -> bool:
+    """Whether a dir holds saved model weights at its top (``*.safetensors`` / ``*.bin``, whatever a method names
+    them): a finished run's final model, not a run killed before it (its weights are under ``checkpoints/``)."""
+    return any(f.suffix in (".safetensors", ".bin") and f.is_file() for f in Path(path).iterdir())
+
+
+def _json_dict(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
 def what_dir_holds(path: str | os.PathLike[str]) -> str:
     """What a local dir that is not a plain HF model of the expected kind holds, for an error message."""
     root = Path(path)
@@ -76,15 +91,21 @@ def what_dir_holds(path: str | os.PathLike[str]) -> str:
             method = ((yaml.safe_load(run.read_text()) or {}).get("method") or {}).get("name", "?")
         except (yaml.YAMLError, AttributeError):
             method = "?"
-        if not (root / "config.json").is_file():
+        if not has_weights(root):
             return (
                 f"it is an unfinished bertdistill {method} run (no final model; its checkpoints are under "
                 f"{root / 'checkpoints'}): finish it with `bertdistill distill ... -o {root} --resume`"
             )
-        return (
-            f"it is a bertdistill {method} student, not a model of that kind (a teacher must be an HF model the method "
-            "can read, e.g. a fine-tuned classifier; a multi-task student's head: `bertdistill export-task`)"
-        )
+        model_type = _json_dict(root / "config.json").get("model_type")
+        if method not in (
+            "finetune",
+            "mlm",
+        ):  # those runs save a plain HF model: their errors are transformers'
+            return (
+                f"it is a bertdistill {method} student{f' ({model_type})' if model_type else ''}, not a model of "
+                "that kind (a teacher must be an HF model the method can read, e.g. a fine-tuned classifier; a "
+                "multi-task student's head: `bertdistill export-task`)"
+            )
     return "the dir holds a model of another kind (see config.json's model_type / architectures)"
 
 

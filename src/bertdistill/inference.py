@@ -67,12 +67,11 @@ def load_student(path: str | os.PathLike[str], task: str | None = None, device: 
     """Any saved student (or teacher) dir, ready to run: ``runner.predict(batch, **options)``. An ONNX export
     dir (``bertdistill export``), or one of its ``.onnx`` files, runs in ONNX Runtime."""
     from .export import is_export, load_exported, split_onnx_path
+    from .hub import has_weights, what_dir_holds
 
     root, precision = split_onnx_path(path)
     recipe = read_recipe(root)
-    if recipe and not (root / "config.json").is_file():
-        from .hub import what_dir_holds
-
+    if recipe and not has_weights(root):
         raise ConfigError(f"cannot load {str(path)!r}: {what_dir_holds(root)}")
     spec = recipe_task(recipe, task)
     runner = runner_class(recipe).load(str(root), recipe, spec)
@@ -219,6 +218,9 @@ class Predictor:
     ) -> None:
         self.runner = load_student(model_dir, device=device or "cpu")
         self.options = self.runner.check_options(dict(options or {}))
+        self.runner.task = self.runner.task_for(
+            self.options
+        )  # e.g. a multi-task student's head: pairs, a score
         self.max_length = max_length
         self.is_pair = self.runner.is_pair()
 

@@ -155,6 +155,15 @@ def check_override_fields(cfg: StudentConfig, config: Any) -> None:
             f"student.config_overrides: {unknown} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
             f"{type(config).__name__}{did_you_mean(unknown[0], known)}"
         )
+    trial = copy.deepcopy(config)
+    for k, v in cfg.config_overrides.items():
+        try:  # transformers validates a field's type where its config class declares one
+            setattr(trial, k, v)
+        except Exception as e:  # huggingface_hub's StrictDataclassFieldValidationError, TypeError, ValueError
+            detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise ConfigError(
+                f"student.config_overrides.{k}: {detail[-1] if detail else type(e).__name__}"
+            ) from None
 
 
 def build_student(

@@ -377,14 +377,19 @@ def without_selection(extra: Examples, cfg: DataConfig, task: TaskSpec) -> Examp
 
 def evaluation_texts(cfg: DataConfig, task: TaskSpec) -> set[tuple[str, ...]]:
     """The (whitespace-normalised) texts of the evaluation splits ``cfg`` can read: ``eval_split`` and, for data in
-    a local directory, ``dev`` and ``test`` where their files are there. A single-file dataset has no other split
+    a local directory, every other split the task names (``dev``, ``test``; MNLI's matched and mismatched ones)
+    where their files are there. A single-file dataset has no other split
     to read; data from the hub gives ``eval_split`` only (a run reads it anyway; ``test`` is not downloaded)."""
     local = cfg.path is None and local_task_dir(task.name) is not None
     if cfg.path is not None:
         local = Path(str(cfg.path)).expanduser().is_dir()
         if not local:
             return set()
-    splits = [cfg.eval_split, *(["dev", "test"] if local else [])]
+    others = [s for s in task.tsv_files if s != cfg.train_split] or [
+        "dev",
+        "test",
+    ]  # MNLI: dev_mismatched, ...
+    splits = [cfg.eval_split, *(others if local else [])]
     out: set[tuple[str, ...]] = set()
     for split in dict.fromkeys(s for s in splits if s and s != cfg.train_split):
         try:

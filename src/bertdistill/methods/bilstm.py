@@ -347,8 +347,10 @@ class BiLSTMConfig(MethodConfig):
                 "method.alpha = 1 trains on gold labels only, which the augmented rows do not have: "
                 "drop method.augmented_data or lower alpha"
             )
-        if min(self.hidden_size, self.mlp_size, self.batch_size) < 1 or self.lr <= 0:
+        if min(self.hidden_size, self.mlp_size, self.batch_size) < 1 or not self.lr > 0:
             raise ConfigError("method.hidden_size, mlp_size, batch_size and lr must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
 
     def uses_teacher(self) -> bool:
         return self.alpha < 1.0 or self.hard_labels == "teacher"

@@ -927,6 +927,10 @@ class CMLM(Method):
         return trained[-1] if trained else "student"
 
     # ------------------------------------------------------------------ stages
+    def teacher_length(self, max_length: int) -> tuple[int, str]:
+        # [CLS] source [SEP] (at most max_length) then target [SEP] (at most max_length): encode_pairs
+        return 2 * max_length, "[CLS] source [SEP] target [SEP], each side up to data.max_length"
+
     def stages(self) -> list[Stage]:
         c, out = self.cfg, []
         for name in c.stage_names():
