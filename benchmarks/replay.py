@@ -351,8 +351,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--keep-old",
         action="store_true",
-        help="keep the runs of src/ trees this replay did not use (default: remove them after the run; each "
-        "reference tree's runs take several GB)",
+        help="keep the runs of src/ trees that neither the reference nor a headline file has (default: remove them "
+        "after a full replay, one without --files; each reference tree's runs take several GB)",
     )
     p.add_argument("--results-dir", default=str(H.RESULTS))
     return p.parse_args(argv)
@@ -460,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "differing_count": cmp["differing_count"],
     }
     print(f"sanity (seed 42 vs 43): {sanity['outcome']}", flush=True)
-    if not args.keep_old:
+    if not args.keep_old and not args.files:  # a partial replay (--files) keeps every cached tree
         prune(args, {src_tree(c)[:12] for c in {against, *headline_commits(by_name)}})
 
     result = {

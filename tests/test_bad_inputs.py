@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,9 @@ CASES = [
         "student '{wide_mlm}' does not fit the teacher (width 48 vs the teacher's 32): distilbert's cosine and "
         "soft-target losses compare hidden states and vocabulary logits without a projection; use student.init: "
         "teacher or random (the teacher's widths)"),
+    row("kd hidden_map beyond the layers", DISTILL, {"method": {"hidden_weight": 1.0, "hidden_map": [[0, 9]]}},
+        "method.hidden_map [[0, 9]]: a pair is [student, teacher] hidden-state indices, 0 (embeddings) to 2 for the "
+        "student and 4 for the teacher"),
     row("width mismatch without projection (kd hidden MSE)", DISTILL,
         {"method": {"hidden_weight": 1.0},
          "student": {"init": "random", "config_overrides": {"hidden_size": 48, "num_attention_heads": 4}}},
@@ -252,6 +256,71 @@ CASES = [
         {"method": {"name": "fastbert"}, "teacher": {"path": "{teacher_reg}"}, "data": {"task": "stsb", "path": "{stsb}"}},
         "fastbert exits on classification entropy; it does not apply to a regression task ('stsb'): distil it with "
         "kd, pkd or tinybert"),
+    # ---- writing over a finished run or model
+    row("a new run into a finished run's dir", [*DISTILL, "--set", "output_dir={finished}"], None,
+        "--output {finished} already holds a run or a model (model weights, metrics.json, checkpoints); this "
+        "run would write over it: --resume to continue it, --overwrite to train over it, or give another --output"),
+    row("export into a model dir", ["export", "{finished}", "-o", "{teacher}"], None,
+        "--output {teacher} already holds a run or a model (model weights); the export would write over it: "
+        "give a new --output"),
+    row("export-task into a model dir", ["export-task", "{finished}", "sst2", "-o", "{teacher}"], None,
+        "--output {teacher} already holds a run or a model (model weights); export-task would write over it: "
+        "give a new --output"),
+    row("evaluate a model of another task", ["evaluate", "{teacher3}", "--task", "sst2", "--data", "{sst2}"], None,
+        "model '{teacher3}' has 3 output(s) but task 'sst2' needs 2 (['0', '1']); evaluate it on the task it was "
+        "trained for (--task, --data), or fine-tune it on this one"),
+    row("evaluate a model without a trained head", ["evaluate", "{encoder}", "--task", "sst2", "--data", "{sst2}"],
+        None,
+        "model '{encoder}' lacks trained weights for this task's outputs (['classifier.bias', 'classifier.weight'] are "
+        "not in its checkpoint, so they would be random); fine-tune it first (`bertdistill finetune --model "
+        "{encoder} --task TASK -o DIR`)"),
+    row("config_overrides value of the wrong type", DISTILL,
+        {"student": {"init": "random", "config_overrides": {"hidden_size": "big"}}},
+        "student.config_overrides.hidden_size: TypeError: Field 'hidden_size' expected int, got str (value: 'big')"),
+    row("evaluate an unfinished run", ["evaluate", "{unfinished}"], None,
+        "cannot load '{unfinished}': it is an unfinished bertdistill kd run (no final model; its checkpoints are "
+        "under {unfinished}/checkpoints): finish it with `bertdistill distill ... -o {unfinished} --resume`"),
+    row("an unfinished run as teacher", DISTILL, {"teacher": {"path": "{unfinished}"}},
+        "cannot load '{unfinished}' as AutoModelForSequenceClassification: it is an unfinished bertdistill kd run "
+        "(no final model; its checkpoints are under {unfinished}/checkpoints): finish it with `bertdistill distill "
+        "... -o {unfinished} --resume`. Details: Unrecognized model in {unfinished}. Should have a `model_type` key "
+        "in its config.json."),
+    row("generate over its own input", ["generate", "{finished}", "{tmp}/lines.txt", "-o", "{tmp}/lines.txt"], None,
+        "generate: --output is the input file, which it would replace; give another file"),
+    row("finetune with a distillation recipe", ["finetune", "kd/sst2"], None,
+        "finetune: kd/sst2 is a kd recipe; `bertdistill finetune` runs finetune (or mlm) recipes: run this one with "
+        "`bertdistill distill`"),
+    row("empty output_dir", DISTILL, {"output_dir": ""},
+        "output_dir is empty; give a dir (or leave it unset for runs/<method>-<task>)"),
+    # ---- numbers and recipes that would be ignored or misread
+    row("duplicate key in a recipe", ["distill", "{tmp}/dup.yaml"], None,
+        "{tmp}/dup.yaml:3: duplicate key 'train': YAML keeps only the last one, so the first would be ignored "
+        "without a word; merge them into one"),
+    row("max_steps 0", [*DISTILL, "--set", "train.max_steps=0"], None,
+        "train.max_steps must be >= 1 (or null to run by train.epochs), got 0"),
+    row("lr not a number", [*DISTILL, "--set", "train.lr=nan"], None, "train.lr must be a number > 0, got nan"),
+    row("adam_betas with one value", [*DISTILL, "--set", "train.adam_betas=[0.9]"], None,
+        "train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got [0.9]"),
+    row("malformed --set value", [*DISTILL, "--set", "train.adam_betas=[0.9,"], None,
+        "cannot parse value '[0.9,' as YAML: expected the node content, but found '<stream end>'"),
+    row("dropout outside [0, 1) (bilstm)", DISTILL, {**BILSTM, "method": {**BILSTM["method"], "dropout": 2.0}},
+        "method.dropout must be in [0, 1), got 2.0"),
+    row("a stage's own lr 0 (fastbert)", DISTILL, {"method": {"name": "fastbert", "distill_lr": 0.0}},
+        "stage 'self_distill': lr 0.0: a stage's epochs, steps, lr and batch size (set by the method's config, "
+        "`bertdistill recipes NAME` shows them) must be > 0 and its warm-up in [0, 1)"),
+    row("config_overrides field misspelt", DISTILL,
+        {"student": {"init": "random", "config_overrides": {"hidden_sizee": 64}}},
+        "student.config_overrides: ['hidden_sizee'] is not a field of BertConfig (did you mean 'hidden_size'?)"),
+    row("a task teacher with another vocabulary (mtdnn_kd)", DISTILL,
+        {"method": {"name": "mtdnn_kd", "tasks": [{"task": "sst2", "path": "{sst2}", "teachers": ["{other_vocab}"]}]},
+         "data": {"task": "multitask", "path": None}},
+        "stage 'train': teacher '{other_vocab}' has another vocabulary than the run's tokenizer (49 against 49 "
+        "tokens; e.g. differing (token, id) pairs [('good', 5), ('x0', 5), ('great', 6)]): it would read the "
+        "run's token ids as other tokens; every teacher of a run must share one tokenizer"),
+    row("ensemble members with other vocabularies", ["evaluate", "{teacher}", "{other_vocab}", "--task", "sst2",
+                                                     "--data", "{sst2}"], None,
+        "an ensemble's members must share a tokenizer: {other_vocab} and {teacher} differ (49 against 49 tokens; "
+        "e.g. differing (token, id) pairs [('good', 5), ('x0', 5), ('great', 6)])"),
     # ---- resuming into another run's output dir
     row("resume with another method", RESUME, {"method": {"name": "pkd", "init_from": "teacher"},
                                                "output_dir": "{finished}"},
@@ -325,6 +394,8 @@ def names(
     _write_bad_data(tmp / "bad", (sst2 / "train.tsv").read_text().splitlines()[:6])
     (tmp / "broken.yaml").write_text("method: {name: kd\n")
     (tmp / "list.yaml").write_text("- kd\n")
+    (tmp / "lines.txt").write_text("ein hund\n")
+    (tmp / "dup.yaml").write_text("method: {name: kd}\ntrain: {lr: 1.0e-4}\ntrain: {epochs: 1}\n")
     rng = random.Random(0)
     (tmp / "corpus.txt").write_text("\n".join(make_sentence(rng, i % 2) for i in range(40)) + "\n")
 
@@ -365,6 +436,7 @@ def names(
         "small_vocab_mlm": str(tmp / "small_vocab_mlm"),
         "wide_mlm": str(tmp / "wide_mlm"),
         "finished": str(tmp / "finished"),
+        "unfinished": str(tmp / "unfinished"),
         "methods": str(sorted(list_methods())),
         "train_keys": str([f.name for f in dataclasses.fields(TrainConfig)]),
     }
@@ -372,6 +444,13 @@ def names(
     base = _base(names)
     assert main(["distill", _write(tmp / "finished.yaml", {**base, "output_dir": names["finished"]}), "--quiet",
                  "--set", "train.max_steps=1"]) == 0  # fmt: skip
+    # a run killed before its final model: its recipe and a checkpoint, no weights at the top
+    unfinished = Path(names["unfinished"])
+    (unfinished / "checkpoints").mkdir(parents=True)
+    shutil.copytree(
+        Path(names["finished"]) / "checkpoints" / "step-0000001", unfinished / "checkpoints" / "step-0000001"
+    )
+    shutil.copy(Path(names["finished"]) / "bertdistill.yaml", unfinished / "bertdistill.yaml")
     return names
 
 

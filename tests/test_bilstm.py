@@ -17,6 +17,7 @@ from bertdistill.data.words import WordVocab
 from bertdistill.inference import load_student
 from bertdistill.methods.bilstm import (
     NO_LABEL,
+    BiLSTM,
     BiLSTMClassifier,
     BiLSTMModelConfig,
     BiLSTMRunner,
@@ -349,3 +350,54 @@ def test_recipes_parse_with_the_papers_settings(monkeypatch, tmp_path):
         assert (m.hidden_size, m.mlp_size, m.optimizer, m.lr, m.batch_size) == (150, 200, "adadelta", 1.0, 50)
         assert cfg.train.epochs == 30 and cfg.train.adadelta_rho == 0.95 and cfg.train.max_grad_norm is None
         assert m.vectors == str(tmp_path / "glove-6B-50d-subset" / "glove.6B.50d.subset.txt.gz")
+
+
+def test_no_dev_or_test_text_enters_training_through_augmented_rows(teacher_dir, sst2_dir, tmp_path, caplog):
+    """An augmented row whose text is a dev or test sentence is dropped (it would be trained on, teacher-labelled),
+    with a warning that counts them; a file whose provenance says it was made from dev is refused."""
+    train_rows = (sst2_dir / "train.tsv").read_text().splitlines()[1:]
+    dev = (sst2_dir / "dev.tsv").read_text().splitlines()[1].split("\t")[0].strip()
+    test = (sst2_dir / "test.tsv").read_text().splitlines()[1].split("\t")[1].strip()
+    first = train_rows[0].split("\t")[0].strip()
+    aug = tmp_path / "aug.tsv"
+    aug.write_text(f"sentence\tsource_index\n{first}\t0\n[MASK] good film\t0\n{dev}\t0\n{test}\t0\n")
+    r = bilstm_recipe(teacher_dir, sst2_dir, tmp_path, augmented_data=str(aug))
+    with caplog.at_level("WARNING"):
+        data = Trainer(load_config(r), quiet=True).datasets["train"]
+    assert len(data) == len(train_rows) + 1  # only "[MASK] good film" is added
+    assert "dropped 2 of its 4 rows whose text is an evaluation example" in caplog.text
+    (tmp_path / "aug.tsv.provenance.json").write_text(json.dumps({"task": "sst2", "split": "dev"}))
+    with pytest.raises(
+        ConfigError, match=r"made from the 'dev' split; train on text derived from the training"
+    ):
+        Trainer(load_config(r), quiet=True)
+
+
+def test_the_papers_training_settings_hold_without_a_recipe(tmp_path):
+    """`distill --method bilstm --task T` for a task without a shipped recipe, or a recipe without a train
+    section, trains as the paper does (AdaDelta's eps 1e-6, no weight decay, no clipping, 30 epochs), not with the
+    engine's AdamW defaults; a recipe's own values win; other methods keep the engine's defaults."""
+    from bertdistill.recipes import quick_recipe
+
+    t = load_config(quick_recipe("bilstm", "qnli")).train
+    assert (t.epochs, t.adam_eps, t.weight_decay, t.max_grad_norm, t.adadelta_rho) == (
+        30,
+        1e-6,
+        0.0,
+        None,
+        0.95,
+    )
+    t = load_config({"method": {"name": "bilstm"}, "train": {"epochs": 2, "weight_decay": 0.1}}).train
+    assert (t.epochs, t.weight_decay, t.adam_eps) == (2, 0.1, 1e-6)
+    t = load_config({"method": {"name": "kd"}}).train
+    assert (t.epochs, t.adam_eps, t.weight_decay, t.max_grad_norm) == (3.0, 1e-8, 0.01, 1.0)
+
+
+def test_the_control_trains_on_gold_labels_even_when_the_run_uses_the_teachers(
+    teacher_dir, sst2_dir, tmp_path
+):
+    """`hard_labels: teacher` puts CE on the teacher's argmax; its no-KD control must not read the teacher."""
+    r = bilstm_recipe(teacher_dir, sst2_dir, tmp_path, hard_labels="teacher")
+    ctl = BiLSTM.control_recipe(r, 5)
+    assert ctl["method"]["hard_labels"] == "gold" and ctl["method"]["alpha"] == 1.0
+    assert not load_config(ctl).method.uses_teacher()

@@ -393,11 +393,14 @@ def test_vocabulary_alignment_error(tok, other_vocab_teacher, tmp_path, mlm_teac
     with pytest.raises(ConfigError, match="vocabulary mismatch.*ids"):
         check_vocab_alignment(tok, other_size=len(tok) + 3)
     check_vocab_alignment(tok, AutoTokenizer.from_pretrained(mlm_teacher_dir), other_size=len(tok))
-    # a fine-tuned teacher with another vocabulary is refused when the soft labels are extracted
+    # a fine-tuned teacher with another vocabulary (the same size) is refused before the soft labels are extracted,
+    # by the check every stage teacher goes through
     r = cmlm_recipe(
         mlm_teacher_dir, parallel_dir, tmp_path, method={"teacher_path": str(other_vocab_teacher)}
     )
-    with pytest.raises(ConfigError, match="vocabulary mismatch"):
+    with pytest.raises(
+        ConfigError, match=r"stage 'soft_labels': teacher .* has another vocabulary .*differing"
+    ):
         distill(load_config(r), quiet=True)
 
 
@@ -776,3 +779,16 @@ def test_bench_dev_bleu_is_the_kept_checkpoints_selection_score(tmp_path):
 
     assert cmlm_bench.dev_bleu(record({"step": 1000, "bleu": 23.83, "chrf": 45.0})) == 23.83
     assert cmlm_bench.dev_bleu(record({})) is None
+
+
+def test_max_length_is_checked_against_what_the_teacher_reads(mlm_teacher_dir, parallel_dir, tmp_path):
+    """The C-MLM teacher reads source and target together, up to 2 × data.max_length tokens: a max_length that
+    fits the teacher's 64 positions on one side but not on both is refused before training, not at the first long
+    pair."""
+    r = cmlm_recipe(mlm_teacher_dir, parallel_dir, tmp_path, data={"max_length": 40})
+    with pytest.raises(
+        ConfigError,
+        match=r"data.max_length 40 makes the teacher read up to 80 tokens \(\[CLS\] source \[SEP\] target \[SEP\], "
+        r"each side up to data.max_length\), more than its 64 positions .*; set data.max_length to at most 32",
+    ):
+        distill(load_config(r), quiet=True)

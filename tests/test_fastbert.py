@@ -434,3 +434,37 @@ def test_sweep_sets_a_static_kd_student_of_the_same_task_only(tmp_path):
     }
     assert static_kd_student(str(f), "mrpc") is None
     assert static_kd_student(str(tmp_path / "absent.json"), "sst2") is None
+
+
+@pytest.mark.parametrize("speed", [-0.1, 1.5, float("nan")])
+def test_a_speed_outside_0_1_is_refused(fast_model, speed):
+    _, model = fast_model
+    with pytest.raises(ConfigError, match=r"--speed must be in \[0, 1\] \(0 = full depth\), got"):
+        FastBertRunner(model, tokenizer=None).check_options({"speed": speed})
+    assert FastBertRunner(model, tokenizer=None).check_options({"speed": 1.0}) == {"speed": 1.0}
+
+
+def test_flops_are_counted_on_the_fp32_model_in_eval_mode_without_touching_the_rng(fast_model):
+    """Counting runs the pieces: during training's evaluation it must not draw dropout masks (a resumed run, whose
+    cache of counted lengths starts empty, would drift from an uninterrupted one) nor leave the model in eval mode;
+    and an int8 copy (quantised linears the FLOP counter cannot see) reports the fp32 model's FLOPs."""
+    from bertdistill.precision import with_precision
+
+    _, model = fast_model
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    state = torch.random.get_rng_state()
+    piece_flops(model, 13)
+    assert torch.equal(torch.random.get_rng_state(), state) and model.training
+    model.eval()
+    runner = FastBertRunner(model, tokenizer=None, task=get_task("sst2"))
+    b = _batch(n=8)
+    labels = torch.zeros(8, dtype=torch.long)
+    int8 = with_precision(runner, "int8")
+    assert int8.model is not model and int8.flops_model is model
+    pred = int8.predict({"inputs": b}, speed=0.9)
+    spent, full = exit_flops(model, pred.extras["length"], pred.extras["exit_layer"], pred.extras["branched"])
+    assert int8.metrics(pred.logits, labels, pred.extras)["flops_speedup"] == float(full.sum() / spent.sum())
+    assert full.sum() > 0 and spent.sum() > 0

@@ -128,6 +128,15 @@ def test_every_head_trains_is_saved_and_exports(
     assert run_cli(["evaluate", str(result.output_dir)]) == 2
     with pytest.raises(ConfigError, match="--head"):
         runner.eval_data({})
+    # predict reads each head as its task: STS-B pairs give a score, SST-2 sentences a class of the task
+    from bertdistill.inference import Predictor
+
+    [row] = list(
+        Predictor(result.output_dir, options={"head": "stsb"}).predict([("a good film", "a fine film")])
+    )
+    assert set(row) == {"score"} and isinstance(row["score"], float)
+    [row] = list(Predictor(result.output_dir, options={"head": "sst2"}).predict([("a good film",)]))
+    assert row["label"] in ("0", "1") and len(row["probs"]) == 2
 
 
 def test_resume_mid_epoch_restores_the_task_order(

@@ -580,3 +580,28 @@ def test_run_dir_lock_degrades_to_a_warning_where_it_cannot_lock(tmp_path, monke
         ran.append("read-only parent")
     assert "no run-dir lock" in caplog.text and "Read-only" in caplog.text
     assert ran == ["no flock", "read-only parent"]
+
+
+def test_a_new_run_into_a_finished_run_is_refused_and_overwrite_leaves_nothing_of_the_old_one(
+    teacher_dir, sst2_dir, tmp_path
+):
+    """A finished run's dir: a new run without --resume is refused before anything is touched; with --overwrite
+    the new run starts clean — the old run's checkpoints (which would sort above the new ones, be kept over them
+    and be what a later --resume loads), its best/ and its scores are gone, and what is there is the new run's."""
+    from bertdistill.cli import main
+
+    r = _kd(teacher_dir, sst2_dir, tmp_path)
+    r["train"].update(epochs=2, save_every=2, keep_last=5, eval_every=None)
+    path = str(_recipe_file(r))
+    out = Path(r["output_dir"])
+    assert main(["distill", path, "--quiet"]) == 0  # 12 steps: checkpoints up to step 12
+    old = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert old[-1] == "step-0000012"
+    weights = (out / "model.safetensors").read_bytes()
+    assert main(["distill", path, "--quiet", "--set", "train.max_steps=2"]) == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == old  # refused: nothing touched
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert main(["distill", path, "--quiet", "--overwrite", "--set", "train.max_steps=2"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]
+    assert json.loads((out / "metrics.json").read_text())["step"] == 2
+    assert (out / "model.safetensors").read_bytes() != weights

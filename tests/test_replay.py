@@ -197,13 +197,15 @@ def test_prune_removes_only_the_runs_of_unused_trees(tmp_path, capsys):
 
 
 def test_headline_commits_are_those_recorded_and_present():
+    """Every headline file's recorded commit that this checkout has, and nothing else: the trees a prune keeps."""
     results, _ = replay.load_results(H.RESULTS)
     by_name = dict(results)
-    commits = replay.headline_commits(by_name)
-    recorded = {
-        str(by_name[n].get("commit") or "").removesuffix("+dirty")
-        for names in replay.HEADLINES.values()
-        for n in names
-        if n in by_name
-    }
-    assert commits and commits <= recorded
+    expected = set()
+    for names in replay.HEADLINES.values():
+        for n in names:
+            c = str(by_name.get(n, {}).get("commit") or "").removesuffix("+dirty")
+            if c and replay.git("rev-parse", "--verify", f"{c}^{{commit}}") is not None:
+                expected.add(c)
+    assert replay.headline_commits(by_name) == expected
+    fake = {"kd_sst2_3layer": {"commit": "0" * 40}}  # recorded, but not in this checkout: not kept
+    assert replay.headline_commits(fake) == set()

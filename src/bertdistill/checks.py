@@ -9,6 +9,7 @@ head counts, kd's hidden MSE widths, DistilBERT's pre-trained student) live in t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import yaml
 from torch import nn
 
 from .config import ConfigError, RunConfig
-from .hub import UNTRAINED_ATTR, from_pretrained
+from .hub import UNTRAINED_ATTR, from_pretrained, has_weights, resolve_model_path
 from .protocol import Needs
 
 
@@ -36,17 +37,27 @@ def position_offset(table: nn.Embedding) -> int:
     return table.padding_idx + 1 if table.padding_idx is not None else 0
 
 
-def check_positions(max_length: int, models: dict[str, nn.Module | None]) -> None:
+def check_positions(
+    max_length: int, models: dict[str, nn.Module | None], reads: tuple[int, str] | None = None
+) -> None:
     """``data.max_length`` must fit every model's position table: a longer example would index past it (an
-    ``IndexError`` at the first long batch, possibly hours into a run)."""
+    ``IndexError`` at the first long batch, possibly hours into a run). ``reads``: the most tokens the models read
+    at that ``max_length`` and why, when it is not ``max_length`` itself (C-MLM's teacher reads source and target)."""
+    length, why = reads or (max_length, "")
     for who, model in models.items():
         limit = None if model is None else max_positions(model)
-        if limit is not None and max_length > limit:
+        if limit is not None and length > limit:
             where = getattr(model, "name_or_path", "") or ""
+            at_most = limit if length == max_length else max_length * limit // length
             raise ConfigError(
-                f"data.max_length {max_length} is longer than the {who}'s {limit} positions"
+                (
+                    f"data.max_length {max_length} is longer than the {who}'s {limit} positions"
+                    if length == max_length
+                    else f"data.max_length {max_length} makes the {who} read up to {length} tokens ({why}), more "
+                    f"than its {limit} positions"
+                )
                 + (f" ({where})" if where else "")
-                + f"; set data.max_length to at most {limit}"
+                + f"; set data.max_length to at most {at_most}"
             )
 
 
@@ -92,7 +103,57 @@ def _auto_tokenizer() -> Any:
     return AutoTokenizer
 
 
-def check_teacher_labels(teacher: Any, task: Any) -> None:
+def vocab_difference(a: Any, b: Any) -> str | None:
+    """How two tokenizers' vocabularies differ (sizes and a few differing (token, id) pairs), ``None`` when they
+    are the same or either has no ``get_vocab`` (then the sizes are compared)."""
+    va = a.get_vocab() if callable(getattr(a, "get_vocab", None)) else None
+    vb = b.get_vocab() if callable(getattr(b, "get_vocab", None)) else None
+    if va is None or vb is None:
+        sa, sb = len(a), len(b)
+        return None if sa == sb else f"{sa} against {sb} tokens"
+    if va == vb:
+        return None
+    diff = sorted(set(va.items()) ^ set(vb.items()), key=lambda kv: (kv[1], kv[0]))[:3]
+    return f"{len(va)} against {len(vb)} tokens; e.g. differing (token, id) pairs {diff}"
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "tokenizer.model",
+)
+"""Files one of which a saved tokenizer has (fast; WordPiece; BPE; SentencePiece models of ALBERT, XLM-R, DeBERTa)."""
+
+
+def check_teacher_vocab(path: str, tokenizer: Any, what: str) -> None:
+    """A teacher loaded from its own dir (a stage's or a task's teacher) reads the run's token ids: its tokenizer,
+    where the dir has one, must have the run's vocabulary, or it reads other tokens — silently, when the sizes
+    agree."""
+    local = Path(resolve_model_path(path))
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        return  # a model dir without a tokenizer (transformers would make an empty one): nothing to compare
+    try:
+        theirs = from_pretrained(_auto_tokenizer(), path)
+    except (ConfigError, OSError, ValueError):
+        return  # no tokenizer to be had: its embeddings are checked against the ids when they run
+    diff = vocab_difference(theirs, tokenizer)
+    if diff is not None:
+        raise ConfigError(
+            f"{what} {path!r} has another vocabulary than the run's tokenizer ({diff}): it would read the run's token "
+            "ids as other tokens; every teacher of a run must share one tokenizer"
+        )
+
+
+def check_teacher_labels(
+    teacher: Any,
+    task: Any,
+    role: str = "teacher",
+    fix: str = "set teacher.path to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)",
+) -> None:
     """A sequence-classification teacher must have one output per label of ``task`` (one for regression): a
     model fine-tuned on another task would otherwise fail mid-step on a shape error, or — where the student
     copies its head — train a student that predicts classes the task does not have. Tasks without labels
@@ -109,8 +170,7 @@ def check_teacher_labels(teacher: Any, task: Any) -> None:
         if have != n:
             wants = "1 (a regression score)" if task.regression else f"{n} ({list(task.labels)})"
             raise ConfigError(
-                f"teacher {path!r} has {have} output(s) but task {task.name!r} needs {wants}; set teacher.path "
-                "to a model fine-tuned on this task (`bertdistill finetune --task TASK ...`)"
+                f"{role} {path!r} has {have} output(s) but task {task.name!r} needs {wants}; {fix}"
             )
         theirs = teacher_label_names(model.config)
         ours = list(task.labels)
@@ -120,7 +180,7 @@ def check_teacher_labels(teacher: Any, task: Any) -> None:
             and sorted(theirs) == sorted(x.lower() for x in ours)
         ):
             raise ConfigError(
-                f"teacher {path!r} orders its labels {theirs}, task {task.name!r} {ours}: its logits would be read "
+                f"{role} {path!r} orders its labels {theirs}, task {task.name!r} {ours}: its logits would be read "
                 f"against the wrong classes (e.g. roberta-large-mnli against GLUE MNLI). For your own data set "
                 f"data.labels in the teacher's order; else use a teacher fine-tuned with the task's order "
                 "(`bertdistill finetune`)"
@@ -156,6 +216,21 @@ def check_teacher_outputs(teacher: Any, needs: Needs, task: Any) -> None:
             )
 
 
+def check_trained_head(runner: Any) -> None:
+    """A model scored by ``evaluate`` / ``compare`` whose checkpoint lacked weights (a bare encoder or a masked LM
+    loaded as a classifier: ``from_pretrained`` drew its head at random) would be scored on noise; refuse it."""
+    for member in getattr(runner, "members", None) or [runner]:
+        model = getattr(member, "model", member)
+        missing = getattr(model, UNTRAINED_ATTR, None)
+        if missing:
+            path = getattr(model, "name_or_path", "") or "the model"
+            raise ConfigError(
+                f"model {path!r} lacks trained weights for this task's outputs ({missing[:3]}"
+                f"{' …' if len(missing) > 3 else ''} are not in its checkpoint, so they would be random); fine-tune "
+                f"it first (`bertdistill finetune --model {path} --task TASK -o DIR`)"
+            )
+
+
 def check_resume(out: Path, run: RunConfig, config_file: str) -> None:
     """``--resume`` into an output dir made by a run of another method or task would load a checkpoint of
     another model; name the difference instead (other settings may change on purpose: more epochs, ...)."""
@@ -173,3 +248,32 @@ def check_resume(out: Path, run: RunConfig, config_file: str) -> None:
                 f"--resume: {out} holds a run with {section}.{key} {was!r}, this recipe has {now!r}; resume with "
                 f"the recipe that made it ({prev_path}) or write this run to another --output"
             )
+
+
+def refuse_occupied_output(
+    out: Path, what: str, how: str, ours: Callable[[Path], bool] | None = None
+) -> None:
+    """``what`` would write into ``out``: refuse when it already holds a run or a saved model (weights, scores,
+    checkpoints) that is not an earlier output of the same command (``ours``), so that nothing finished is written over by
+    mistake; ``how`` says what to do instead."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a dir")
+    if not out.is_dir():
+        return
+    # what would be lost: saved weights (any name, sharded too), a finished run's scores, its checkpoints; a run that
+    # stopped on a configuration error before its first checkpoint leaves only its bertdistill.yaml
+    ckpts = out / "checkpoints"
+    held = [
+        name
+        for name, present in (
+            ("model weights", has_weights(out)),
+            ("metrics.json", (out / "metrics.json").is_file()),
+            ("checkpoints", ckpts.is_dir() and any(ckpts.iterdir())),
+        )
+        if present
+    ]
+    if held and not (ours is not None and ours(out)):
+        raise ConfigError(
+            f"--output {out} already holds a run or a model ({', '.join(held)}); {what} would write over it: {how}"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,31 @@ def _set_flag(p: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+def _int_at_least(low: int) -> Any:
+    """An argparse type: an integer >= ``low`` (a count, a size, a thread number)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _common_train_flags(p: argparse.ArgumentParser) -> None:
     _set_flag(p, "override a recipe field, typed by the field (repeatable), e.g. --set train.lr=3e-5")
     p.add_argument("--output", "-o", help="output dir (overrides output_dir)")
     p.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in the output dir"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train over a run the output dir already holds (default: refuse; --resume continues it)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or console logs")
 
@@ -51,7 +72,22 @@ def _run(cfg_source: Any, overrides: list[str], args: argparse.Namespace) -> int
     if args.output:
         overrides = [*overrides, f"output_dir={args.output}"]
     cfg = load_config(cfg_source, overrides)
-    result = distill(cfg, resume=args.resume, quiet=args.quiet)
+    # a new run does not write over a finished one unless asked (--overwrite); the API's default is to train. Checked
+    # here, before the teacher and the data load, in a single process, and again by the trainer under the run-dir
+    # lock, where a multi-process run's ranks stop together and a dir another process trains into says "in use"
+    overwrite = bool(getattr(args, "overwrite", False))
+    if not args.resume and not overwrite and os.environ.get("WORLD_SIZE", "1") == "1":
+        from .checks import refuse_occupied_output
+        from .training import checkpoint as ckpt
+        from .training.loop import OCCUPIED_HOW
+
+        out = cfg.resolved_output_dir()
+        try:
+            with ckpt.run_dir_lock(out):
+                refuse_occupied_output(out, "this run", OCCUPIED_HOW)
+        except ckpt.RunDirBusyError:
+            pass  # the trainer says so, with the holder's pid
+    result = distill(cfg, resume=args.resume, overwrite=overwrite, quiet=args.quiet)
     if result.main_process:
         print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=1))
         skipped = result.metrics.get("data", {}).get("skipped_rows")
@@ -165,6 +201,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             "data": {"task": args.task},
         }
         overrides = list(args.overrides)
+    if args.recipe:
+        from .recipes import read_recipe
+
+        method = str(((read_recipe(args.recipe).get("method") or {}) or {}).get("name", ""))
+        if method not in ("finetune", "mlm"):
+            raise ConfigError(
+                f"finetune: {args.recipe} is a {method or 'method-less'} recipe; `bertdistill finetune` runs "
+                "finetune (or mlm) recipes: run this one with `bertdistill distill`"
+            )
     if args.recipe and (args.corpus or args.train_body):
         raise ConfigError(
             "finetune: --corpus / --train-body go with --task mlm and no recipe (use --set in a recipe)"
@@ -277,8 +322,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Text in, text out: one output line per input line (a seq2seq student translates)."""
+    from .config import ConfigError
     from .inference import load_student
 
+    if args.input and args.input != "-" and Path(args.input).is_dir():
+        raise ConfigError(
+            f"generate: {args.input} is a dir; give a text file (one source per line) or - for stdin"
+        )
+    if args.output and Path(args.output).is_dir():
+        raise ConfigError(f"generate: --output {args.output} is a dir; give a file")
+    if (
+        args.output
+        and args.input
+        and args.input != "-"
+        and Path(args.output).resolve() == Path(args.input).resolve()
+    ):
+        raise ConfigError("generate: --output is the input file, which it would replace; give another file")
     runner = load_student(args.model, device=args.device or "cpu")
     options = runner.check_options(_inference_options(args))
     if args.input and args.input != "-":
@@ -311,12 +370,27 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_export_task(args: argparse.Namespace) -> int:
+    from .checks import refuse_occupied_output
     from .inference import load_student
 
+    refuse_occupied_output(
+        Path(args.output),
+        "export-task",
+        "give a new --output",
+        ours=lambda d: "bertdistill_exported_from" in _json_or_empty(d / "config.json"),
+    )
     runner = load_student(args.model)
     runner.export_head(args.task, args.output)
     print(json.dumps({"output": args.output, "head": args.task}))
     return 0
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -525,13 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--method", help="a method name (`bertdistill methods`)")
     quick.add_argument("--teacher", help="the teacher: a fine-tuned model dir or hub name (teacher.path)")
     quick.add_argument("--task", help="GLUE task name, e.g. sst2 (data.task)")
-    quick.add_argument("--student-layers", type=int, help="layers of the student (student.num_layers)")
+    quick.add_argument(
+        "--student-layers", type=_int_at_least(1), help="layers of the student (student.num_layers)"
+    )
     quick.add_argument(
         "--data", help="local data dir / file (data.path; default: $BERTDISTILL_DATA_DIR, then the HF hub)"
     )
     quick.add_argument("--epochs", type=float)
-    quick.add_argument("--max-steps", type=int)
-    quick.add_argument("--max-train-examples", type=int, help="subsample the training set (quick runs)")
+    quick.add_argument("--max-steps", type=_int_at_least(1))
+    quick.add_argument(
+        "--max-train-examples", type=_int_at_least(1), help="subsample the training set (quick runs)"
+    )
     _common_train_flags(s)
     s.add_argument(
         "--control",
@@ -559,7 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one axis of the grid (repeatable), e.g. --grid method.temperature=1,2,4",
     )
     _set_flag(s, "override a recipe field for every run (repeatable)")
-    s.add_argument("--seeds", type=int, nargs="+", help="train each point at each seed; rank by the mean")
+    s.add_argument(
+        "--seeds", type=_int_at_least(0), nargs="+", help="train each point at each seed; rank by the mean"
+    )
     s.add_argument(
         "--selection-fraction",
         type=float,
@@ -588,10 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--data", help="data dir / file (default: $BERTDISTILL_DATA_DIR, else the HF hub)")
     s.add_argument("--epochs", type=float)
-    s.add_argument("--max-steps", type=int)
+    s.add_argument("--max-steps", type=_int_at_least(1))
     s.add_argument("--lr", type=float)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--max-train-examples", type=int, help="subsample the training set (quick runs)")
+    s.add_argument("--batch-size", type=_int_at_least(1))
+    s.add_argument(
+        "--max-train-examples", type=_int_at_least(1), help="subsample the training set (quick runs)"
+    )
     s.add_argument("--seed", type=int)
     s.add_argument(
         "--corpus",
@@ -610,8 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--task", help="task (default: read from the model dir's bertdistill.yaml)")
         s.add_argument("--data", help="data dir (default: from bertdistill.yaml, else the HF hub)")
         s.add_argument("--split", default="dev")
-        s.add_argument("--max-length", type=int, default=128)
-        s.add_argument("--threads", type=int, default=None, help="CPU threads for timing (default: all)")
+        s.add_argument("--max-length", type=_int_at_least(1), default=128)
+        s.add_argument(
+            "--threads", type=_int_at_least(1), default=None, help="CPU threads for timing (default: all)"
+        )
 
     s = sub.add_parser("evaluate", help="score a model on a task (+ size, latency, throughput)")
     s.add_argument(
@@ -620,8 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model dir; several dirs are scored as one ensemble (mean of probabilities)",
     )
     eval_flags(s)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--max-examples", type=int)
+    s.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    s.add_argument("--max-examples", type=_int_at_least(1))
     s.add_argument(
         "--timing", action="store_true", help="also measure CPU latency (batch 1) and throughput (32)"
     )
@@ -643,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("students", nargs="+")
     eval_flags(s)
     s.add_argument("--labels", nargs="*", help="row names (teacher first)")
-    s.add_argument("--latency-sentences", type=int, default=200)
+    s.add_argument("--latency-sentences", type=_int_at_least(1), default=200)
     s.add_argument("--plot", help="write a PNG of score vs latency here")
     s.add_argument("--json", help="also write the rows to this JSON file")
     s.add_argument(
@@ -663,8 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "input", nargs="?", default="-", help="text file, one example per line (pairs: tab-separated)"
     )
-    s.add_argument("--max-length", type=int, default=128)
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--max-length", type=_int_at_least(1), default=128)
+    s.add_argument("--batch-size", type=_int_at_least(1), default=32)
     _add_inference_options(s)
     s.set_defaults(fn=cmd_predict)
 
@@ -679,8 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
         "input", nargs="?", default="-", help="text file, one source sentence per line (default stdin)"
     )
     s.add_argument("--output", "-o", help="write here instead of stdout")
-    s.add_argument("--max-length", type=int, default=128, help="source tokens kept per line")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--max-length", type=_int_at_least(1), default=128, help="source tokens kept per line")
+    s.add_argument("--batch-size", type=_int_at_least(1), default=32)
     s.add_argument("--device", help="cpu (default), cuda, cuda:1 ...")
     _add_inference_options(s)
     s.set_defaults(fn=cmd_generate)
@@ -694,18 +778,21 @@ def build_parser() -> argparse.ArgumentParser:
         "them as a task's `teachers` in an mtdnn_kd recipe.",
     )
     s.add_argument("recipe", nargs="?", help="optional finetune recipe; flags below override it")
-    s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s.add_argument("--seeds", type=_int_at_least(0), nargs="+", required=True)
     s.add_argument("--model", help="hub name, local dir, or alias minilm-l6")
     s.add_argument("--task", help="GLUE task name (sst2, mrpc, stsb, ...) or custom")
     s.add_argument("--data", help="data dir / file (default: $BERTDISTILL_DATA_DIR, else the HF hub)")
     s.add_argument("--epochs", type=float)
-    s.add_argument("--max-steps", type=int)
+    s.add_argument("--max-steps", type=_int_at_least(1))
     s.add_argument("--lr", type=float)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--max-train-examples", type=int)
+    s.add_argument("--batch-size", type=_int_at_least(1))
+    s.add_argument("--max-train-examples", type=_int_at_least(1))
     _set_flag(s, "override a recipe field (repeatable)")
     s.add_argument("--output", "-o", required=True, help="parent dir of the teachers")
     s.add_argument("--resume", action="store_true")
+    s.add_argument(
+        "--overwrite", action="store_true", help="train over teachers the output dir already holds"
+    )
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(fn=cmd_ensemble)
 
@@ -741,9 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--task", help="with --check: the task (default: the student's)")
     s.add_argument("--split", default="dev")
-    s.add_argument("--max-examples", type=int, help="with --check: at most this many examples")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--max-length", type=int, default=128)
+    s.add_argument("--max-examples", type=_int_at_least(1), help="with --check: at most this many examples")
+    s.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    s.add_argument("--max-length", type=_int_at_least(1), default=128)
     s.add_argument(
         "--tolerance", type=float, default=1e-4, help="largest |logit difference| allowed, fp32 (1e-4)"
     )
@@ -806,7 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--p", type=float, default=0.4, help="[tinybert] replacement probability per word (default 0.4)"
     )
-    s.add_argument("--k", type=int, default=15, help="[tinybert] candidates per word (default 15)")
+    s.add_argument(
+        "--k", type=_int_at_least(1), default=15, help="[tinybert] candidates per word (default 15)"
+    )
     s.add_argument(
         "--n",
         type=int,
@@ -815,7 +904,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--p-mask", type=float, default=0.1, help="[tang] [MASK] probability per word (0.1)")
     s.add_argument("--p-pos", type=float, default=0.1, help="[tang] same-POS replacement per word (0.1)")
     s.add_argument("--p-ng", type=float, default=0.25, help="[tang] n-gram sampling per sample (0.25)")
-    s.add_argument("--ngram-max", type=int, default=5, help="[tang] n of the n-gram is in [1, this] (5)")
+    s.add_argument(
+        "--ngram-max", type=_int_at_least(1), default=5, help="[tang] n of the n-gram is in [1, this] (5)"
+    )
     s.add_argument("--tagger", choices=["nltk", "spacy"], default="nltk", help="[tang] POS tagger (nltk)")
     s.add_argument(
         "--nltk-data",
@@ -824,11 +915,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--spacy-model", default="en_core_web_sm", help="[tang] spaCy model with --tagger spacy")
     s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--max-examples", type=int, help="augment a seeded subsample of the split")
-    s.add_argument("--batch-size", type=int, default=64, help="masked sequences per MLM forward")
-    s.add_argument("--chunk", type=int, default=256, help="examples per candidate-building chunk")
-    s.add_argument("--max-length", type=int, default=512, help="MLM input limit (both segments)")
-    s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--max-examples", type=_int_at_least(1), help="augment a seeded subsample of the split")
+    s.add_argument("--batch-size", type=_int_at_least(1), default=64, help="masked sequences per MLM forward")
+    s.add_argument(
+        "--chunk", type=_int_at_least(1), default=256, help="examples per candidate-building chunk"
+    )
+    s.add_argument("--max-length", type=_int_at_least(1), default=512, help="MLM input limit (both segments)")
+    s.add_argument("--threads", type=_int_at_least(1), help="CPU threads")
     s.add_argument("--trust-remote-code", action="store_true")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_augment)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -39,6 +40,12 @@ class MethodConfig:
     """Base of every method's config; subclasses live in ``methods/<paper>.py``."""
 
     name: str = ""
+
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
+    """``train.*`` values of this method that replace :class:`TrainConfig`'s defaults where a recipe does not set
+    them (Tang et al.'s BiLSTM: AdaDelta's eps, no weight decay, no clipping, 30 epochs), so that a recipe that
+    leaves them out — or ``distill --method M --task T`` for a task without a shipped recipe — still trains the
+    method as its paper does."""
 
 
 @dataclass
@@ -233,12 +240,38 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "grad_accum", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be a number > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ConfigError("train.epochs must be > 0 (or set train.max_steps)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                f"train.max_steps must be >= 1 (or null to run by train.epochs), got {self.max_steps}"
+            )
+        if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ConfigError(
+                f"train.epochs must be a number > 0 (or set train.max_steps), got {self.epochs}"
+            )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"train.weight_decay must be a number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ConfigError(f"train.adam_eps must be a number > 0, got {self.adam_eps}")
+        betas = list(self.adam_betas)
+        if len(betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
+            raise ConfigError(
+                f"train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {betas}"
+            )
+        if not 0 <= self.adadelta_rho <= 1 or not (math.isfinite(self.momentum) and self.momentum >= 0):
+            raise ConfigError(
+                f"train.adadelta_rho must be in [0, 1] and train.momentum >= 0; got {self.adadelta_rho}, "
+                f"{self.momentum}"
+            )
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0
+        ):
+            raise ConfigError(
+                f"train.max_grad_norm must be >= 0 (0 or null: no clipping), got {self.max_grad_norm}"
+            )
         self.log_with = _tracker_names(self.log_with)
 
     @property
@@ -276,6 +309,10 @@ class RunConfig:
     output_dir: str | None = None
     """Default: ``runs/<method>-<task>``."""
 
+    def __post_init__(self) -> None:
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            raise ConfigError("output_dir is empty; give a dir (or leave it unset for runs/<method>-<task>)")
+
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.method.name}-{self.data.task}")
 
@@ -299,8 +336,9 @@ class RunConfig:
 def _parse_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse value {text!r}: {e}") from e
+    except yaml.YAMLError as e:  # one line, as a recipe's: the problem, not PyYAML's multi-line report
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"cannot parse value {text!r} as YAML: {problem}") from e
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -434,7 +472,11 @@ def config_from_dict(raw: dict[str, Any], method_config: Callable[[str], type[Me
         raise ConfigError(
             "the recipe needs a `method:` section with a `name` (see `bertdistill methods` for the names)"
         )
-    method_cfg = build_dataclass(method_config(str(method_raw["name"])), method_raw, "method")
+    method_cls = method_config(str(method_raw["name"]))
+    method_cfg = build_dataclass(method_cls, method_raw, "method")
+    train_raw = raw.get("train")
+    if method_cls.train_defaults and (train_raw is None or isinstance(train_raw, dict)):
+        raw["train"] = {**method_cls.train_defaults, **(train_raw or {})}
     top = {f.name: f for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(raw) - set(top))
     if unknown:
@@ -462,7 +504,34 @@ def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for key, line in duplicate_keys(path.read_text()):
+        raise ConfigError(
+            f"{path}:{line}: duplicate key {key!r}: YAML keeps only the last one, so the first would be ignored "
+            "without a word; merge them into one"
+        )
     return raw
+
+
+def duplicate_keys(text: str) -> list[tuple[str, int]]:
+    """Keys that repeat within one mapping of a YAML document, with the (1-based) line of each repeat. Read from
+    the document's node tree (``yaml.compose``: no object is constructed), since loading keeps the last one."""
+    found: list[tuple[str, int]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        found.append((key.value, key.start_mark.line + 1))
+                    seen.add(key.value)
+                walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader))
+    return found
 
 
 def deep_copy_dicts(d: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .checks import check_teacher_labels, check_trained_head
 from .config import ConfigError, DataConfig
 from .data.loading import load_examples, resolve_task, subsample
 from .data.tasks import TaskSpec, collapse_warning
@@ -146,6 +147,13 @@ def compare(
         section = {"data": own if own.get("task") else shared}
         spec, ex = eval_examples(section, task, data_path, split, max_length, max_examples)
         runner.task = spec
+        check_teacher_labels(
+            runner,  # its model, or each member's of an ensemble
+            spec,
+            role="model",
+            fix="evaluate it on the task it was trained for (--task, --data), or fine-tune it on this one",
+        )
+        check_trained_head(runner)
         data = runner.encode(ex, max_length)
         metrics = eval_loop(runner, batches_of(runner, data, batch_size), **o)
         shown = {k: v for k, v in o.items() if k in options}

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import refuse_occupied_output
 from .config import ConfigError
 from .data.loading import Examples
 from .protocol import Batch, OnnxGraph, Prediction, Runner
@@ -561,8 +562,13 @@ def export(
         )
     if out.resolve() == src.resolve():
         raise ConfigError("--output must be a new dir, not the student's own (the export copies its files)")
+    refuse_occupied_output(
+        out, "the export", "give a new --output", ours=lambda d: (d / EXPORT_FILE).is_file()
+    )
     runner = load_student(src, device="cpu")
     out.mkdir(parents=True, exist_ok=True)
+    # marks the dir as this command's before anything is copied: an export killed halfway can be run again into it
+    (out / EXPORT_FILE).write_text(json.dumps({"source": str(src), "passed": False, "status": "incomplete"}))
     for f in src.iterdir():
         if f.is_file() and f.suffix != ".onnx" and f.name != EXPORT_FILE:
             shutil.copy2(f, out / f.name)
@@ -581,6 +587,8 @@ def load_exported(runner: Runner, path: str | os.PathLike[str], precision: str |
     require_onnx()
     root = Path(path)
     record = json.loads((root / EXPORT_FILE).read_text())
+    if record.get("status") == "incomplete":
+        raise ConfigError(f"{root}: this export did not finish; export the student again")
     if not record.get("passed", False):
         raise ConfigError(f"{root}: this export failed its parity check (see {EXPORT_FILE}); export again")
     precision = precision or "onnx-fp32"

@@ -64,7 +64,9 @@ def token_topk(output: object, k: int) -> TokenTopK:
         counts = torch.full((b,), t, dtype=torch.long, device=logits.device)
         logits = logits.reshape(b * t, -1)
     if k > logits.shape[-1]:
-        raise ValueError(f"Needs.token_topk = {k} is larger than the vocabulary ({logits.shape[-1]})")
+        raise ConfigError(
+            f"top-k {k} (method.topk) is larger than the teacher's vocabulary ({logits.shape[-1]}); lower it"
+        )
     values, indices = logits.float().topk(k, dim=-1)
     return TokenTopK(values, indices, counts)
 

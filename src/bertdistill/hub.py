@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .config import ConfigError
 
@@ -55,6 +59,54 @@ def from_pretrained(cls: Any, path: str, *, mark_untrained: bool = False, **kwar
             )
             + f". Details: {str(e).splitlines()[0]}"
         ) from e
+    except (ValueError, KeyError, AttributeError) as e:  # a local dir transformers cannot read as ``cls``
+        if not os.path.isdir(resolved):
+            raise
+        detail = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"cannot load {path!r} as {getattr(cls, '__name__', cls)}: {what_dir_holds(resolved)}. Details: {detail}"
+        ) from e
+
+
+def has_weights(path: str | os.PathLike[str]) -> bool:
+    """Whether a dir holds saved model weights at its top (``*.safetensors`` / ``*.bin``, whatever a method names
+    them): a finished run's final model, not a run killed before it (its weights are under ``checkpoints/``)."""
+    return any(f.suffix in (".safetensors", ".bin") and f.is_file() for f in Path(path).iterdir())
+
+
+def _json_dict(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def what_dir_holds(path: str | os.PathLike[str]) -> str:
+    """What a local dir that is not a plain HF model of the expected kind holds, for an error message."""
+    root = Path(path)
+    run = root / "bertdistill.yaml"
+    if run.is_file():
+        try:
+            method = ((yaml.safe_load(run.read_text()) or {}).get("method") or {}).get("name", "?")
+        except (yaml.YAMLError, AttributeError):
+            method = "?"
+        if not has_weights(root):
+            return (
+                f"it is an unfinished bertdistill {method} run (no final model; its checkpoints are under "
+                f"{root / 'checkpoints'}): finish it with `bertdistill distill ... -o {root} --resume`"
+            )
+        model_type = _json_dict(root / "config.json").get("model_type")
+        if method not in (
+            "finetune",
+            "mlm",
+        ):  # those runs save a plain HF model: their errors are transformers'
+            return (
+                f"it is a bertdistill {method} student{f' ({model_type})' if model_type else ''}, not a model of "
+                "that kind (a teacher must be an HF model the method can read, e.g. a fine-tuned classifier; a "
+                "multi-task student's head: `bertdistill export-task`)"
+            )
+    return "the dir holds a model of another kind (see config.json's model_type / architectures)"
 
 
 def save_hf_model(model: Any, tokenizer: Any, out_dir: Any) -> None:

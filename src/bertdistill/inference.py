@@ -67,9 +67,12 @@ def load_student(path: str | os.PathLike[str], task: str | None = None, device: 
     """Any saved student (or teacher) dir, ready to run: ``runner.predict(batch, **options)``. An ONNX export
     dir (``bertdistill export``), or one of its ``.onnx`` files, runs in ONNX Runtime."""
     from .export import is_export, load_exported, split_onnx_path
+    from .hub import has_weights, what_dir_holds
 
     root, precision = split_onnx_path(path)
     recipe = read_recipe(root)
+    if recipe and not has_weights(root):
+        raise ConfigError(f"cannot load {str(path)!r}: {what_dir_holds(root)}")
     spec = recipe_task(recipe, task)
     runner = runner_class(recipe).load(str(root), recipe, spec)
     runner.model.eval()
@@ -170,11 +173,14 @@ class EnsembleRunner(Runner):
             torch.nn.ModuleList([m.model for m in members]), first.tokenizer, first.task, path, first.recipe
         )
         self.members = members
-        vocab = [getattr(m.tokenizer, "vocab_size", None) for m in members]
-        if len(set(vocab)) > 1:
-            raise ConfigError(
-                f"an ensemble's members must share a tokenizer; vocabulary sizes differ: {vocab}"
-            )
+        from .checks import vocab_difference
+
+        for m in members[1:]:
+            diff = vocab_difference(m.tokenizer, first.tokenizer)
+            if diff is not None:
+                raise ConfigError(
+                    f"an ensemble's members must share a tokenizer: {m.path} and {first.path} differ ({diff})"
+                )
 
     def predict(self, batch: Mapping[str, Any], **options: Any) -> Any:
         from .protocol import Prediction
@@ -212,6 +218,9 @@ class Predictor:
     ) -> None:
         self.runner = load_student(model_dir, device=device or "cpu")
         self.options = self.runner.check_options(dict(options or {}))
+        self.runner.task = self.runner.task_for(
+            self.options
+        )  # e.g. a multi-task student's head: pairs, a score
         self.max_length = max_length
         self.is_pair = self.runner.is_pair()
 

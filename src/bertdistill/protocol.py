@@ -28,6 +28,7 @@ Every hook but ``build_student`` and ``loss`` has a default that serves an HF se
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -153,6 +154,31 @@ class Stage:
     ensemble (:class:`~bertdistill.teachers.EnsembleTeacher`: the mean of their class probabilities, or of
     their predictions for regression); an empty list = no teacher for that group (``teacher_out`` is None)."""
 
+    def __post_init__(self) -> None:
+        # a stage's own settings come from its method's config (e.g. cmlm's method.student_batch_size, mobilebert's
+        # method.transfer_lr): 0 or a negative value would otherwise fall back to train.* without a word
+        bad = [
+            f"{name} {value}"
+            for name, value, ok in (
+                # epochs count only where the stage runs by epochs (tinybert: general_steps with general_epochs 0)
+                (
+                    "epochs",
+                    self.epochs if self.max_steps is None else None,
+                    lambda v: math.isfinite(v) and v > 0,
+                ),
+                ("max_steps", self.max_steps, lambda v: v >= 1),
+                ("lr", self.lr, lambda v: math.isfinite(v) and v > 0),
+                ("batch_size", self.batch_size, lambda v: v >= 1),
+                ("warmup_ratio", self.warmup_ratio, lambda v: 0 <= v < 1),
+            )
+            if value is not None and not ok(value)
+        ]
+        if bad:
+            raise ConfigError(
+                f"stage {self.name!r}: {', '.join(bad)}: a stage's epochs, steps, lr and batch size (set by the "
+                "method's config, `bertdistill recipes NAME` shows them) must be > 0 and its warm-up in [0, 1)"
+            )
+
 
 @dataclass(frozen=True)
 class MethodTestConfig:
@@ -193,6 +219,8 @@ class InferenceOption:
     type: type
     help: str
     default: Any = None
+    valid: tuple[Callable[[Any], bool], str] | None = None
+    """A check of a given value and the range it states (e.g. ``(lambda v: 0 <= v <= 1, "in [0, 1]")``)."""
 
     @property
     def flag(self) -> str:
@@ -280,7 +308,8 @@ class Runner:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         p = str(path)
-        model = from_pretrained(AutoModelForSequenceClassification, p).eval()
+        # weights the checkpoint lacks are recorded (hub.UNTRAINED_ATTR): evaluate refuses a random head
+        model = from_pretrained(AutoModelForSequenceClassification, p, mark_untrained=True).eval()
         tok = from_pretrained(AutoTokenizer, p)
         return cls(model, tok, task, p, recipe)
 
@@ -295,7 +324,21 @@ class Runner:
                 f"{self.path or type(self.model).__name__}: option(s) {unknown} do not apply to this student "
                 f"({type(self).__name__}); it takes {sorted(known) or 'no options'}"
             )
+        for k, v in options.items():
+            check = known[k].valid if v is not None else None
+            if check is not None and not check[0](v):
+                raise ConfigError(f"{known[k].flag} must be {check[1]}, got {v}")
         return {k: options.get(k) if options.get(k) is not None else o.default for k, o in known.items()}
+
+    def label_names(self) -> dict[int, str]:
+        """Class index → name for :meth:`rows`: the model config's ``id2label``."""
+        cfg: Any = getattr(self.model, "config", None)
+        return {int(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()}
+
+    def task_for(self, options: Mapping[str, Any]) -> TaskSpec | None:
+        """The task this runner's predictions are read as under ``options`` (pairs or single sentences, classes
+        or a score); a multi-task student's is its ``head``'s. Default: :attr:`task`."""
+        return self.task
 
     def label(self, options: Mapping[str, Any]) -> str:
         """A row-name suffix for non-default options, e.g. ``@speed=0.5``."""
@@ -367,7 +410,7 @@ class Runner:
         if regression:
             out = [{"score": v} for v in logits.reshape(-1).tolist()]
         else:
-            id2label = {int(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()}
+            id2label = self.label_names()
             for p in logits.softmax(-1):
                 k = int(p.argmax())
                 out.append({"label": id2label.get(k, str(k)), "probs": [round(x, 6) for x in p.tolist()]})
@@ -504,6 +547,11 @@ class Method(ABC):
         cache (``outputs``: the cache's tensors), added to the stage's log record; a ``warning`` entry is also
         shown to the user. Default: none."""
         return {}
+
+    def teacher_length(self, max_length: int) -> tuple[int, str]:
+        """The most tokens the teacher reads at ``data.max_length``, and why (checked against its positions).
+        Default: ``max_length`` (the teacher reads the student's input)."""
+        return max_length, ""
 
     def runs_teacher(self) -> bool:
         """Whether any stage reads the run's teacher (``teacher.path``); False = it only builds the student."""

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from .checks import check_teacher_labels
-from .config import ConfigError, StudentConfig
+from .config import ConfigError, StudentConfig, did_you_mean
 from .data.tasks import TaskSpec
 from .hub import from_pretrained
 from .layer_map import select_layers
@@ -144,6 +144,28 @@ def student_overrides(cfg: StudentConfig) -> dict[str, Any]:
     return out
 
 
+def check_override_fields(cfg: StudentConfig, config: Any) -> None:
+    """Every ``student.config_overrides`` key must be a field of the student's config class: transformers stores
+    an unknown one as a new attribute that nothing reads, so a typo (``hidden_sizee``) would leave the field it
+    meant at its old value without a word."""
+    unknown = [k for k in cfg.config_overrides if not hasattr(config, k)]
+    if unknown:
+        known = sorted(k for k in config.to_dict() if not k.startswith("_"))
+        raise ConfigError(
+            f"student.config_overrides: {unknown} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
+            f"{type(config).__name__}{did_you_mean(unknown[0], known)}"
+        )
+    trial = copy.deepcopy(config)
+    for k, v in cfg.config_overrides.items():
+        try:  # transformers validates a field's type where its config class declares one
+            setattr(trial, k, v)
+        except Exception as e:  # huggingface_hub's StrictDataclassFieldValidationError, TypeError, ValueError
+            detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise ConfigError(
+                f"student.config_overrides.{k}: {detail[-1] if detail else type(e).__name__}"
+            ) from None
+
+
 def build_student(
     cfg: StudentConfig,
     teacher: PreTrainedModel | None,
@@ -163,6 +185,7 @@ def build_student(
                 f"student.init: teacher copies the teacher's weights, so widths must match, but {widths} differ "
                 "from the teacher's; use init: random (or a method with projections, e.g. tinybert)"
             )
+        check_override_fields(cfg, teacher.config)
         n_t = num_layers(teacher)
         check_teacher_labels(teacher, task)
         extra = {k: v for k, v in overrides.items() if k != "num_hidden_layers"}
@@ -183,6 +206,8 @@ def build_student(
     if cfg.init == "pretrained":
         if not cfg.path:
             raise ConfigError("student.init: pretrained needs student.path (a hub name or a model dir)")
+        if cfg.config_overrides:
+            check_override_fields(cfg, from_pretrained(AutoConfig, cfg.path))
         model = from_pretrained(
             AutoModelForSequenceClassification, cfg.path, **label_kw, **overrides, **kwargs
         )
@@ -196,6 +221,7 @@ def build_student(
         raise ConfigError(
             "student.init: random needs student.path (a config) or a teacher to take the config from"
         )
+    check_override_fields(cfg, base)
     base = shrink_config(base, **overrides, **label_kw)
     model = AutoModelForSequenceClassification.from_config(base, **kwargs)
     return model, {"init": "random", "config_from": cfg.path or "teacher"}

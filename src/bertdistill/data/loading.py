@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from ..config import ConfigError, DataConfig
 from .local import how_to_point, local_task_dir
 from .rows import RowPolicy, text_lines
 from .tasks import HF_LABEL_NAMES, TaskSpec, custom_task, get_task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -370,6 +373,66 @@ def without_selection(extra: Examples, cfg: DataConfig, task: TaskSpec) -> Examp
         if not drop:
             keep.append(i)
     return extra.subset(keep)
+
+
+def evaluation_texts(cfg: DataConfig, task: TaskSpec) -> set[tuple[str, ...]]:
+    """The (whitespace-normalised) texts of the evaluation splits ``cfg`` can read: ``eval_split`` and, for data in
+    a local directory, every other split the task names (``dev``, ``test``; MNLI's matched and mismatched ones)
+    where their files are there. A single-file dataset has no other split
+    to read; data from the hub gives ``eval_split`` only (a run reads it anyway; ``test`` is not downloaded)."""
+    local = cfg.path is None and local_task_dir(task.name) is not None
+    if cfg.path is not None:
+        local = Path(str(cfg.path)).expanduser().is_dir()
+        if not local:
+            return set()
+    others = [s for s in task.tsv_files if s != cfg.train_split] or [
+        "dev",
+        "test",
+    ]  # MNLI: dev_mismatched, ...
+    splits = [cfg.eval_split, *(others if local else [])]
+    out: set[tuple[str, ...]] = set()
+    for split in dict.fromkeys(s for s in splits if s and s != cfg.train_split):
+        try:
+            ex = load_examples(cfg, task, split)
+        except (ConfigError, OSError):  # no such split here
+            continue
+        out |= {_norm(t) for t in ex.texts}
+    return out
+
+
+def extra_training_rows(path: str, cfg: DataConfig, task: TaskSpec, what: str) -> Examples:
+    """The rows of a file a method trains on besides the train split (augmented text: ``method.augmented_data``,
+    ``method.train_data``), read as ``cfg``'s task and never evaluation text: refused when its provenance file
+    (``<path>.provenance.json``, written by ``bertdistill augment``) names an evaluation split; rows derived from
+    the selection slice dropped (:func:`without_selection`); rows whose text is an evaluation example
+    (:func:`evaluation_texts`) dropped with a warning — a variant that happens to equal a dev sentence would
+    otherwise be trained on, teacher-labelled."""
+    prov = Path(str(path) + ".provenance.json")
+    if prov.is_file():
+        try:
+            split = json.loads(prov.read_text()).get("split")
+        except (ValueError, AttributeError):
+            split = None
+        if isinstance(split, str) and (
+            split.startswith(("dev", "test", "validation")) or split == cfg.eval_split
+        ):
+            raise ConfigError(
+                f"{what} {path}: its provenance file {prov} says it was made from the {split!r} split; train on "
+                "text derived from the training split only (`bertdistill augment` reads it)"
+            )
+    extra = load_examples(replace(cfg, path=path, format="auto"), task, cfg.train_split)
+    extra = without_selection(extra, cfg, task)
+    held = evaluation_texts(cfg, task)
+    keep = [i for i, t in enumerate(extra.texts) if _norm(t) not in held]
+    if len(keep) < len(extra):
+        log.warning(
+            "%s %s: dropped %d of its %d rows whose text is an evaluation example (dev/test text never trains)",
+            what,
+            path,
+            len(extra) - len(keep),
+            len(extra),
+        )
+    return extra.subset(keep) if len(keep) < len(extra) else extra
 
 
 def subsample(ex: Examples, n: int | None, seed: int) -> Examples:

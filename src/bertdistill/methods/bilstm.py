@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +49,11 @@ from ..config import ConfigError, MethodConfig
 from ..data.loading import (
     Collator,
     Examples,
-    load_examples,
+    extra_training_rows,
     run_eval_examples,
     run_train_examples,
     subsample,
     tokenize,
-    without_selection,
 )
 from ..data.tasks import TaskSpec
 from ..data.words import (
@@ -295,6 +294,13 @@ def partial_label_loss(logits: Tensor, labels: Tensor, regression: bool) -> Tens
 @dataclass
 class BiLSTMConfig(MethodConfig):
     name: str = "bilstm"
+    train_defaults: ClassVar[Mapping[str, Any]] = {
+        "epochs": 30,  # official configs
+        "adam_eps": 1e-6,  # AdaDelta's eps: torch's default, as the official code
+        "adadelta_rho": 0.95,
+        "weight_decay": 0.0,  # official: AdaDelta without weight decay
+        "max_grad_norm": None,  # official: clip at 30000 on non-embedding weights, i.e. never
+    }
     alpha: float = 0.5
     """Weight of the hard term; 1 − α weighs the logit MSE. The official code adds both with weight 1 (the
     same as 0.5 / 0.5 up to a factor 2, which AdaDelta's update is nearly blind to). α = 1: labels only."""
@@ -341,8 +347,10 @@ class BiLSTMConfig(MethodConfig):
                 "method.alpha = 1 trains on gold labels only, which the augmented rows do not have: "
                 "drop method.augmented_data or lower alpha"
             )
-        if min(self.hidden_size, self.mlp_size, self.batch_size) < 1 or self.lr <= 0:
+        if min(self.hidden_size, self.mlp_size, self.batch_size) < 1 or not self.lr > 0:
             raise ConfigError("method.hidden_size, mlp_size, batch_size and lr must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
 
     def uses_teacher(self) -> bool:
         return self.alpha < 1.0 or self.hard_labels == "teacher"
@@ -398,9 +406,9 @@ class BiLSTM(Method):
 
     @classmethod
     def control_recipe(cls, recipe: dict[str, Any], steps: int) -> dict[str, Any] | None:
-        # the same BiLSTM on the gold labels only (alpha 1: no logit MSE), without the teacher-labelled
-        # augmented rows (they have no gold label), for the same number of steps
-        recipe["method"].update(alpha=1.0, augmented_data=None)
+        # the same BiLSTM on the gold labels only (alpha 1: no logit MSE; gold, not the teacher's argmax), without
+        # the teacher-labelled augmented rows (they have no gold label), for the same number of steps
+        recipe["method"].update(alpha=1.0, augmented_data=None, hard_labels="gold")
         recipe["train"]["max_steps"] = steps
         return recipe
 
@@ -439,11 +447,8 @@ class BiLSTM(Method):
         gold labels from the training split)."""
         if not self.cfg.augmented_data:
             return Examples([], None)
-        cfg = dataclasses.replace(self.run.data, path=self.cfg.augmented_data, format="auto")
-        # never a variant of a selection-slice sentence (data.selection_fraction)
-        aug = without_selection(
-            load_examples(cfg, self.task, self.run.data.train_split), self.run.data, self.task
-        )
+        # never evaluation text, nor a variant of a selection-slice sentence (data.selection_fraction)
+        aug = extra_training_rows(self.cfg.augmented_data, self.run.data, self.task, "method.augmented_data")
         known = set(train.texts)
         keep = [i for i, t in enumerate(aug.texts) if t not in known]
         return Examples([aug.texts[i] for i in keep], None, aug.source)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -622,9 +623,21 @@ class Seq2SeqRunner(_ParallelRunner):
     holding a C-MLM teacher (``stages/teacher``) loads as a :class:`CMLMTeacherRunner`."""
 
     options: ClassVar[tuple[InferenceOption, ...]] = (
-        InferenceOption("beam", int, "beam size of the decoder (1 = greedy)", 1),
-        InferenceOption("length_penalty", float, "beam search: score / length^penalty (HF)", 1.0),
-        InferenceOption("max_new_tokens", int, "tokens generated at most (0 = 1.5 × source + 10)", 0),
+        InferenceOption("beam", int, "beam size of the decoder (1 = greedy)", 1, (lambda v: v >= 1, ">= 1")),
+        InferenceOption(
+            "length_penalty",
+            float,
+            "beam search: score / length^penalty (HF)",
+            1.0,
+            (math.isfinite, "a finite number"),
+        ),
+        InferenceOption(
+            "max_new_tokens",
+            int,
+            "tokens generated at most (0 = 1.5 × source + 10)",
+            0,
+            (lambda v: v >= 0, ">= 0"),
+        ),
     )
 
     def __init__(self, *args: Any, references: Sequence[str] | None = None, **kwargs: Any) -> None:
@@ -914,6 +927,10 @@ class CMLM(Method):
         return trained[-1] if trained else "student"
 
     # ------------------------------------------------------------------ stages
+    def teacher_length(self, max_length: int) -> tuple[int, str]:
+        # [CLS] source [SEP] (at most max_length) then target [SEP] (at most max_length): encode_pairs
+        return 2 * max_length, "[CLS] source [SEP] target [SEP], each side up to data.max_length"
+
     def stages(self) -> list[Stage]:
         c, out = self.cfg, []
         for name in c.stage_names():

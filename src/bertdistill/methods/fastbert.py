@@ -406,6 +406,10 @@ class FastBertMethodConfig(MethodConfig):
     def __post_init__(self) -> None:
         if not 0.0 <= self.speed <= 1.0:
             raise ConfigError(f"method.speed must be in [0, 1], got {self.speed}")
+        if self.branch_hidden < 1 or self.branch_heads < 1:
+            raise ConfigError(
+                f"method.branch_hidden and branch_heads must be >= 1, got {self.branch_hidden}, {self.branch_heads}"
+            )
         if self.branch_hidden % self.branch_heads:
             raise ConfigError("method.branch_hidden must be divisible by method.branch_heads")
 
@@ -420,8 +424,15 @@ class FastBertRunner(Runner):
             "early-exit threshold in [0, 1] (0 = full depth): a row leaves at the first branch whose "
             "normalised entropy is below it; adds the exit layer, mean exit layer, FLOPs speed-up and (timed) "
             "the measured speed-up against the same model at full depth",
+            valid=(lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0 = full depth)"),
         ),
     )
+
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, *args, **kwargs)
+        # FLOPs are counted on this model: a copy at another precision (int8's quantised linears, which the FLOP
+        # counter cannot see) shares it, so every form reports the same architecture's FLOPs
+        self.flops_model = model
 
     def predict(self, batch: Batch, **options: Any) -> Prediction:
         speed = options.get("speed")
@@ -443,7 +454,9 @@ class FastBertRunner(Runner):
         metrics = super().metrics(logits, targets, extras)
         if "exit_layer" in extras:
             metrics["mean_exit_layer"] = float(extras["exit_layer"].float().mean())
-            spent, full = exit_flops(self.model, extras["length"], extras["exit_layer"], extras["branched"])
+            spent, full = exit_flops(
+                self.flops_model, extras["length"], extras["exit_layer"], extras["branched"]
+            )
             metrics["flops_speedup"] = float(full.sum() / spent.sum())
         return metrics
 
@@ -642,19 +655,32 @@ def piece_flops(model: Any, t: int) -> PieceFlops:
     embedding projection, each head's pooler), not a formula of BERT's shape. Cached per model and length."""
     table: dict[int, PieceFlops] = model.__dict__.setdefault("_piece_flops", {})
     if t not in table:
-        pieces = EagerPieces(model)
-        ids = torch.zeros((1, t), dtype=torch.long, device=next(model.parameters()).device)
-        mask = torch.ones_like(ids)
-        embed, hidden = count_flops(pieces.embed, {"input_ids": ids, "attention_mask": mask}, mask)
-        layers, branches = [], []
-        for i in range(len(pieces.pieces)):
-            flops, hidden = count_flops(pieces.layer, i, hidden, mask)
-            layers.append(flops)
-            if i < len(model.branches):
-                branches.append(count_flops(pieces.branch, i, hidden, mask)[0])
-        head = count_flops(pieces.head, hidden)[0]
-        table[t] = PieceFlops(embed, tuple(layers), tuple(branches), head)
+        # in eval mode and on a forked RNG: counting may run during training (evaluation), where a dropout draw
+        # would move the training's random stream, and only for lengths not yet counted (a resumed run would drift)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                table[t] = _count_pieces(model, t)
+        finally:
+            model.train(was_training)
     return table[t]
+
+
+def _count_pieces(model: Any, t: int) -> PieceFlops:
+    """Each piece of :class:`EagerPieces` run once on a row of ``t`` tokens under :func:`count_flops`."""
+    pieces = EagerPieces(model)
+    ids = torch.zeros((1, t), dtype=torch.long, device=next(model.parameters()).device)
+    mask = torch.ones_like(ids)
+    embed, hidden = count_flops(pieces.embed, {"input_ids": ids, "attention_mask": mask}, mask)
+    layers, branches = [], []
+    for i in range(len(pieces.pieces)):
+        flops, hidden = count_flops(pieces.layer, i, hidden, mask)
+        layers.append(flops)
+        if i < len(model.branches):
+            branches.append(count_flops(pieces.branch, i, hidden, mask)[0])
+    head = count_flops(pieces.head, hidden)[0]
+    return PieceFlops(embed, tuple(layers), tuple(branches), head)
 
 
 def exit_flops(model: Any, lengths: Tensor, exit_layer: Tensor, branched: Tensor) -> tuple[Tensor, Tensor]:

@@ -74,9 +74,16 @@ class KD(Method):
                     f"kd's hidden MSE needs student and teacher of the same width ({w_s} vs {w_t}); "
                     "use tinybert for projections"
                 )
+            n_t, n_s = num_layers(teacher), num_layers(student)
             pairs = [(int(s), int(t)) for s, t in self.cfg.hidden_map] or uniform_hidden_map(
-                num_layers(teacher), num_layers(student), include_embeddings=False
+                n_t, n_s, include_embeddings=False
             )
+            bad = [[s, t] for s, t in pairs if not (0 <= s <= n_s and 0 <= t <= n_t)]
+            if bad:
+                raise ConfigError(
+                    f"method.hidden_map {bad}: a pair is [student, teacher] hidden-state indices, 0 (embeddings) to "
+                    f"{n_s} for the student and {n_t} for the teacher"
+                )
             # saved with the student's config.json: which teacher layer each student layer learnt
             student.config.bertdistill_hidden_map = [list(p) for p in pairs]
             info["hidden_map"] = pairs

@@ -218,6 +218,16 @@ class MultiTaskRunner(Runner):
             raise ConfigError(f"a multi-task student: choose a head with --head (one of {self.names})")
         return str(head)
 
+    def label_names(self) -> dict[int, str]:
+        # the head's task (task_for) names its classes; the multi-task model has no one config
+        labels = list(self.task.labels) if self.task is not None and self.task.name in self.specs else []
+        return dict(enumerate(labels))
+
+    def task_for(self, options: Mapping[str, Any]) -> TaskSpec | None:
+        if options.get("head") is None and len(self.names) != 1:
+            return self.task
+        return self.specs.get(self.head(options), self.task)
+
     def eval_data(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
         e = self.entries[self.head(options)]
         return {

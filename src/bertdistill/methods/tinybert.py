@@ -29,7 +29,6 @@ cross-entropy, t = 1, no t²); regression tasks: ``MSE(z_S, z_T)``. It needs no 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,12 +43,11 @@ from transformers.utils import ModelOutput
 from ..config import ConfigError, MethodConfig, RunConfig
 from ..data.corpus import CorpusDataset, CorpusSourceConfig, build_token_store, default_store_root
 from ..data.loading import (
-    load_examples,
+    extra_training_rows,
     run_eval_examples,
     run_train_examples,
     subsample,
     tokenize,
-    without_selection,
 )
 from ..data.tasks import TaskSpec
 from ..features import SCORES_ATTENTION, check_layer_outputs, register_score_attention, use_score_attention
@@ -484,11 +482,10 @@ class TinyBERT(Method):
         cfg, d, seed = self.cfg, self.run.data, self.run.train.seed
         out: dict[str, Dataset] = {}
         if any(s != "general" for s in cfg.stages):
-            if cfg.train_data:  # augmented text: never a variant of a selection-slice sentence
-                aug = load_examples(
-                    dataclasses.replace(d, path=cfg.train_data, format="auto"), self.task, d.train_split
-                )
-                train = without_selection(aug, d, self.task)
+            if (
+                cfg.train_data
+            ):  # augmented text: never evaluation text, nor a variant of a selection-slice sentence
+                train = extra_training_rows(cfg.train_data, d, self.task, "method.train_data")
             else:
                 train = run_train_examples(d, self.task)
             ds = tokenize(subsample(train, d.max_train_examples, seed), tokenizer, d.max_length)

@@ -188,6 +188,48 @@ def recover_dir(target: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+RUN_DIRS = ("checkpoints", "best", "stages", "control", "tracking")
+RUN_FILES = (
+    "metrics.json",
+    "export.json",
+    "log.jsonl",
+    "config.json",
+    "generation_config.json",
+    "multitask.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
+"""What a run (or the model it saves) writes into its output dir, besides weights (``*.safetensors``, ``*.bin``) and
+ONNX graphs."""
+
+
+def clear_previous_run(out: Path) -> list[str]:
+    """Before a new run (not a resume) trains into ``out``, remove what an earlier run left there: its checkpoints
+    (the new run's would sort below them and be pruned first, and a later ``--resume`` would load the old one),
+    ``best/``, stage and control dirs, scores, weights and model files, so that nothing of it is read as the new
+    run's. Other files are left. Returns the names removed."""
+    if not out.is_dir():
+        return []
+    removed = []
+    for f in sorted(out.iterdir()):
+        if f.is_dir() and f.name in RUN_DIRS:
+            shutil.rmtree(f)
+        elif f.is_file() and (f.name in RUN_FILES or f.suffix in (".safetensors", ".bin", ".onnx")):
+            f.unlink()
+        else:
+            continue
+        removed.append(f.name)
+    return removed
+
+
 def recover_run_dir(out: Path) -> None:
     """Tidy an output dir after a kill, before a resume: the model dirs (``best/``, ``stages/*``) as
     :func:`recover_dir` does, and half-written checkpoints' temporary dirs."""

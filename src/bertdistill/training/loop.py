@@ -227,7 +227,10 @@ class Trainer:
             for s in self.stages
         ):
             checks.check_teacher_labels(teacher_model, self.task)
-        checks.check_positions(run.data.max_length, {"teacher": teacher_model, "student": built.bundle})
+        checks.check_positions(
+            run.data.max_length, {"teacher": teacher_model}, self.method.teacher_length(run.data.max_length)
+        )
+        checks.check_positions(run.data.max_length, {"student": built.bundle})
         student_model = self.method.export_model(built.bundle, None)
         checks.check_shared_vocab(run, self.tokenizer, self.student_tokenizer, student_model)
         # the run's teacher serves every stage that names no teacher of its own; else it only built the student
@@ -312,6 +315,7 @@ class Trainer:
             if name not in keep:
                 del self._stage_teachers[name]
         if path not in self._stage_teachers:
+            checks.check_teacher_vocab(path, self.tokenizer, f"stage {stage.name!r}: teacher")
             model = self.method.load_teacher_model(path, stage)
             self._stage_teachers[path] = Teacher(model).to(self.acc.device)
         return self._stage_teachers[path]
@@ -410,22 +414,32 @@ class Trainer:
         ckpt.guarded_write(target, write, what="the model", then=self._intact)
 
     # ------------------------------------------------------------------ main
-    def train(self, resume: bool = False) -> RunResult:
+    def train(self, resume: bool = False, overwrite: bool = True) -> RunResult:
+        """Train into the output dir. ``overwrite=False`` (the command line's default): a new run (not ``resume``)
+        into a dir that holds saved weights, a finished run's scores or checkpoints stops with a ConfigError."""
         # one process trains into a dir at a time: a second one stops with RunDirBusyError before it touches it.
         # Under DDP rank 0 holds the lock and tells the other ranks whether it got it, so all of them stop together
         with ExitStack() as held:
             busy: str | None = None
+            occupied: str | None = None
             if self.acc.is_main_process:
                 try:
                     held.enter_context(ckpt.run_dir_lock(self.out))
                 except ckpt.RunDirBusyError as e:
                     busy = str(e)
+                if busy is None and not resume and not overwrite:
+                    try:
+                        checks.refuse_occupied_output(self.out, "this run", OCCUPIED_HOW)
+                    except ConfigError as e:
+                        occupied = str(e)
             if self.acc.num_processes > 1:
                 from accelerate.utils import broadcast_object_list
 
-                busy = broadcast_object_list([busy], from_process=0)[0]
+                busy, occupied = broadcast_object_list([busy, occupied], from_process=0)
             if busy is not None:
                 raise ckpt.RunDirBusyError(busy)
+            if occupied is not None:
+                raise ConfigError(occupied)
             return self._train_run(resume)
 
     def _train_run(self, resume: bool) -> RunResult:
@@ -449,7 +463,12 @@ class Trainer:
             ckpt.load_bundle(resume_from, self.unwrapped())
             self.print(f"resuming from {resume_from} (step {state.global_step}, stage {state.stage_index})")
         elif acc.is_main_process:
-            (self.out / LOG_FILE).unlink(missing_ok=True)
+            # a new run: nothing an earlier run left here may pass for this one's (checkpoints, weights, scores)
+            removed = ckpt.clear_previous_run(self.out)
+            if removed:
+                self.print(
+                    f"[yellow]a new run into {self.out}: removed the earlier run's {', '.join(removed)}"
+                )
         if acc.is_main_process:
             run.dump(self.out / CONFIG_FILE)
         if self.student_info:
@@ -976,11 +995,15 @@ def stage_step_count(stage: Stage, train: TrainConfig) -> int | None:
     return min(steps) if steps else None
 
 
+OCCUPIED_HOW = "--resume to continue it, --overwrite to train over it, or give another --output"
+
+
 def distill(
     config: RunConfig | str | os.PathLike[str] | dict[str, Any],
     overrides: list[str] | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = True,
     quiet: bool = False,
     progress: bool = True,
 ) -> RunResult:
@@ -993,12 +1016,12 @@ def distill(
     if not isinstance(config, RunConfig) or overrides:
         config = load_config(config, overrides)
     if not config.train.control:
-        return Trainer(config, quiet=quiet, progress=progress).train(resume=resume)
+        return Trainer(config, quiet=quiet, progress=progress).train(resume=resume, overwrite=overwrite)
     from . import control as ctl
 
     ctl.control_config(config, 1)  # a method without a control fails here, before any training
     trainer = Trainer(config, quiet=quiet, progress=progress)
-    result = trainer.train(resume=resume)
+    result = trainer.train(resume=resume, overwrite=overwrite)
     ctrl_cfg = ctl.control_config(config, ctl.total_steps(result.history, result.metrics))
     trainer.print(f"control run (the same student without distillation) -> {ctrl_cfg.resolved_output_dir()}")
     ctrl = Trainer(ctrl_cfg, quiet=quiet, progress=progress).train(resume=resume)
