@@ -197,6 +197,18 @@ def teacher_label_names(config: Any) -> list[str]:
     return names
 
 
+def _untrained_heads(owner: Any, unnamed: str) -> list[tuple[str, list[str]]]:
+    """(path, weights its checkpoint lacked) of each model of ``owner`` — a model, a teacher or runner (its
+    ``model``), or an ensemble (its ``members``) — that ``from_pretrained`` had to draw at random (``UNTRAINED_ATTR``)."""
+    out = []
+    for member in getattr(owner, "members", None) or [owner]:
+        model = getattr(member, "model", member)
+        missing = getattr(model, UNTRAINED_ATTR, None)
+        if missing:
+            out.append((getattr(model, "name_or_path", "") or unnamed, list(missing)))
+    return out
+
+
 def check_teacher_outputs(teacher: Any, needs: Needs, task: Any) -> None:
     """Refuse to read logits from a teacher whose head ``from_pretrained`` initialised at random (a bare
     encoder or a masked LM given where a fine-tuned classifier is needed): its soft targets would be noise;
@@ -204,31 +216,23 @@ def check_teacher_outputs(teacher: Any, needs: Needs, task: Any) -> None:
     if not needs.logits:
         return
     check_teacher_labels(teacher, task)
-    for member in getattr(teacher, "members", None) or [teacher]:
-        model = getattr(member, "model", member)
-        missing = getattr(model, UNTRAINED_ATTR, None)
-        if missing:
-            path = getattr(model, "name_or_path", "") or "teacher.path"
-            raise ConfigError(
-                f"teacher {path!r} has no trained head for the logits this method reads (the checkpoint lacks "
-                f"{missing[:3]}{' …' if len(missing) > 3 else ''}, so they would be random); fine-tune it on the "
-                f"task first (`bertdistill finetune --model {path} --task TASK -o DIR`) and set teacher.path to DIR"
-            )
+    for path, missing in _untrained_heads(teacher, "teacher.path"):
+        raise ConfigError(
+            f"teacher {path!r} has no trained head for the logits this method reads (the checkpoint lacks "
+            f"{missing[:3]}{' …' if len(missing) > 3 else ''}, so they would be random); fine-tune it on the "
+            f"task first (`bertdistill finetune --model {path} --task TASK -o DIR`) and set teacher.path to DIR"
+        )
 
 
 def check_trained_head(runner: Any) -> None:
     """A model scored by ``evaluate`` / ``compare`` whose checkpoint lacked weights (a bare encoder or a masked LM
     loaded as a classifier: ``from_pretrained`` drew its head at random) would be scored on noise; refuse it."""
-    for member in getattr(runner, "members", None) or [runner]:
-        model = getattr(member, "model", member)
-        missing = getattr(model, UNTRAINED_ATTR, None)
-        if missing:
-            path = getattr(model, "name_or_path", "") or "the model"
-            raise ConfigError(
-                f"model {path!r} lacks trained weights for this task's outputs ({missing[:3]}"
-                f"{' …' if len(missing) > 3 else ''} are not in its checkpoint, so they would be random); fine-tune "
-                f"it first (`bertdistill finetune --model {path} --task TASK -o DIR`)"
-            )
+    for path, missing in _untrained_heads(runner, "the model"):
+        raise ConfigError(
+            f"model {path!r} lacks trained weights for this task's outputs ({missing[:3]}"
+            f"{' …' if len(missing) > 3 else ''} are not in its checkpoint, so they would be random); fine-tune "
+            f"it first (`bertdistill finetune --model {path} --task TASK -o DIR`)"
+        )
 
 
 def check_resume(out: Path, run: RunConfig, config_file: str) -> None:

@@ -371,26 +371,19 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_export_task(args: argparse.Namespace) -> int:
     from .checks import refuse_occupied_output
+    from .hub import read_json_dict
     from .inference import load_student
 
     refuse_occupied_output(
         Path(args.output),
         "export-task",
         "give a new --output",
-        ours=lambda d: "bertdistill_exported_from" in _json_or_empty(d / "config.json"),
+        ours=lambda d: "bertdistill_exported_from" in read_json_dict(d / "config.json"),
     )
     runner = load_student(args.model)
     runner.export_head(args.task, args.output)
     print(json.dumps({"output": args.output, "head": args.task}))
     return 0
-
-
-def _json_or_empty(path: Path) -> dict[str, Any]:
-    try:
-        out = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return out if isinstance(out, dict) else {}
 
 
 def cmd_export(args: argparse.Namespace) -> int:

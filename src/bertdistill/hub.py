@@ -74,7 +74,8 @@ def has_weights(path: str | os.PathLike[str]) -> bool:
     return any(f.suffix in (".safetensors", ".bin") and f.is_file() for f in Path(path).iterdir())
 
 
-def _json_dict(path: Path) -> dict[str, Any]:
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """A JSON file's object, ``{}`` when it is missing, unreadable or not an object."""
     try:
         out = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -96,7 +97,7 @@ def what_dir_holds(path: str | os.PathLike[str]) -> str:
                 f"it is an unfinished bertdistill {method} run (no final model; its checkpoints are under "
                 f"{root / 'checkpoints'}): finish it with `bertdistill distill ... -o {root} --resume`"
             )
-        model_type = _json_dict(root / "config.json").get("model_type")
+        model_type = read_json_dict(root / "config.json").get("model_type")
         if method not in (
             "finetune",
             "mlm",
