@@ -1,6 +1,7 @@
 """MT-DNN KD: ensemble soft targets, task batches, every head trained and saved, export of one head,
 regression, a task without teachers, resume mid-epoch."""
 
+import importlib.util
 import json
 import shutil
 
@@ -128,6 +129,14 @@ def test_every_head_trains_is_saved_and_exports(
     assert run_cli(["evaluate", str(result.output_dir)]) == 2
     with pytest.raises(ConfigError, match="--head"):
         runner.eval_data({})
+    # an ONNX form made on the fly for one head (evaluate --precision onnx-*): exported with that head, which it
+    # keeps; the scores equal eager's
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from bertdistill.evaluation import evaluate
+
+        eager = evaluate(str(result.output_dir), head="sst2")
+        onnx = evaluate(str(result.output_dir), precision="onnx-fp32", head="sst2")
+        assert onnx["precision"] == "onnx-fp32" and onnx["score"] == pytest.approx(eager["score"], abs=1e-6)
     # predict reads each head as its task: STS-B pairs give a score, SST-2 sentences a class of the task
     from bertdistill.inference import Predictor
 

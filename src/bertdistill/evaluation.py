@@ -135,7 +135,7 @@ def compare(
     tagged += [(n if q == "fp32" else f"{n} [{q}]", p, r, q) for n, p, r in expanded for q in extra]
     names = [t[0] for t in tagged]
     paths = [t[1] for t in tagged]
-    runners = [with_precision(t[2], t[3]) for t in tagged]
+    runners = [with_precision(t[2], t[3], _options_for(t[2], options)) for t in tagged]
     precision_of = [t[3] for t in tagged]
     opts = [_options_for(r, options) for r in runners]
     sections = [dict(r.eval_data(o)) for r, o in zip(runners, opts, strict=True)]

@@ -618,10 +618,11 @@ def is_export(path: str | os.PathLike[str]) -> bool:
     return (root / EXPORT_FILE).is_file()
 
 
-def as_onnx(runner: Runner, precision: str) -> Runner:
+def as_onnx(runner: Runner, precision: str, options: Mapping[str, Any] | None = None) -> Runner:
     """``runner`` run by ONNX Runtime at ``precision`` (``onnx-fp32`` / ``onnx-int8``): an export dir's other
     graphs, or an eager student exported on the fly (parity-checked on the built-in samples; nothing kept on
-    disk)."""
+    disk) — with the ``options`` that shape its graphs (``InferenceOption.shapes_graph``: a multi-task ``head``),
+    which the ONNX runner then keeps fixed, as an export dir made with them does."""
     info = onnx_info(runner)
     if info is not None:
         if info.path is None:
@@ -631,20 +632,24 @@ def as_onnx(runner: Runner, precision: str) -> Runner:
     # failed: the sequence axis came out static on the second trace; measured with torch 2.13). The fp32 graphs
     # are kept on the runner; the int8 ones are quantised from them on the first onnx-int8 request, so that
     # `compare --precision onnx-fp32` pays for no quantisation and `--precision onnx-fp32 onnx-int8` traces once.
-    cached = runner.__dict__.get(_ONNX_CACHE)
+    shaping = {o.name for o in runner.options if o.shapes_graph}
+    given = {k: v for k, v in (options or {}).items() if k in shaping and v is not None}
+    exports: dict[tuple[tuple[str, Any], ...], _OnnxCache] = runner.__dict__.setdefault(_ONNX_CACHE, {})
+    key = tuple(sorted(given.items()))
+    cached = exports.get(key)
     if cached is None:
         with tempfile.TemporaryDirectory(prefix="bertdistill-onnx-") as tmp:
-            record = export_runner(runner, tmp)
+            record = export_runner(runner, tmp, options=given)
             files = {n: g["file"] for n, g in record["graphs"].items()}
             cached = _OnnxCache(record, {n: (Path(tmp) / f).read_bytes() for n, f in files.items()})
-        runner.__dict__[_ONNX_CACHE] = cached
+        exports[key] = cached
     if precision == "onnx-int8":
         if cached.int8 is None:
             cached.int8 = _quantize_cached(runner, cached)
         blobs = cached.int8
     else:
         blobs = cached.fp32
-    return onnx_runner(runner, blobs, OnnxInfo(None, precision, cached.record))
+    return onnx_runner(runner, blobs, OnnxInfo(None, precision, cached.record), given or None)
 
 
 @dataclass
@@ -684,7 +689,8 @@ def _quantize_cached(runner: Runner, cached: _OnnxCache, max_length: int = 128) 
 
 
 _ONNX_CACHE = "_bertdistill_onnx_export"
-"""The runner attribute holding its on-the-fly export (:class:`_OnnxCache`)."""
+"""The runner attribute holding its on-the-fly exports (:class:`_OnnxCache`), one per set of graph-shaping
+options (most students: one, for none)."""
 
 
 def _eager_of(runner: Runner) -> Runner:

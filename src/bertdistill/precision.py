@@ -19,7 +19,7 @@ import functools
 import logging
 import platform
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -91,14 +91,15 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         )
 
 
-def with_precision(runner: Any, precision: str) -> Any:
-    """``runner`` at ``precision`` (a shallow copy; ``fp32`` returns ``runner`` itself)."""
+def with_precision(runner: Any, precision: str, options: Mapping[str, Any] | None = None) -> Any:
+    """``runner`` at ``precision`` (a shallow copy; ``fp32`` returns ``runner`` itself). ``options``: the inference
+    options it will run with (an ONNX export made on the fly is made for the ones that shape its graphs)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     from .export import as_onnx, onnx_info
 
     if precision.startswith("onnx-"):
-        return as_onnx(runner, precision)
+        return as_onnx(runner, precision, options)
     info = onnx_info(runner)
     if info is not None and precision != "fp32":
         raise ConfigError(

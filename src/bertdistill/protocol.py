@@ -221,6 +221,10 @@ class InferenceOption:
     default: Any = None
     valid: tuple[Callable[[Any], bool], str] | None = None
     """A check of a given value and the range it states (e.g. ``(lambda v: 0 <= v <= 1, "in [0, 1]")``)."""
+    shapes_graph: bool = False
+    """Whether the option changes what an ONNX export holds (a multi-task ``head``: that head's graph), so that an
+    export made on the fly for ``--precision onnx-*`` is made with it (FastBERT's ``speed`` does not: the same
+    pieces run at every speed)."""
 
     @property
     def flag(self) -> str:

@@ -186,7 +186,9 @@ class MultiTaskRunner(Runner):
     task, with ``average`` = the mean of the tasks' main metrics."""
 
     options: ClassVar[tuple[InferenceOption, ...]] = (
-        InferenceOption("head", str, "the task head to run (a multi-task student has one per task)"),
+        InferenceOption(
+            "head", str, "the task head to run (a multi-task student has one per task)", shapes_graph=True
+        ),
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
