@@ -209,5 +209,6 @@ def test_cli_augment_says_when_nothing_changed(tmp_path, sst2_dir, capsys):
         f"augment made no new sentence from 10 source example(s): {out} holds the originals only"
         in captured.err
     )
-    assert main([*args, "--max-examples", "10", "--nltk-data", str(NLTK_DATA)]) == 0
+    assert main([*args, "--max-examples", "10", "--nltk-data", str(NLTK_DATA)]) == 2  # the file exists
+    assert main([*args, "--max-examples", "10", "--nltk-data", str(NLTK_DATA), "--overwrite"]) == 0
     assert "no new sentence" not in capsys.readouterr().err

@@ -292,6 +292,29 @@ CASES = [
         "`bertdistill distill`"),
     row("empty output_dir", DISTILL, {"output_dir": ""},
         "output_dir is empty; give a dir (or leave it unset for runs/<method>-<task>)"),
+    row("augment over the data it reads", ["augment", "--task", "sst2", "--data", "{sst2}", "--mlm", "{mlm_teacher}",
+                                           "-o", "{sst2}/train.tsv", "--overwrite"], None,
+        "augment: --output {sst2}/train.tsv is the data it reads; give another file"),
+    row("augment into an existing file", ["augment", "--task", "sst2", "--data", "{sst2}", "--mlm", "{mlm_teacher}",
+                                          "-o", "{tmp}/lines.txt"], None,
+        "augment: --output {tmp}/lines.txt exists; give a new file, or --overwrite to replace it (never the data it "
+        "reads)"),
+    row("augment a split given as a path", ["augment", "--task", "sst2", "--data", "{sst2}", "--mlm", "{mlm_teacher}",
+                                            "--split", "../sst2/dev", "-o", "{tmp}/aug.tsv"], None,
+        "augment reads a task's training split by name (got --split '../sst2/dev'); point --data at the task's "
+        "dir, and never augment evaluation data"),
+    row("augment with a model that is not a masked LM", ["augment", "--task", "sst2", "--data", "{sst2}", "--mlm",
+                                                          "{teacher}", "-o", "{tmp}/aug.tsv"], None,
+        "augment --mlm '{teacher}' has no trained masked-LM head (its checkpoint lacks ['cls.predictions.bias', "
+        "'cls.predictions.decoder.bias', 'cls.predictions.transform.LayerNorm.bias'] …, so its word predictions "
+        "would be random): give a masked LM"),
+    row("compare models of different tasks", ["compare", "{finished}", "{stsb_model}"], None,
+        "these models were trained on different tasks (sst2, stsb): one table compares them on one task; give "
+        "--task (and --data) to score them all on it, or compare each against its own teacher"),
+    row("corpus not UTF-8 (distilbert)", DISTILL, {**DISTILBERT, "method": {**DISTILBERT["method"],
+                                                                            "corpus": ["{tmp}/latin1.txt"]}},
+        "{tmp}/latin1.txt:2: byte 0xe9 at column 7 is not UTF-8; re-encode the file as UTF-8 (e.g. `iconv -f "
+        "latin1 -t utf-8 latin1.txt > fixed.txt`)"),
     # ---- numbers and recipes that would be ignored or misread
     row("duplicate key in a recipe", ["distill", "{tmp}/dup.yaml"], None,
         "{tmp}/dup.yaml:3: duplicate key 'train': YAML keeps only the last one, so the first would be ignored "
@@ -395,6 +418,7 @@ def names(
     (tmp / "broken.yaml").write_text("method: {name: kd\n")
     (tmp / "list.yaml").write_text("- kd\n")
     (tmp / "lines.txt").write_text("ein hund\n")
+    (tmp / "latin1.txt").write_bytes(b"a good film\nun caf\xe9 noir\n")
     (tmp / "dup.yaml").write_text("method: {name: kd}\ntrain: {lr: 1.0e-4}\ntrain: {epochs: 1}\n")
     rng = random.Random(0)
     (tmp / "corpus.txt").write_text("\n".join(make_sentence(rng, i % 2) for i in range(40)) + "\n")
@@ -437,6 +461,7 @@ def names(
         "wide_mlm": str(tmp / "wide_mlm"),
         "finished": str(tmp / "finished"),
         "unfinished": str(tmp / "unfinished"),
+        "stsb_model": str(tmp / "stsb_model"),
         "methods": str(sorted(list_methods())),
         "train_keys": str([f.name for f in dataclasses.fields(TrainConfig)]),
     }
@@ -444,6 +469,12 @@ def names(
     base = _base(names)
     assert main(["distill", _write(tmp / "finished.yaml", {**base, "output_dir": names["finished"]}), "--quiet",
                  "--set", "train.max_steps=1"]) == 0  # fmt: skip
+    # the finished run as if trained on STS-B (its recipe says so): a student of another task
+    stsb_model = Path(names["stsb_model"])
+    shutil.copytree(names["finished"], stsb_model, ignore=shutil.ignore_patterns("checkpoints"))
+    rec = yaml.safe_load((stsb_model / "bertdistill.yaml").read_text())
+    rec["data"]["task"] = "stsb"
+    (stsb_model / "bertdistill.yaml").write_text(yaml.safe_dump(rec))
     # a run killed before its final model: its recipe and a checkpoint, no weights at the top
     unfinished = Path(names["unfinished"])
     (unfinished / "checkpoints").mkdir(parents=True)

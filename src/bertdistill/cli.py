@@ -445,11 +445,31 @@ def _augment_source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
             "section names a custom task's files and fields)"
         )
     split = args.split or dcfg.train_split
+    data_file = Path(str(dcfg.path)).name if dcfg.path and Path(str(dcfg.path)).is_file() else ""
+    if "/" in split or "\\" in split or data_file.startswith(("dev", "test", "validation")):
+        raise ConfigError(
+            f"augment reads a task's training split by name (got --split {split!r}"
+            + (f", --data {dcfg.path}" if data_file else "")
+            + "); point --data at the task's dir, and never augment evaluation data"
+        )
     if split.startswith(("dev", "test", "validation")) or split == dcfg.eval_split:
         raise ConfigError(
             f"augment reads training text only (got --split {split}); never augment evaluation data"
         )
     task = resolve_task(dcfg)
+    out = Path(args.output)
+    if out.is_dir():
+        raise ConfigError(f"augment: --output {out} is a dir; give a .tsv or .jsonl file")
+    if dcfg.path:
+        root = Path(str(dcfg.path)).expanduser()
+        names = [task.tsv_files.get(split, f"{split}.tsv"), f"{split}.jsonl", f"{split}.csv"]
+        sources = [root] if root.is_file() else [root / n for n in names]
+        if any(out.resolve() == s.resolve() for s in sources):
+            raise ConfigError(f"augment: --output {out} is the data it reads; give another file")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(
+            f"augment: --output {out} exists; give a new file, or --overwrite to replace it (never the data it reads)"
+        )
     origin = {"task": task.name, "recipe": args.recipe, "data": dcfg.path, "split": split}
     examples = subsample(load_examples(dcfg, task, split), args.max_examples, args.seed)
     return task, examples, {**origin, "max_examples": args.max_examples}
@@ -874,6 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", help="the training split to augment (default: the recipe's train_split, or train)"
     )
     s.add_argument("--output", "-o", required=True, help="output .tsv (GLUE header, no labels) or .jsonl")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     s.add_argument("--mlm", help="a masked LM (HF dir / hub name) whose tokenizer splits words (recommended)")
     s.add_argument(
         "--tokenizer",

@@ -141,6 +141,12 @@ def compare(
     sections = [dict(r.eval_data(o)) for r, o in zip(runners, opts, strict=True)]
     # a model saved without a recipe (a plain HF dir) is scored on the data of the first one that has it
     shared = next((s for s in sections if s.get("task")), {})
+    tasks = {str(s["task"]) for s in sections if s.get("task")}
+    if task is None and len(tasks) > 1:
+        raise ConfigError(
+            f"these models were trained on different tasks ({', '.join(sorted(tasks))}): one table compares them on "
+            "one task; give --task (and --data) to score them all on it, or compare each against its own teacher"
+        )
     rows: list[dict[str, Any]] = []
     datas = []
     for name, path, runner, o, own in zip(names, paths, runners, opts, sections, strict=True):

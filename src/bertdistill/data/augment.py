@@ -623,7 +623,7 @@ def load_augmenter(
     a GloVe file; without an MLM, ``tokenizer`` names the tokenizer (GloVe-only fallback)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from ..hub import from_pretrained
+    from ..hub import UNTRAINED_ATTR, from_pretrained
 
     tok_src = tokenizer or mlm
     if not tok_src:
@@ -631,7 +631,17 @@ def load_augmenter(
             "augment: give --mlm (a masked LM), or --glove with --tokenizer (GloVe-only fallback)"
         )
     tok = from_pretrained(AutoTokenizer, tok_src, trust_remote_code=trust_remote_code)
-    model = from_pretrained(AutoModelForMaskedLM, mlm, trust_remote_code=trust_remote_code) if mlm else None
+    model = (
+        from_pretrained(AutoModelForMaskedLM, mlm, trust_remote_code=trust_remote_code, mark_untrained=True)
+        if mlm
+        else None
+    )
+    missing = getattr(model, UNTRAINED_ATTR, None)
+    if missing:
+        raise ConfigError(
+            f"augment --mlm {mlm!r} has no trained masked-LM head (its checkpoint lacks {missing[:3]}"
+            f"{' …' if len(missing) > 3 else ''}, so its word predictions would be random): give a masked LM"
+        )
     vectors = GloVeNeighbours(glove, cfg.max_glove_words) if glove else None
     return Augmenter(model, tok, vectors, cfg)
 

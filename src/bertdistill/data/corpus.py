@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from ..config import ConfigError
 from .loading import Collator
+from .rows import text_lines
 
 STORE_FORMAT = 1
 CHUNK_LINES = 4096
@@ -134,11 +135,12 @@ def iter_lines(cfg: CorpusSourceConfig, files: Sequence[str] | None = None) -> I
         path = Path(f).expanduser()
         if not path.is_file():
             raise ConfigError(f"corpus file {str(path)!r} not found")
-        with open(path, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a leading BOM is not text
-            for line in fh:
-                line = line.strip()
-                if line:
-                    yield line
+        for line in text_lines(
+            path
+        ):  # a byte that is not UTF-8 stops with its line and column, as task files do
+            line = line.strip()
+            if line:
+                yield line
     if files is None and cfg.hf_dataset:
         import datasets
 
