@@ -9,7 +9,7 @@ head counts, kd's hidden MSE widths, DistilBERT's pre-trained student) live in t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from .config import ConfigError, RunConfig
-from .hub import UNTRAINED_ATTR, from_pretrained, has_weights, resolve_model_path
+from .hub import TOKENIZER_FILES, UNTRAINED_ATTR, from_pretrained, has_weights, resolve_model_path
 from .protocol import Needs
 
 
@@ -88,7 +88,7 @@ def check_shared_vocab(run: RunConfig, tokenizer: Any, student_tokenizer: Any, s
         return  # a model dir without a tokenizer: the embedding size above is all there is to compare
     ours = tokenizer.get_vocab()
     if theirs.get_vocab() != ours:
-        diff = sorted(set(ours.items()) ^ set(theirs.get_vocab().items()), key=lambda kv: (kv[1], kv[0]))[:3]
+        diff = differing_pairs(ours, theirs.get_vocab())
         raise ConfigError(
             f"student.path {st.path!r} has its own vocabulary ({len(theirs)} tokens, the teacher's tokenizer "
             f"{len(tokenizer)}; e.g. differing (token, id) pairs {diff}): {method} feeds the student the teacher's "
@@ -103,6 +103,11 @@ def _auto_tokenizer() -> Any:
     return AutoTokenizer
 
 
+def differing_pairs(a: Mapping[str, int], b: Mapping[str, int], n: int = 3) -> list[tuple[str, int]]:
+    """The first ``n`` (token, id) pairs that one vocabulary has and the other has not, by id."""
+    return sorted(set(a.items()) ^ set(b.items()), key=lambda kv: (kv[1], kv[0]))[:n]
+
+
 def vocab_difference(a: Any, b: Any) -> str | None:
     """How two tokenizers' vocabularies differ (sizes and a few differing (token, id) pairs), ``None`` when they
     are the same or either has no ``get_vocab`` (then the sizes are compared)."""
@@ -113,20 +118,7 @@ def vocab_difference(a: Any, b: Any) -> str | None:
         return None if sa == sb else f"{sa} against {sb} tokens"
     if va == vb:
         return None
-    diff = sorted(set(va.items()) ^ set(vb.items()), key=lambda kv: (kv[1], kv[0]))[:3]
-    return f"{len(va)} against {len(vb)} tokens; e.g. differing (token, id) pairs {diff}"
-
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "spm.model",
-    "tokenizer.model",
-)
-"""Files one of which a saved tokenizer has (fast; WordPiece; BPE; SentencePiece models of ALBERT, XLM-R, DeBERTa)."""
+    return f"{len(va)} against {len(vb)} tokens; e.g. differing (token, id) pairs {differing_pairs(va, vb)}"
 
 
 def check_teacher_vocab(path: str, tokenizer: Any, what: str) -> None:

@@ -68,6 +68,18 @@ def from_pretrained(cls: Any, path: str, *, mark_untrained: bool = False, **kwar
         ) from e
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "tokenizer.model",
+)
+"""Files one of which a saved tokenizer has (fast; WordPiece; BPE; SentencePiece models of ALBERT, XLM-R, DeBERTa)."""
+
+
 def has_weights(path: str | os.PathLike[str]) -> bool:
     """Whether a dir holds saved model weights at its top (``*.safetensors`` / ``*.bin``, whatever a method names
     them): a finished run's final model, not a run killed before it (its weights are under ``checkpoints/``)."""

@@ -33,6 +33,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..config import ConfigError
+from ..hub import TOKENIZER_FILES
 from ..killpoints import kill_point
 
 log = logging.getLogger(__name__)
@@ -196,16 +197,11 @@ RUN_FILES = (
     "config.json",
     "generation_config.json",
     "multitask.json",
-    "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
     "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "spm.model",
+    *TOKENIZER_FILES,
 )
 """What a run (or the model it saves) writes into its output dir, besides weights (``*.safetensors``, ``*.bin``) and
 ONNX graphs."""
